@@ -1,0 +1,1 @@
+//! taskgate auth-service (being written).

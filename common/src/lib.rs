@@ -1,0 +1,17 @@
+//! Plumbing shared by taskgate's three services, so each `main.rs` stays thin
+//! and every service starts, logs, connects and reports errors the same way.
+//!
+//! # Layout
+//! - [`telemetry`]: tracing-subscriber set-up (JSON or human logs).
+//! - [`shutdown`]: the Ctrl-C / SIGTERM future every server waits on.
+//! - [`grpc`]: grpc.health.v1 and server reflection, and a health probe client.
+//! - [`db`]: Postgres pools (one schema per service) and migrations.
+//! - [`redis`]: a fred Redis pool that reconnects by itself.
+//! - [`status`]: `tonic::Status` builders carrying google.rpc error details.
+
+pub mod db;
+pub mod grpc;
+pub mod redis;
+pub mod shutdown;
+pub mod status;
+pub mod telemetry;

@@ -1,0 +1,1 @@
+//! taskgate gateway (being written).

@@ -1,0 +1,1 @@
+//! taskgate task-service (being written).

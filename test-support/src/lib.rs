@@ -1,0 +1,253 @@
+//! Test harness shared by every taskgate crate (a dev-dependency only).
+//!
+//! `cargo xtask test` starts one PostgreSQL and one Redis on free ports and
+//! passes them in `TASKGATE_TEST_DATABASE_URL` and `TASKGATE_TEST_REDIS_URL`.
+//! Each test then gets:
+//! - its own database, cloned from a template that has every service's
+//!   migrations applied ([`fresh_database`]), so tests never see each
+//!   other's rows and can run in parallel;
+//! - its own Redis key prefix ([`unique_prefix`]) on the shared server;
+//! - when it needs to stop a server mid-test, a private one
+//!   ([`PrivateRedis`], [`PrivatePostgres`]).
+//!
+//! # Layout
+//! Everything is in this file; it is small on purpose.
+
+use std::time::Duration;
+
+use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
+use taskgate_common::db;
+
+/// The template database every test database is cloned from.
+const TEMPLATE: &str = "taskgate_template";
+/// Advisory-lock key that serialises template creation across test processes.
+const TEMPLATE_LOCK: i64 = 0x7461_736b_6761_7465;
+
+/// The URL of the test PostgreSQL server's `postgres` database.
+///
+/// Panics with instructions when the suite was not started by `cargo xtask test`.
+pub fn admin_database_url() -> String {
+    std::env::var("TASKGATE_TEST_DATABASE_URL")
+        .expect("TASKGATE_TEST_DATABASE_URL is not set: run the tests with `cargo xtask test`")
+}
+
+/// The URL of the shared test Redis server.
+pub fn redis_url() -> String {
+    std::env::var("TASKGATE_TEST_REDIS_URL")
+        .expect("TASKGATE_TEST_REDIS_URL is not set: run the tests with `cargo xtask test`")
+}
+
+/// A Redis key prefix no other test uses, such as `t3f2a...:`.
+pub fn unique_prefix() -> String {
+    format!("t{}:", uuid::Uuid::new_v4().simple())
+}
+
+/// Turns `postgres://host/db` into `postgres://host/<name>` (query kept).
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let root = match base.rfind('/') {
+        Some(i) if i > "postgres://".len() => &base[..i],
+        _ => base,
+    };
+    match query {
+        Some(q) => format!("{root}/{name}?{q}"),
+        None => format!("{root}/{name}"),
+    }
+}
+
+/// Creates the migrated template once per server (any test process may be
+/// first; an advisory lock makes the others wait).
+async fn ensure_template(admin: &mut PgConnection, admin_url: &str) {
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(TEMPLATE_LOCK)
+        .execute(&mut *admin)
+        .await
+        .expect("taking the template lock");
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(TEMPLATE)
+        .fetch_optional(&mut *admin)
+        .await
+        .expect("looking for the template database");
+    if exists.is_none() {
+        let building = format!("{TEMPLATE}_building");
+        sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {building}")))
+            .execute(&mut *admin)
+            .await
+            .expect("dropping a half-built template");
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {building}")))
+            .execute(&mut *admin)
+            .await
+            .expect("creating the template database");
+        let url = with_database(admin_url, &building);
+        for (schema, migrator) in [
+            (db::AUTH_SCHEMA, &db::AUTH_MIGRATOR),
+            (db::TASK_SCHEMA, &db::TASK_MIGRATOR),
+        ] {
+            let pool = db::pool(&url, schema, 1).expect("template pool");
+            db::migrate(&pool, schema, migrator)
+                .await
+                .expect("migrating the template");
+            pool.close().await;
+        }
+        // Renaming last means a template that exists is always complete.
+        sqlx::query(AssertSqlSafe(format!(
+            "ALTER DATABASE {building} RENAME TO {TEMPLATE}"
+        )))
+        .execute(&mut *admin)
+        .await
+        .expect("publishing the template");
+    }
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(TEMPLATE_LOCK)
+        .execute(&mut *admin)
+        .await
+        .expect("releasing the template lock");
+}
+
+/// Creates a database for one test, with every service's schema migrated,
+/// and returns its URL. Databases are left behind: the whole server is
+/// thrown away at the end of the run.
+pub async fn fresh_database() -> String {
+    fresh_database_on(&admin_database_url()).await
+}
+
+/// Like [`fresh_database`], on the server behind `admin_url`.
+pub async fn fresh_database_on(admin_url: &str) -> String {
+    let mut admin = PgConnection::connect(admin_url)
+        .await
+        .expect("connecting to the test postgres");
+    ensure_template(&mut admin, admin_url).await;
+    let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+    // CREATE DATABASE ... TEMPLATE fails while another session touches the
+    // template; that is brief, so retry.
+    let mut attempt = 0;
+    loop {
+        let sql = format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE} STRATEGY FILE_COPY");
+        match sqlx::query(AssertSqlSafe(sql)).execute(&mut admin).await {
+            Ok(_) => break,
+            Err(e) if attempt < 50 => {
+                attempt += 1;
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("creating test database {name}: {e}"),
+        }
+    }
+    let _ = admin.close().await;
+    with_database(admin_url, &name)
+}
+
+/// Shows service logs in test output when `TEST_LOG` is set.
+pub fn init_test_logging() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("info")
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// A Redis server of the test's own, for tests that stop it mid-way.
+pub struct PrivateRedis {
+    /// The running server; stopped on drop.
+    server: devstack::Redis,
+    /// Holds the server's folder until the test ends.
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateRedis {
+    /// Starts a fresh `redis-server` on a free port.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir for redis");
+        let server = devstack::Redis::start(dir.path(), None).expect("starting a private redis");
+        PrivateRedis { server, _dir: dir }
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        self.server.url(0)
+    }
+
+    /// Kills the server.
+    pub fn stop(&mut self) {
+        self.server.stop().expect("stopping the private redis");
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.server
+            .start_again()
+            .expect("restarting the private redis");
+    }
+}
+
+/// A PostgreSQL server of the test's own, for tests that stop it mid-way.
+pub struct PrivatePostgres {
+    /// The running cluster; stopped on drop.
+    server: devstack::Postgres,
+    /// Holds the cluster's folder until the test ends.
+    _dir: tempfile::TempDir,
+}
+
+impl PrivatePostgres {
+    /// Creates and starts a cluster on a free port (a few seconds).
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir for postgres");
+        let server =
+            devstack::Postgres::start(dir.path(), None).expect("starting a private postgres");
+        PrivatePostgres { server, _dir: dir }
+    }
+
+    /// The URL of its `postgres` database; pass to [`fresh_database_on`].
+    pub fn admin_url(&self) -> String {
+        self.server.url("postgres")
+    }
+
+    /// Stops the server.
+    pub fn stop(&mut self) {
+        self.server.stop().expect("stopping the private postgres");
+    }
+
+    /// Starts it again on the same port with the same data.
+    pub fn restart(&mut self) {
+        self.server
+            .start_again()
+            .expect("restarting the private postgres");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_database_swaps_the_database_name() {
+        assert_eq!(
+            with_database("postgres://u@h:5/postgres", "x"),
+            "postgres://u@h:5/x"
+        );
+        assert_eq!(
+            with_database("postgres://u@h:5/postgres?sslmode=disable", "x"),
+            "postgres://u@h:5/x?sslmode=disable"
+        );
+    }
+
+    #[tokio::test]
+    async fn fresh_databases_have_both_schemas_and_are_distinct() {
+        if std::env::var_os("TASKGATE_TEST_DATABASE_URL").is_none() {
+            panic!("run with `cargo xtask test`");
+        }
+        let a = fresh_database().await;
+        let b = fresh_database().await;
+        assert_ne!(a, b);
+        let mut conn = PgConnection::connect(&a).await.expect("connect");
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM information_schema.tables WHERE table_schema IN ('auth','task') AND table_name IN ('users','tasks')")
+            .fetch_one(&mut conn)
+            .await
+            .expect("query");
+        assert_eq!(n, 2);
+    }
+}
