@@ -1,0 +1,99 @@
+//! The single JSON error shape of the REST surface: the JSON form of
+//! google.rpc.Status, `{"code": <grpc code>, "message": "...", "details": [...]}`,
+//! sent with the HTTP status of the usual gRPC-to-HTTP table.
+
+use axum::{
+    Json,
+    response::{IntoResponse, Response},
+};
+use http::StatusCode;
+use serde_json::{Value, json};
+use tonic::Code;
+use tonic_types::StatusExt as _;
+
+/// The HTTP status for a gRPC code (google.rpc.Code mapping).
+pub fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            StatusCode::BAD_REQUEST
+        }
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The JSON body for `status`, with its details (BadRequest, RetryInfo, ...)
+/// in the `@type`-tagged form of the proto3 JSON mapping.
+pub fn json_body(status: &tonic::Status) -> Value {
+    let details = status.get_error_details();
+    let mut out = Vec::new();
+    if let Some(bad) = details.bad_request() {
+        let violations: Vec<Value> = bad
+            .field_violations
+            .iter()
+            .map(|v| json!({"field": v.field, "description": v.description}))
+            .collect();
+        out.push(json!({"@type": "type.googleapis.com/google.rpc.BadRequest", "field_violations": violations}));
+    }
+    if let Some(retry) = details.retry_info()
+        && let Some(delay) = retry.retry_delay
+    {
+        out.push(json!({
+            "@type": "type.googleapis.com/google.rpc.RetryInfo",
+            "retry_delay": format!("{}s", delay.as_secs_f64()),
+        }));
+    }
+    json!({"code": status.code() as i32, "message": status.message(), "details": out})
+}
+
+/// The full REST error response for `status`.
+pub fn json_error(status: &tonic::Status) -> Response {
+    (http_status(status.code()), Json(json_body(status))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_matches_the_contract() {
+        assert_eq!(http_status(Code::InvalidArgument), StatusCode::BAD_REQUEST);
+        assert_eq!(http_status(Code::Unauthenticated), StatusCode::UNAUTHORIZED);
+        assert_eq!(http_status(Code::PermissionDenied), StatusCode::FORBIDDEN);
+        assert_eq!(http_status(Code::NotFound), StatusCode::NOT_FOUND);
+        assert_eq!(http_status(Code::AlreadyExists), StatusCode::CONFLICT);
+        assert_eq!(
+            http_status(Code::ResourceExhausted),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(
+            http_status(Code::Unavailable),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            http_status(Code::Internal),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+
+    #[test]
+    fn field_errors_carry_a_bad_request_detail() {
+        let status = taskgate_common::status::invalid_field("title", "must not be empty");
+        let body = json_body(&status);
+        assert_eq!(body["code"], 3);
+        assert_eq!(
+            body["details"][0]["@type"],
+            "type.googleapis.com/google.rpc.BadRequest"
+        );
+        assert_eq!(body["details"][0]["field_violations"][0]["field"], "title");
+    }
+}
