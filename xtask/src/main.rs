@@ -1,0 +1,99 @@
+//! `cargo xtask`: taskgate's project automation, written in Rust so it runs wherever cargo does.
+//!
+//! # Layout
+//! - [`cmd`]: the error type, running child commands, and the Ctrl-C/SIGTERM flag.
+//! - [`deps`]: installs PostgreSQL and Redis on Debian/Ubuntu when they are missing.
+//! - [`stores`]: the PostgreSQL and Redis that `run` and `migrate` use.
+//! - [`services`]: the three service binaries, their build and their settings.
+//! - [`run`], [`test`], [`lint`], [`migrate`]: one module per subcommand.
+
+mod cmd;
+mod deps;
+mod lint;
+mod migrate;
+mod run;
+mod services;
+mod stores;
+mod test;
+
+use std::process::ExitCode;
+
+use crate::cmd::Error;
+
+/// What `cargo xtask --help` prints.
+const USAGE: &str = "\
+usage: cargo xtask <command> [args]
+
+commands:
+  deps                      install PostgreSQL and Redis with apt-get when they are missing
+  run [--debug]             start PostgreSQL, Redis and the three services (release build by default;
+                            --debug or --release=false for a debug build); Ctrl-C stops everything
+  test [cargo test args]    run the test stages against throwaway PostgreSQL and Redis servers
+  lint                      cargo fmt --check, clippy -D warnings, buf lint, docker-compose config
+  migrate [--debug]         apply the auth and task database migrations to DATABASE_URL
+
+environment:
+  DATABASE_URL, REDIS_URL   when both are set, `run` and `migrate` use them instead of local servers
+  TASKGATE_PG_PORT          port for the local PostgreSQL under .local/pg (default: a free port)
+  TASKGATE_REDIS_PORT       port for the local Redis (default: a free port)";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match dispatch(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            devstack::say(&format!("xtask: error: {}", err.message));
+            ExitCode::from(err.code)
+        }
+    }
+}
+
+/// Runs the subcommand that `args` names.
+fn dispatch(args: &[String]) -> Result<(), Error> {
+    let Some((command, rest)) = args.split_first() else {
+        devstack::say(USAGE);
+        return Err(Error::with_code(2, "no command given"));
+    };
+    match command.as_str() {
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        "deps" => {
+            no_arguments(command, rest)?;
+            deps::ensure()
+        }
+        "run" => {
+            cmd::catch_stop_signals()?;
+            run::run(services::Profile::from_args(rest)?)
+        }
+        "test" => {
+            cmd::catch_stop_signals()?;
+            test::test(rest)
+        }
+        "lint" => {
+            no_arguments(command, rest)?;
+            cmd::catch_stop_signals()?;
+            lint::lint()
+        }
+        "migrate" => {
+            cmd::catch_stop_signals()?;
+            migrate::migrate(services::Profile::from_args(rest)?)
+        }
+        other => {
+            devstack::say(USAGE);
+            Err(Error::with_code(2, format!("unknown command `{other}`")))
+        }
+    }
+}
+
+/// Rejects arguments for a subcommand that takes none.
+fn no_arguments(command: &str, rest: &[String]) -> Result<(), Error> {
+    match rest.first() {
+        None => Ok(()),
+        Some(arg) => Err(Error::with_code(
+            2,
+            format!("`{command}` takes no arguments, got `{arg}`"),
+        )),
+    }
+}

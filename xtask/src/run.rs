@@ -1,0 +1,277 @@
+//! `cargo xtask run`: the whole system on one machine until Ctrl-C.
+//!
+//! Order matters both ways: the build first, then PostgreSQL and Redis, then auth-service,
+//! task-service and the gateway, each only once the one before accepts TCP; on the way down the
+//! services get SIGTERM in reverse order and the stores stop last.
+
+use std::{
+    io::{self, BufRead as _, BufReader, Read},
+    net::{SocketAddr, TcpStream},
+    os::unix::process::CommandExt as _,
+    process::{Child, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    cmd::{self, Error, Result},
+    deps,
+    services::{self, Profile, SERVICES, Service},
+    stores::Stores,
+};
+
+/// How long a service may take from spawn to accepting TCP (it applies migrations first).
+const START_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How long the services get to finish after SIGTERM before they are killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Builds and starts everything, waits for Ctrl-C/SIGTERM or for a service to exit, then stops
+/// everything.
+pub fn run(profile: Profile) -> Result {
+    deps::ensure()?;
+    // Build before starting the stores: a release build takes minutes, and a failed one then
+    // leaves nothing to clean up.
+    profile.build(&SERVICES.map(|s| s.name))?;
+    let stores = Stores::from_env_or_local()?;
+
+    // Declared after `stores`, so on an early return the services stop before the stores do.
+    let mut fleet = Fleet {
+        running: Vec::new(),
+    };
+    for service in SERVICES {
+        fleet.start(profile, service, &stores)?;
+    }
+    println!("{}", status_table(&stores, &fleet));
+    let outcome = fleet.watch();
+    fleet.stop();
+    stores.stop();
+    outcome
+}
+
+/// A service process we started.
+struct Running {
+    /// Which service it is.
+    service: Service,
+    /// The process; it runs in its own process group so the terminal's Ctrl-C reaches only xtask,
+    /// which then stops the services in order.
+    child: Child,
+    /// Its listen address as configured.
+    listen: String,
+}
+
+/// The services started so far, in start order; they get SIGTERM when the fleet drops.
+struct Fleet {
+    /// Started services, in start order.
+    running: Vec<Running>,
+}
+
+impl Fleet {
+    /// Starts `service` and waits until it accepts TCP connections.
+    fn start(&mut self, profile: Profile, service: Service, stores: &Stores) -> Result {
+        let listen = services::setting(service.listen_var)
+            .ok_or_else(|| Error::new(format!("{} is not set", service.listen_var)))?;
+        let addr = services::probe_addr(&listen)?;
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok() {
+            return Err(Error::new(format!(
+                "something already listens on {addr}, where {} should go; stop it or set {}",
+                service.name, service.listen_var
+            )));
+        }
+
+        let mut command = services::command(
+            profile,
+            service.name,
+            &stores.database_url,
+            &stores.redis_url,
+        );
+        command
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        devstack::say(&format!("xtask: starting {} on {listen}", service.name));
+        let mut child = command
+            .spawn()
+            .map_err(|e| Error::new(format!("starting {}: {e}", cmd::show(&command))))?;
+        if let Some(out) = child.stdout.take() {
+            prefix_lines(service.name, out, io::stdout);
+        }
+        if let Some(err) = child.stderr.take() {
+            prefix_lines(service.name, err, io::stderr);
+        }
+        let mut running = Running {
+            service,
+            child,
+            listen,
+        };
+        let started = wait_until_listening(&mut running, addr);
+        // Kept even when it failed, so the fleet stops it with the rest.
+        self.running.push(running);
+        started
+    }
+
+    /// Waits for a stop request (returning `Ok`) or for a service to exit on its own (an error).
+    fn watch(&mut self) -> Result {
+        loop {
+            if cmd::stop_requested() {
+                return Ok(());
+            }
+            for running in &mut self.running {
+                if let Ok(Some(status)) = running.child.try_wait() {
+                    // A terminal's Ctrl-C can reach a service a moment before our own handler runs.
+                    thread::sleep(Duration::from_millis(300));
+                    if cmd::stop_requested() {
+                        return Ok(());
+                    }
+                    let name = running.service.name;
+                    devstack::say(&format!(
+                        "xtask: {name} exited on its own; stopping the rest"
+                    ));
+                    return Err(Error::exited(&format!("{name} exited on its own"), status));
+                }
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Sends SIGTERM to every service still running, last started first, and waits for them; any
+    /// that outlives [`STOP_TIMEOUT`] is killed.
+    fn stop(&mut self) {
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while let Some(mut running) = self.running.pop() {
+            let name = running.service.name;
+            if let Ok(Some(_)) = running.child.try_wait() {
+                continue;
+            }
+            devstack::say(&format!("xtask: stopping {name}"));
+            cmd::terminate(&running.child);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if cmd::wait_with_timeout(&mut running.child, left).is_none() {
+                devstack::say(&format!(
+                    "xtask: {name} ignored SIGTERM for {}; killing it",
+                    cmd::human(STOP_TIMEOUT)
+                ));
+                let _ = running.child.kill();
+                let _ = running.child.wait();
+            }
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Waits until `running` accepts TCP on `addr`, failing early if it exits or a stop is requested.
+fn wait_until_listening(running: &mut Running, addr: SocketAddr) -> Result {
+    let name = running.service.name;
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if cmd::stop_requested() {
+            return Err(cmd::interrupted());
+        }
+        if let Ok(Some(status)) = running.child.try_wait() {
+            return Err(Error::exited(
+                &format!("{name} exited during start-up"),
+                status,
+            ));
+        }
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::new(format!(
+                "{name} did not accept connections on {addr} within {}",
+                cmd::human(START_TIMEOUT)
+            )));
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Copies `source` line by line to `sink`, each line prefixed with the service's name, on a thread
+/// of its own; the thread ends when the service closes the stream.
+fn prefix_lines<R, W>(name: &'static str, source: R, sink: fn() -> W)
+where
+    R: Read + Send + 'static,
+    W: io::Write + 'static,
+{
+    thread::spawn(move || {
+        let mut reader = BufReader::new(source);
+        let mut line = Vec::new();
+        while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+            let text = String::from_utf8_lossy(&line);
+            let _ = writeln!(
+                sink(),
+                "{name:>12} | {}",
+                text.trim_end_matches(['\n', '\r'])
+            );
+            line.clear();
+        }
+    });
+}
+
+/// The table printed once everything is up.
+fn status_table(stores: &Stores, fleet: &Fleet) -> String {
+    let mut rows = vec![["what".to_owned(), "where".to_owned(), "notes".to_owned()]];
+    rows.extend(stores.rows());
+    for running in &fleet.running {
+        let (service, listen) = (running.service, &running.listen);
+        let notes = match services::probe_addr(listen) {
+            Ok(addr) if service.protocol == "http" => {
+                format!("http, open http://{addr}, pid {}", running.child.id())
+            }
+            _ => format!("{}, pid {}", service.protocol, running.child.id()),
+        };
+        rows.push([service.name.to_owned(), listen.clone(), notes]);
+    }
+    format!(
+        "\ntaskgate is up; Ctrl-C stops everything.\n\n{}",
+        format_table(&rows)
+    )
+}
+
+/// Lays out rows in left-aligned columns, two spaces apart, each line indented by two.
+fn format_table(rows: &[[String; 3]]) -> String {
+    let mut widths = [0usize; 3];
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let line = format!(
+            "  {:w0$}  {:w1$}  {}",
+            row[0],
+            row[1],
+            row[2],
+            w0 = widths[0],
+            w1 = widths[1]
+        );
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_columns_line_up() {
+        let row = |a: &str, b: &str, c: &str| [a.to_owned(), b.to_owned(), c.to_owned()];
+        let table = format_table(&[
+            row("what", "where", "notes"),
+            row("gateway", "0.0.0.0:8080", ""),
+        ]);
+        assert_eq!(
+            table,
+            "  what     where         notes\n  gateway  0.0.0.0:8080\n"
+        );
+    }
+}

@@ -1,0 +1,205 @@
+//! `cargo xtask test`: every test stage, against a PostgreSQL and a Redis started for this run only.
+//!
+//! The servers listen on free loopback ports and keep their files in a fresh folder under the
+//! system's temp folder, which is deleted afterwards, so runs never see each other's data. The
+//! stages reach them through `TASKGATE_TEST_DATABASE_URL` and `TASKGATE_TEST_REDIS_URL`.
+
+use std::{
+    fs, io,
+    path::PathBuf,
+    process::{self, Command},
+    time::{Duration, Instant},
+};
+
+use devstack::{Postgres, Redis};
+
+use crate::{
+    cmd::{self, Error, Result},
+    deps,
+};
+
+/// Where the stages find the throwaway servers.
+struct TestEnv {
+    /// A superuser URL to the `postgres` database; tests create their own databases from it.
+    database_url: String,
+    /// The Redis server's URL, without a database number.
+    redis_url: String,
+}
+
+impl TestEnv {
+    /// Gives `command` the variables the tests read.
+    fn apply(&self, command: &mut Command) {
+        command
+            .env("TASKGATE_TEST_DATABASE_URL", &self.database_url)
+            .env("TASKGATE_TEST_REDIS_URL", &self.redis_url);
+    }
+}
+
+/// One step of the test run: a command that passes when it exits 0.
+struct Stage {
+    /// What the progress lines call it.
+    name: &'static str,
+    /// The command, with its environment already set.
+    command: Command,
+}
+
+/// The stages, in the order they run; the first failure ends the run.
+///
+/// Add new kinds of tests (the Python client's, browser end-to-end, schemathesis) here.
+fn test_stages(env: &TestEnv, cargo_args: &[String]) -> Vec<Stage> {
+    let mut cargo_test = cmd::cargo();
+    cargo_test.args(["test", "--workspace"]).args(cargo_args);
+
+    let mut stages = vec![Stage {
+        name: "cargo test",
+        command: cargo_test,
+    }];
+    for stage in &mut stages {
+        env.apply(&mut stage.command);
+    }
+    stages
+}
+
+/// Starts the throwaway servers, runs every stage, stops the servers and deletes their files.
+/// Fails with the exit code of the first stage that failed.
+pub fn test(cargo_args: &[String]) -> Result {
+    deps::ensure()?;
+    let scratch =
+        Scratch::create(std::env::temp_dir().join(format!("taskgate-test-{}", process::id())))?;
+    let postgres = Postgres::start(&scratch.path.join("pg"), None).map_err(|e| {
+        Error::new(format!(
+            "starting postgres under {}: {e}",
+            scratch.path.display()
+        ))
+    })?;
+    let redis = Redis::start(&scratch.path.join("redis"), None).map_err(|e| {
+        Error::new(format!(
+            "starting redis under {}: {e}",
+            scratch.path.display()
+        ))
+    })?;
+    let env = TestEnv {
+        database_url: postgres.url("postgres"),
+        redis_url: format!("redis://127.0.0.1:{}", redis.port()),
+    };
+    devstack::say(&format!(
+        "xtask test: postgres at {}, redis at {}, files in {}",
+        env.database_url,
+        env.redis_url,
+        scratch.path.display()
+    ));
+
+    let outcome = run_stages(test_stages(&env, cargo_args));
+
+    // Servers first, then their folder (which is `scratch`'s drop).
+    drop(redis);
+    drop(postgres);
+    drop(scratch);
+    outcome
+}
+
+/// Runs `stages` in order until one fails, then prints how long each took.
+fn run_stages(stages: Vec<Stage>) -> Result {
+    let mut report: Vec<(&str, Duration, &str)> = Vec::new();
+    let mut outcome = Ok(());
+    for mut stage in stages {
+        devstack::say(&format!("xtask test: ==> {}", stage.name));
+        let started = Instant::now();
+        let result = cmd::status(&mut stage.command);
+        let took = started.elapsed();
+        outcome = match result {
+            Ok(_) if cmd::stop_requested() => Err(cmd::interrupted()),
+            Ok(status) if status.success() => Ok(()),
+            Ok(status) => Err(Error::failed(stage.name, status)),
+            Err(e) => Err(e),
+        };
+        report.push((
+            stage.name,
+            took,
+            if outcome.is_ok() { "ok" } else { "FAILED" },
+        ));
+        if outcome.is_err() {
+            break;
+        }
+    }
+    for (name, took, verdict) in report {
+        devstack::say(&format!(
+            "xtask test: stage {name}: {verdict} in {}",
+            cmd::human(took)
+        ));
+    }
+    outcome
+}
+
+/// A fresh folder that is deleted, with everything in it, when dropped.
+struct Scratch {
+    /// The folder.
+    path: PathBuf,
+}
+
+impl Scratch {
+    /// Creates `path` empty, removing what an earlier process with the same id left there.
+    fn create(path: PathBuf) -> Result<Self> {
+        match fs::remove_dir_all(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::new(format!(
+                    "removing stale {}: {e}",
+                    path.display()
+                )));
+            }
+        }
+        fs::create_dir_all(&path)
+            .map_err(|e| Error::new(format!("creating {}: {e}", path.display())))?;
+        Ok(Scratch { path })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.path) {
+            devstack::say(&format!(
+                "xtask test: removing {}: {e}",
+                self.path.display()
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_stage_sees_the_throwaway_servers() {
+        let env = TestEnv {
+            database_url: "postgres://pg".to_owned(),
+            redis_url: "redis://r".to_owned(),
+        };
+        let stages = test_stages(&env, &["-p".to_owned(), "gateway".to_owned()]);
+        assert_eq!(stages[0].name, "cargo test");
+        let args: Vec<_> = stages[0].command.get_args().collect();
+        assert_eq!(args, ["test", "--workspace", "-p", "gateway"]);
+        for stage in &stages {
+            let envs: Vec<_> = stage.command.get_envs().collect();
+            assert!(envs.contains(&(
+                "TASKGATE_TEST_DATABASE_URL".as_ref(),
+                Some("postgres://pg".as_ref())
+            )));
+            assert!(envs.contains(&(
+                "TASKGATE_TEST_REDIS_URL".as_ref(),
+                Some("redis://r".as_ref())
+            )));
+        }
+    }
+
+    #[test]
+    fn scratch_folders_disappear_when_dropped() {
+        let path = std::env::temp_dir().join(format!("xtask-scratch-test-{}", process::id()));
+        let scratch = Scratch::create(path.clone()).expect("scratch folder");
+        fs::write(path.join("file"), "x").expect("write into scratch");
+        drop(scratch);
+        assert!(!path.exists());
+    }
+}
