@@ -22,10 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = compiler.file_descriptor_set();
     fs::write(out_dir.join("taskgate_descriptor.bin"), fds.encode_to_vec())?;
 
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .compile_fds(fds)?;
+    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
 
     fs::write(out_dir.join("http_rules.rs"), http_rules(&pool)?)?;
     Ok(())
@@ -34,9 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// Renders every `google.api.http` binding (including additional bindings)
 /// as one `HttpRule` literal, in declaration order.
 fn http_rules(pool: &prost_reflect::DescriptorPool) -> Result<String, Box<dyn std::error::Error>> {
-    let ext = pool
-        .get_extension_by_name("google.api.http")
-        .ok_or("google.api.http extension not found")?;
+    let ext = pool.get_extension_by_name("google.api.http").ok_or("google.api.http extension not found")?;
     let mut out = String::from("&[\n");
     for service in pool.services() {
         if !service.full_name().starts_with("taskgate.") {
@@ -52,10 +47,7 @@ fn http_rules(pool: &prost_reflect::DescriptorPool) -> Result<String, Box<dyn st
                 return Err("google.api.http is not a message".into());
             };
             let mut rules = vec![rule.clone()];
-            if let Some(Value::List(more)) = rule
-                .get_field_by_name("additional_bindings")
-                .map(|v| v.into_owned())
-            {
+            if let Some(Value::List(more)) = rule.get_field_by_name("additional_bindings").map(|v| v.into_owned()) {
                 for r in more {
                     if let Value::Message(m) = r {
                         rules.push(m);
@@ -84,17 +76,8 @@ fn http_rules(pool: &prost_reflect::DescriptorPool) -> Result<String, Box<dyn st
 }
 
 fn pattern(rule: &DynamicMessage) -> Result<(&'static str, String), Box<dyn std::error::Error>> {
-    for (field, verb) in [
-        ("get", "GET"),
-        ("put", "PUT"),
-        ("post", "POST"),
-        ("delete", "DELETE"),
-        ("patch", "PATCH"),
-    ] {
-        let desc = rule
-            .descriptor()
-            .get_field_by_name(field)
-            .ok_or("bad HttpRule descriptor")?;
+    for (field, verb) in [("get", "GET"), ("put", "PUT"), ("post", "POST"), ("delete", "DELETE"), ("patch", "PATCH")] {
+        let desc = rule.descriptor().get_field_by_name(field).ok_or("bad HttpRule descriptor")?;
         if rule.has_field(&desc) {
             return Ok((verb, string_field(rule, field)));
         }
@@ -103,7 +86,5 @@ fn pattern(rule: &DynamicMessage) -> Result<(&'static str, String), Box<dyn std:
 }
 
 fn string_field(rule: &DynamicMessage, name: &str) -> String {
-    rule.get_field_by_name(name)
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
+    rule.get_field_by_name(name).and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }

@@ -48,16 +48,11 @@ pub async fn migrate(pool: &PgPool, schema: &str, migrator: &Migrator) -> anyhow
         schema.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
         "schema name {schema:?} must be lowercase letters and underscores"
     );
-    sqlx::query(AssertSqlSafe(format!(
-        "CREATE SCHEMA IF NOT EXISTS {schema}"
-    )))
-    .execute(pool)
-    .await
-    .with_context(|| format!("creating schema {schema}"))?;
-    migrator
-        .run(pool)
+    sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {schema}")))
+        .execute(pool)
         .await
-        .with_context(|| format!("applying migrations for schema {schema}"))?;
+        .with_context(|| format!("creating schema {schema}"))?;
+    migrator.run(pool).await.with_context(|| format!("applying migrations for schema {schema}"))?;
     Ok(())
 }
 

@@ -19,25 +19,17 @@ use tonic_health::{
 pub async fn health(services: &[&str]) -> (HealthReporter, HealthServer<impl Health>) {
     let (reporter, service) = tonic_health::server::health_reporter();
     for name in services {
-        reporter
-            .set_service_status(*name, ServingStatus::Serving)
-            .await;
+        reporter.set_service_status(*name, ServingStatus::Serving).await;
     }
-    reporter
-        .set_service_status("", ServingStatus::Serving)
-        .await;
+    reporter.set_service_status("", ServingStatus::Serving).await;
     (reporter, service)
 }
 
 /// Server reflection (v1 and v1alpha, for older grpcurl) over every taskgate
 /// proto, so `grpcurl`/`buf curl` work without proto files.
 pub fn reflection() -> anyhow::Result<(
-    tonic_reflection::server::v1::ServerReflectionServer<
-        impl tonic_reflection::server::v1::ServerReflection,
-    >,
-    tonic_reflection::server::v1alpha::ServerReflectionServer<
-        impl tonic_reflection::server::v1alpha::ServerReflection,
-    >,
+    tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<impl tonic_reflection::server::v1alpha::ServerReflection>,
 )> {
     let v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(taskgate_proto::FILE_DESCRIPTOR_SET)
@@ -63,9 +55,7 @@ pub async fn probe(url: &str, service: &str) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("connecting to {url}"))?;
     let response = HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: service.to_owned(),
-        })
+        .check(HealthCheckRequest { service: service.to_owned() })
         .await
         .context("health check call")?
         .into_inner();

@@ -19,27 +19,16 @@ pub fn invalid_field(field: &str, description: impl Into<String>) -> Status {
 
 /// INVALID_ARGUMENT with one BadRequest violation per `(field, description)`.
 pub fn invalid_fields(violations: Vec<(String, String)>) -> Status {
-    let message = violations
-        .iter()
-        .map(|(f, d)| format!("invalid {f}: {d}"))
-        .collect::<Vec<_>>()
-        .join("; ");
+    let message = violations.iter().map(|(f, d)| format!("invalid {f}: {d}")).collect::<Vec<_>>().join("; ");
     let details = ErrorDetails::with_bad_request(
-        violations
-            .into_iter()
-            .map(|(f, d)| FieldViolation::new(f, d))
-            .collect::<Vec<_>>(),
+        violations.into_iter().map(|(f, d)| FieldViolation::new(f, d)).collect::<Vec<_>>(),
     );
     Status::with_error_details(Code::InvalidArgument, message, details)
 }
 
 /// RESOURCE_EXHAUSTED with a google.rpc.RetryInfo detail.
 pub fn retry_after(message: impl Into<String>, retry_after: Duration) -> Status {
-    Status::with_error_details(
-        Code::ResourceExhausted,
-        message,
-        ErrorDetails::with_retry_info(Some(retry_after)),
-    )
+    Status::with_error_details(Code::ResourceExhausted, message, ErrorDetails::with_retry_info(Some(retry_after)))
 }
 
 #[cfg(test)]
@@ -59,11 +48,7 @@ mod tests {
     fn retry_after_carries_retry_info() {
         let status = retry_after("slow down", Duration::from_secs(7));
         assert_eq!(status.code(), Code::ResourceExhausted);
-        let info = status
-            .get_error_details()
-            .retry_info()
-            .cloned()
-            .expect("retry info");
+        let info = status.get_error_details().retry_info().cloned().expect("retry info");
         assert_eq!(info.retry_delay, Some(Duration::from_secs(7)));
     }
 }

@@ -22,11 +22,8 @@ use std::{
 };
 
 /// Where Debian installs the PostgreSQL 15 server binaries, which are not on `PATH`.
-const PG_BIN_DIRS: &[&str] = &[
-    "/usr/lib/postgresql/17/bin",
-    "/usr/lib/postgresql/16/bin",
-    "/usr/lib/postgresql/15/bin",
-];
+const PG_BIN_DIRS: &[&str] =
+    &["/usr/lib/postgresql/17/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin"];
 
 /// Returns a TCP port on 127.0.0.1 that nobody listens on right now.
 pub fn free_port() -> io::Result<u16> {
@@ -35,19 +32,13 @@ pub fn free_port() -> io::Result<u16> {
 
 /// Finds a PostgreSQL server binary such as `initdb`, on `PATH` or in Debian's folders.
 pub fn pg_binary(name: &str) -> Option<PathBuf> {
-    PG_BIN_DIRS
-        .iter()
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.exists())
-        .or_else(|| which(name))
+    PG_BIN_DIRS.iter().map(|d| Path::new(d).join(name)).find(|p| p.exists()).or_else(|| which(name))
 }
 
 /// Finds an executable on `PATH`.
 pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
 }
 
 fn run(cmd: &mut Command) -> io::Result<()> {
@@ -73,9 +64,7 @@ fn wait_for_port(port: u16, timeout: Duration) -> io::Result<()> {
         }
         thread::sleep(Duration::from_millis(50));
     }
-    Err(io::Error::other(format!(
-        "nothing listened on port {port} after {timeout:?}"
-    )))
+    Err(io::Error::other(format!("nothing listened on port {port} after {timeout:?}")))
 }
 
 /// A PostgreSQL cluster owned by this process, listening on 127.0.0.1.
@@ -97,21 +86,13 @@ impl Postgres {
     /// Creates a cluster under `dir` (if it has none yet) and starts it on `port`,
     /// or on a free port when `port` is `None`.
     pub fn start(dir: &Path, port: Option<u16>) -> io::Result<Self> {
-        let initdb = pg_binary("initdb")
-            .ok_or_else(|| io::Error::other("initdb not found: install postgresql"))?;
+        let initdb = pg_binary("initdb").ok_or_else(|| io::Error::other("initdb not found: install postgresql"))?;
         let data_dir = dir.join("pgdata");
         // PostgreSQL refuses to run as root; run it as the `postgres` system user then.
-        let run_as = if is_root() {
-            Some("postgres".to_owned())
-        } else {
-            None
-        };
+        let run_as = if is_root() { Some("postgres".to_owned()) } else { None };
         fs::create_dir_all(dir)?;
         if let Some(user) = &run_as {
-            run(Command::new("chown")
-                .arg("-R")
-                .arg(format!("{user}:"))
-                .arg(dir))?;
+            run(Command::new("chown").arg("-R").arg(format!("{user}:")).arg(dir))?;
         }
         if !data_dir.join("PG_VERSION").exists() {
             run(as_user(&run_as, &initdb).arg("-D").arg(&data_dir).args([
@@ -128,12 +109,7 @@ impl Postgres {
             Some(p) => p,
             None => free_port()?,
         };
-        let mut pg = Postgres {
-            data_dir,
-            port,
-            run_as,
-            running: false,
-        };
+        let mut pg = Postgres { data_dir, port, run_as, running: false };
         pg.start_again()?;
         Ok(pg)
     }
@@ -163,10 +139,7 @@ impl Postgres {
         }
         self.running = false;
         let pg_ctl = pg_binary("pg_ctl").ok_or_else(|| io::Error::other("pg_ctl not found"))?;
-        run(as_user(&self.run_as, &pg_ctl)
-            .arg("-D")
-            .arg(&self.data_dir)
-            .args(["-m", "fast", "-w", "stop"]))
+        run(as_user(&self.run_as, &pg_ctl).arg("-D").arg(&self.data_dir).args(["-m", "fast", "-w", "stop"]))
     }
 
     /// The TCP port the server listens on.
@@ -183,33 +156,15 @@ impl Postgres {
     pub fn create_database(&self, database: &str) -> io::Result<()> {
         let psql = pg_binary("psql").ok_or_else(|| io::Error::other("psql not found"))?;
         let exists = Command::new(&psql)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-tAc",
-            ])
-            .arg(format!(
-                "SELECT 1 FROM pg_database WHERE datname = '{database}'"
-            ))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-tAc"])
+            .arg(format!("SELECT 1 FROM pg_database WHERE datname = '{database}'"))
             .arg("postgres")
             .output()?;
         if String::from_utf8_lossy(&exists.stdout).trim() == "1" {
             return Ok(());
         }
         run(Command::new(&psql)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-c",
-            ])
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-c"])
             .arg(format!("CREATE DATABASE \"{database}\""))
             .arg("postgres"))
     }
@@ -241,34 +196,18 @@ impl Redis {
             Some(p) => p,
             None => free_port()?,
         };
-        let mut redis = Redis {
-            port,
-            child: None,
-            log: dir.join("redis.log"),
-        };
+        let mut redis = Redis { port, child: None, log: dir.join("redis.log") };
         redis.start_again()?;
         Ok(redis)
     }
 
     /// Starts the server again after [`Redis::stop`], on the same port.
     pub fn start_again(&mut self) -> io::Result<()> {
-        let bin = which("redis-server")
-            .ok_or_else(|| io::Error::other("redis-server not found: install redis-server"))?;
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
+        let bin =
+            which("redis-server").ok_or_else(|| io::Error::other("redis-server not found: install redis-server"))?;
+        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let child = Command::new(bin)
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--daemonize", "no", "--maxclients", "2000"])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -306,11 +245,7 @@ impl Drop for Redis {
 
 fn is_root() -> bool {
     // `id -u` avoids libc; this runs once per server start.
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
 }
 
 fn as_user(user: &Option<String>, bin: &Path) -> Command {

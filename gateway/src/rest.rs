@@ -9,8 +9,7 @@ pub mod error;
 
 use axum::Router;
 use taskgate_proto::{
-    auth::v1::auth_service_client::AuthServiceClient,
-    task::v1::task_service_client::TaskServiceClient,
+    auth::v1::auth_service_client::AuthServiceClient, task::v1::task_service_client::TaskServiceClient,
 };
 use tonic::transport::Channel;
 

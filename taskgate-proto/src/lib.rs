@@ -80,15 +80,9 @@ mod tests {
             "DeleteTask",
         ];
         for m in methods {
-            assert!(
-                HTTP_RULES.iter().any(|r| r.method == m),
-                "no google.api.http on {m}"
-            );
+            assert!(HTTP_RULES.iter().any(|r| r.method == m), "no google.api.http on {m}");
         }
-        let patch = HTTP_RULES
-            .iter()
-            .find(|r| r.verb == "PATCH")
-            .expect("PATCH binding");
+        let patch = HTTP_RULES.iter().find(|r| r.verb == "PATCH").expect("PATCH binding");
         assert_eq!(patch.method, "UpdateTask");
         assert_eq!(patch.path, "/api/v1/tasks/{task.id}");
     }

@@ -82,23 +82,16 @@ async fn ensure_template(admin: &mut PgConnection, admin_url: &str) {
             .await
             .expect("creating the template database");
         let url = with_database(admin_url, &building);
-        for (schema, migrator) in [
-            (db::AUTH_SCHEMA, &db::AUTH_MIGRATOR),
-            (db::TASK_SCHEMA, &db::TASK_MIGRATOR),
-        ] {
+        for (schema, migrator) in [(db::AUTH_SCHEMA, &db::AUTH_MIGRATOR), (db::TASK_SCHEMA, &db::TASK_MIGRATOR)] {
             let pool = db::pool(&url, schema, 1).expect("template pool");
-            db::migrate(&pool, schema, migrator)
-                .await
-                .expect("migrating the template");
+            db::migrate(&pool, schema, migrator).await.expect("migrating the template");
             pool.close().await;
         }
         // Renaming last means a template that exists is always complete.
-        sqlx::query(AssertSqlSafe(format!(
-            "ALTER DATABASE {building} RENAME TO {TEMPLATE}"
-        )))
-        .execute(&mut *admin)
-        .await
-        .expect("publishing the template");
+        sqlx::query(AssertSqlSafe(format!("ALTER DATABASE {building} RENAME TO {TEMPLATE}")))
+            .execute(&mut *admin)
+            .await
+            .expect("publishing the template");
     }
     sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(TEMPLATE_LOCK)
@@ -116,9 +109,7 @@ pub async fn fresh_database() -> String {
 
 /// Like [`fresh_database`], on the server behind `admin_url`.
 pub async fn fresh_database_on(admin_url: &str) -> String {
-    let mut admin = PgConnection::connect(admin_url)
-        .await
-        .expect("connecting to the test postgres");
+    let mut admin = PgConnection::connect(admin_url).await.expect("connecting to the test postgres");
     ensure_template(&mut admin, admin_url).await;
     let name = format!("test_{}", uuid::Uuid::new_v4().simple());
     // CREATE DATABASE ... TEMPLATE fails while another session touches the
@@ -143,10 +134,7 @@ pub async fn fresh_database_on(admin_url: &str) -> String {
 /// Shows service logs in test output when `TEST_LOG` is set.
 pub fn init_test_logging() {
     if std::env::var_os("TEST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("info")
-            .with_test_writer()
-            .try_init();
+        let _ = tracing_subscriber::fmt().with_env_filter("info").with_test_writer().try_init();
     }
 }
 
@@ -178,9 +166,7 @@ impl PrivateRedis {
 
     /// Starts it again on the same port.
     pub fn restart(&mut self) {
-        self.server
-            .start_again()
-            .expect("restarting the private redis");
+        self.server.start_again().expect("restarting the private redis");
     }
 }
 
@@ -196,8 +182,7 @@ impl PrivatePostgres {
     /// Creates and starts a cluster on a free port (a few seconds).
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir for postgres");
-        let server =
-            devstack::Postgres::start(dir.path(), None).expect("starting a private postgres");
+        let server = devstack::Postgres::start(dir.path(), None).expect("starting a private postgres");
         PrivatePostgres { server, _dir: dir }
     }
 
@@ -213,9 +198,7 @@ impl PrivatePostgres {
 
     /// Starts it again on the same port with the same data.
     pub fn restart(&mut self) {
-        self.server
-            .start_again()
-            .expect("restarting the private postgres");
+        self.server.start_again().expect("restarting the private postgres");
     }
 }
 
@@ -225,10 +208,7 @@ mod tests {
 
     #[test]
     fn with_database_swaps_the_database_name() {
-        assert_eq!(
-            with_database("postgres://u@h:5/postgres", "x"),
-            "postgres://u@h:5/x"
-        );
+        assert_eq!(with_database("postgres://u@h:5/postgres", "x"), "postgres://u@h:5/x");
         assert_eq!(
             with_database("postgres://u@h:5/postgres?sslmode=disable", "x"),
             "postgres://u@h:5/x?sslmode=disable"

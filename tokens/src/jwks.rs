@@ -28,9 +28,7 @@ pub struct GrpcKeySource {
 impl GrpcKeySource {
     /// Uses `channel` (an existing, pooled channel to the auth service).
     pub fn new(channel: Channel) -> Self {
-        GrpcKeySource {
-            client: AuthServiceClient::new(channel),
-        }
+        GrpcKeySource { client: AuthServiceClient::new(channel) }
     }
 }
 
@@ -60,9 +58,7 @@ pub struct StaticKeySource {
 impl StaticKeySource {
     /// A source serving `keys`.
     pub fn new(keys: Vec<Jwk>) -> Self {
-        StaticKeySource {
-            keys: Arc::new(std::sync::RwLock::new(keys)),
-        }
+        StaticKeySource { keys: Arc::new(std::sync::RwLock::new(keys)) }
     }
 
     /// Replaces the served keys.
@@ -75,11 +71,7 @@ impl StaticKeySource {
 
 impl KeySource for StaticKeySource {
     fn fetch(&self) -> BoxFuture<'_, Result<Vec<Jwk>, VerifyError>> {
-        let keys = self
-            .keys
-            .read()
-            .map(|k| k.clone())
-            .map_err(|_| VerifyError::Unavailable);
+        let keys = self.keys.read().map(|k| k.clone()).map_err(|_| VerifyError::Unavailable);
         Box::pin(async move { keys })
     }
 }
@@ -89,10 +81,6 @@ impl KeySource for StaticKeySource {
 pub(crate) fn decoding_keys(jwks: &[Jwk]) -> HashMap<String, DecodingKey> {
     jwks.iter()
         .filter(|k| k.kty == "OKP" && k.crv == "Ed25519" && (k.alg.is_empty() || k.alg == "EdDSA"))
-        .filter_map(|k| {
-            DecodingKey::from_ed_components(&k.x)
-                .ok()
-                .map(|d| (k.kid.clone(), d))
-        })
+        .filter_map(|k| DecodingKey::from_ed_components(&k.x).ok().map(|d| (k.kid.clone(), d)))
         .collect()
 }

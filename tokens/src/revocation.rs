@@ -41,11 +41,7 @@ pub struct RevocationCheck {
 impl RevocationCheck {
     /// A check against `redis` with keys under `prefix`.
     pub fn new(redis: Pool, prefix: impl Into<String>, policy: RevocationPolicy) -> Self {
-        RevocationCheck {
-            redis,
-            prefix: prefix.into(),
-            policy,
-        }
+        RevocationCheck { redis, prefix: prefix.into(), policy }
     }
 
     /// Err([`VerifyError::Revoked`]) if the token's session was revoked.

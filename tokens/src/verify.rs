@@ -104,20 +104,16 @@ impl Verifier {
         }
         let kid = header.kid.ok_or(VerifyError::Malformed)?;
         let key = self.key(&kid).await?;
-        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.inner.validation).map_err(
-            |e| match e.kind() {
-                ErrorKind::InvalidSignature => VerifyError::BadSignature,
-                ErrorKind::ExpiredSignature => VerifyError::Expired,
-                ErrorKind::ImmatureSignature => VerifyError::NotYetValid,
-                ErrorKind::InvalidAlgorithm
-                | ErrorKind::InvalidAlgorithmName
-                | ErrorKind::MissingAlgorithm => VerifyError::Algorithm,
-                ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => {
-                    VerifyError::Malformed
-                }
-                _ => VerifyError::InvalidClaims,
-            },
-        )?;
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.inner.validation).map_err(|e| match e.kind() {
+            ErrorKind::InvalidSignature => VerifyError::BadSignature,
+            ErrorKind::ExpiredSignature => VerifyError::Expired,
+            ErrorKind::ImmatureSignature => VerifyError::NotYetValid,
+            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::MissingAlgorithm => {
+                VerifyError::Algorithm
+            }
+            ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => VerifyError::Malformed,
+            _ => VerifyError::InvalidClaims,
+        })?;
         let claims = data.claims;
         if claims.jti.is_empty() || claims.sid.is_empty() || claims.sub.is_empty() {
             return Err(VerifyError::InvalidClaims);
@@ -135,11 +131,7 @@ impl Verifier {
     }
 
     fn cached(&self, kid: &str) -> Option<DecodingKey> {
-        self.inner
-            .keys
-            .read()
-            .ok()
-            .and_then(|keys| keys.get(kid).cloned())
+        self.inner.keys.read().ok().and_then(|keys| keys.get(kid).cloned())
     }
 
     /// Fetches the key set unless another fetch happened within
@@ -168,11 +160,7 @@ fn header_error(token: &str) -> VerifyError {
     let alg = token
         .split('.')
         .next()
-        .and_then(|h| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(h)
-                .ok()
-        })
+        .and_then(|h| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h).ok())
         .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
         .and_then(|v| v.get("alg").and_then(|a| a.as_str()).map(str::to_owned));
     match alg {
@@ -185,10 +173,7 @@ fn header_error(token: &str) -> VerifyError {
 pub fn bearer_token(metadata: &MetadataMap) -> Option<&str> {
     let value = metadata.get("authorization")?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]
@@ -210,8 +195,7 @@ mod tests {
     fn key(kid: &str) -> Key {
         let signing = SigningKey::generate(&mut rand::rngs::OsRng);
         let der = signing.to_pkcs8_der().expect("pkcs8");
-        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(signing.verifying_key().as_bytes());
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signing.verifying_key().as_bytes());
         Key {
             kid: kid.to_owned(),
             encoding: EncodingKey::from_ed_der(der.as_bytes()),
@@ -227,10 +211,7 @@ mod tests {
     }
 
     fn now() -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0)
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
     }
 
     fn claims() -> Claims {
@@ -255,19 +236,14 @@ mod tests {
     }
 
     fn verifier(keys: Vec<Jwk>) -> Verifier {
-        Verifier::new(
-            Arc::new(StaticKeySource::new(keys)),
-            VerifierConfig::new("taskgate", "taskgate"),
-        )
+        Verifier::new(Arc::new(StaticKeySource::new(keys)), VerifierConfig::new("taskgate", "taskgate"))
     }
 
     #[tokio::test]
     async fn a_good_access_token_verifies() {
         let k = key("k1");
         let v = verifier(vec![k.jwk.clone()]);
-        let got = v
-            .verify(&sign(&k, "at+jwt", &claims()), TokenKind::Access)
-            .await;
+        let got = v.verify(&sign(&k, "at+jwt", &claims()), TokenKind::Access).await;
         assert_eq!(got, Ok(claims()));
     }
 
@@ -276,15 +252,9 @@ mod tests {
         let k = key("k1");
         let v = verifier(vec![k.jwk.clone()]);
         let refresh = sign(&k, "rt+jwt", &claims());
-        assert_eq!(
-            v.verify(&refresh, TokenKind::Access).await,
-            Err(VerifyError::WrongType)
-        );
+        assert_eq!(v.verify(&refresh, TokenKind::Access).await, Err(VerifyError::WrongType));
         let access = sign(&k, "at+jwt", &claims());
-        assert_eq!(
-            v.verify(&access, TokenKind::Refresh).await,
-            Err(VerifyError::WrongType)
-        );
+        assert_eq!(v.verify(&access, TokenKind::Refresh).await, Err(VerifyError::WrongType));
     }
 
     #[tokio::test]
@@ -294,10 +264,7 @@ mod tests {
         let header = b64.encode(r#"{"alg":"none","typ":"at+jwt","kid":"k1"}"#);
         let payload = b64.encode(serde_json::to_vec(&claims()).expect("json"));
         let token = format!("{header}.{payload}.");
-        assert_eq!(
-            v.verify(&token, TokenKind::Access).await,
-            Err(VerifyError::Algorithm)
-        );
+        assert_eq!(v.verify(&token, TokenKind::Access).await, Err(VerifyError::Algorithm));
     }
 
     #[tokio::test]
@@ -305,9 +272,7 @@ mod tests {
         let real = key("k1");
         let forged = key("k1");
         let v = verifier(vec![real.jwk.clone()]);
-        let got = v
-            .verify(&sign(&forged, "at+jwt", &claims()), TokenKind::Access)
-            .await;
+        let got = v.verify(&sign(&forged, "at+jwt", &claims()), TokenKind::Access).await;
         assert_eq!(got, Err(VerifyError::BadSignature));
     }
 
@@ -320,16 +285,8 @@ mod tests {
         let mut c = claims();
         c.sub = "someone-else".into();
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let forged = format!(
-            "{}.{}.{}",
-            parts[0],
-            b64.encode(serde_json::to_vec(&c).expect("json")),
-            parts[2]
-        );
-        assert_eq!(
-            v.verify(&forged, TokenKind::Access).await,
-            Err(VerifyError::BadSignature)
-        );
+        let forged = format!("{}.{}.{}", parts[0], b64.encode(serde_json::to_vec(&c).expect("json")), parts[2]);
+        assert_eq!(v.verify(&forged, TokenKind::Access).await, Err(VerifyError::BadSignature));
     }
 
     #[tokio::test]
@@ -338,16 +295,10 @@ mod tests {
         let v = verifier(vec![k.jwk.clone()]);
         let mut c = claims();
         c.exp = now() - 60;
-        assert_eq!(
-            v.verify(&sign(&k, "at+jwt", &c), TokenKind::Access).await,
-            Err(VerifyError::Expired)
-        );
+        assert_eq!(v.verify(&sign(&k, "at+jwt", &c), TokenKind::Access).await, Err(VerifyError::Expired));
         let mut c = claims();
         c.nbf = now() + 60;
-        assert_eq!(
-            v.verify(&sign(&k, "at+jwt", &c), TokenKind::Access).await,
-            Err(VerifyError::NotYetValid)
-        );
+        assert_eq!(v.verify(&sign(&k, "at+jwt", &c), TokenKind::Access).await, Err(VerifyError::NotYetValid));
     }
 
     #[tokio::test]
@@ -356,16 +307,10 @@ mod tests {
         let v = verifier(vec![k.jwk.clone()]);
         let mut c = claims();
         c.iss = "evil".into();
-        assert_eq!(
-            v.verify(&sign(&k, "at+jwt", &c), TokenKind::Access).await,
-            Err(VerifyError::InvalidClaims)
-        );
+        assert_eq!(v.verify(&sign(&k, "at+jwt", &c), TokenKind::Access).await, Err(VerifyError::InvalidClaims));
         let mut c = claims();
         c.aud = "other".into();
-        assert_eq!(
-            v.verify(&sign(&k, "at+jwt", &c), TokenKind::Access).await,
-            Err(VerifyError::InvalidClaims)
-        );
+        assert_eq!(v.verify(&sign(&k, "at+jwt", &c), TokenKind::Access).await, Err(VerifyError::InvalidClaims));
     }
 
     #[tokio::test]
@@ -378,10 +323,7 @@ mod tests {
         header.typ = Some("at+jwt".into());
         header.kid = Some("k1".into());
         let token = jsonwebtoken::encode(&header, &value, &k.encoding).expect("sign");
-        assert_eq!(
-            v.verify(&token, TokenKind::Access).await,
-            Err(VerifyError::InvalidClaims)
-        );
+        assert_eq!(v.verify(&token, TokenKind::Access).await, Err(VerifyError::InvalidClaims));
     }
 
     #[tokio::test]
@@ -392,20 +334,11 @@ mod tests {
         let mut config = VerifierConfig::new("taskgate", "taskgate");
         config.min_refetch_interval = Duration::ZERO;
         let v = Verifier::new(Arc::new(source.clone()), config);
-        assert!(
-            v.verify(&sign(&old, "at+jwt", &claims()), TokenKind::Access)
-                .await
-                .is_ok()
-        );
+        assert!(v.verify(&sign(&old, "at+jwt", &claims()), TokenKind::Access).await.is_ok());
         source.set(vec![old.jwk.clone(), new.jwk.clone()]);
-        assert!(
-            v.verify(&sign(&new, "at+jwt", &claims()), TokenKind::Access)
-                .await
-                .is_ok()
-        );
+        assert!(v.verify(&sign(&new, "at+jwt", &claims()), TokenKind::Access).await.is_ok());
         assert_eq!(
-            v.verify(&sign(&key("k3"), "at+jwt", &claims()), TokenKind::Access)
-                .await,
+            v.verify(&sign(&key("k3"), "at+jwt", &claims()), TokenKind::Access).await,
             Err(VerifyError::UnknownKey)
         );
     }
@@ -414,10 +347,7 @@ mod tests {
     fn bearer_token_reads_the_authorization_metadata() {
         let mut md = MetadataMap::new();
         assert_eq!(bearer_token(&md), None);
-        md.insert(
-            "authorization",
-            "Bearer abc.def.ghi".parse().expect("ascii"),
-        );
+        md.insert("authorization", "Bearer abc.def.ghi".parse().expect("ascii"));
         assert_eq!(bearer_token(&md), Some("abc.def.ghi"));
         md.insert("authorization", "Basic xyz".parse().expect("ascii"));
         assert_eq!(bearer_token(&md), None);

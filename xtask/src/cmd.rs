@@ -38,10 +38,7 @@ impl Error {
 
     /// An error that makes xtask exit with `code` (0 becomes 1).
     pub fn with_code(code: u8, message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            code: code.max(1),
-        }
+        Self { message: message.into(), code: code.max(1) }
     }
 
     /// An error for a command that exited with `status`, carrying its exit code.
@@ -51,10 +48,7 @@ impl Error {
 
     /// "`what` (exit code N)", carrying the exit code of a process that ended with `status`.
     pub fn exited(what: &str, status: ExitStatus) -> Self {
-        Self::with_code(
-            exit_code(status),
-            format!("{what} ({})", describe_status(status)),
-        )
+        Self::with_code(exit_code(status), format!("{what} ({})", describe_status(status)))
     }
 }
 
@@ -108,11 +102,7 @@ pub fn env_is_set(name: &str) -> bool {
 
 /// Whether xtask runs as root (`id -u` keeps us free of libc).
 pub fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
 }
 
 /// A command for `program` that runs as root: directly when we are root, else through `sudo`.
@@ -171,9 +161,7 @@ pub fn show(cmd: &Command) -> String {
 /// SIGINT already) and we keep waiting, so nothing outlives xtask.
 pub fn status(cmd: &mut Command) -> Result<ExitStatus> {
     devstack::say(&format!("$ {}", show(cmd)));
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Error::new(format!("starting `{}`: {e}", show(cmd))))?;
+    let mut child = cmd.spawn().map_err(|e| Error::new(format!("starting `{}`: {e}", show(cmd))))?;
     let mut signalled = false;
     loop {
         match child.try_wait() {
@@ -203,9 +191,7 @@ pub fn check(cmd: &mut Command) -> Result {
 
 /// Sends SIGTERM to `child` with the `kill` command; a child that already exited is not an error.
 pub fn terminate(child: &Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
 }
 
 /// Waits up to `timeout` for `child` to exit.
@@ -264,11 +250,7 @@ mod tests {
     fn exit_code_mirrors_the_child_or_its_signal() {
         assert_eq!(exit_code(ExitStatus::from_raw(3 << 8)), 3);
         assert_eq!(exit_code(ExitStatus::from_raw(15)), 143);
-        assert_eq!(
-            exit_code(ExitStatus::from_raw(0)),
-            1,
-            "a failure is never reported as 0"
-        );
+        assert_eq!(exit_code(ExitStatus::from_raw(0)), 1, "a failure is never reported as 0");
     }
 
     #[test]

@@ -21,33 +21,13 @@ struct Tool {
 
 /// Everything `devstack` runs to start PostgreSQL and Redis.
 const TOOLS: &[Tool] = &[
-    Tool {
-        name: "redis-server",
-        found: || which("redis-server").is_some(),
-        package: "redis-server",
-    },
+    Tool { name: "redis-server", found: || which("redis-server").is_some(), package: "redis-server" },
     // The server binaries live outside `PATH` on Debian; devstack knows where.
-    Tool {
-        name: "initdb",
-        found: || pg_binary("initdb").is_some(),
-        package: "postgresql",
-    },
-    Tool {
-        name: "pg_ctl",
-        found: || pg_binary("pg_ctl").is_some(),
-        package: "postgresql",
-    },
-    Tool {
-        name: "psql",
-        found: || pg_binary("psql").is_some(),
-        package: "postgresql",
-    },
+    Tool { name: "initdb", found: || pg_binary("initdb").is_some(), package: "postgresql" },
+    Tool { name: "pg_ctl", found: || pg_binary("pg_ctl").is_some(), package: "postgresql" },
+    Tool { name: "psql", found: || pg_binary("psql").is_some(), package: "postgresql" },
     // PostgreSQL refuses to run as root, so devstack starts it with `runuser -u postgres`.
-    Tool {
-        name: "runuser",
-        found: || which("runuser").is_some(),
-        package: "util-linux",
-    },
+    Tool { name: "runuser", found: || which("runuser").is_some(), package: "util-linux" },
 ];
 
 /// Set once `apt-get update` ran in this process, so it runs at most once.
@@ -62,18 +42,11 @@ pub fn ensure() -> Result {
     let names: Vec<&str> = missing.iter().map(|t| t.name).collect();
     devstack::say(&format!("xtask deps: missing {}", names.join(", ")));
     apt_install(&packages_for(&missing))?;
-    let still: Vec<&str> = TOOLS
-        .iter()
-        .filter(|t| !(t.found)())
-        .map(|t| t.name)
-        .collect();
+    let still: Vec<&str> = TOOLS.iter().filter(|t| !(t.found)()).map(|t| t.name).collect();
     if still.is_empty() {
         Ok(())
     } else {
-        Err(Error::new(format!(
-            "still missing after apt-get install: {}",
-            still.join(", ")
-        )))
+        Err(Error::new(format!("still missing after apt-get install: {}", still.join(", "))))
     }
 }
 
@@ -95,20 +68,13 @@ pub fn apt_install(packages: &[&str]) -> Result {
         )));
     }
     if !cmd::is_root() && which("sudo").is_none() {
-        return Err(Error::new(format!(
-            "not root and sudo not found: install {} as root",
-            packages.join(" ")
-        )));
+        return Err(Error::new(format!("not root and sudo not found: install {} as root", packages.join(" "))));
     }
     devstack::say(&format!("xtask deps: installing {}", packages.join(" ")));
     if !APT_UPDATED.swap(true, Ordering::SeqCst) {
         cmd::check(cmd::privileged("apt-get").args(["update"]))?;
     }
-    cmd::check(
-        cmd::privileged("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(packages),
-    )
+    cmd::check(cmd::privileged("apt-get").args(["install", "-y", "--no-install-recommends"]).args(packages))
 }
 
 #[cfg(test)]
@@ -118,9 +84,6 @@ mod tests {
     #[test]
     fn each_package_is_installed_once() {
         let missing: Vec<&Tool> = TOOLS.iter().collect();
-        assert_eq!(
-            packages_for(&missing),
-            ["postgresql", "redis-server", "util-linux"]
-        );
+        assert_eq!(packages_for(&missing), ["postgresql", "redis-server", "util-linux"]);
     }
 }

@@ -22,22 +22,10 @@ struct Check {
 
 /// The checks, cheapest first.
 const CHECKS: &[Check] = &[
-    Check {
-        name: "rustfmt",
-        command: rustfmt,
-    },
-    Check {
-        name: "buf lint",
-        command: buf_lint,
-    },
-    Check {
-        name: "docker-compose config",
-        command: compose_config,
-    },
-    Check {
-        name: "clippy",
-        command: clippy,
-    },
+    Check { name: "rustfmt", command: rustfmt },
+    Check { name: "buf lint", command: buf_lint },
+    Check { name: "docker-compose config", command: compose_config },
+    Check { name: "clippy", command: clippy },
 ];
 
 /// Runs every check and fails if any failed.
@@ -54,10 +42,7 @@ pub fn lint() -> Result {
         match result {
             Ok(()) => devstack::say(&format!("xtask lint: {}: ok in {took}", check.name)),
             Err(e) => {
-                devstack::say(&format!(
-                    "xtask lint: {}: FAILED in {took}: {e}",
-                    check.name
-                ));
+                devstack::say(&format!("xtask lint: {}: FAILED in {took}: {e}", check.name));
                 failed.push(check.name);
             }
         }
@@ -81,14 +66,7 @@ fn rustfmt() -> Result<Command> {
 /// `cargo clippy --workspace --all-targets -- -D warnings`.
 fn clippy() -> Result<Command> {
     let mut c = cmd::cargo();
-    c.args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]);
+    c.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
     Ok(c)
 }
 
@@ -98,15 +76,12 @@ fn buf_lint() -> Result<Command> {
         Some(buf) => buf,
         None => {
             if which("npm").is_none() {
-                return Err(Error::new(
-                    "buf not found, and npm (to install @bufbuild/buf) not found either",
-                ));
+                return Err(Error::new("buf not found, and npm (to install @bufbuild/buf) not found either"));
             }
             // A global npm install writes under the npm prefix, which root owns on Debian.
             cmd::check(cmd::privileged("npm").args(["install", "-g", "@bufbuild/buf"]))?;
-            find_buf().ok_or_else(|| {
-                Error::new("installed @bufbuild/buf, but no `buf` on PATH or in npm's bin folder")
-            })?
+            find_buf()
+                .ok_or_else(|| Error::new("installed @bufbuild/buf, but no `buf` on PATH or in npm's bin folder"))?
         }
     };
     let mut c = Command::new(buf);
@@ -130,7 +105,6 @@ fn compose_config() -> Result<Command> {
         deps::apt_install(&["docker-compose"])?;
     }
     let mut c = Command::new("docker-compose");
-    c.current_dir(cmd::project_root())
-        .args(["-f", "docker-compose.yml", "config", "-q"]);
+    c.current_dir(cmd::project_root()).args(["-f", "docker-compose.yml", "config", "-q"]);
     Ok(c)
 }

@@ -91,9 +91,6 @@ fn dispatch(args: &[String]) -> Result<(), Error> {
 fn no_arguments(command: &str, rest: &[String]) -> Result<(), Error> {
     match rest.first() {
         None => Ok(()),
-        Some(arg) => Err(Error::with_code(
-            2,
-            format!("`{command}` takes no arguments, got `{arg}`"),
-        )),
+        Some(arg) => Err(Error::with_code(2, format!("`{command}` takes no arguments, got `{arg}`"))),
     }
 }

@@ -23,10 +23,7 @@ pub fn migrate(profile: Profile) -> Result {
         let mut command = services::command(profile, name, &stores.database_url, &stores.redis_url);
         cmd::check(command.arg("migrate"))?;
     }
-    devstack::say(&format!(
-        "xtask migrate: {} is up to date",
-        stores.database_url
-    ));
+    devstack::say(&format!("xtask migrate: {} is up to date", stores.database_url));
     stores.stop();
     Ok(())
 }

@@ -36,9 +36,7 @@ pub fn run(profile: Profile) -> Result {
     let stores = Stores::from_env_or_local()?;
 
     // Declared after `stores`, so on an early return the services stop before the stores do.
-    let mut fleet = Fleet {
-        running: Vec::new(),
-    };
+    let mut fleet = Fleet { running: Vec::new() };
     for service in SERVICES {
         fleet.start(profile, service, &stores)?;
     }
@@ -79,32 +77,17 @@ impl Fleet {
             )));
         }
 
-        let mut command = services::command(
-            profile,
-            service.name,
-            &stores.database_url,
-            &stores.redis_url,
-        );
-        command
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let mut command = services::command(profile, service.name, &stores.database_url, &stores.redis_url);
+        command.process_group(0).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         devstack::say(&format!("xtask: starting {} on {listen}", service.name));
-        let mut child = command
-            .spawn()
-            .map_err(|e| Error::new(format!("starting {}: {e}", cmd::show(&command))))?;
+        let mut child = command.spawn().map_err(|e| Error::new(format!("starting {}: {e}", cmd::show(&command))))?;
         if let Some(out) = child.stdout.take() {
             prefix_lines(service.name, out, io::stdout);
         }
         if let Some(err) = child.stderr.take() {
             prefix_lines(service.name, err, io::stderr);
         }
-        let mut running = Running {
-            service,
-            child,
-            listen,
-        };
+        let mut running = Running { service, child, listen };
         let started = wait_until_listening(&mut running, addr);
         // Kept even when it failed, so the fleet stops it with the rest.
         self.running.push(running);
@@ -125,9 +108,7 @@ impl Fleet {
                         return Ok(());
                     }
                     let name = running.service.name;
-                    devstack::say(&format!(
-                        "xtask: {name} exited on its own; stopping the rest"
-                    ));
+                    devstack::say(&format!("xtask: {name} exited on its own; stopping the rest"));
                     return Err(Error::exited(&format!("{name} exited on its own"), status));
                 }
             }
@@ -148,10 +129,7 @@ impl Fleet {
             cmd::terminate(&running.child);
             let left = deadline.saturating_duration_since(Instant::now());
             if cmd::wait_with_timeout(&mut running.child, left).is_none() {
-                devstack::say(&format!(
-                    "xtask: {name} ignored SIGTERM for {}; killing it",
-                    cmd::human(STOP_TIMEOUT)
-                ));
+                devstack::say(&format!("xtask: {name} ignored SIGTERM for {}; killing it", cmd::human(STOP_TIMEOUT)));
                 let _ = running.child.kill();
                 let _ = running.child.wait();
             }
@@ -174,10 +152,7 @@ fn wait_until_listening(running: &mut Running, addr: SocketAddr) -> Result {
             return Err(cmd::interrupted());
         }
         if let Ok(Some(status)) = running.child.try_wait() {
-            return Err(Error::exited(
-                &format!("{name} exited during start-up"),
-                status,
-            ));
+            return Err(Error::exited(&format!("{name} exited during start-up"), status));
         }
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
             return Ok(());
@@ -204,11 +179,7 @@ where
         let mut line = Vec::new();
         while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
             let text = String::from_utf8_lossy(&line);
-            let _ = writeln!(
-                sink(),
-                "{name:>12} | {}",
-                text.trim_end_matches(['\n', '\r'])
-            );
+            let _ = writeln!(sink(), "{name:>12} | {}", text.trim_end_matches(['\n', '\r']));
             line.clear();
         }
     });
@@ -228,10 +199,7 @@ fn status_table(stores: &Stores, fleet: &Fleet) -> String {
         };
         rows.push([service.name.to_owned(), listen.clone(), notes]);
     }
-    format!(
-        "\ntaskgate is up; Ctrl-C stops everything.\n\n{}",
-        format_table(&rows)
-    )
+    format!("\ntaskgate is up; Ctrl-C stops everything.\n\n{}", format_table(&rows))
 }
 
 /// Lays out rows in left-aligned columns, two spaces apart, each line indented by two.
@@ -244,14 +212,7 @@ fn format_table(rows: &[[String; 3]]) -> String {
     }
     let mut out = String::new();
     for row in rows {
-        let line = format!(
-            "  {:w0$}  {:w1$}  {}",
-            row[0],
-            row[1],
-            row[2],
-            w0 = widths[0],
-            w1 = widths[1]
-        );
+        let line = format!("  {:w0$}  {:w1$}  {}", row[0], row[1], row[2], w0 = widths[0], w1 = widths[1]);
         out.push_str(line.trim_end());
         out.push('\n');
     }
@@ -265,13 +226,7 @@ mod tests {
     #[test]
     fn table_columns_line_up() {
         let row = |a: &str, b: &str, c: &str| [a.to_owned(), b.to_owned(), c.to_owned()];
-        let table = format_table(&[
-            row("what", "where", "notes"),
-            row("gateway", "0.0.0.0:8080", ""),
-        ]);
-        assert_eq!(
-            table,
-            "  what     where         notes\n  gateway  0.0.0.0:8080\n"
-        );
+        let table = format_table(&[row("what", "where", "notes"), row("gateway", "0.0.0.0:8080", "")]);
+        assert_eq!(table, "  what     where         notes\n  gateway  0.0.0.0:8080\n");
     }
 }

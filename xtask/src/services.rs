@@ -23,21 +23,9 @@ pub struct Service {
 
 /// The services in start order: auth-service, task-service, then the gateway in front of both.
 pub const SERVICES: [Service; 3] = [
-    Service {
-        name: "auth-service",
-        listen_var: "AUTH_LISTEN_ADDR",
-        protocol: "grpc",
-    },
-    Service {
-        name: "task-service",
-        listen_var: "TASK_LISTEN_ADDR",
-        protocol: "grpc",
-    },
-    Service {
-        name: "gateway",
-        listen_var: "GATEWAY_LISTEN_ADDR",
-        protocol: "http",
-    },
+    Service { name: "auth-service", listen_var: "AUTH_LISTEN_ADDR", protocol: "grpc" },
+    Service { name: "task-service", listen_var: "TASK_LISTEN_ADDR", protocol: "grpc" },
+    Service { name: "gateway", listen_var: "GATEWAY_LISTEN_ADDR", protocol: "http" },
 ];
 
 /// Local defaults for the services' settings; a variable already set in the environment wins.
@@ -114,9 +102,8 @@ impl Profile {
 pub fn command(profile: Profile, name: &str, database_url: &str, redis_url: &str) -> Command {
     let mut cmd = Command::new(profile.binary(name));
     cmd.current_dir(cmd::project_root());
-    for (var, value) in [("DATABASE_URL", database_url), ("REDIS_URL", redis_url)]
-        .into_iter()
-        .chain(DEFAULT_ENV.iter().copied())
+    for (var, value) in
+        [("DATABASE_URL", database_url), ("REDIS_URL", redis_url)].into_iter().chain(DEFAULT_ENV.iter().copied())
     {
         if !cmd::env_is_set(var) {
             cmd.env(var, value);
@@ -127,12 +114,10 @@ pub fn command(profile: Profile, name: &str, database_url: &str, redis_url: &str
 
 /// The value a service will see for `var`: the user's, else the local default.
 pub fn setting(var: &str) -> Option<String> {
-    env::var(var).ok().filter(|v| !v.is_empty()).or_else(|| {
-        DEFAULT_ENV
-            .iter()
-            .find(|(name, _)| *name == var)
-            .map(|(_, value)| (*value).to_owned())
-    })
+    env::var(var)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .or_else(|| DEFAULT_ENV.iter().find(|(name, _)| *name == var).map(|(_, value)| (*value).to_owned()))
 }
 
 /// The address to connect to when checking that a server bound to `listen` accepts connections:
@@ -163,35 +148,17 @@ mod tests {
     #[test]
     fn release_is_the_default_and_debug_flags_switch_it_off() {
         assert_eq!(Profile::from_args(&[]).ok(), Some(Profile::Release));
-        assert_eq!(
-            Profile::from_args(&args(&["--debug"])).ok(),
-            Some(Profile::Debug)
-        );
-        assert_eq!(
-            Profile::from_args(&args(&["--release=false"])).ok(),
-            Some(Profile::Debug)
-        );
-        assert_eq!(
-            Profile::from_args(&args(&["--release=true"])).ok(),
-            Some(Profile::Release)
-        );
+        assert_eq!(Profile::from_args(&args(&["--debug"])).ok(), Some(Profile::Debug));
+        assert_eq!(Profile::from_args(&args(&["--release=false"])).ok(), Some(Profile::Debug));
+        assert_eq!(Profile::from_args(&args(&["--release=true"])).ok(), Some(Profile::Release));
         assert!(Profile::from_args(&args(&["--fast"])).is_err());
     }
 
     #[test]
     fn wildcard_listen_addresses_are_probed_on_loopback() {
-        assert_eq!(
-            probe_addr("0.0.0.0:8080").ok(),
-            Some(SocketAddr::from(([127, 0, 0, 1], 8080)))
-        );
-        assert_eq!(
-            probe_addr("[::]:8080").ok(),
-            Some(SocketAddr::from((Ipv6Addr::LOCALHOST, 8080)))
-        );
-        assert_eq!(
-            probe_addr("127.0.0.1:50051").ok(),
-            Some(SocketAddr::from(([127, 0, 0, 1], 50051)))
-        );
+        assert_eq!(probe_addr("0.0.0.0:8080").ok(), Some(SocketAddr::from(([127, 0, 0, 1], 8080))));
+        assert_eq!(probe_addr("[::]:8080").ok(), Some(SocketAddr::from((Ipv6Addr::LOCALHOST, 8080))));
+        assert_eq!(probe_addr("127.0.0.1:50051").ok(), Some(SocketAddr::from(([127, 0, 0, 1], 50051))));
         assert!(probe_addr("nonsense").is_err());
     }
 }

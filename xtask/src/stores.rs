@@ -31,8 +31,7 @@ impl Stores {
     /// one that is unset.
     pub fn from_env_or_local() -> Result<Self> {
         let local = cmd::project_root().join(".local");
-        let (database_url, postgres) = match env::var("DATABASE_URL").ok().filter(|v| !v.is_empty())
-        {
+        let (database_url, postgres) = match env::var("DATABASE_URL").ok().filter(|v| !v.is_empty()) {
             Some(url) => (url, None),
             None => {
                 let pg = start_local_postgres(&local.join("pg"))?;
@@ -49,22 +48,13 @@ impl Stores {
                 (redis.url(0), Some(redis))
             }
         };
-        Ok(Stores {
-            database_url,
-            redis_url,
-            postgres,
-            redis,
-        })
+        Ok(Stores { database_url, redis_url, postgres, redis })
     }
 
     /// Rows for the table `cargo xtask run` prints: what, where, and where it came from.
     pub fn rows(&self) -> Vec<[String; 3]> {
         let origin = |local: bool, dir: &str, var: &str| {
-            if local {
-                format!("local, {dir}")
-            } else {
-                format!("from {var}")
-            }
+            if local { format!("local, {dir}") } else { format!("from {var}") }
         };
         vec![
             [
@@ -72,11 +62,7 @@ impl Stores {
                 self.database_url.clone(),
                 origin(self.postgres.is_some(), ".local/pg", "DATABASE_URL"),
             ],
-            [
-                "redis".to_owned(),
-                self.redis_url.clone(),
-                origin(self.redis.is_some(), ".local/redis", "REDIS_URL"),
-            ],
+            ["redis".to_owned(), self.redis_url.clone(), origin(self.redis.is_some(), ".local/redis", "REDIS_URL")],
         ]
     }
 
@@ -100,14 +86,10 @@ impl Stores {
 /// Starts (creating on first use) the PostgreSQL cluster under `dir` and creates the database.
 fn start_local_postgres(dir: &Path) -> Result<Postgres> {
     refuse_if_already_running(&dir.join("pgdata"))?;
-    devstack::say(&format!(
-        "xtask: starting PostgreSQL (data in {})",
-        dir.display()
-    ));
+    devstack::say(&format!("xtask: starting PostgreSQL (data in {})", dir.display()));
     let pg = Postgres::start(dir, port_from_env("TASKGATE_PG_PORT")?)
         .map_err(|e| Error::new(format!("starting postgres under {}: {e}", dir.display())))?;
-    pg.create_database(DATABASE)
-        .map_err(|e| Error::new(format!("creating database {DATABASE}: {e}")))?;
+    pg.create_database(DATABASE).map_err(|e| Error::new(format!("creating database {DATABASE}: {e}")))?;
     Ok(pg)
 }
 
@@ -128,11 +110,7 @@ fn refuse_if_already_running(data_dir: &Path) -> Result {
         return Ok(());
     }
     let mut stop = pg_ctl_command(&pg_ctl);
-    stop.arg("stop")
-        .arg("-m")
-        .arg("fast")
-        .arg("-D")
-        .arg(data_dir);
+    stop.arg("stop").arg("-m").arg("fast").arg("-D").arg(data_dir);
     Err(Error::new(format!(
         "a postgres server already runs from {} (another `cargo xtask run`, or one that was killed); \
          stop it with: {}",
@@ -166,9 +144,7 @@ fn port_from_env(var: &str) -> Result<Option<u16>> {
 fn parse_port(var: &str, value: &str) -> Result<u16> {
     match value.trim().parse::<u16>() {
         Ok(port) if port != 0 => Ok(port),
-        _ => Err(Error::new(format!(
-            "{var} must be a port number between 1 and 65535, got `{value}`"
-        ))),
+        _ => Err(Error::new(format!("{var} must be a port number between 1 and 65535, got `{value}`"))),
     }
 }
 
@@ -181,12 +157,7 @@ mod tests {
         assert_eq!(parse_port("TASKGATE_PG_PORT", "5433").ok(), Some(5433));
         assert!(parse_port("TASKGATE_PG_PORT", "0").is_err());
         assert!(parse_port("TASKGATE_PG_PORT", "70000").is_err());
-        let err = parse_port("TASKGATE_PG_PORT", "five")
-            .err()
-            .map(|e| e.message);
-        assert_eq!(
-            err.as_deref(),
-            Some("TASKGATE_PG_PORT must be a port number between 1 and 65535, got `five`")
-        );
+        let err = parse_port("TASKGATE_PG_PORT", "five").err().map(|e| e.message);
+        assert_eq!(err.as_deref(), Some("TASKGATE_PG_PORT must be a port number between 1 and 65535, got `five`"));
     }
 }

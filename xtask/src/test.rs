@@ -29,9 +29,7 @@ struct TestEnv {
 impl TestEnv {
     /// Gives `command` the variables the tests read.
     fn apply(&self, command: &mut Command) {
-        command
-            .env("TASKGATE_TEST_DATABASE_URL", &self.database_url)
-            .env("TASKGATE_TEST_REDIS_URL", &self.redis_url);
+        command.env("TASKGATE_TEST_DATABASE_URL", &self.database_url).env("TASKGATE_TEST_REDIS_URL", &self.redis_url);
     }
 }
 
@@ -50,10 +48,7 @@ fn test_stages(env: &TestEnv, cargo_args: &[String]) -> Vec<Stage> {
     let mut cargo_test = cmd::cargo();
     cargo_test.args(["test", "--workspace"]).args(cargo_args);
 
-    let mut stages = vec![Stage {
-        name: "cargo test",
-        command: cargo_test,
-    }];
+    let mut stages = vec![Stage { name: "cargo test", command: cargo_test }];
     for stage in &mut stages {
         env.apply(&mut stage.command);
     }
@@ -64,24 +59,13 @@ fn test_stages(env: &TestEnv, cargo_args: &[String]) -> Vec<Stage> {
 /// Fails with the exit code of the first stage that failed.
 pub fn test(cargo_args: &[String]) -> Result {
     deps::ensure()?;
-    let scratch =
-        Scratch::create(std::env::temp_dir().join(format!("taskgate-test-{}", process::id())))?;
-    let postgres = Postgres::start(&scratch.path.join("pg"), None).map_err(|e| {
-        Error::new(format!(
-            "starting postgres under {}: {e}",
-            scratch.path.display()
-        ))
-    })?;
-    let redis = Redis::start(&scratch.path.join("redis"), None).map_err(|e| {
-        Error::new(format!(
-            "starting redis under {}: {e}",
-            scratch.path.display()
-        ))
-    })?;
-    let env = TestEnv {
-        database_url: postgres.url("postgres"),
-        redis_url: format!("redis://127.0.0.1:{}", redis.port()),
-    };
+    let scratch = Scratch::create(std::env::temp_dir().join(format!("taskgate-test-{}", process::id())))?;
+    let postgres = Postgres::start(&scratch.path.join("pg"), None)
+        .map_err(|e| Error::new(format!("starting postgres under {}: {e}", scratch.path.display())))?;
+    let redis = Redis::start(&scratch.path.join("redis"), None)
+        .map_err(|e| Error::new(format!("starting redis under {}: {e}", scratch.path.display())))?;
+    let env =
+        TestEnv { database_url: postgres.url("postgres"), redis_url: format!("redis://127.0.0.1:{}", redis.port()) };
     devstack::say(&format!(
         "xtask test: postgres at {}, redis at {}, files in {}",
         env.database_url,
@@ -113,20 +97,13 @@ fn run_stages(stages: Vec<Stage>) -> Result {
             Ok(status) => Err(Error::failed(stage.name, status)),
             Err(e) => Err(e),
         };
-        report.push((
-            stage.name,
-            took,
-            if outcome.is_ok() { "ok" } else { "FAILED" },
-        ));
+        report.push((stage.name, took, if outcome.is_ok() { "ok" } else { "FAILED" }));
         if outcome.is_err() {
             break;
         }
     }
     for (name, took, verdict) in report {
-        devstack::say(&format!(
-            "xtask test: stage {name}: {verdict} in {}",
-            cmd::human(took)
-        ));
+        devstack::say(&format!("xtask test: stage {name}: {verdict} in {}", cmd::human(took)));
     }
     outcome
 }
@@ -144,14 +121,10 @@ impl Scratch {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => {
-                return Err(Error::new(format!(
-                    "removing stale {}: {e}",
-                    path.display()
-                )));
+                return Err(Error::new(format!("removing stale {}: {e}", path.display())));
             }
         }
-        fs::create_dir_all(&path)
-            .map_err(|e| Error::new(format!("creating {}: {e}", path.display())))?;
+        fs::create_dir_all(&path).map_err(|e| Error::new(format!("creating {}: {e}", path.display())))?;
         Ok(Scratch { path })
     }
 }
@@ -159,10 +132,7 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         if let Err(e) = fs::remove_dir_all(&self.path) {
-            devstack::say(&format!(
-                "xtask test: removing {}: {e}",
-                self.path.display()
-            ));
+            devstack::say(&format!("xtask test: removing {}: {e}", self.path.display()));
         }
     }
 }
@@ -173,24 +143,15 @@ mod tests {
 
     #[test]
     fn every_stage_sees_the_throwaway_servers() {
-        let env = TestEnv {
-            database_url: "postgres://pg".to_owned(),
-            redis_url: "redis://r".to_owned(),
-        };
+        let env = TestEnv { database_url: "postgres://pg".to_owned(), redis_url: "redis://r".to_owned() };
         let stages = test_stages(&env, &["-p".to_owned(), "gateway".to_owned()]);
         assert_eq!(stages[0].name, "cargo test");
         let args: Vec<_> = stages[0].command.get_args().collect();
         assert_eq!(args, ["test", "--workspace", "-p", "gateway"]);
         for stage in &stages {
             let envs: Vec<_> = stage.command.get_envs().collect();
-            assert!(envs.contains(&(
-                "TASKGATE_TEST_DATABASE_URL".as_ref(),
-                Some("postgres://pg".as_ref())
-            )));
-            assert!(envs.contains(&(
-                "TASKGATE_TEST_REDIS_URL".as_ref(),
-                Some("redis://r".as_ref())
-            )));
+            assert!(envs.contains(&("TASKGATE_TEST_DATABASE_URL".as_ref(), Some("postgres://pg".as_ref()))));
+            assert!(envs.contains(&("TASKGATE_TEST_REDIS_URL".as_ref(), Some("redis://r".as_ref()))));
         }
     }
 

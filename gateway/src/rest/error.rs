@@ -16,9 +16,7 @@ pub fn http_status(code: Code) -> StatusCode {
     match code {
         Code::Ok => StatusCode::OK,
         Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
-        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
-            StatusCode::BAD_REQUEST
-        }
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => StatusCode::BAD_REQUEST,
         Code::Unauthenticated => StatusCode::UNAUTHORIZED,
         Code::PermissionDenied => StatusCode::FORBIDDEN,
         Code::NotFound => StatusCode::NOT_FOUND,
@@ -37,11 +35,8 @@ pub fn json_body(status: &tonic::Status) -> Value {
     let details = status.get_error_details();
     let mut out = Vec::new();
     if let Some(bad) = details.bad_request() {
-        let violations: Vec<Value> = bad
-            .field_violations
-            .iter()
-            .map(|v| json!({"field": v.field, "description": v.description}))
-            .collect();
+        let violations: Vec<Value> =
+            bad.field_violations.iter().map(|v| json!({"field": v.field, "description": v.description})).collect();
         out.push(json!({"@type": "type.googleapis.com/google.rpc.BadRequest", "field_violations": violations}));
     }
     if let Some(retry) = details.retry_info()
@@ -71,18 +66,9 @@ mod tests {
         assert_eq!(http_status(Code::PermissionDenied), StatusCode::FORBIDDEN);
         assert_eq!(http_status(Code::NotFound), StatusCode::NOT_FOUND);
         assert_eq!(http_status(Code::AlreadyExists), StatusCode::CONFLICT);
-        assert_eq!(
-            http_status(Code::ResourceExhausted),
-            StatusCode::TOO_MANY_REQUESTS
-        );
-        assert_eq!(
-            http_status(Code::Unavailable),
-            StatusCode::SERVICE_UNAVAILABLE
-        );
-        assert_eq!(
-            http_status(Code::Internal),
-            StatusCode::INTERNAL_SERVER_ERROR
-        );
+        assert_eq!(http_status(Code::ResourceExhausted), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(http_status(Code::Unavailable), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(http_status(Code::Internal), StatusCode::INTERNAL_SERVER_ERROR);
     }
 
     #[test]
@@ -90,10 +76,7 @@ mod tests {
         let status = taskgate_common::status::invalid_field("title", "must not be empty");
         let body = json_body(&status);
         assert_eq!(body["code"], 3);
-        assert_eq!(
-            body["details"][0]["@type"],
-            "type.googleapis.com/google.rpc.BadRequest"
-        );
+        assert_eq!(body["details"][0]["@type"], "type.googleapis.com/google.rpc.BadRequest");
         assert_eq!(body["details"][0]["field_violations"][0]["field"], "title");
     }
 }
