@@ -7,8 +7,8 @@ import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 
-import { AuthService } from "./gen/taskgate/auth/v1/auth_pb";
-import { TaskService, TaskStatus, type Task } from "./gen/taskgate/task/v1/task_pb";
+import { AuthService } from "./gen/taskgate/auth/v1/auth_pb.js";
+import { TaskService, TaskStatus, type Task } from "./gen/taskgate/task/v1/task_pb.js";
 import "./style.css";
 
 /** The signed-in user; null when logged out. */
@@ -101,6 +101,7 @@ function signedOut(): void {
   ui.taskList.replaceChildren();
   ui.taskCount.textContent = "";
   ui.whoami.textContent = "";
+  delete document.body.dataset.tasksLoaded;
 }
 
 const statusLabel: Record<TaskStatus, string> = {
