@@ -43,12 +43,12 @@ SCHEMATHESIS_VERSION="4.32.5"
 here="$(cd "$(dirname "$0")" && pwd)"
 url="${TASKGATE_GATEWAY_URL:?set TASKGATE_GATEWAY_URL, e.g. http://127.0.0.1:8080}"
 url="${url%/}"
-venv="${SCHEMATHESIS_VENV:-$here/.venv}"
+venv="$(realpath -m "${SCHEMATHESIS_VENV:-$here/.venv}")"
 python="${PYTHON:-python3}"
 max_examples="${SCHEMATHESIS_MAX_EXAMPLES:-15}"
 max_time="${SCHEMATHESIS_MAX_TIME:-60}"
 seed="${SCHEMATHESIS_SEED:-6}"
-report_dir="${SCHEMATHESIS_REPORT_DIR:-/tmp/taskgate-schemathesis}"
+report_dir="$(realpath -m "${SCHEMATHESIS_REPORT_DIR:-/tmp/taskgate-schemathesis}")"
 
 log() { echo "schemathesis: $*"; }
 
@@ -96,12 +96,15 @@ PY
 # rest of the pass answering 401.
 session_enders='/auth/(logout|logout-all|sessions/[^/]+)$'
 
-run_pass() {
+run_pass() (
   local name="$1" budget="$2"
   shift 2
   local token
   token="$(fresh_token)"
   log "pass '$name' ($budget s at most)"
+  # Run from the report folder: schemathesis keeps a .schemathesis/ cache in
+  # the working directory, which must not land in the source tree.
+  cd "$report_dir"
   # shellcheck disable=SC2086 # SCHEMATHESIS_EXTRA_ARGS is split on purpose
   "$venv/bin/schemathesis" run "$url/openapi.json" \
     --header "Authorization: Bearer $token" \
@@ -117,7 +120,7 @@ run_pass() {
     --no-color \
     ${SCHEMATHESIS_EXTRA_ARGS:-} \
     "$@"
-}
+)
 
 mkdir -p "$report_dir"
 run_pass main "$max_time" --exclude-path-regex "$session_enders"
