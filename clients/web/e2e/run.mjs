@@ -49,17 +49,29 @@ function check(condition, message) {
   if (!condition) throw new Error(`check failed: ${message}`);
 }
 
-async function cleanup() {
-  try {
-    await context?.close();
-  } catch {
-    // The browser may already be gone; nothing more to free.
-  }
-  rmSync(profileDir, { recursive: true, force: true });
+// Closes the browser and removes the profile, once, whoever asks first.
+let cleaning;
+function cleanup() {
+  cleaning ??= (async () => {
+    try {
+      await context?.close();
+    } catch {
+      // The browser may already be gone; nothing more to free.
+    }
+    try {
+      rmSync(profileDir, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
+    } catch (err) {
+      console.error(`e2e: could not remove ${profileDir}: ${err.message}`);
+    }
+  })();
+  return cleaning;
 }
 
-// The hard limit: whatever is stuck, the run ends.
+// The hard limit: whatever is stuck, the run ends. Once it fires, it alone
+// reports and exits.
+let timedOut = false;
 const watchdog = setTimeout(async () => {
+  timedOut = true;
   console.error(`e2e: FAILED: timed out after ${totalTimeoutMs} ms`);
   for (const line of pageLog) console.error(`  page: ${line}`);
   await cleanup();
@@ -191,6 +203,8 @@ try {
   console.log("e2e: PASSED");
   process.exit(0);
 } catch (err) {
+  // After a timeout the failure here is only the browser being closed under us.
+  if (timedOut) await new Promise(() => {});
   clearTimeout(watchdog);
   console.error(`e2e: FAILED: ${err instanceof Error ? err.message : err}`);
   for (const line of pageLog) console.error(`  page: ${line}`);
