@@ -1,0 +1,41 @@
+//! Who is calling: every RPC starts by verifying the caller's access token
+//! itself (defence in depth behind the gateway) and takes the owner id from
+//! its `sub`, never from anything else in the request.
+
+use taskgate_tokens::{RevocationCheck, TokenKind, Verifier, VerifyError, bearer_token};
+use tonic::metadata::MetadataMap;
+use uuid::Uuid;
+
+use crate::TaskError;
+
+/// Verifies access tokens and checks their session was not revoked.
+#[derive(Clone)]
+pub struct Authenticator {
+    /// Signature and claim checks against the auth service's JWKS.
+    verifier: Verifier,
+    /// The revocation record check; fail-open, so a Redis outage does not
+    /// stop the task service (the gateway in front is fail-closed).
+    revocation: RevocationCheck,
+    /// The Redis pool the revocation check uses, to skip the check without
+    /// waiting while Redis is known to be down.
+    redis: fred::prelude::Pool,
+}
+
+impl Authenticator {
+    /// An authenticator over `verifier` and `revocation` (whose Redis is `redis`).
+    pub fn new(verifier: Verifier, revocation: RevocationCheck, redis: fred::prelude::Pool) -> Self {
+        Authenticator { verifier, revocation, redis }
+    }
+
+    /// The id of the user whose valid, unrevoked access token is in `metadata`.
+    pub async fn owner(&self, metadata: &MetadataMap) -> Result<Uuid, TaskError> {
+        let token = bearer_token(metadata).ok_or(VerifyError::Missing)?;
+        let claims = self.verifier.verify(token, TokenKind::Access).await?;
+        // Fail-open either way; checking `is_up` first only spares each
+        // request a command timeout during an outage.
+        if taskgate_common::redis::is_up(&self.redis) {
+            self.revocation.check(&claims).await?;
+        }
+        Uuid::parse_str(&claims.sub).map_err(|_| TaskError::Unauthenticated(VerifyError::InvalidClaims))
+    }
+}

@@ -1,0 +1,331 @@
+//! The Redis list cache, and why it is never stale.
+//!
+//! # Keys (all under `REDIS_PREFIX`)
+//! - `tasks:{owner}:pages`: a hash with one field per status filter (`all`,
+//!   `todo`, `in_progress`, `done`), each the user's newest
+//!   [`CACHE_DEPTH`] tasks as JSON with the stamp they were filled at. Any
+//!   first page of up to 500 tasks is cut from it; later pages are not cached.
+//!   So the cache holds at most 4 x 500 tasks per user.
+//! - `tasks:{owner}:ver`: the user's list version.
+//! - `tasks:epoch`: the global epoch.
+//! - `tasks:seq`: the counter new versions and epochs are drawn from, so no
+//!   value ever repeats (not even after a key expires or Redis loses its
+//!   data, since a missing counter restarts from the current time in
+//!   microseconds). A stamp that matches therefore means "nothing changed".
+//!
+//! # Read-your-writes
+//! A write commits in Postgres, *then* gives the user a new version (and
+//! drops their pages) before it answers. A reader fetches the epoch, the
+//! version and the entry in one script; it uses the entry only if the entry
+//! was filled at that very `(epoch, version)`. On a miss it queries Postgres
+//! *after* having read the stamp, and stores the result with a script that
+//! writes only if the stamp is still current. A reader that loaded the old
+//! list before a write therefore cannot store it after the write's bump: its
+//! check-and-set fails.
+//!
+//! # Redis outages
+//! While Redis is down, reads and writes go straight to Postgres. A write
+//! then cannot bump its user's version, so when Redis returns, entries filled
+//! before the write could be served. Such a failed bump marks this process
+//! *dirty*: it serves nothing from Redis until it has given the whole cache a
+//! new epoch, which makes every older entry a miss. Start-up begins dirty too,
+//! so a process that crashed while dirty is covered by its successor. The
+//! outage is logged once when it starts and once when the cache recovers.
+//!
+//! The remaining gap: with several replicas, a replica that failed to bump
+//! is covered by its own epoch change only once *it* reaches Redis again;
+//! until then another replica could serve an older entry (at most one TTL).
+
+use std::{
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::Duration,
+};
+
+use chrono::Utc;
+use fred::{
+    interfaces::LuaInterface as _,
+    prelude::{Pool, Value},
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{domain::TaskStatus, repository::Task};
+
+/// How many of a user's newest tasks one cache entry holds: enough to cut
+/// any first page (page sizes stop at 500).
+pub const CACHE_DEPTH: usize = crate::domain::MAX_PAGE_SIZE;
+
+/// How long a user's version key lives without writes. Any value is safe
+/// (versions never repeat); it only bounds the keys idle users leave behind.
+const VERSION_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Reads epoch, version and one entry in one round trip, creating a fresh
+/// epoch or version when missing.
+/// KEYS: epoch, seq, version, pages. ARGV: field, now micros, version TTL.
+const READ_SCRIPT: &str = r"
+local function fresh()
+  if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[2], ARGV[2]) end
+  return tostring(redis.call('INCR', KEYS[2]))
+end
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = fresh()
+  redis.call('SET', KEYS[1], epoch)
+end
+local ver = redis.call('GET', KEYS[3])
+if not ver then
+  ver = fresh()
+  redis.call('SET', KEYS[3], ver, 'EX', ARGV[3])
+end
+local entry = redis.call('HGET', KEYS[4], ARGV[1])
+return {epoch, ver, entry or ''}
+";
+
+/// Stores an entry only if epoch and version are still those it was loaded
+/// under. KEYS: epoch, version, pages. ARGV: field, epoch, version, entry, TTL.
+const FILL_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[2] or redis.call('GET', KEYS[2]) ~= ARGV[3] then
+  return 0
+end
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+redis.call('EXPIRE', KEYS[3], ARGV[5])
+return 1
+";
+
+/// Gives a user a new version and drops their entries.
+/// KEYS: seq, version, pages. ARGV: now micros, version TTL.
+const BUMP_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], ARGV[1]) end
+local v = redis.call('INCR', KEYS[1])
+redis.call('SET', KEYS[2], v, 'EX', ARGV[2])
+redis.call('DEL', KEYS[3])
+return v
+";
+
+/// Gives the whole cache a new epoch. KEYS: seq, epoch. ARGV: now micros.
+const EPOCH_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], ARGV[1]) end
+local v = redis.call('INCR', KEYS[1])
+redis.call('SET', KEYS[2], v)
+return v
+";
+
+/// The state of the cache an entry was filled at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Stamp {
+    /// The global epoch.
+    pub epoch: i64,
+    /// The user's list version.
+    pub version: i64,
+}
+
+/// One cached first page: a user's newest tasks for one status filter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedPage {
+    /// When (in cache terms) it was loaded.
+    pub stamp: Stamp,
+    /// Up to [`CACHE_DEPTH`] tasks, newest first.
+    pub tasks: Vec<Task>,
+    /// Whether more tasks follow the last one.
+    pub more: bool,
+}
+
+/// What a cache read found.
+#[derive(Debug)]
+pub enum Lookup {
+    /// Redis cannot be used now: go to Postgres and store nothing.
+    Bypass,
+    /// A current entry.
+    Hit(CachedPage),
+    /// No current entry; load and fill under this stamp.
+    Miss(Stamp),
+}
+
+/// The list cache: a view of Redis that knows whether it may be trusted.
+pub struct ListCache {
+    /// The shared Redis pool.
+    redis: Pool,
+    /// `REDIS_PREFIX`.
+    prefix: String,
+    /// How long entries live.
+    ttl: Duration,
+    /// Whether Redis worked last time we tried; flips are logged, so an
+    /// outage is logged once however many requests it fails.
+    up: AtomicBool,
+    /// Writes whose version bump failed (plus one for start-up).
+    failed_bumps: AtomicU64,
+    /// How many of `failed_bumps` a successful epoch change covers. The
+    /// cache may be used only while the two are equal.
+    covered_bumps: AtomicU64,
+    /// One epoch change at a time.
+    epoch_lock: tokio::sync::Mutex<()>,
+}
+
+impl ListCache {
+    /// A cache in `redis` under `prefix`, with entries living `ttl`. It starts
+    /// dirty: the first use gives the cache a new epoch.
+    pub fn new(redis: Pool, prefix: impl Into<String>, ttl: Duration) -> Self {
+        ListCache {
+            redis,
+            prefix: prefix.into(),
+            ttl,
+            up: AtomicBool::new(true),
+            failed_bumps: AtomicU64::new(1),
+            covered_bumps: AtomicU64::new(0),
+            epoch_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The field of the pages hash for a status filter.
+    fn field(filter: Option<TaskStatus>) -> &'static str {
+        filter.map_or("all", TaskStatus::as_db)
+    }
+
+    fn key(&self, owner: Uuid, what: &str) -> String {
+        format!("{}tasks:{owner}:{what}", self.prefix)
+    }
+
+    fn global(&self, what: &str) -> String {
+        format!("{}tasks:{what}", self.prefix)
+    }
+
+    /// Whether Redis may be used for `owner`'s list now: connected, and no
+    /// failed bump left uncovered (covering it first if possible).
+    async fn usable(&self) -> bool {
+        if !taskgate_common::redis::is_up(&self.redis) {
+            self.went_down("not connected");
+            return false;
+        }
+        let failed = self.failed_bumps.load(Ordering::SeqCst);
+        if failed == self.covered_bumps.load(Ordering::SeqCst) {
+            return true;
+        }
+        // Someone else is changing the epoch: skip the cache this once.
+        let Ok(_guard) = self.epoch_lock.try_lock() else { return false };
+        let failed = self.failed_bumps.load(Ordering::SeqCst);
+        let keys = vec![self.global("seq"), self.global("epoch")];
+        match self.redis.eval::<i64, _, _, _>(EPOCH_SCRIPT, keys, vec![now_micros()]).await {
+            Ok(epoch) => {
+                self.covered_bumps.fetch_max(failed, Ordering::SeqCst);
+                tracing::debug!(epoch, "cache epoch changed");
+                self.came_up();
+                self.failed_bumps.load(Ordering::SeqCst) == self.covered_bumps.load(Ordering::SeqCst)
+            }
+            Err(e) => {
+                self.went_down(&e.to_string());
+                false
+            }
+        }
+    }
+
+    /// Reads `owner`'s entry for `filter` together with the current stamp.
+    pub async fn lookup(&self, owner: Uuid, filter: Option<TaskStatus>) -> Lookup {
+        if !self.usable().await {
+            return Lookup::Bypass;
+        }
+        let keys = vec![self.global("epoch"), self.global("seq"), self.key(owner, "ver"), self.key(owner, "pages")];
+        let args = vec![Self::field(filter).to_owned(), now_micros().to_string(), VERSION_TTL.as_secs().to_string()];
+        let reply = match self.redis.eval::<Value, _, _, _>(READ_SCRIPT, keys, args).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                self.went_down(&e.to_string());
+                return Lookup::Bypass;
+            }
+        };
+        self.came_up();
+        let mut parts = reply.into_array().into_iter();
+        let (Some(epoch), Some(version), Some(entry)) = (
+            parts.next().and_then(|v| v.as_i64()),
+            parts.next().and_then(|v| v.as_i64()),
+            parts.next().and_then(Value::into_string),
+        ) else {
+            tracing::error!("unexpected reply from the cache read script");
+            return Lookup::Bypass;
+        };
+        let stamp = Stamp { epoch, version };
+        if entry.is_empty() {
+            return Lookup::Miss(stamp);
+        }
+        match serde_json::from_str::<CachedPage>(&entry) {
+            Ok(page) if page.stamp == stamp => Lookup::Hit(page),
+            Ok(_) => Lookup::Miss(stamp),
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable cache entry, reloading");
+                Lookup::Miss(stamp)
+            }
+        }
+    }
+
+    /// Stores `page` for `owner` and `filter` if its stamp is still current.
+    /// Returns whether it was stored.
+    pub async fn fill(&self, owner: Uuid, filter: Option<TaskStatus>, page: &CachedPage) -> bool {
+        let entry = match serde_json::to_string(page) {
+            Ok(entry) => entry,
+            Err(e) => {
+                tracing::error!(error = %e, "serialising a cache entry");
+                return false;
+            }
+        };
+        let keys = vec![self.global("epoch"), self.key(owner, "ver"), self.key(owner, "pages")];
+        let args = vec![
+            Self::field(filter).to_owned(),
+            page.stamp.epoch.to_string(),
+            page.stamp.version.to_string(),
+            entry,
+            self.ttl.as_secs().max(1).to_string(),
+        ];
+        match self.redis.eval::<i64, _, _, _>(FILL_SCRIPT, keys, args).await {
+            Ok(stored) => {
+                self.came_up();
+                stored == 1
+            }
+            Err(e) => {
+                self.went_down(&e.to_string());
+                false
+            }
+        }
+    }
+
+    /// Called after a write to `owner`'s tasks has committed, before it is
+    /// acknowledged: gives the user a new version. If Redis cannot be told,
+    /// the process turns dirty (see the module docs), which is just as safe.
+    pub async fn invalidate(&self, owner: Uuid) {
+        if taskgate_common::redis::is_up(&self.redis) {
+            let keys = vec![self.global("seq"), self.key(owner, "ver"), self.key(owner, "pages")];
+            let args = vec![now_micros(), VERSION_TTL.as_secs() as i64];
+            match self.redis.eval::<i64, _, _, _>(BUMP_SCRIPT, keys, args).await {
+                Ok(_) => {
+                    self.came_up();
+                    return;
+                }
+                Err(e) => self.went_down(&e.to_string()),
+            }
+        } else {
+            self.went_down("not connected");
+        }
+        self.failed_bumps.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Changes the epoch now if the cache is dirty and Redis is reachable;
+    /// start-up calls this so the first requests find a clean cache.
+    pub async fn settle(&self) -> bool {
+        self.usable().await
+    }
+
+    fn went_down(&self, why: &str) {
+        if self.up.swap(false, Ordering::SeqCst) {
+            tracing::warn!(reason = why, "task cache unavailable: serving lists straight from postgres");
+        }
+    }
+
+    fn came_up(&self) {
+        if !self.up.swap(true, Ordering::SeqCst) {
+            tracing::info!("task cache recovered");
+        }
+    }
+}
+
+/// The current time in microseconds, where a lost counter restarts.
+fn now_micros() -> i64 {
+    Utc::now().timestamp_micros()
+}

@@ -1,0 +1,116 @@
+//! [`TaskError`]: everything a task call can fail with, and the one table
+//! that turns it into a gRPC status.
+
+use taskgate_tokens::VerifyError;
+use tonic::Status;
+
+/// Why a task call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// Input that does not parse or validate: one `(field, reason)` per problem.
+    #[error("invalid argument: {0:?}")]
+    InvalidArgument(Vec<(&'static str, String)>),
+    /// No such task for this caller (missing, or someone else's).
+    #[error("task not found")]
+    NotFound,
+    /// The caller's token is missing, invalid, expired or revoked.
+    #[error(transparent)]
+    Unauthenticated(#[from] VerifyError),
+    /// Postgres cannot be reached right now.
+    #[error("database unavailable")]
+    Unavailable,
+    /// Anything else; logged, never shown to the client.
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl TaskError {
+    /// An [`TaskError::InvalidArgument`] naming one field.
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        TaskError::InvalidArgument(vec![(field, reason.into())])
+    }
+
+    /// Classifies a sqlx error: connection trouble means UNAVAILABLE (the
+    /// pool recovers by itself once Postgres returns), anything else is
+    /// unexpected.
+    pub fn from_db(error: sqlx::Error, doing: &'static str) -> Self {
+        let unavailable = match &error {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db
+                .code()
+                // 08: connection exception; 57P: the server is shutting down
+                // or starting up; 53300: too many connections.
+                .is_some_and(|code| code.starts_with("08") || code.starts_with("57P") || code == "53300"),
+            _ => false,
+        };
+        if unavailable {
+            tracing::warn!(error = %error, "{doing}: database unavailable");
+            TaskError::Unavailable
+        } else {
+            TaskError::Unexpected(anyhow::Error::new(error).context(doing))
+        }
+    }
+
+    /// A copy of an error shared between the callers of one single-flight
+    /// load (`anyhow::Error` is not `Clone`).
+    pub fn share(&self) -> Self {
+        match self {
+            TaskError::InvalidArgument(v) => TaskError::InvalidArgument(v.clone()),
+            TaskError::NotFound => TaskError::NotFound,
+            TaskError::Unauthenticated(e) => TaskError::Unexpected(anyhow::anyhow!("{e}")),
+            TaskError::Unavailable => TaskError::Unavailable,
+            TaskError::Unexpected(e) => TaskError::Unexpected(anyhow::anyhow!("{e:#}")),
+        }
+    }
+}
+
+impl From<TaskError> for Status {
+    fn from(error: TaskError) -> Self {
+        match error {
+            TaskError::InvalidArgument(violations) => taskgate_common::status::invalid_fields(
+                violations.into_iter().map(|(field, reason)| (field.to_owned(), reason)).collect(),
+            ),
+            TaskError::NotFound => Status::not_found("task not found"),
+            TaskError::Unauthenticated(e) => e.into(),
+            TaskError::Unavailable => Status::unavailable("database unavailable"),
+            TaskError::Unexpected(e) => {
+                tracing::error!(error = %format!("{e:#}"), "unexpected error in the task service");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+
+    #[test]
+    fn the_mapping_table_holds() {
+        assert_eq!(Status::from(TaskError::NotFound).code(), Code::NotFound);
+        assert_eq!(Status::from(TaskError::invalid("title", "empty")).code(), Code::InvalidArgument);
+        assert_eq!(Status::from(TaskError::Unauthenticated(VerifyError::Expired)).code(), Code::Unauthenticated);
+        let unavailable = Status::from(TaskError::Unavailable);
+        assert_eq!(unavailable.code(), Code::Unavailable);
+        assert_eq!(unavailable.message(), "database unavailable");
+    }
+
+    #[test]
+    fn unexpected_errors_do_not_leak_their_message() {
+        let status = Status::from(TaskError::Unexpected(anyhow::anyhow!("secret detail")));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("secret"));
+    }
+
+    #[test]
+    fn connection_errors_are_unavailable() {
+        assert!(matches!(TaskError::from_db(sqlx::Error::PoolTimedOut, "x"), TaskError::Unavailable));
+        assert!(matches!(TaskError::from_db(sqlx::Error::RowNotFound, "x"), TaskError::Unexpected(_)));
+    }
+}

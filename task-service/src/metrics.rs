@@ -1,0 +1,54 @@
+//! Counters that show what the service did, for tests and for operators.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counts of work done since start-up. Shared by every part of the service.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// ListTasks queries sent to Postgres (cache fills and uncached pages).
+    list_queries: AtomicU64,
+    /// First-page reads answered from Redis.
+    cache_hits: AtomicU64,
+    /// First-page reads that found no current entry in Redis.
+    cache_misses: AtomicU64,
+    /// First-page reads that skipped Redis (down, or not yet known clean).
+    cache_bypasses: AtomicU64,
+}
+
+impl Metrics {
+    /// ListTasks queries sent to Postgres so far.
+    pub fn list_queries(&self) -> u64 {
+        self.list_queries.load(Ordering::Relaxed)
+    }
+
+    /// First-page reads answered from Redis so far.
+    pub fn cache_hits(&self) -> u64 {
+        self.cache_hits.load(Ordering::Relaxed)
+    }
+
+    /// First-page reads that missed the cache so far.
+    pub fn cache_misses(&self) -> u64 {
+        self.cache_misses.load(Ordering::Relaxed)
+    }
+
+    /// First-page reads that went around the cache so far.
+    pub fn cache_bypasses(&self) -> u64 {
+        self.cache_bypasses.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn list_query(&self) {
+        self.list_queries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn cache_hit(&self) {
+        self.cache_hits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn cache_miss(&self) {
+        self.cache_misses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn cache_bypass(&self) {
+        self.cache_bypasses.fetch_add(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,193 @@
+//! The `taskgate.task.v1.TaskService` gRPC implementation: authenticate,
+//! parse the request into domain types, call the store, convert back.
+
+use prost_types::{FieldMask, Timestamp};
+use taskgate_proto::task::v1::{
+    self as pb, CreateTaskRequest, CreateTaskResponse, DeleteTaskRequest, DeleteTaskResponse, GetTaskRequest,
+    GetTaskResponse, ListTasksRequest, ListTasksResponse, UpdateTaskRequest, UpdateTaskResponse,
+    task_service_server::TaskService,
+};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    TaskError,
+    auth::Authenticator,
+    domain::{ListQuery, TaskDescription, TaskId, TaskStatus, TaskTitle},
+    repository::{Task, TaskChanges},
+    store::TaskStore,
+};
+
+/// The gRPC service.
+#[derive(Clone)]
+pub struct TaskApi {
+    /// Who is calling.
+    auth: Authenticator,
+    /// Where tasks live.
+    store: TaskStore,
+}
+
+impl TaskApi {
+    /// A service over `store`, authenticating with `auth`.
+    pub fn new(auth: Authenticator, store: TaskStore) -> Self {
+        TaskApi { auth, store }
+    }
+}
+
+#[tonic::async_trait]
+impl TaskService for TaskApi {
+    async fn create_task(&self, request: Request<CreateTaskRequest>) -> Result<Response<CreateTaskResponse>, Status> {
+        let owner = self.auth.owner(request.metadata()).await?;
+        let input = request.into_inner().task.unwrap_or_default();
+        let (title, description, status) = parse_fields(&input)?;
+        let task = self.store.create(owner, &title, &description, status.unwrap_or_default()).await?;
+        Ok(Response::new(CreateTaskResponse { task: Some(to_proto(&task)) }))
+    }
+
+    async fn get_task(&self, request: Request<GetTaskRequest>) -> Result<Response<GetTaskResponse>, Status> {
+        let owner = self.auth.owner(request.metadata()).await?;
+        let id = TaskId::parse(&request.get_ref().id).map_err(|e| TaskError::invalid("id", e))?;
+        let task = self.store.get(owner, id.0).await?;
+        Ok(Response::new(GetTaskResponse { task: Some(to_proto(&task)) }))
+    }
+
+    async fn list_tasks(&self, request: Request<ListTasksRequest>) -> Result<Response<ListTasksResponse>, Status> {
+        let owner = self.auth.owner(request.metadata()).await?;
+        let r = request.get_ref();
+        let query = ListQuery::parse(r.page_size, &r.page_token, r.status)?;
+        let page = self.store.list(owner, query).await?;
+        Ok(Response::new(ListTasksResponse {
+            tasks: page.tasks.iter().map(to_proto).collect(),
+            next_page_token: page.next.map(|t| t.encode()).unwrap_or_default(),
+        }))
+    }
+
+    async fn update_task(&self, request: Request<UpdateTaskRequest>) -> Result<Response<UpdateTaskResponse>, Status> {
+        let owner = self.auth.owner(request.metadata()).await?;
+        let UpdateTaskRequest { task, update_mask } = request.into_inner();
+        let (id, changes) = parse_update(task, update_mask)?;
+        let task = self.store.update(owner, id.0, &changes).await?;
+        Ok(Response::new(UpdateTaskResponse { task: Some(to_proto(&task)) }))
+    }
+
+    async fn delete_task(&self, request: Request<DeleteTaskRequest>) -> Result<Response<DeleteTaskResponse>, Status> {
+        let owner = self.auth.owner(request.metadata()).await?;
+        let id = TaskId::parse(&request.get_ref().id).map_err(|e| TaskError::invalid("id", e))?;
+        self.store.delete(owner, id.0).await?;
+        Ok(Response::new(DeleteTaskResponse {}))
+    }
+}
+
+/// Validates title, description and status together, reporting every bad
+/// field at once. The status is `None` when unspecified.
+fn parse_fields(task: &pb::Task) -> Result<(TaskTitle, TaskDescription, Option<TaskStatus>), TaskError> {
+    let mut violations = Vec::new();
+    let title = TaskTitle::parse(&task.title).map_err(|e| violations.push(("title", e))).ok();
+    let description = TaskDescription::parse(&task.description).map_err(|e| violations.push(("description", e))).ok();
+    let status = TaskStatus::from_proto(task.status).map_err(|e| violations.push(("status", e))).ok();
+    match (title, description, status) {
+        (Some(t), Some(d), Some(s)) if violations.is_empty() => Ok((t, d, s)),
+        _ => Err(TaskError::InvalidArgument(violations)),
+    }
+}
+
+/// The paths an update mask may name.
+const UPDATABLE: [&str; 3] = ["title", "description", "status"];
+
+/// Reads an UpdateTask request: an empty mask or `*` replaces all three
+/// fields (absent ones take their defaults: empty description, TODO);
+/// otherwise only the named fields change.
+fn parse_update(task: Option<pb::Task>, mask: Option<FieldMask>) -> Result<(TaskId, TaskChanges), TaskError> {
+    let Some(task) = task else {
+        return Err(TaskError::invalid("task", "is required"));
+    };
+    let mut violations = Vec::new();
+    let id = TaskId::parse(&task.id).map_err(|e| violations.push(("id", e))).ok();
+    let paths: Vec<String> = mask.map(|m| m.paths).unwrap_or_default();
+    let full = paths.is_empty() || paths.iter().all(|p| p == "*");
+    if !full {
+        for path in &paths {
+            if !UPDATABLE.contains(&path.as_str()) {
+                violations.push(("update_mask", format!("unknown or read-only field {path:?}")));
+            }
+        }
+    }
+    let wants = |field: &str| full || paths.iter().any(|p| p == field);
+    let mut changes = TaskChanges::default();
+    if wants("title") {
+        changes.title = TaskTitle::parse(&task.title).map_err(|e| violations.push(("title", e))).ok();
+    }
+    if wants("description") {
+        changes.description =
+            TaskDescription::parse(&task.description).map_err(|e| violations.push(("description", e))).ok();
+    }
+    if wants("status") {
+        changes.status = TaskStatus::from_proto(task.status)
+            .map_err(|e| violations.push(("status", e)))
+            .ok()
+            .map(Option::unwrap_or_default);
+    }
+    match id {
+        Some(id) if violations.is_empty() => Ok((id, changes)),
+        _ => Err(TaskError::InvalidArgument(violations)),
+    }
+}
+
+fn timestamp(at: chrono::DateTime<chrono::Utc>) -> Timestamp {
+    Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 }
+}
+
+/// The proto form of a task.
+pub fn to_proto(task: &Task) -> pb::Task {
+    pb::Task {
+        id: task.id.to_string(),
+        title: task.title.clone(),
+        description: task.description.clone(),
+        status: task.status.to_proto(),
+        created_at: Some(timestamp(task.created_at)),
+        updated_at: Some(timestamp(task.updated_at)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(title: &str) -> pb::Task {
+        pb::Task { id: uuid::Uuid::nil().to_string(), title: title.into(), ..Default::default() }
+    }
+
+    fn fields(err: TaskError) -> Vec<&'static str> {
+        match err {
+            TaskError::InvalidArgument(v) => v.into_iter().map(|(f, _)| f).collect(),
+            other => panic!("expected invalid argument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_empty_mask_replaces_every_field_with_defaults() {
+        let (_, changes) = parse_update(Some(task("new")), None).expect("valid");
+        assert_eq!(changes.title.as_ref().map(TaskTitle::as_str), Some("new"));
+        assert_eq!(changes.description.as_ref().map(TaskDescription::as_str), Some(""));
+        assert_eq!(changes.status, Some(TaskStatus::Todo));
+        let star = FieldMask { paths: vec!["*".into()] };
+        assert_eq!(parse_update(Some(task("new")), Some(star)).expect("valid").1, changes);
+    }
+
+    #[test]
+    fn a_mask_changes_only_the_named_fields() {
+        let mut t = task("");
+        t.status = TaskStatus::Done.to_proto();
+        let (_, changes) = parse_update(Some(t), Some(FieldMask { paths: vec!["status".into()] })).expect("valid");
+        assert_eq!(changes, TaskChanges { status: Some(TaskStatus::Done), ..Default::default() });
+    }
+
+    #[test]
+    fn unknown_mask_paths_and_bad_fields_are_named() {
+        let mask = FieldMask { paths: vec!["owner_id".into()] };
+        assert_eq!(fields(parse_update(Some(task("x")), Some(mask)).expect_err("invalid")), ["update_mask"]);
+        let mut t = task(" ");
+        t.id = "nope".into();
+        assert_eq!(fields(parse_update(Some(t), None).expect_err("invalid")), ["id", "title"]);
+        assert_eq!(fields(parse_update(None, None).expect_err("invalid")), ["task"]);
+    }
+}

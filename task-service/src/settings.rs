@@ -1,0 +1,95 @@
+//! The task service's configuration, read from the environment (or flags).
+
+use std::{convert::Infallible, net::SocketAddr, time::Duration};
+
+use secrecy::SecretString;
+use taskgate_common::telemetry::LogFormat;
+
+/// Everything the task service reads at start-up. `task-service --help` lists
+/// each variable with its default.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "task-service", about = "taskgate task service (gRPC)")]
+pub struct Settings {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "TASK_LISTEN_ADDR", default_value = "0.0.0.0:50052")]
+    pub listen_addr: SocketAddr,
+    /// PostgreSQL URL; the service uses (and migrates) the `task` schema in it.
+    #[arg(long, env = "DATABASE_URL", value_parser = secret)]
+    pub database_url: SecretString,
+    /// Most Postgres connections this process holds.
+    #[arg(long, env = "TASK_DB_MAX_CONNECTIONS", default_value_t = 10)]
+    pub db_max_connections: u32,
+    /// Redis URL, for the list cache and the revocation check.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Prefix of every Redis key; shared with the auth service, whose
+    /// revocation records live under it.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "taskgate:")]
+    pub redis_prefix: String,
+    /// The auth service's gRPC URL, where the JWKS comes from.
+    #[arg(long, env = "AUTH_SERVICE_URL", default_value = "http://127.0.0.1:50051")]
+    pub auth_url: String,
+    /// The only accepted token issuer (`iss`).
+    #[arg(long, env = "JWT_ISSUER", default_value = "taskgate")]
+    pub jwt_issuer: String,
+    /// The only accepted token audience (`aud`).
+    #[arg(long, env = "JWT_AUDIENCE", default_value = "taskgate")]
+    pub jwt_audience: String,
+    /// How long a cached list page lives in Redis, in seconds.
+    #[arg(long, env = "TASK_CACHE_TTL_SECONDS", default_value_t = 300)]
+    pub cache_ttl_seconds: u64,
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: LogFormat,
+}
+
+/// Keeps the database URL (it may hold a password) out of `Debug` output.
+fn secret(value: &str) -> Result<SecretString, Infallible> {
+    Ok(SecretString::from(value))
+}
+
+impl Settings {
+    /// Settings for an in-process test server on 127.0.0.1:0.
+    pub fn for_tests(database_url: String, redis_url: String, redis_prefix: String, auth_url: String) -> Self {
+        Settings {
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database_url: SecretString::from(database_url),
+            db_max_connections: 10,
+            redis_url,
+            redis_prefix,
+            auth_url,
+            jwt_issuer: "taskgate".into(),
+            jwt_audience: "taskgate".into(),
+            cache_ttl_seconds: 300,
+            log_format: LogFormat::Pretty,
+        }
+    }
+
+    /// The cache TTL as a duration (at least one second).
+    pub fn cache_ttl(&self) -> Duration {
+        Duration::from_secs(self.cache_ttl_seconds.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let s = Settings::try_parse_from(["task-service", "--database-url", "postgres://x/y"]).expect("parse");
+        assert_eq!(s.listen_addr.port(), 50052);
+        assert_eq!(s.redis_prefix, "taskgate:");
+        assert_eq!(s.cache_ttl_seconds, 300);
+        assert_eq!(s.auth_url, "http://127.0.0.1:50051");
+    }
+
+    #[test]
+    fn the_database_url_is_not_printed() {
+        let s =
+            Settings::for_tests("postgres://u:hunter2@h/d".into(), "redis://r".into(), "p:".into(), "http://a".into());
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

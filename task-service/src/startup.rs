@@ -1,0 +1,108 @@
+//! [`Application`]: connects to Postgres, Redis and the auth service, applies
+//! migrations, binds the listener, and serves until told to stop.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use secrecy::ExposeSecret as _;
+use taskgate_common::{db, grpc};
+use taskgate_proto::{service_names, task::v1::task_service_server::TaskServiceServer};
+use taskgate_tokens::{GrpcKeySource, RevocationCheck, RevocationPolicy, Verifier, VerifierConfig};
+use tokio::net::TcpListener;
+use tonic::transport::{Endpoint, Server, server::TcpIncoming};
+
+use crate::{
+    Metrics, Settings, auth::Authenticator, cache::ListCache, repository::Repository, service::TaskApi,
+    store::TaskStore,
+};
+
+/// How long start-up waits for Postgres to accept the migrations.
+const MIGRATION_PATIENCE: Duration = Duration::from_secs(30);
+/// Redis clients in the pool.
+const REDIS_POOL_SIZE: usize = 4;
+/// Longest a single RPC may run before the server gives up on it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The task service, built and bound, ready to serve.
+pub struct Application {
+    /// The bound listener (port 0 in tests, resolved in `local_addr`).
+    listener: TcpListener,
+    /// Where the listener ended up.
+    local_addr: SocketAddr,
+    /// The gRPC service.
+    api: TaskApi,
+    /// Counters shared with the service, for tests.
+    metrics: Arc<Metrics>,
+}
+
+impl Application {
+    /// Connects (lazily, where that lets the service start while a dependency
+    /// is down), migrates the `task` schema and binds the listen address.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool = db::pool(settings.database_url.expose_secret(), db::TASK_SCHEMA, settings.db_max_connections)?;
+        db::migrate_when_ready(&pool, db::TASK_SCHEMA, &db::TASK_MIGRATOR, MIGRATION_PATIENCE).await?;
+        let redis = taskgate_common::redis::connect(&settings.redis_url, REDIS_POOL_SIZE).await?;
+
+        // One channel to the auth service for the life of the process; it
+        // connects on first use and reconnects by itself.
+        let auth_channel = Endpoint::from_shared(settings.auth_url.clone())
+            .context("AUTH_SERVICE_URL is not a valid url")?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5))
+            .connect_lazy();
+        let verifier = Verifier::new(
+            Arc::new(GrpcKeySource::new(auth_channel)),
+            VerifierConfig::new(settings.jwt_issuer.clone(), settings.jwt_audience.clone()),
+        );
+        let revocation = RevocationCheck::new(redis.clone(), settings.redis_prefix.clone(), RevocationPolicy::FailOpen);
+        let auth = Authenticator::new(verifier, revocation, redis.clone());
+
+        let metrics = Arc::new(Metrics::default());
+        let cache = Arc::new(ListCache::new(redis, settings.redis_prefix.clone(), settings.cache_ttl()));
+        // Start clean: covers writes a previous process could not announce.
+        cache.settle().await;
+        let store = TaskStore::new(Repository::new(pool, metrics.clone()), cache, metrics.clone());
+
+        let listener = TcpListener::bind(settings.listen_addr)
+            .await
+            .with_context(|| format!("binding TASK_LISTEN_ADDR {}", settings.listen_addr))?;
+        let local_addr = listener.local_addr().context("reading the bound address")?;
+        Ok(Application { listener, local_addr, api: TaskApi::new(auth, store), metrics })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Counters of the work done (queries, cache hits), shared with the
+    /// running service.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Serves TaskService, health and reflection until `shutdown` completes,
+    /// then drains in-flight calls.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (_health_reporter, health) = grpc::health(&[service_names::TASK]).await;
+        let (reflection_v1, reflection_v1alpha) = grpc::reflection()?;
+        tracing::info!(addr = %self.local_addr, "task service listening");
+        Server::builder()
+            // Bound every call, so a stuck dependency cannot pile up requests.
+            .timeout(REQUEST_TIMEOUT)
+            // Outermost: one span per request, covering everything below.
+            .layer(tower_http::trace::TraceLayer::new_for_grpc())
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(TaskServiceServer::new(self.api))
+            .serve_with_incoming_shutdown(TcpIncoming::from(self.listener).with_nodelay(Some(true)), shutdown)
+            .await
+            .context("serving gRPC")?;
+        tracing::info!("task service stopped");
+        Ok(())
+    }
+}

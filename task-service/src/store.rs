@@ -1,0 +1,210 @@
+//! Task reads and writes that keep Postgres (the truth) and the Redis list
+//! cache (a copy) consistent, and load each cold list once however many
+//! readers ask for it at the same time.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::{
+    FutureExt as _,
+    future::{BoxFuture, Shared},
+};
+use uuid::Uuid;
+
+use crate::{
+    Metrics, TaskError,
+    cache::{CACHE_DEPTH, CachedPage, ListCache, Lookup, Stamp},
+    domain::{ListQuery, PageToken, TaskDescription, TaskStatus, TaskTitle},
+    repository::{Repository, Task, TaskChanges},
+};
+
+/// How long a finished load stays joinable. Its result is exact for its
+/// stamp, so a reader that saw the same stamp may still use it; this closes
+/// the gap between a reader's cache miss and its joining a load that has
+/// just finished, which would otherwise cost a second query.
+const FLIGHT_LINGER: Duration = Duration::from_secs(1);
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// The tasks, newest first.
+    pub tasks: Vec<Task>,
+    /// Where the next page starts, if there is one.
+    pub next: Option<PageToken>,
+}
+
+/// A load of one user's first page for one filter, shared by every reader
+/// that saw the same stamp.
+type Flight = Shared<BoxFuture<'static, Result<Arc<CachedPage>, Arc<TaskError>>>>;
+
+/// What identifies a load: the same user, filter and stamp see the same list.
+type FlightKey = (Uuid, Option<TaskStatus>, Stamp);
+
+/// The service's data layer.
+#[derive(Clone)]
+pub struct TaskStore {
+    /// Postgres, the source of truth.
+    repo: Repository,
+    /// The first-page cache.
+    cache: Arc<ListCache>,
+    /// Loads in progress (or just finished), each with an id so a late
+    /// removal never takes out a newer load under the same key.
+    flights: Arc<Mutex<HashMap<FlightKey, (u64, Flight)>>>,
+    /// Source of flight ids.
+    next_flight: Arc<AtomicU64>,
+    /// Cache hit and miss counters.
+    metrics: Arc<Metrics>,
+}
+
+impl TaskStore {
+    /// A store over `repo` and `cache`.
+    pub fn new(repo: Repository, cache: Arc<ListCache>, metrics: Arc<Metrics>) -> Self {
+        TaskStore {
+            repo,
+            cache,
+            flights: Arc::new(Mutex::new(HashMap::new())),
+            next_flight: Arc::new(AtomicU64::new(0)),
+            metrics,
+        }
+    }
+
+    /// Creates a task; the cache reflects it before this returns.
+    pub async fn create(
+        &self,
+        owner: Uuid,
+        title: &TaskTitle,
+        description: &TaskDescription,
+        status: TaskStatus,
+    ) -> Result<Task, TaskError> {
+        let task = self.repo.create(owner, title, description, status).await?;
+        self.cache.invalidate(owner).await;
+        Ok(task)
+    }
+
+    /// One task of `owner`'s (never cached: a point read is cheap).
+    pub async fn get(&self, owner: Uuid, id: Uuid) -> Result<Task, TaskError> {
+        self.repo.get(owner, id).await
+    }
+
+    /// Changes a task; the cache reflects it before this returns.
+    pub async fn update(&self, owner: Uuid, id: Uuid, changes: &TaskChanges) -> Result<Task, TaskError> {
+        let task = self.repo.update(owner, id, changes).await?;
+        self.cache.invalidate(owner).await;
+        Ok(task)
+    }
+
+    /// Deletes a task; the cache reflects it before this returns.
+    pub async fn delete(&self, owner: Uuid, id: Uuid) -> Result<(), TaskError> {
+        self.repo.delete(owner, id).await?;
+        self.cache.invalidate(owner).await;
+        Ok(())
+    }
+
+    /// One page of `owner`'s tasks. First pages come from the cache when it
+    /// is usable; later pages, and everything during a Redis outage, come
+    /// from Postgres.
+    pub async fn list(&self, owner: Uuid, query: ListQuery) -> Result<Page, TaskError> {
+        let size = query.page_size.get();
+        if query.after.is_some() {
+            return self.list_from_postgres(owner, query).await;
+        }
+        let cached = match self.cache.lookup(owner, query.filter).await {
+            Lookup::Bypass => {
+                self.metrics.cache_bypass();
+                return self.list_from_postgres(owner, query).await;
+            }
+            Lookup::Hit(page) => {
+                self.metrics.cache_hit();
+                Arc::new(page)
+            }
+            Lookup::Miss(stamp) => {
+                self.metrics.cache_miss();
+                self.load_once(owner, query.filter, stamp).await?
+            }
+        };
+        let tasks: Vec<Task> = cached.tasks.iter().take(size).cloned().collect();
+        let more = cached.tasks.len() > size || cached.more;
+        Ok(page(tasks, more, query.filter))
+    }
+
+    /// A page straight from Postgres: one more row than asked tells whether
+    /// another page follows.
+    async fn list_from_postgres(&self, owner: Uuid, query: ListQuery) -> Result<Page, TaskError> {
+        let size = query.page_size.get();
+        let mut tasks = self.repo.list(owner, query.filter, query.after, size + 1).await?;
+        let more = tasks.len() > size;
+        tasks.truncate(size);
+        Ok(page(tasks, more, query.filter))
+    }
+
+    /// Loads the first page for `stamp` from Postgres and offers it to the
+    /// cache, joining a load already under way for the same stamp instead of
+    /// starting another.
+    async fn load_once(
+        &self,
+        owner: Uuid,
+        filter: Option<TaskStatus>,
+        stamp: Stamp,
+    ) -> Result<Arc<CachedPage>, TaskError> {
+        let key = (owner, filter, stamp);
+        let flight = {
+            let mut flights = self.flights.lock().map_err(|_| anyhow::anyhow!("flight table poisoned"))?;
+            match flights.get(&key) {
+                Some((_, flight)) => flight.clone(),
+                None => {
+                    let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
+                    let flight = self.flight(key, id);
+                    flights.insert(key, (id, flight.clone()));
+                    flight
+                }
+            }
+        };
+        flight.await.map_err(|e| e.share())
+    }
+
+    /// The shared future of one load. It removes itself from the table a
+    /// little after finishing (see [`FLIGHT_LINGER`]).
+    fn flight(&self, key: FlightKey, id: u64) -> Flight {
+        let (owner, filter, stamp) = key;
+        let repo = self.repo.clone();
+        let cache = self.cache.clone();
+        let flights = self.flights.clone();
+        async move {
+            let result = async {
+                let mut tasks = repo.list(owner, filter, None, CACHE_DEPTH + 1).await?;
+                let more = tasks.len() > CACHE_DEPTH;
+                tasks.truncate(CACHE_DEPTH);
+                let page = CachedPage { stamp, tasks, more };
+                cache.fill(owner, filter, &page).await;
+                Ok::<_, TaskError>(Arc::new(page))
+            }
+            .await
+            .map_err(Arc::new);
+            // A failed load is forgotten at once, so the next reader retries.
+            let linger = if result.is_ok() { FLIGHT_LINGER } else { Duration::ZERO };
+            tokio::spawn(async move {
+                tokio::time::sleep(linger).await;
+                if let Ok(mut flights) = flights.lock()
+                    && flights.get(&key).is_some_and(|(current, _)| *current == id)
+                {
+                    flights.remove(&key);
+                }
+            });
+            result
+        }
+        .boxed()
+        .shared()
+    }
+}
+
+/// Builds a page, with a token after its last task if more follow.
+fn page(tasks: Vec<Task>, more: bool, filter: Option<TaskStatus>) -> Page {
+    let next = if more { tasks.last().map(|t| PageToken { cursor: t.cursor(), filter }) } else { None };
+    Page { tasks, next }
+}
