@@ -1,0 +1,218 @@
+//! Validated input types. Requests are parsed into these at the edge, so the
+//! rest of the service never sees an unchecked login name or password.
+
+use std::{collections::HashSet, sync::OnceLock};
+
+use crate::error::AuthError;
+
+/// The common-password list shipped with the service (one per line, lowercase).
+const COMMON_PASSWORDS: &str = include_str!("../data/common-passwords.txt");
+
+/// A username: 3-64 characters of ASCII letters, digits and `._-`. Its case is
+/// kept; uniqueness is case-insensitive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Username(String);
+
+impl Username {
+    /// Validates `raw` (surrounding whitespace is trimmed).
+    pub fn parse(raw: &str) -> Result<Self, AuthError> {
+        let s = raw.trim();
+        let len = s.chars().count();
+        if !(3..=64).contains(&len) {
+            return Err(AuthError::invalid("username", "must be 3 to 64 characters long"));
+        }
+        if !s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+            return Err(AuthError::invalid("username", "may contain only letters, digits, '.', '_' and '-'"));
+        }
+        Ok(Username(s.to_owned()))
+    }
+
+    /// The username as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An email address of a plausible shape, lowercased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email(String);
+
+impl Email {
+    /// Checks the shape of `raw` (`local@domain.tld`, no spaces, at most 254
+    /// characters) and lowercases it.
+    pub fn parse(raw: &str) -> Result<Self, AuthError> {
+        let s = raw.trim().to_lowercase();
+        let bad = || AuthError::invalid("email", "is not a valid email address");
+        if s.len() > 254 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(bad());
+        }
+        let (local, domain) = s.split_once('@').ok_or_else(bad)?;
+        if local.is_empty() || local.len() > 64 || domain.contains('@') {
+            return Err(bad());
+        }
+        let labels: Vec<&str> = domain.split('.').collect();
+        if labels.len() < 2
+            || labels.iter().any(|l| {
+                l.is_empty()
+                    || l.starts_with('-')
+                    || l.ends_with('-')
+                    || !l.chars().all(|c| c.is_alphanumeric() || c == '-')
+            })
+        {
+            return Err(bad());
+        }
+        Ok(Email(s))
+    }
+
+    /// The lowercased address.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A phone number in E.164 form: `+` and 8 to 15 digits, the first not 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Phone(String);
+
+impl Phone {
+    /// Normalises `raw` (drops spaces, dashes, dots and parentheses) and
+    /// checks it is E.164.
+    pub fn parse(raw: &str) -> Result<Self, AuthError> {
+        let s: String = raw.chars().filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')' | '\u{a0}')).collect();
+        let bad = || AuthError::invalid("phone", "must be in international form: '+' and 8 to 15 digits");
+        let digits = s.strip_prefix('+').ok_or_else(bad)?;
+        if !(8..=15).contains(&digits.len()) || !digits.chars().all(|c| c.is_ascii_digit()) || digits.starts_with('0') {
+            return Err(bad());
+        }
+        Ok(Phone(s))
+    }
+
+    /// The E.164 number.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A password fit to be set: 8-128 characters and not a common password.
+/// Deliberately not `Debug`, so it cannot end up in a log line.
+pub struct Password(String);
+
+impl Password {
+    /// Validates a new password.
+    pub fn parse(raw: &str) -> Result<Self, AuthError> {
+        let len = raw.chars().count();
+        if len < 8 {
+            return Err(AuthError::invalid("password", "must be at least 8 characters long"));
+        }
+        if len > 128 {
+            return Err(AuthError::invalid("password", "must be at most 128 characters long"));
+        }
+        if is_common_password(raw) {
+            return Err(AuthError::invalid("password", "is too common; choose a less guessable password"));
+        }
+        Ok(Password(raw.to_owned()))
+    }
+
+    /// The password bytes, for hashing.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+/// True when `password` (compared lowercase) is on the shipped list.
+pub fn is_common_password(password: &str) -> bool {
+    static LIST: OnceLock<HashSet<&'static str>> = OnceLock::new();
+    let list = LIST.get_or_init(|| {
+        COMMON_PASSWORDS.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect()
+    });
+    list.contains(password.to_lowercase().as_str())
+}
+
+/// What a login name given to Login is: told apart by its shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginName {
+    /// Contains no `@` and does not start with `+`.
+    Username(Username),
+    /// Contains `@`.
+    Email(Email),
+    /// Starts with `+`.
+    Phone(Phone),
+}
+
+impl LoginName {
+    /// Classifies and normalises `raw`; `None` when it cannot be any login
+    /// name (the caller then treats it as an unknown user).
+    pub fn parse(raw: &str) -> Option<Self> {
+        let s = raw.trim();
+        if s.contains('@') {
+            Email::parse(s).ok().map(LoginName::Email)
+        } else if s.starts_with('+') {
+            Phone::parse(s).ok().map(LoginName::Phone)
+        } else {
+            Username::parse(s).ok().map(LoginName::Username)
+        }
+    }
+
+    /// A stable lowercase key for the login throttle.
+    pub fn throttle_key(&self) -> String {
+        match self {
+            LoginName::Username(u) => format!("u:{}", u.as_str().to_lowercase()),
+            LoginName::Email(e) => format!("e:{}", e.as_str()),
+            LoginName::Phone(p) => format!("p:{}", p.as_str()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_are_checked_for_length_and_characters() {
+        assert!(Username::parse("ab").is_err());
+        assert!(Username::parse(&"a".repeat(65)).is_err());
+        assert!(Username::parse("bad name").is_err());
+        assert!(Username::parse("héllo").is_err());
+        assert_eq!(Username::parse(" Al.ice_-1 ").expect("valid").as_str(), "Al.ice_-1");
+    }
+
+    #[test]
+    fn emails_are_checked_for_shape_and_lowercased() {
+        assert_eq!(Email::parse("Bob@Example.COM").expect("valid").as_str(), "bob@example.com");
+        for bad in ["bob", "@x.com", "bob@", "bob@x", "bob@@x.com", "b ob@x.com", "bob@x..com"] {
+            assert!(Email::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn phones_are_normalised_to_e164() {
+        assert_eq!(Phone::parse("+1 (415) 555-0100").expect("valid").as_str(), "+14155550100");
+        assert!(Phone::parse("4155550100").is_err());
+        assert!(Phone::parse("+1234567").is_err());
+        assert!(Phone::parse("+1234567890123456").is_err());
+        assert!(Phone::parse("+44abc5550100").is_err());
+    }
+
+    #[test]
+    fn passwords_are_checked_for_length_and_commonness() {
+        assert!(Password::parse("short").is_err());
+        assert!(Password::parse(&"x".repeat(129)).is_err());
+        assert!(Password::parse("Password1").is_err());
+        assert!(Password::parse("QWERTY123").is_err());
+        assert!(Password::parse("correct horse battery staple").is_ok());
+    }
+
+    #[test]
+    fn the_common_password_list_has_a_few_hundred_entries() {
+        let n = COMMON_PASSWORDS.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).count();
+        assert!(n >= 200, "only {n} common passwords");
+    }
+
+    #[test]
+    fn login_names_are_classified_by_shape() {
+        assert!(matches!(LoginName::parse("alice"), Some(LoginName::Username(_))));
+        assert!(matches!(LoginName::parse("a@b.co"), Some(LoginName::Email(_))));
+        assert!(matches!(LoginName::parse("+14155550100"), Some(LoginName::Phone(_))));
+        assert_eq!(LoginName::parse("x"), None);
+    }
+}

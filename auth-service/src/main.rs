@@ -1,0 +1,57 @@
+//! The `auth-service` binary: `serve` (default), `migrate`, `healthcheck`
+//! and `rotate-keys`. Everything else lives in the library.
+
+use auth_service::{Application, Settings};
+use clap::Parser as _;
+
+/// What to do.
+#[derive(clap::Subcommand, Clone, Copy)]
+enum Command {
+    /// Run the gRPC server until SIGTERM or Ctrl-C.
+    Serve,
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Exit 0 if the server at AUTH_LISTEN_ADDR reports SERVING, else 1.
+    Healthcheck,
+    /// Introduce a new signing key (signs after KEY_PUBLISH_DELAY_SECONDS).
+    RotateKeys,
+}
+
+#[derive(clap::Parser)]
+#[command(name = "auth-service", about = "taskgate's accounts, tokens and sessions")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // An optional `.env` for local runs; real environment variables win.
+    let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
+    taskgate_common::telemetry::init(cli.settings.log_format);
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let app = Application::build(cli.settings).await?;
+            app.run_until_stopped(taskgate_common::shutdown::signal()).await
+        }
+        Command::Migrate => auth_service::migrate(&cli.settings).await,
+        Command::Healthcheck => {
+            let port = cli.settings.listen_addr.port();
+            let url = format!("http://127.0.0.1:{port}");
+            let service = taskgate_proto::service_names::AUTH;
+            if let Err(e) = taskgate_common::grpc::probe(&url, service).await {
+                eprintln!("unhealthy: {e:#}");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::RotateKeys => {
+            let kid = auth_service::rotate_keys(&cli.settings).await?;
+            println!("new signing key {kid}");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! The `AuthService` gRPC implementation: each RPC parses its request into
+//! domain types, does its work through the stores, and returns an
+//! [`AuthError`] that becomes a status in one place.
+
+use std::time::Duration;
+
+use taskgate_proto::auth::v1::{
+    DisableUserRequest, DisableUserResponse, GetJwksRequest, GetJwksResponse, GetMeRequest, GetMeResponse,
+    ListSessionsRequest, ListSessionsResponse, LoginRequest, LoginResponse, LogoutAllRequest, LogoutAllResponse,
+    LogoutRequest, LogoutResponse, RefreshRequest, RefreshResponse, RegisterRequest, RegisterResponse,
+    RevokeSessionRequest, RevokeSessionResponse, Session, auth_service_server::AuthService,
+};
+use taskgate_tokens::{Claims, RevocationCheck, TokenKind, Verifier, VerifyError, bearer_token};
+use tonic::{Request, Response, Status, metadata::MetadataMap};
+use uuid::Uuid;
+
+use crate::{
+    domain::{Email, LoginName, Password, Phone, Username},
+    error::AuthError,
+    issuer::{PairSpec, TokenIssuer, now_secs},
+    keys::KeyStore,
+    password::{PasswordHasher, Verified},
+    sessions::{NewSession, RefreshOutcome, SessionStore},
+    throttle::LoginThrottle,
+    users::{NewUser, Users},
+};
+
+/// Longest password accepted at login, in bytes: hashing megabytes of input
+/// would be a cheap denial of service.
+const MAX_LOGIN_PASSWORD_BYTES: usize = 1024;
+
+/// Everything the RPCs need. Cheap to clone.
+#[derive(Clone)]
+pub struct AuthApi {
+    /// Accounts in Postgres.
+    pub(crate) users: Users,
+    /// argon2id on the bounded blocking pool.
+    pub(crate) hasher: PasswordHasher,
+    /// Signs token pairs.
+    pub(crate) issuer: TokenIssuer,
+    /// Signing keys, for the JWKS.
+    pub(crate) keys: KeyStore,
+    /// Sessions in Redis.
+    pub(crate) sessions: SessionStore,
+    /// Failed-login windows in Redis.
+    pub(crate) throttle: LoginThrottle,
+    /// Verifies tokens with this service's own keys.
+    pub(crate) verifier: Verifier,
+    /// Rejects access tokens of ended sessions (fails closed).
+    pub(crate) revocation: RevocationCheck,
+    /// Absolute session lifetime.
+    pub(crate) session_lifetime: Duration,
+}
+
+fn timestamp_ms(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+/// The caller's address: `x-client-ip` set by the gateway, else the peer.
+fn client_ip<T>(request: &Request<T>) -> String {
+    request
+        .metadata()
+        .get("x-client-ip")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().chars().take(64).collect::<String>())
+        .filter(|s| !s.is_empty())
+        .or_else(|| request.remote_addr().map(|a| a.ip().to_string()))
+        .unwrap_or_default()
+}
+
+fn user_agent(metadata: &MetadataMap) -> String {
+    metadata.get("user-agent").and_then(|v| v.to_str().ok()).map(|s| s.chars().take(256).collect()).unwrap_or_default()
+}
+
+/// `Some(s)` unless absent or blank.
+fn given(field: Option<String>) -> Option<String> {
+    field.filter(|s| !s.trim().is_empty())
+}
+
+fn parse_uuid(field: &'static str, raw: &str) -> Result<Uuid, AuthError> {
+    Uuid::parse_str(raw.trim()).map_err(|_| AuthError::invalid(field, "must be a UUID"))
+}
+
+impl AuthApi {
+    /// The verified, unrevoked access-token claims of the caller.
+    async fn caller(&self, metadata: &MetadataMap) -> Result<Claims, AuthError> {
+        let token = bearer_token(metadata).ok_or(VerifyError::Missing)?;
+        let claims = self.verifier.verify(token, TokenKind::Access).await?;
+        self.revocation.check(&claims).await?;
+        Ok(claims)
+    }
+
+    async fn register(&self, req: RegisterRequest) -> Result<RegisterResponse, AuthError> {
+        let username = given(req.username).map(|s| Username::parse(&s)).transpose()?;
+        let email = given(req.email).map(|s| Email::parse(&s)).transpose()?;
+        let phone = given(req.phone).map(|s| Phone::parse(&s)).transpose()?;
+        if username.is_none() && email.is_none() && phone.is_none() {
+            return Err(AuthError::invalid("username", "give at least one of username, email or phone"));
+        }
+        let password = Password::parse(&req.password)?;
+        let hash = self.hasher.hash(&password).await?;
+        let user = self
+            .users
+            .insert(NewUser {
+                username: username.as_ref(),
+                email: email.as_ref(),
+                phone: phone.as_ref(),
+                password_hash: &hash,
+                is_admin: false,
+            })
+            .await?;
+        tracing::info!(user_id = %user.id, "user registered");
+        Ok(RegisterResponse { user: Some(user.to_proto()) })
+    }
+
+    async fn login(&self, req: LoginRequest, user_agent: &str, ip: &str) -> Result<LoginResponse, AuthError> {
+        let raw = if req.login.trim().is_empty() { req.username } else { req.login };
+        if raw.trim().is_empty() {
+            return Err(AuthError::invalid("login", "must not be empty"));
+        }
+        if req.password.len() > MAX_LOGIN_PASSWORD_BYTES {
+            return Err(AuthError::invalid("password", "is too long"));
+        }
+        let name = LoginName::parse(&raw);
+        let account = match &name {
+            Some(n) => n.throttle_key(),
+            None => format!("raw:{}", raw.trim().to_lowercase().chars().take(128).collect::<String>()),
+        };
+        self.throttle.before_attempt(&account, ip).await?;
+
+        let user = match &name {
+            Some(n) => self.users.find_by_login(n).await?,
+            None => None,
+        };
+        // Unknown logins are checked against a dummy hash: same work, same time.
+        let verified = self.hasher.verify(&req.password, user.as_ref().map(|u| u.password_hash.as_str())).await?;
+        let user = match (user, verified) {
+            (Some(user), Verified::Yes | Verified::YesRehashed(_)) if user.disabled_at.is_some() => {
+                tracing::info!(user_id = %user.id, "login refused: user disabled");
+                None
+            }
+            (Some(user), Verified::YesRehashed(new_hash)) => {
+                if let Err(e) = self.users.set_password_hash(user.id, &new_hash).await {
+                    // The login still succeeds; the next one tries again.
+                    tracing::warn!(user_id = %user.id, error = %e, "storing a rehashed password failed");
+                } else {
+                    tracing::info!(user_id = %user.id, "password rehashed with current parameters");
+                }
+                Some(user)
+            }
+            (Some(user), Verified::Yes) => Some(user),
+            _ => None,
+        };
+        let Some(user) = user else {
+            self.throttle.failed(&account, ip).await?;
+            return Err(AuthError::InvalidCredentials);
+        };
+        self.throttle.succeeded(&account).await?;
+
+        let iat = now_secs();
+        let lifetime = i64::try_from(self.session_lifetime.as_secs()).unwrap_or(i64::MAX);
+        let spec = PairSpec {
+            sub: user.id.to_string(),
+            sid: Uuid::new_v4().to_string(),
+            access_jti: Uuid::new_v4().to_string(),
+            refresh_jti: Uuid::new_v4().to_string(),
+            iat,
+            session_exp: iat.saturating_add(lifetime),
+        };
+        self.sessions.create(NewSession { spec: &spec, user_agent, ip }).await?;
+        let tokens = self.issuer.mint(&spec)?;
+        tracing::info!(user_id = %user.id, session_id = %spec.sid, "login");
+        Ok(LoginResponse { tokens: Some(tokens) })
+    }
+
+    async fn refresh(&self, req: RefreshRequest) -> Result<RefreshResponse, AuthError> {
+        if req.refresh_token.trim().is_empty() {
+            return Err(AuthError::invalid("refresh_token", "must not be empty"));
+        }
+        let claims = self.verifier.verify(req.refresh_token.trim(), TokenKind::Refresh).await?;
+        let uid = Uuid::parse_str(&claims.sub).map_err(|_| VerifyError::InvalidClaims)?;
+        match self.users.get(uid).await? {
+            Some(user) if user.disabled_at.is_none() => {}
+            _ => {
+                self.sessions.revoke(&claims.sub, &claims.sid, false).await?;
+                return Err(AuthError::SessionRevoked);
+            }
+        }
+        let next = PairSpec {
+            sub: claims.sub.clone(),
+            sid: claims.sid.clone(),
+            access_jti: Uuid::new_v4().to_string(),
+            refresh_jti: Uuid::new_v4().to_string(),
+            iat: now_secs(),
+            session_exp: 0,
+        };
+        match self.sessions.refresh(&claims.jti, &next).await? {
+            RefreshOutcome::Rotated(spec) | RefreshOutcome::Grace(spec) => {
+                Ok(RefreshResponse { tokens: Some(self.issuer.mint(&spec)?) })
+            }
+            RefreshOutcome::Missing => Err(AuthError::SessionRevoked),
+            RefreshOutcome::Reuse => {
+                tracing::warn!(user_id = %claims.sub, session_id = %claims.sid, "refresh token reuse detected, session revoked");
+                Err(AuthError::SessionRevoked)
+            }
+        }
+    }
+
+    async fn logout(&self, metadata: &MetadataMap, req: LogoutRequest) -> Result<LogoutResponse, AuthError> {
+        let claims = if req.refresh_token.trim().is_empty() {
+            self.caller(metadata).await?
+        } else {
+            self.verifier.verify(req.refresh_token.trim(), TokenKind::Refresh).await?
+        };
+        self.sessions.revoke(&claims.sub, &claims.sid, false).await?;
+        tracing::info!(user_id = %claims.sub, session_id = %claims.sid, "logout");
+        Ok(LogoutResponse {})
+    }
+
+    async fn logout_all(&self, metadata: &MetadataMap) -> Result<LogoutAllResponse, AuthError> {
+        let claims = self.caller(metadata).await?;
+        let n = self.sessions.revoke_all(&claims.sub).await?;
+        // The caller's own session may have been missing from the set.
+        self.sessions.revoke(&claims.sub, &claims.sid, false).await?;
+        tracing::info!(user_id = %claims.sub, sessions = n, "logout from every session");
+        Ok(LogoutAllResponse { revoked_sessions: i32::try_from(n).unwrap_or(i32::MAX) })
+    }
+
+    async fn get_me(&self, metadata: &MetadataMap) -> Result<GetMeResponse, AuthError> {
+        let claims = self.caller(metadata).await?;
+        let uid = Uuid::parse_str(&claims.sub).map_err(|_| VerifyError::InvalidClaims)?;
+        match self.users.get(uid).await? {
+            Some(user) if user.disabled_at.is_none() => Ok(GetMeResponse { user: Some(user.to_proto()) }),
+            _ => Err(AuthError::SessionRevoked),
+        }
+    }
+
+    async fn list_sessions(&self, metadata: &MetadataMap) -> Result<ListSessionsResponse, AuthError> {
+        let claims = self.caller(metadata).await?;
+        let sessions = self
+            .sessions
+            .list(&claims.sub)
+            .await?
+            .into_iter()
+            .map(|s| Session {
+                current: s.id == claims.sid,
+                id: s.id,
+                created_at: Some(timestamp_ms(s.created_ms)),
+                last_refreshed_at: (s.last_refresh_ms > 0).then(|| timestamp_ms(s.last_refresh_ms)),
+                expires_at: Some(timestamp_ms(s.abs_exp.saturating_mul(1000))),
+                user_agent: s.user_agent,
+                ip_address: s.ip,
+            })
+            .collect();
+        Ok(ListSessionsResponse { sessions })
+    }
+
+    async fn revoke_session(
+        &self,
+        metadata: &MetadataMap,
+        req: RevokeSessionRequest,
+    ) -> Result<RevokeSessionResponse, AuthError> {
+        let claims = self.caller(metadata).await?;
+        let sid = parse_uuid("id", &req.id)?.to_string();
+        // Someone else's session looks exactly like a missing one.
+        if !self.sessions.revoke(&claims.sub, &sid, true).await? {
+            return Err(AuthError::NotFound("session"));
+        }
+        tracing::info!(user_id = %claims.sub, session_id = %sid, "session revoked by its user");
+        Ok(RevokeSessionResponse {})
+    }
+
+    async fn disable_user(
+        &self,
+        metadata: &MetadataMap,
+        req: DisableUserRequest,
+    ) -> Result<DisableUserResponse, AuthError> {
+        let claims = self.caller(metadata).await?;
+        let caller_id = Uuid::parse_str(&claims.sub).map_err(|_| VerifyError::InvalidClaims)?;
+        match self.users.get(caller_id).await? {
+            Some(admin) if admin.is_admin && admin.disabled_at.is_none() => {}
+            _ => return Err(AuthError::PermissionDenied),
+        }
+        let target = parse_uuid("id", &req.id)?;
+        let user = self.users.disable(target).await?.ok_or(AuthError::NotFound("user"))?;
+        let n = self.sessions.revoke_all(&user.id.to_string()).await?;
+        tracing::info!(admin_id = %caller_id, user_id = %user.id, sessions = n, "user disabled");
+        Ok(DisableUserResponse { user: Some(user.to_proto()) })
+    }
+}
+
+#[tonic::async_trait]
+impl AuthService for AuthApi {
+    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+        Ok(Response::new(AuthApi::register(self, request.into_inner()).await?))
+    }
+
+    async fn login(&self, request: Request<LoginRequest>) -> Result<Response<LoginResponse>, Status> {
+        let ip = client_ip(&request);
+        let ua = user_agent(request.metadata());
+        Ok(Response::new(AuthApi::login(self, request.into_inner(), &ua, &ip).await?))
+    }
+
+    async fn refresh(&self, request: Request<RefreshRequest>) -> Result<Response<RefreshResponse>, Status> {
+        Ok(Response::new(AuthApi::refresh(self, request.into_inner()).await?))
+    }
+
+    async fn logout(&self, request: Request<LogoutRequest>) -> Result<Response<LogoutResponse>, Status> {
+        let (metadata, _, req) = request.into_parts();
+        Ok(Response::new(AuthApi::logout(self, &metadata, req).await?))
+    }
+
+    async fn logout_all(&self, request: Request<LogoutAllRequest>) -> Result<Response<LogoutAllResponse>, Status> {
+        Ok(Response::new(AuthApi::logout_all(self, request.metadata()).await?))
+    }
+
+    async fn get_me(&self, request: Request<GetMeRequest>) -> Result<Response<GetMeResponse>, Status> {
+        Ok(Response::new(AuthApi::get_me(self, request.metadata()).await?))
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<ListSessionsRequest>,
+    ) -> Result<Response<ListSessionsResponse>, Status> {
+        Ok(Response::new(AuthApi::list_sessions(self, request.metadata()).await?))
+    }
+
+    async fn revoke_session(
+        &self,
+        request: Request<RevokeSessionRequest>,
+    ) -> Result<Response<RevokeSessionResponse>, Status> {
+        let (metadata, _, req) = request.into_parts();
+        Ok(Response::new(AuthApi::revoke_session(self, &metadata, req).await?))
+    }
+
+    async fn get_jwks(&self, _request: Request<GetJwksRequest>) -> Result<Response<GetJwksResponse>, Status> {
+        Ok(Response::new(GetJwksResponse { keys: self.keys.jwks() }))
+    }
+
+    async fn disable_user(
+        &self,
+        request: Request<DisableUserRequest>,
+    ) -> Result<Response<DisableUserResponse>, Status> {
+        let (metadata, _, req) = request.into_parts();
+        Ok(Response::new(AuthApi::disable_user(self, &metadata, req).await?))
+    }
+}

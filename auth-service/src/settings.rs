@@ -1,0 +1,189 @@
+//! The service's configuration, read once at start-up from the environment
+//! (or flags); `auth-service --help` lists every variable with its default.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use taskgate_common::telemetry::LogFormat;
+
+/// Everything the auth service can be configured with.
+///
+/// Lifetimes are [`Duration`]s parsed from minutes or seconds, so tests can
+/// set them to a few seconds directly.
+#[derive(Clone, clap::Parser)]
+#[command(name = "auth-service", about = "taskgate's accounts, tokens and sessions")]
+pub struct Settings {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "AUTH_LISTEN_ADDR", default_value = "0.0.0.0:50051")]
+    pub listen_addr: SocketAddr,
+
+    /// PostgreSQL URL; the service uses the `auth` schema in it.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Most Postgres connections this replica opens.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub database_max_connections: u32,
+
+    /// Redis URL for sessions, revocation records and the login throttle.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
+    pub redis_url: String,
+
+    /// Prefix of every Redis key, shared with the verifiers (gateway, task service).
+    #[arg(long, env = "REDIS_PREFIX", default_value = "taskgate:")]
+    pub redis_prefix: String,
+
+    /// Access-token lifetime, in minutes.
+    #[arg(long = "access-token-expire-minutes", env = "ACCESS_TOKEN_EXPIRE_MINUTES", default_value = "15", value_parser = parse_minutes)]
+    pub access_token_ttl: Duration,
+
+    /// Refresh-token lifetime, in minutes.
+    #[arg(long = "refresh-token-expire-minutes", env = "REFRESH_TOKEN_EXPIRE_MINUTES", default_value = "10080", value_parser = parse_minutes)]
+    pub refresh_token_ttl: Duration,
+
+    /// Absolute session lifetime in minutes: after it, refreshing stops and
+    /// the user must log in again.
+    #[arg(long = "session-max-lifetime-minutes", env = "SESSION_MAX_LIFETIME_MINUTES", default_value = "43200", value_parser = parse_minutes)]
+    pub session_max_lifetime: Duration,
+
+    /// How long, in seconds, the immediate predecessor of a session's refresh
+    /// token still returns the same successor pair (a client retrying after a
+    /// lost response).
+    #[arg(long = "refresh-grace-seconds", env = "REFRESH_GRACE_SECONDS", default_value = "5", value_parser = parse_seconds)]
+    pub refresh_grace: Duration,
+
+    /// The `iss` of every token.
+    #[arg(long, env = "JWT_ISSUER", default_value = "taskgate")]
+    pub jwt_issuer: String,
+
+    /// The `aud` of every token.
+    #[arg(long, env = "JWT_AUDIENCE", default_value = "taskgate")]
+    pub jwt_audience: String,
+
+    /// A PKCS#8 PEM Ed25519 private key to sign with. Without it, keys live
+    /// in Postgres and are shared by every replica.
+    #[arg(long, env = "SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<PathBuf>,
+
+    /// Seconds between publishing a new key (rotate-keys) and signing with it,
+    /// so every verifier and replica has it first.
+    #[arg(long = "key-publish-delay-seconds", env = "KEY_PUBLISH_DELAY_SECONDS", default_value = "600", value_parser = parse_seconds)]
+    pub key_publish_delay: Duration,
+
+    /// Seconds between reloads of the signing keys from Postgres (a key with
+    /// an unknown `kid` also triggers a reload).
+    #[arg(long = "key-reload-seconds", env = "KEY_RELOAD_SECONDS", default_value = "60", value_parser = parse_seconds)]
+    pub key_reload_interval: Duration,
+
+    /// Username of an admin account created at start if missing.
+    #[arg(long, env = "ADMIN_USERNAME")]
+    pub admin_username: Option<String>,
+
+    /// Email of the bootstrap admin account.
+    #[arg(long, env = "ADMIN_EMAIL")]
+    pub admin_email: Option<String>,
+
+    /// Password of the bootstrap admin account (only used to create it).
+    #[arg(long, env = "ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+
+    /// Failed logins per account allowed within the throttle window.
+    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_ACCOUNT", default_value_t = 5)]
+    pub login_max_failures_per_account: u32,
+
+    /// Failed logins per client address allowed within the throttle window.
+    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_IP", default_value_t = 20)]
+    pub login_max_failures_per_ip: u32,
+
+    /// Length of the sliding window failed logins are counted in, in seconds.
+    #[arg(long = "login-failure-window-seconds", env = "LOGIN_FAILURE_WINDOW_SECONDS", default_value = "900", value_parser = parse_seconds)]
+    pub login_failure_window: Duration,
+
+    /// Extra delay per earlier failure on the account, in milliseconds (capped
+    /// at 2 s), before the hard limit answers RESOURCE_EXHAUSTED.
+    #[arg(long = "login-delay-step-ms", env = "LOGIN_DELAY_STEP_MS", default_value = "250", value_parser = parse_millis)]
+    pub login_delay_step: Duration,
+
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
+    pub log_format: LogFormat,
+}
+
+impl Settings {
+    /// Settings for an in-process test server on 127.0.0.1:0.
+    ///
+    /// Keys are published and used at once, the throttle is loose (tests that
+    /// exercise it tighten it) and there is no progressive delay.
+    pub fn for_tests(database_url: String, redis_url: String, redis_prefix: String) -> Self {
+        Settings {
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database_url,
+            database_max_connections: 5,
+            redis_url,
+            redis_prefix,
+            access_token_ttl: Duration::from_secs(15 * 60),
+            refresh_token_ttl: Duration::from_secs(7 * 24 * 3600),
+            session_max_lifetime: Duration::from_secs(30 * 24 * 3600),
+            refresh_grace: Duration::from_secs(5),
+            jwt_issuer: "taskgate".into(),
+            jwt_audience: "taskgate".into(),
+            signing_key_file: None,
+            key_publish_delay: Duration::ZERO,
+            key_reload_interval: Duration::from_secs(60),
+            admin_username: None,
+            admin_email: None,
+            admin_password: None,
+            login_max_failures_per_account: 1000,
+            login_max_failures_per_ip: 1000,
+            login_failure_window: Duration::from_secs(900),
+            login_delay_step: Duration::ZERO,
+            log_format: LogFormat::Pretty,
+        }
+    }
+
+    /// The longest any token lives: keys stay published this long after
+    /// their last use.
+    pub fn longest_token_lifetime(&self) -> Duration {
+        self.access_token_ttl.max(self.refresh_token_ttl.min(self.session_max_lifetime))
+    }
+}
+
+fn parse_minutes(s: &str) -> Result<Duration, String> {
+    let n: u64 = s.parse().map_err(|_| format!("{s:?} is not a whole number of minutes"))?;
+    if n == 0 {
+        return Err("must be at least 1 minute".into());
+    }
+    Ok(Duration::from_secs(n * 60))
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let n: u64 = s.parse().map_err(|_| format!("{s:?} is not a whole number of seconds"))?;
+    Ok(Duration::from_secs(n))
+}
+
+fn parse_millis(s: &str) -> Result<Duration, String> {
+    let n: u64 = s.parse().map_err(|_| format!("{s:?} is not a whole number of milliseconds"))?;
+    Ok(Duration::from_millis(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let s = Settings::try_parse_from(["auth-service", "--database-url", "postgres://x/y"]).expect("parses");
+        assert_eq!(s.access_token_ttl, Duration::from_secs(15 * 60));
+        assert_eq!(s.refresh_token_ttl, Duration::from_secs(10080 * 60));
+        assert_eq!(s.session_max_lifetime, Duration::from_secs(43200 * 60));
+        assert_eq!(s.refresh_grace, Duration::from_secs(5));
+        assert_eq!(s.redis_prefix, "taskgate:");
+    }
+
+    #[test]
+    fn a_zero_minute_lifetime_is_refused() {
+        assert!(parse_minutes("0").is_err());
+        assert!(parse_minutes("abc").is_err());
+    }
+}

@@ -1,0 +1,226 @@
+//! Putting the service together: pools, migrations, keys, the admin
+//! bootstrap and the gRPC server on a listener the caller can learn the
+//! port of.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use sqlx::PgPool;
+use taskgate_common::db;
+use taskgate_proto::{auth::v1::auth_service_server::AuthServiceServer, service_names};
+use taskgate_tokens::{RevocationCheck, RevocationPolicy, Verifier, VerifierConfig};
+use tonic::transport::server::TcpIncoming;
+
+use crate::{
+    Settings,
+    domain::{Email, Password, Username},
+    error::AuthError,
+    issuer::TokenIssuer,
+    keys::{KeyStore, KeyStoreSource},
+    password::PasswordHasher,
+    service::AuthApi,
+    sessions::SessionStore,
+    throttle::{LoginThrottle, ThrottleConfig},
+    users::{NewUser, Users},
+};
+
+/// How long start-up waits for Postgres to accept migrations.
+const DATABASE_PATIENCE: Duration = Duration::from_secs(30);
+/// Redis clients in the pool.
+const REDIS_POOL_SIZE: usize = 4;
+/// Added to the access-token lifetime for the revocation record's TTL: the
+/// verifiers accept tokens this long past `exp`.
+const VERIFIER_LEEWAY: Duration = Duration::from_secs(5);
+
+/// A built auth service, bound to its port, ready to run.
+pub struct Application {
+    /// The bound listener.
+    listener: tokio::net::TcpListener,
+    /// Its address (the real port when the settings asked for port 0).
+    local_addr: SocketAddr,
+    /// The RPC implementation.
+    api: AuthApi,
+    /// Signing keys, reloaded in the background.
+    keys: KeyStore,
+    /// Seconds between background key reloads.
+    key_reload_interval: Duration,
+    /// The Postgres pool, for tests that look at rows.
+    pool: PgPool,
+}
+
+/// Applies the `auth` schema's migrations (the `migrate` command).
+pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    let pool = db::pool(&settings.database_url, db::AUTH_SCHEMA, 2)?;
+    db::migrate_when_ready(&pool, db::AUTH_SCHEMA, &db::AUTH_MIGRATOR, DATABASE_PATIENCE).await?;
+    pool.close().await;
+    Ok(())
+}
+
+/// Introduces a new signing key (the `rotate-keys` command); returns its kid.
+pub async fn rotate_keys(settings: &Settings) -> anyhow::Result<String> {
+    anyhow::ensure!(settings.signing_key_file.is_none(), "SIGNING_KEY_FILE is set: rotate by replacing the file");
+    let pool = db::pool(&settings.database_url, db::AUTH_SCHEMA, 2)?;
+    db::migrate_when_ready(&pool, db::AUTH_SCHEMA, &db::AUTH_MIGRATOR, DATABASE_PATIENCE).await?;
+    let kid = crate::keys::rotate(&pool, settings.key_publish_delay).await?;
+    pool.close().await;
+    Ok(kid)
+}
+
+/// Creates the admin named by ADMIN_USERNAME / ADMIN_EMAIL / ADMIN_PASSWORD
+/// if it does not exist, and makes sure it is an admin.
+async fn bootstrap_admin(settings: &Settings, users: &Users, hasher: &PasswordHasher) -> anyhow::Result<()> {
+    let username = settings.admin_username.as_deref().filter(|s| !s.is_empty());
+    let email = settings.admin_email.as_deref().filter(|s| !s.is_empty());
+    if username.is_none() && email.is_none() {
+        return Ok(());
+    }
+    let username = username.map(Username::parse).transpose().map_err(|e| anyhow::anyhow!("ADMIN_USERNAME: {e}"))?;
+    let email = email.map(Email::parse).transpose().map_err(|e| anyhow::anyhow!("ADMIN_EMAIL: {e}"))?;
+    if users
+        .promote(username.as_ref(), email.as_ref())
+        .await
+        .map_err(|e| anyhow::anyhow!("looking up the admin account: {e}"))?
+    {
+        return Ok(());
+    }
+    let password =
+        settings.admin_password.as_deref().context("ADMIN_PASSWORD is required to create the admin account")?;
+    let password = Password::parse(password).map_err(|e| anyhow::anyhow!("ADMIN_PASSWORD: {e}"))?;
+    let hash = hasher.hash(&password).await.map_err(|e| anyhow::anyhow!("hashing the admin password: {e}"))?;
+    match users
+        .insert(NewUser {
+            username: username.as_ref(),
+            email: email.as_ref(),
+            phone: None,
+            password_hash: &hash,
+            is_admin: true,
+        })
+        .await
+    {
+        Ok(user) => tracing::info!(user_id = %user.id, "created the admin account"),
+        // Another replica created it a moment ago.
+        Err(AuthError::AlreadyExists(_)) => {
+            users.promote(username.as_ref(), email.as_ref()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        Err(e) => anyhow::bail!("creating the admin account: {e}"),
+    }
+    Ok(())
+}
+
+impl Application {
+    /// Connects pools, applies migrations, loads/creates signing keys,
+    /// bootstraps the admin, binds the listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool = db::pool(&settings.database_url, db::AUTH_SCHEMA, settings.database_max_connections)?;
+        db::migrate_when_ready(&pool, db::AUTH_SCHEMA, &db::AUTH_MIGRATOR, DATABASE_PATIENCE).await?;
+        let redis = taskgate_common::redis::connect(&settings.redis_url, REDIS_POOL_SIZE).await?;
+
+        let keys = match &settings.signing_key_file {
+            Some(path) => KeyStore::from_file(path)?,
+            None => {
+                KeyStore::from_database(pool.clone(), settings.key_publish_delay, settings.longest_token_lifetime())
+                    .await?
+            }
+        };
+        let hasher = PasswordHasher::new().await?;
+        let users = Users::new(pool.clone());
+        bootstrap_admin(&settings, &users, &hasher).await?;
+
+        let mut verifier_config = VerifierConfig::new(settings.jwt_issuer.clone(), settings.jwt_audience.clone());
+        verifier_config.leeway = VERIFIER_LEEWAY;
+        let verifier = Verifier::new(Arc::new(KeyStoreSource(keys.clone())), verifier_config);
+        let sessions = SessionStore::new(
+            redis.clone(),
+            settings.redis_prefix.clone(),
+            settings.access_token_ttl + VERIFIER_LEEWAY,
+            settings.refresh_grace,
+            settings.refresh_token_ttl,
+        );
+        sessions.load_scripts().await;
+        let throttle = LoginThrottle::new(
+            redis.clone(),
+            settings.redis_prefix.clone(),
+            ThrottleConfig {
+                max_per_account: settings.login_max_failures_per_account,
+                max_per_ip: settings.login_max_failures_per_ip,
+                window: settings.login_failure_window,
+                delay_step: settings.login_delay_step,
+            },
+        );
+        let api = AuthApi {
+            users,
+            hasher,
+            issuer: TokenIssuer::new(
+                keys.clone(),
+                settings.jwt_issuer.clone(),
+                settings.jwt_audience.clone(),
+                settings.access_token_ttl,
+                settings.refresh_token_ttl,
+            ),
+            keys: keys.clone(),
+            sessions,
+            throttle,
+            verifier,
+            revocation: RevocationCheck::new(redis, settings.redis_prefix.clone(), RevocationPolicy::FailClosed),
+            session_lifetime: settings.session_max_lifetime,
+        };
+
+        let listener = tokio::net::TcpListener::bind(settings.listen_addr)
+            .await
+            .with_context(|| format!("binding AUTH_LISTEN_ADDR {}", settings.listen_addr))?;
+        let local_addr = listener.local_addr().context("reading the bound address")?;
+        Ok(Application { listener, local_addr, api, keys, key_reload_interval: settings.key_reload_interval, pool })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.local_addr
+    }
+
+    /// The signing keys (tests rotate through it).
+    pub fn key_store(&self) -> KeyStore {
+        self.keys.clone()
+    }
+
+    /// The Postgres pool (tests inspect rows through it).
+    pub fn db_pool(&self) -> PgPool {
+        self.pool.clone()
+    }
+
+    /// Serves AuthService, grpc.health.v1 and reflection until `shutdown`
+    /// completes, then drains in-flight calls.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (_health_reporter, health) = taskgate_common::grpc::health(&[service_names::AUTH]).await;
+        let (reflection_v1, reflection_v1alpha) = taskgate_common::grpc::reflection()?;
+
+        // Other replicas may rotate keys: pick them up even without an
+        // unknown `kid` to trigger a reload.
+        let keys = self.keys.clone();
+        let interval = self.key_reload_interval.max(Duration::from_secs(1));
+        let reloader = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = keys.reload().await {
+                    tracing::warn!(error = %e, "periodic signing key reload failed");
+                }
+            }
+        });
+
+        tracing::info!(addr = %self.local_addr, "auth service listening");
+        let result = tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(AuthServiceServer::new(self.api))
+            .serve_with_incoming_shutdown(TcpIncoming::from(self.listener), shutdown)
+            .await
+            .context("serving gRPC");
+        reloader.abort();
+        result
+    }
+}

@@ -1,0 +1,135 @@
+//! Register: login kinds, validation, duplicates, common passwords; GetMe.
+
+use taskgate_proto::auth::v1::{GetMeRequest, RegisterRequest};
+use tonic::Code;
+
+use crate::helpers::{PASSWORD, bad_request_field, bearer, spawn_app, username};
+
+#[tokio::test]
+async fn register_accepts_each_kind_of_login_name() {
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+    let name = username();
+    let by_name = client
+        .register(RegisterRequest { username: Some(name.clone()), password: PASSWORD.into(), ..Default::default() })
+        .await
+        .expect("username")
+        .into_inner()
+        .user
+        .expect("user");
+    assert_eq!(by_name.username, name);
+
+    let email = format!("{name}@Example.COM");
+    let by_email = client
+        .register(RegisterRequest { email: Some(email), password: PASSWORD.into(), ..Default::default() })
+        .await
+        .expect("email")
+        .into_inner()
+        .user
+        .expect("user");
+    assert_eq!(by_email.email, format!("{name}@example.com"));
+
+    let by_phone = client
+        .register(RegisterRequest {
+            phone: Some("+1 (415) 555-0100".into()),
+            password: PASSWORD.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("phone")
+        .into_inner()
+        .user
+        .expect("user");
+    assert_eq!(by_phone.phone, "+14155550100");
+    assert!(uuid::Uuid::parse_str(&by_phone.id).is_ok());
+}
+
+#[tokio::test]
+async fn invalid_fields_are_named_in_a_bad_request_detail() {
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+    let cases = [
+        (RegisterRequest { username: Some("ab".into()), password: PASSWORD.into(), ..Default::default() }, "username"),
+        (
+            RegisterRequest { username: Some("no spaces".into()), password: PASSWORD.into(), ..Default::default() },
+            "username",
+        ),
+        (
+            RegisterRequest { email: Some("not-an-email".into()), password: PASSWORD.into(), ..Default::default() },
+            "email",
+        ),
+        (RegisterRequest { phone: Some("555-0100".into()), password: PASSWORD.into(), ..Default::default() }, "phone"),
+        (RegisterRequest { username: Some(username()), password: "short".into(), ..Default::default() }, "password"),
+        (RegisterRequest { username: Some(username()), password: "x".repeat(129), ..Default::default() }, "password"),
+        (RegisterRequest { password: PASSWORD.into(), ..Default::default() }, "username"),
+    ];
+    for (request, field) in cases {
+        let status = client.register(request).await.expect_err("must be rejected");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert_eq!(bad_request_field(&status), field, "{status:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_common_password_is_rejected() {
+    let app = spawn_app().await;
+    for common in ["password123", "Qwerty123", "iloveyou1", "1q2w3e4r5t"] {
+        let status = app
+            .client
+            .clone()
+            .register(RegisterRequest { username: Some(username()), password: common.into(), ..Default::default() })
+            .await
+            .expect_err("common password accepted");
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(bad_request_field(&status), "password");
+    }
+}
+
+#[tokio::test]
+async fn duplicate_login_names_are_already_exists_whatever_their_case() {
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+    let name = username();
+    let email = format!("{name}@example.com");
+    client
+        .register(RegisterRequest {
+            username: Some(name.clone()),
+            email: Some(email.clone()),
+            phone: Some("+442071838750".into()),
+            password: PASSWORD.into(),
+        })
+        .await
+        .expect("first registration");
+    let duplicates = [
+        RegisterRequest { username: Some(name.to_uppercase()), password: PASSWORD.into(), ..Default::default() },
+        RegisterRequest { email: Some(email.to_uppercase()), password: PASSWORD.into(), ..Default::default() },
+        RegisterRequest { phone: Some("+44 20 7183 8750".into()), password: PASSWORD.into(), ..Default::default() },
+    ];
+    for request in duplicates {
+        let status = client.register(request).await.expect_err("duplicate accepted");
+        assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    }
+}
+
+#[tokio::test]
+async fn get_me_returns_the_caller() {
+    let app = spawn_app().await;
+    let (user, tokens) = app.user_with_session().await;
+    let me = app
+        .client
+        .clone()
+        .get_me(bearer(GetMeRequest {}, &tokens.access_token))
+        .await
+        .expect("get me")
+        .into_inner()
+        .user
+        .expect("user");
+    assert_eq!(me, user);
+}
+
+#[tokio::test]
+async fn get_me_without_a_token_is_unauthenticated() {
+    let app = spawn_app().await;
+    let status = app.client.clone().get_me(GetMeRequest {}).await.expect_err("anonymous get me");
+    assert_eq!(status.code(), Code::Unauthenticated);
+}

@@ -1,0 +1,143 @@
+//! `spawn_app()` and small helpers shared by the test modules.
+
+use std::net::SocketAddr;
+
+use auth_service::{Application, Settings, keys::KeyStore};
+use sqlx::PgPool;
+use taskgate_proto::auth::v1::{
+    LoginRequest, RegisterRequest, TokenPair, User, auth_service_client::AuthServiceClient,
+};
+use tonic::{Request, transport::Channel};
+
+/// A password that passes validation.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// A running auth service and what tests need to poke at it.
+pub struct TestApp {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// A typed client over a real socket.
+    pub client: AuthServiceClient<Channel>,
+    /// The service's database (search_path = auth).
+    pub db: PgPool,
+    /// Its signing keys.
+    pub keys: KeyStore,
+    /// The settings it was started with.
+    pub settings: Settings,
+    /// Stops the server when dropped or sent to.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Starts the service with test settings.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts the service with test settings adjusted by `tweak`.
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let redis_url = taskgate_test_support::redis_url();
+    spawn_app_on(redis_url, tweak).await
+}
+
+/// Starts the service against the Redis at `redis_url`.
+pub async fn spawn_app_on(redis_url: String, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    taskgate_test_support::init_test_logging();
+    let mut settings = Settings::for_tests(
+        taskgate_test_support::fresh_database().await,
+        redis_url,
+        taskgate_test_support::unique_prefix(),
+    );
+    tweak(&mut settings);
+    let app = Application::build(settings.clone()).await.expect("building the app");
+    let addr = app.local_addr();
+    let db = app.db_pool();
+    let keys = app.key_store();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let client = AuthServiceClient::connect(format!("http://{addr}")).await.expect("connecting to the app");
+    TestApp { addr, client, db, keys, settings, _stop: stop }
+}
+
+/// A fresh username no other test uses.
+pub fn username() -> String {
+    format!("u{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// A request carrying `authorization: Bearer <token>`.
+pub fn bearer<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii token"));
+    request
+}
+
+impl TestApp {
+    /// A new client on its own connection.
+    pub async fn new_client(&self) -> AuthServiceClient<Channel> {
+        AuthServiceClient::connect(format!("http://{}", self.addr)).await.expect("connecting")
+    }
+
+    /// Registers `username` with [`PASSWORD`].
+    pub async fn register(&self, username: &str) -> User {
+        self.client
+            .clone()
+            .register(RegisterRequest {
+                username: Some(username.to_owned()),
+                password: PASSWORD.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("register")
+            .into_inner()
+            .user
+            .expect("user")
+    }
+
+    /// Logs `login` in with [`PASSWORD`].
+    pub async fn login(&self, login: &str) -> TokenPair {
+        self.client
+            .clone()
+            .login(LoginRequest { login: login.into(), password: PASSWORD.into(), ..Default::default() })
+            .await
+            .expect("login")
+            .into_inner()
+            .tokens
+            .expect("tokens")
+    }
+
+    /// Registers a new user and logs in: (user, tokens).
+    pub async fn user_with_session(&self) -> (User, TokenPair) {
+        let name = username();
+        let user = self.register(&name).await;
+        let tokens = self.login(&name).await;
+        (user, tokens)
+    }
+}
+
+/// The field named by the BadRequest detail of `status`.
+pub fn bad_request_field(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt as _;
+    status
+        .get_error_details()
+        .bad_request()
+        .and_then(|b| b.field_violations.first())
+        .map(|v| v.field.clone())
+        .unwrap_or_default()
+}
+
+/// Decodes the JSON header of a JWT.
+pub fn jwt_header(token: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let header = token.split('.').next().expect("header part");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).expect("base64");
+    serde_json::from_slice(&bytes).expect("json header")
+}
+
+/// Decodes the JSON claims of a JWT (no verification).
+pub fn jwt_claims(token: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).expect("payload part");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).expect("base64");
+    serde_json::from_slice(&bytes).expect("json claims")
+}

@@ -1,0 +1,6 @@
+//! Integration tests of the auth service against real Postgres and Redis.
+//! Each test starts its own server on port 0 with a fresh database and its
+//! own Redis prefix, so they run in parallel.
+
+mod accounts;
+mod helpers;
