@@ -55,6 +55,42 @@ pub fn json_error(status: &tonic::Status) -> Response {
     (http_status(status.code()), Json(json_body(status))).into_response()
 }
 
+/// Why a REST request failed: a google.rpc.Status, sent by [`json_error`].
+///
+/// A few failures that happen before a request is understood at all (wrong
+/// method, body too large, not JSON) have an HTTP status of their own that
+/// the gRPC table cannot express; `http` overrides the table for those.
+#[derive(Debug)]
+pub struct RestError {
+    /// The status whose JSON form is the response body.
+    pub status: tonic::Status,
+    /// The HTTP status, when not the one the gRPC table gives `status`.
+    pub http: Option<StatusCode>,
+}
+
+impl RestError {
+    /// A failure sent with `http` instead of the table's HTTP status.
+    pub fn with_http(http: StatusCode, status: tonic::Status) -> Self {
+        Self { status, http: Some(http) }
+    }
+}
+
+impl From<tonic::Status> for RestError {
+    fn from(status: tonic::Status) -> Self {
+        Self { status, http: None }
+    }
+}
+
+impl IntoResponse for RestError {
+    fn into_response(self) -> Response {
+        let mut response = json_error(&self.status);
+        if let Some(http) = self.http {
+            *response.status_mut() = http;
+        }
+        response
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,861 @@
+//! `GET /openapi.json`: the OpenAPI 3.1 description of the REST surface.
+//!
+//! Paths come from `taskgate_proto::HTTP_RULES`, so the document lists
+//! exactly the annotated bindings (a test checks this); each operation's
+//! request, responses and parameters are described here, next to the
+//! schemas of [`crate::rest::json`]. Every operation documents its error
+//! responses (the google.rpc.Status JSON of [`crate::rest::error`]) and a
+//! `default` for anything unexpected.
+//!
+//! [`check`] and [`check_response`] are a small JSON Schema checker for the
+//! subset used here, so tests can hold real responses to the document.
+//! CI should also run `python3 -m openapi_spec_validator` on the served
+//! document; the tests do not, to keep `cargo test` free of Python.
+
+use std::sync::LazyLock;
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, header};
+use serde_json::{Map, Value, json};
+use taskgate_proto::{HTTP_RULES, HttpRule};
+
+use crate::rest::routes::axum_path;
+
+/// How an operation authenticates.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Auth {
+    /// Anonymous.
+    None,
+    /// A Bearer token or the `tg_access` cookie.
+    Required,
+    /// Either anonymous or authenticated (logout).
+    Optional,
+}
+
+/// What the document says about one operation, beyond its path and verb.
+struct Operation {
+    /// The `operationId`.
+    id: &'static str,
+    /// The tag it is listed under.
+    tag: &'static str,
+    /// A one-line summary.
+    summary: &'static str,
+    /// How it authenticates.
+    auth: Auth,
+    /// Names of its parameters in `components/parameters`.
+    params: &'static [&'static str],
+    /// The request body's schema name, and whether a body is required.
+    body: Option<(&'static str, bool)>,
+    /// The success status.
+    success: u16,
+    /// The success body's schema name; `None` for 204.
+    response: Option<&'static str>,
+    /// Documented error statuses (see [`error_response`]).
+    errors: &'static [u16],
+    /// Whether the success response may set or clear session cookies.
+    cookies: bool,
+}
+
+/// Errors every operation can answer: bad input, rate limit, backend down.
+const COMMON: [u16; 3] = [400, 429, 503];
+
+/// The description of the operation bound by `(service method, verb)`.
+fn operation(method: &str, verb: &str) -> Option<Operation> {
+    let op = match (method, verb) {
+        ("Register", _) => Operation {
+            id: "register",
+            tag: "auth",
+            summary: "Create a user with at least one of username, email or phone",
+            auth: Auth::None,
+            params: &[],
+            body: Some(("RegisterRequest", true)),
+            success: 201,
+            response: Some("User"),
+            errors: &[401, 409, 413, 415],
+            cookies: false,
+        },
+        ("Login", _) => Operation {
+            id: "login",
+            tag: "auth",
+            summary: "Check a login name and password and start a session",
+            auth: Auth::None,
+            params: &["Cookies"],
+            body: Some(("LoginRequest", true)),
+            success: 200,
+            response: Some("TokenPair"),
+            errors: &[401, 403, 413, 415],
+            cookies: true,
+        },
+        ("Refresh", _) => Operation {
+            id: "refresh",
+            tag: "auth",
+            summary: "Exchange a refresh token for a new token pair",
+            auth: Auth::None,
+            params: &["Cookies"],
+            body: Some(("RefreshRequest", false)),
+            success: 200,
+            response: Some("TokenPair"),
+            errors: &[401, 403, 413, 415],
+            cookies: true,
+        },
+        ("Logout", _) => Operation {
+            id: "logout",
+            tag: "auth",
+            summary: "End the session named by a refresh token, the tg_refresh cookie or the Bearer token",
+            auth: Auth::Optional,
+            params: &[],
+            body: Some(("LogoutRequest", false)),
+            success: 204,
+            response: None,
+            errors: &[401, 403, 413, 415],
+            cookies: true,
+        },
+        ("LogoutAll", _) => Operation {
+            id: "logoutAll",
+            tag: "auth",
+            summary: "End every session of the caller",
+            auth: Auth::Required,
+            params: &[],
+            body: Some(("Empty", false)),
+            success: 204,
+            response: None,
+            errors: &[401, 403, 413, 415],
+            cookies: true,
+        },
+        ("GetMe", _) => Operation {
+            id: "getMe",
+            tag: "users",
+            summary: "The caller's user",
+            auth: Auth::Required,
+            params: &[],
+            body: None,
+            success: 200,
+            response: Some("User"),
+            errors: &[401, 403, 404],
+            cookies: false,
+        },
+        ("ListSessions", _) => Operation {
+            id: "listSessions",
+            tag: "auth",
+            summary: "The caller's live sessions, newest first",
+            auth: Auth::Required,
+            params: &[],
+            body: None,
+            success: 200,
+            response: Some("SessionList"),
+            errors: &[401, 403],
+            cookies: false,
+        },
+        ("RevokeSession", _) => Operation {
+            id: "revokeSession",
+            tag: "auth",
+            summary: "End one of the caller's sessions",
+            auth: Auth::Required,
+            params: &["SessionId"],
+            body: None,
+            success: 204,
+            response: None,
+            errors: &[401, 403, 404],
+            cookies: false,
+        },
+        ("GetJwks", _) => Operation {
+            id: "getJwks",
+            tag: "keys",
+            summary: "The public keys that verify access and refresh tokens (JSON Web Key Set)",
+            auth: Auth::None,
+            params: &[],
+            body: None,
+            success: 200,
+            response: Some("JwkSet"),
+            errors: &[],
+            cookies: false,
+        },
+        ("DisableUser", _) => Operation {
+            id: "disableUser",
+            tag: "admin",
+            summary: "Disable a user and end all of their sessions (admin only)",
+            auth: Auth::Required,
+            params: &["UserId"],
+            body: Some(("Empty", false)),
+            success: 200,
+            response: Some("User"),
+            errors: &[401, 403, 404, 413, 415],
+            cookies: false,
+        },
+        ("CreateTask", _) => Operation {
+            id: "createTask",
+            tag: "tasks",
+            summary: "Create a task owned by the caller",
+            auth: Auth::Required,
+            params: &[],
+            body: Some(("TaskInput", true)),
+            success: 201,
+            response: Some("Task"),
+            errors: &[401, 403, 413, 415],
+            cookies: false,
+        },
+        ("GetTask", _) => Operation {
+            id: "getTask",
+            tag: "tasks",
+            summary: "One of the caller's tasks",
+            auth: Auth::Required,
+            params: &["TaskId"],
+            body: None,
+            success: 200,
+            response: Some("Task"),
+            errors: &[401, 403, 404],
+            cookies: false,
+        },
+        ("ListTasks", _) => Operation {
+            id: "listTasks",
+            tag: "tasks",
+            summary: "The caller's tasks, newest first, one page at a time",
+            auth: Auth::Required,
+            params: &["PageSize", "PageToken", "StatusFilter"],
+            body: None,
+            success: 200,
+            response: Some("TaskList"),
+            errors: &[401, 403],
+            cookies: false,
+        },
+        ("UpdateTask", "PUT") => Operation {
+            id: "replaceTask",
+            tag: "tasks",
+            summary: "Replace a task: fields not given take their defaults",
+            auth: Auth::Required,
+            params: &["TaskId"],
+            body: Some(("TaskInput", true)),
+            success: 200,
+            response: Some("Task"),
+            errors: &[401, 403, 404, 413, 415],
+            cookies: false,
+        },
+        ("UpdateTask", "PATCH") => Operation {
+            id: "updateTask",
+            tag: "tasks",
+            summary: "Change exactly the fields given",
+            auth: Auth::Required,
+            params: &["TaskId"],
+            body: Some(("TaskPatch", true)),
+            success: 200,
+            response: Some("Task"),
+            errors: &[401, 403, 404, 413, 415],
+            cookies: false,
+        },
+        ("DeleteTask", _) => Operation {
+            id: "deleteTask",
+            tag: "tasks",
+            summary: "Delete one of the caller's tasks",
+            auth: Auth::Required,
+            params: &["TaskId"],
+            body: None,
+            success: 204,
+            response: None,
+            errors: &[401, 403, 404],
+            cookies: false,
+        },
+        _ => return None,
+    };
+    Some(op)
+}
+
+/// A `$ref` to a schema.
+fn schema_ref(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+/// The reason phrase and meaning of a documented error status.
+fn error_response(status: u16) -> (&'static str, &'static str) {
+    match status {
+        400 => {
+            ("BadRequest", "Invalid input (INVALID_ARGUMENT, FAILED_PRECONDITION); a BadRequest detail names the field")
+        }
+        401 => ("Unauthenticated", "Missing, invalid or expired credentials (UNAUTHENTICATED)"),
+        403 => ("PermissionDenied", "Not allowed, a disabled account, or a missing CSRF token (PERMISSION_DENIED)"),
+        404 => ("NotFound", "No such resource, or it belongs to someone else (NOT_FOUND)"),
+        409 => ("AlreadyExists", "The username, email or phone is taken (ALREADY_EXISTS)"),
+        413 => ("PayloadTooLarge", "The body is larger than 256 KiB"),
+        415 => ("UnsupportedMediaType", "A body that is not application/json"),
+        429 => ("TooManyRequests", "Rate limited (RESOURCE_EXHAUSTED); a RetryInfo detail says when to retry"),
+        503 => ("Unavailable", "A backend is unavailable (UNAVAILABLE)"),
+        _ => ("Error", "Any other failure, as a google.rpc.Status"),
+    }
+}
+
+/// The OpenAPI operation object for `rule`.
+fn operation_object(rule: &HttpRule, op: &Operation) -> Value {
+    let mut responses = Map::new();
+    let success = match op.response {
+        Some(schema) => {
+            let mut response = json!({
+                "description": op.summary,
+                "content": { "application/json": { "schema": schema_ref(schema) } },
+            });
+            let mut headers = Map::new();
+            if op.cookies {
+                headers.insert("Set-Cookie".into(), json!({ "$ref": "#/components/headers/SetCookie" }));
+            }
+            if op.id == "createTask" {
+                headers.insert(
+                    "Location".into(),
+                    json!({ "description": "The new task's URL", "schema": { "type": "string" } }),
+                );
+            }
+            if !headers.is_empty() {
+                response["headers"] = Value::Object(headers);
+            }
+            response
+        }
+        None if op.cookies => json!({
+            "description": "Done; the session cookies are deleted",
+            "headers": { "Set-Cookie": { "$ref": "#/components/headers/SetCookie" } },
+        }),
+        None => json!({ "description": "Done" }),
+    };
+    responses.insert(op.success.to_string(), success);
+    let mut errors: Vec<u16> = COMMON.iter().chain(op.errors).copied().collect();
+    errors.sort_unstable();
+    errors.dedup();
+    for status in errors {
+        let (name, _) = error_response(status);
+        responses.insert(status.to_string(), json!({ "$ref": format!("#/components/responses/{name}") }));
+    }
+    responses.insert("default".into(), json!({ "$ref": "#/components/responses/Error" }));
+
+    let mut object = json!({
+        "operationId": op.id,
+        "summary": op.summary,
+        "tags": [op.tag],
+        "description": format!("Transcoded to `{}/{}`.", rule.service, rule.method),
+        "responses": responses,
+    });
+    if !op.params.is_empty() {
+        let params: Vec<Value> =
+            op.params.iter().map(|p| json!({ "$ref": format!("#/components/parameters/{p}") })).collect();
+        object["parameters"] = Value::Array(params);
+    }
+    if let Some((schema, required)) = op.body {
+        object["requestBody"] = json!({
+            "required": required,
+            "content": { "application/json": { "schema": schema_ref(schema) } },
+        });
+    }
+    match op.auth {
+        Auth::None => object["security"] = json!([]),
+        Auth::Optional => object["security"] = json!([{}, { "bearerAuth": [] }, { "cookieAuth": [] }]),
+        Auth::Required => {}
+    }
+    object
+}
+
+/// The reusable schemas.
+fn schemas() -> Value {
+    let uuid = json!({ "type": "string", "format": "uuid" });
+    let time = json!({ "type": "string", "format": "date-time" });
+    let nullable_string = json!({ "type": ["string", "null"] });
+    let title =
+        json!({ "type": "string", "minLength": 1, "maxLength": 200, "description": "1-200 characters after trimming" });
+    let description = json!({ "type": "string", "maxLength": 10000 });
+    let status = schema_ref("TaskStatus");
+    json!({
+        "Status": {
+            "type": "object",
+            "description": "google.rpc.Status: a gRPC code, a message and typed details",
+            "required": ["code", "message", "details"],
+            "properties": {
+                "code": { "type": "integer", "format": "int32", "description": "The google.rpc.Code" },
+                "message": { "type": "string" },
+                "details": { "type": "array", "items": schema_ref("StatusDetail") },
+            },
+            "additionalProperties": false,
+        },
+        "StatusDetail": {
+            "type": "object",
+            "description": "A google.rpc error detail such as BadRequest (`field_violations`) or RetryInfo (`retry_delay`)",
+            "required": ["@type"],
+            "properties": {
+                "@type": { "type": "string" },
+                "field_violations": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["field", "description"],
+                        "properties": { "field": { "type": "string" }, "description": { "type": "string" } },
+                    },
+                },
+                "retry_delay": { "type": "string", "description": "A duration such as `1.5s`" },
+            },
+        },
+        "User": {
+            "type": "object",
+            "required": ["id", "username", "email", "phone", "created_at"],
+            "properties": {
+                "id": uuid,
+                "username": nullable_string,
+                "email": nullable_string,
+                "phone": nullable_string,
+                "created_at": time,
+            },
+            "additionalProperties": false,
+        },
+        "TokenPair": {
+            "type": "object",
+            "required": ["access_token", "refresh_token", "token_type", "expires_in", "refresh_expires_in"],
+            "properties": {
+                "access_token": { "type": "string", "description": "Send as `authorization: Bearer ...`" },
+                "refresh_token": { "type": "string", "description": "Single use; exchange at /api/v1/auth/refresh" },
+                "token_type": { "type": "string", "enum": ["Bearer"] },
+                "expires_in": { "type": "integer", "format": "int64", "description": "Seconds until the access token expires" },
+                "refresh_expires_in": { "type": "integer", "format": "int64", "description": "Seconds until the refresh token expires" },
+            },
+            "additionalProperties": false,
+        },
+        "Session": {
+            "type": "object",
+            "required": ["id", "created_at", "last_refreshed_at", "expires_at", "user_agent", "ip_address", "current"],
+            "properties": {
+                "id": uuid,
+                "created_at": time,
+                "last_refreshed_at": { "type": ["string", "null"], "format": "date-time" },
+                "expires_at": time,
+                "user_agent": nullable_string,
+                "ip_address": nullable_string,
+                "current": { "type": "boolean", "description": "True for the session of the calling token" },
+            },
+            "additionalProperties": false,
+        },
+        "SessionList": {
+            "type": "object",
+            "required": ["sessions"],
+            "properties": { "sessions": { "type": "array", "items": schema_ref("Session") } },
+            "additionalProperties": false,
+        },
+        "Jwk": {
+            "type": "object",
+            "required": ["kty", "crv", "x", "kid", "alg", "use"],
+            "properties": {
+                "kty": { "type": "string" },
+                "crv": { "type": "string" },
+                "x": { "type": "string" },
+                "kid": { "type": "string" },
+                "alg": { "type": "string" },
+                "use": { "type": "string" },
+            },
+            "additionalProperties": false,
+        },
+        "JwkSet": {
+            "type": "object",
+            "required": ["keys"],
+            "properties": { "keys": { "type": "array", "items": schema_ref("Jwk") } },
+            "additionalProperties": false,
+        },
+        "TaskStatus": { "type": "string", "enum": ["todo", "in_progress", "done"] },
+        "Task": {
+            "type": "object",
+            "required": ["id", "title", "description", "status", "created_at", "updated_at"],
+            "properties": {
+                "id": uuid,
+                "title": { "type": "string" },
+                "description": { "type": "string" },
+                "status": status,
+                "created_at": time,
+                "updated_at": time,
+            },
+            "additionalProperties": false,
+        },
+        "TaskList": {
+            "type": "object",
+            "required": ["tasks", "next_page_token"],
+            "properties": {
+                "tasks": { "type": "array", "items": schema_ref("Task") },
+                "next_page_token": { "type": "string", "description": "Pass as page_token for the next page; empty on the last" },
+            },
+            "additionalProperties": false,
+        },
+        "RegisterRequest": {
+            "type": "object",
+            "required": ["password"],
+            "properties": {
+                "username": { "type": "string", "description": "3-64 letters, digits and `._-`" },
+                "email": { "type": "string" },
+                "phone": { "type": "string", "description": "A phone number, normalised to E.164" },
+                "password": { "type": "string", "minLength": 8, "maxLength": 128 },
+            },
+            "anyOf": [{ "required": ["username"] }, { "required": ["email"] }, { "required": ["phone"] }],
+            "additionalProperties": false,
+        },
+        "LoginRequest": {
+            "type": "object",
+            "required": ["password"],
+            "properties": {
+                "login": { "type": "string", "description": "A username, email address or phone number" },
+                "username": { "type": "string", "description": "Accepted in place of `login`" },
+                "password": { "type": "string" },
+            },
+            "anyOf": [{ "required": ["login"] }, { "required": ["username"] }],
+            "additionalProperties": false,
+        },
+        "RefreshRequest": {
+            "type": "object",
+            "properties": { "refresh_token": { "type": "string" } },
+            "description": "With `cookies=true` the body may be omitted and the tg_refresh cookie is used",
+            "additionalProperties": false,
+        },
+        "LogoutRequest": {
+            "type": "object",
+            "properties": { "refresh_token": { "type": "string" } },
+            "description": "Without a refresh token, the tg_refresh cookie's or else the Bearer token's session ends",
+            "additionalProperties": false,
+        },
+        "Empty": { "type": "object", "additionalProperties": false },
+        "TaskInput": {
+            "type": "object",
+            "required": ["title"],
+            "properties": { "title": title, "description": description, "status": status },
+            "additionalProperties": false,
+        },
+        "TaskPatch": {
+            "type": "object",
+            "description": "Only the fields present change",
+            "properties": { "title": title, "description": description, "status": status },
+            "additionalProperties": false,
+        },
+    })
+}
+
+/// The reusable parameters.
+fn parameters() -> Value {
+    let id = |what: &str| {
+        json!({
+            "name": "id", "in": "path", "required": true,
+            "description": format!("The {what} id"),
+            "schema": { "type": "string", "format": "uuid" },
+        })
+    };
+    json!({
+        "TaskId": id("task"),
+        "SessionId": id("session"),
+        "UserId": id("user"),
+        "Cookies": {
+            "name": "cookies", "in": "query", "required": false,
+            "description": "Also set the tg_access, tg_refresh and tg_csrf cookies (for browsers)",
+            "schema": { "type": "boolean", "default": false },
+        },
+        "PageSize": {
+            "name": "page_size", "in": "query", "required": false,
+            "description": "Most tasks to return; 0 or absent means 50, more than 500 means 500",
+            "schema": { "type": "integer", "format": "int32", "minimum": 0, "maximum": 2_147_483_647 },
+        },
+        "PageToken": {
+            "name": "page_token", "in": "query", "required": false,
+            "description": "The next_page_token of the previous page",
+            "schema": { "type": "string" },
+        },
+        "StatusFilter": {
+            "name": "status", "in": "query", "required": false,
+            "description": "Only tasks with this status",
+            "schema": schema_ref("TaskStatus"),
+        },
+    })
+}
+
+/// The reusable error responses.
+fn responses() -> Value {
+    let mut out = Map::new();
+    for status in [400, 401, 403, 404, 409, 413, 415, 429, 503, 0] {
+        let (name, description) = error_response(status);
+        let mut response = json!({
+            "description": description,
+            "content": { "application/json": { "schema": schema_ref("Status") } },
+        });
+        if status == 429 {
+            response["headers"] = json!({
+                "Retry-After": { "description": "Seconds to wait", "schema": { "type": "integer" } },
+            });
+        }
+        out.insert(name.into(), response);
+    }
+    Value::Object(out)
+}
+
+/// The whole OpenAPI 3.1 document.
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    for rule in HTTP_RULES {
+        let Some(op) = operation(rule.method, rule.verb) else { continue };
+        let item = paths.entry(axum_path(rule.path)).or_insert_with(|| json!({}));
+        item[rule.verb.to_ascii_lowercase()] = operation_object(rule, &op);
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "taskgate",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "taskgate's REST/JSON API: accounts, sessions and each user's tasks. \
+                Every route is a transcoding of a gRPC method (`google.api.http`); errors are \
+                google.rpc.Status JSON with the HTTP status of the gRPC code.",
+            "license": { "name": "MIT OR Apache-2.0", "identifier": "MIT OR Apache-2.0" },
+        },
+        "servers": [{ "url": "/" }],
+        "tags": [
+            { "name": "auth", "description": "Registration, login, tokens and sessions" },
+            { "name": "users", "description": "The caller's account" },
+            { "name": "admin", "description": "Administration (admin role only)" },
+            { "name": "tasks", "description": "The caller's tasks" },
+            { "name": "keys", "description": "Token verification keys" },
+        ],
+        "security": [{ "bearerAuth": [] }, { "cookieAuth": [] }],
+        "paths": paths,
+        "components": {
+            "schemas": schemas(),
+            "parameters": parameters(),
+            "responses": responses(),
+            "headers": {
+                "SetCookie": {
+                    "description": "With cookies=true: tg_access, tg_refresh (HttpOnly) and tg_csrf; on logout, the same three with Max-Age=0",
+                    "schema": { "type": "string" },
+                },
+            },
+            "securitySchemes": {
+                "bearerAuth": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT" },
+                "cookieAuth": {
+                    "type": "apiKey", "in": "cookie", "name": "tg_access",
+                    "description": "The cookie set by login?cookies=true; writes must also send an \
+                        x-csrf-token header equal to the tg_csrf cookie",
+                },
+            },
+        },
+    })
+}
+
+/// The document, serialised once.
+static DOCUMENT: LazyLock<Vec<u8>> = LazyLock::new(|| serde_json::to_vec_pretty(&document()).unwrap_or_default());
+
+/// `GET /openapi.json`.
+pub async fn serve() -> Response {
+    let mut response = DOCUMENT.as_slice().into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// Resolves a local `$ref` (`#/components/...`) in `doc`.
+fn resolve<'a>(doc: &'a Value, mut schema: &'a Value) -> Result<&'a Value, String> {
+    while let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
+        let pointer = reference.strip_prefix('#').ok_or_else(|| format!("non-local $ref {reference}"))?;
+        schema = doc.pointer(pointer).ok_or_else(|| format!("dangling $ref {reference}"))?;
+    }
+    Ok(schema)
+}
+
+/// The JSON Schema type name of `value`.
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Checks `value` against `schema` (resolved in `doc`), for the JSON Schema
+/// subset this document uses: `$ref`, `type` (one or a list), `enum`,
+/// `properties`, `required`, `additionalProperties: false`, `items`, `anyOf`
+/// and the `uuid` and `date-time` formats. The error names the JSON path.
+pub fn check(doc: &Value, schema: &Value, value: &Value) -> Result<(), String> {
+    check_at(doc, schema, value, "$")
+}
+
+/// [`check`] at JSON path `at`.
+fn check_at(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
+    let schema = resolve(doc, schema)?;
+    let actual = type_name(value);
+    if let Some(expected) = schema.get("type") {
+        let allowed: Vec<&str> = match expected {
+            Value::String(t) => vec![t.as_str()],
+            Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        let ok = allowed.iter().any(|t| *t == actual || (*t == "number" && actual == "integer"));
+        if !ok {
+            return Err(format!("{at}: expected {allowed:?}, got {actual} {value}"));
+        }
+    }
+    if let Some(options) = schema.get("enum").and_then(Value::as_array)
+        && !options.contains(value)
+    {
+        return Err(format!("{at}: {value} is not one of {options:?}"));
+    }
+    if let (Some(format), Value::String(text)) = (schema.get("format").and_then(Value::as_str), value) {
+        let ok = match format {
+            "uuid" => uuid::Uuid::try_parse(text).is_ok(),
+            "date-time" => chrono::DateTime::parse_from_rfc3339(text).is_ok(),
+            _ => true,
+        };
+        if !ok {
+            return Err(format!("{at}: {text:?} is not a {format}"));
+        }
+    }
+    if let Some(options) = schema.get("anyOf").and_then(Value::as_array)
+        && !options.iter().any(|option| check_at(doc, option, value, at).is_ok())
+    {
+        return Err(format!("{at}: matches none of anyOf"));
+    }
+    if let Value::Object(fields) = value {
+        let properties = schema.get("properties").and_then(Value::as_object);
+        for name in schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+            if !fields.contains_key(name) {
+                return Err(format!("{at}: missing required field {name}"));
+            }
+        }
+        for (name, field) in fields {
+            match properties.and_then(|p| p.get(name)) {
+                Some(property) => check_at(doc, property, field, &format!("{at}.{name}"))?,
+                None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => {
+                    return Err(format!("{at}: undocumented field {name}"));
+                }
+                None => {}
+            }
+        }
+    }
+    if let (Value::Array(items), Some(item_schema)) = (value, schema.get("items")) {
+        for (i, item) in items.iter().enumerate() {
+            check_at(doc, item_schema, item, &format!("{at}[{i}]"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks a response against the document: `status` must be documented for
+/// `verb path` (or fall under `default`), and `body` must match its schema;
+/// a documented response without content must have no body.
+pub fn check_response(doc: &Value, verb: &str, path: &str, status: u16, body: Option<&Value>) -> Result<(), String> {
+    let operation = doc
+        .get("paths")
+        .and_then(|p| p.get(path))
+        .and_then(|item| item.get(verb.to_ascii_lowercase()))
+        .ok_or_else(|| format!("{verb} {path} is not documented"))?;
+    let responses = operation.get("responses").ok_or_else(|| format!("{verb} {path} has no responses"))?;
+    let response = responses
+        .get(status.to_string())
+        .or_else(|| responses.get("default"))
+        .ok_or_else(|| format!("{verb} {path} does not document {status}"))?;
+    let response = resolve(doc, response)?;
+    match (response.pointer("/content/application~1json/schema"), body) {
+        (Some(schema), Some(body)) => check(doc, schema, body).map_err(|e| format!("{verb} {path} {status}: {e}")),
+        (Some(_), None) => Err(format!("{verb} {path} {status}: documented a JSON body, got none")),
+        (None, Some(body)) => Err(format!("{verb} {path} {status}: documented no body, got {body}")),
+        (None, None) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// Every `$ref` string in `value`.
+    fn refs<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
+        match value {
+            Value::Object(fields) => {
+                for (name, field) in fields {
+                    match (name.as_str(), field) {
+                        ("$ref", Value::String(r)) => out.push(r),
+                        _ => refs(field, out),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| refs(i, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_documented_paths_and_methods_are_exactly_the_annotated_rules() {
+        let doc = document();
+        let documented: BTreeSet<(String, String)> = doc["paths"]
+            .as_object()
+            .expect("paths")
+            .iter()
+            .flat_map(|(path, item)| {
+                item.as_object().expect("path item").keys().map(move |verb| (verb.to_ascii_uppercase(), path.clone()))
+            })
+            .collect();
+        let annotated: BTreeSet<(String, String)> =
+            HTTP_RULES.iter().map(|r| (r.verb.to_owned(), axum_path(r.path))).collect();
+        assert_eq!(documented, annotated);
+    }
+
+    #[test]
+    fn every_rule_has_its_own_description() {
+        for rule in HTTP_RULES {
+            assert!(operation(rule.method, rule.verb).is_some(), "no OpenAPI operation for {}", rule.method);
+        }
+        let ids: BTreeSet<&str> =
+            HTTP_RULES.iter().filter_map(|r| operation(r.method, r.verb)).map(|op| op.id).collect();
+        assert_eq!(ids.len(), HTTP_RULES.len(), "operation ids must be unique");
+    }
+
+    #[test]
+    fn every_reference_resolves() {
+        let doc = document();
+        let mut all = Vec::new();
+        refs(&doc, &mut all);
+        assert!(all.len() > 50);
+        for reference in all {
+            let pointer = reference.strip_prefix('#').expect("local ref");
+            assert!(doc.pointer(pointer).is_some(), "dangling {reference}");
+        }
+    }
+
+    #[test]
+    fn it_is_openapi_3_1_with_the_security_schemes() {
+        let doc = document();
+        assert_eq!(doc["openapi"], "3.1.0");
+        assert_eq!(doc["components"]["securitySchemes"]["bearerAuth"]["scheme"], "bearer");
+        assert_eq!(doc["components"]["securitySchemes"]["cookieAuth"]["in"], "cookie");
+        assert_eq!(doc["paths"]["/api/v1/auth/register"]["post"]["security"], json!([]));
+        let create = &doc["paths"]["/api/v1/tasks"]["post"]["responses"];
+        assert!(create.get("201").is_some() && create.get("401").is_some() && create.get("429").is_some());
+        assert!(doc["paths"]["/api/v1/tasks/{id}"]["delete"]["responses"].get("204").is_some());
+        assert!(doc["paths"]["/api/v1/auth/register"]["post"]["responses"].get("409").is_some());
+    }
+
+    #[test]
+    fn every_operation_documents_the_common_errors_and_a_default() {
+        let doc = document();
+        for item in doc["paths"].as_object().expect("paths").values() {
+            for (verb, op) in item.as_object().expect("path item") {
+                for status in ["400", "429", "503", "default"] {
+                    assert!(op["responses"].get(status).is_some(), "{verb} {} lacks {status}", op["operationId"]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_checker_catches_shape_mistakes() {
+        let doc = document();
+        let user = schema_ref("User");
+        let good = json!({"id": "6f1d0b5e-8c1a-4a53-9d7e-2b8e0d8c1a11", "username": "a", "email": null,
+            "phone": null, "created_at": "2024-01-01T00:00:00Z"});
+        check(&doc, &user, &good).expect("a valid user");
+        let mut extra = good.clone();
+        extra["owner"] = json!("x");
+        assert!(check(&doc, &user, &extra).is_err());
+        let mut missing = good.clone();
+        missing.as_object_mut().expect("object").remove("phone");
+        assert!(check(&doc, &user, &missing).is_err());
+        let mut wrong = good;
+        wrong["created_at"] = json!("yesterday");
+        assert!(check(&doc, &user, &wrong).is_err());
+        let error = crate::rest::error::json_body(&taskgate_common::status::invalid_field("title", "empty"));
+        check_response(&doc, "POST", "/api/v1/tasks", 400, Some(&error)).expect("the error shape is documented");
+        check_response(&doc, "DELETE", "/api/v1/tasks/{id}", 204, None).expect("204 has no body");
+    }
+}
