@@ -1,10 +1,33 @@
-//! taskgate's gateway: the only thing clients talk to.
+//! taskgate's gateway: the only thing clients talk to. Native gRPC, gRPC-web
+//! and REST/JSON on one port, each through the same authentication and
+//! fleet-wide rate limit before a request is forwarded to a backend.
 //!
 //! # Layout
+//! - [`settings`]: configuration from the environment.
+//! - [`startup`]: [`Application`]: building everything and serving one port.
+//! - [`stack`]: the middleware stack, in order.
+//! - [`auth`]: identity-header stripping, token verification, cookies and CSRF.
+//! - [`ratelimit`]: the Redis sliding-window limit with revocation check, and
+//!   the local fallback.
+//! - [`proxy`]: the gRPC services as forwarding proxies to the backends.
 //! - [`rest`]: REST/JSON routes transcoded to the backends' gRPC APIs, the
 //!   JSON error shape, OpenAPI document and docs page.
-//!
-//! (Being written: server start-up, gRPC/gRPC-web proxying, authentication,
-//! rate limiting, metrics.)
+//! - [`edge`]: `/healthz`, `/readyz`, `/demo`, request ids, the request timeout.
+//! - [`metrics`]: Prometheus counters and histograms, `/metrics`.
+//! - [`protocol`]: telling the protocols apart and answering errors in each.
+//! - [`tls`]: the optional rustls acceptor.
 
+pub mod auth;
+pub mod edge;
+pub mod metrics;
+pub mod protocol;
+pub mod proxy;
+pub mod ratelimit;
 pub mod rest;
+pub mod settings;
+pub mod stack;
+pub mod startup;
+pub mod tls;
+
+pub use settings::Settings;
+pub use startup::Application;

@@ -1,0 +1,278 @@
+//! Authentication at the edge, for all three protocols alike.
+//!
+//! On the way in, every header through which a client could claim an identity
+//! is removed and `x-client-ip` is set from the connection's real peer. Then
+//! the access token (from `Authorization: Bearer` or the `tg_access` cookie) is
+//! verified with the shared [`Verifier`] (signature against the cached JWKS,
+//! type, issuer, audience, expiry). A verified request carries
+//! `authorization: Bearer <token>` to the backends, whichever way the token
+//! came, and its [`Claims`] in the request extensions. Revocation is checked
+//! by the rate-limit layer, in the same Redis round trip as the limit.
+
+use std::sync::Arc;
+
+use axum::{
+    extract::{Request, State},
+    middleware::Next,
+    response::Response,
+};
+use http::{HeaderMap, HeaderValue, Method, header::AUTHORIZATION};
+use subtle::ConstantTimeEq as _;
+use taskgate_tokens::{TokenKind, Verifier};
+use tonic::Status;
+
+use crate::protocol::{ClientAddr, Protocol, reject};
+
+/// The cookie that may carry the access token instead of the header.
+pub const ACCESS_COOKIE: &str = "tg_access";
+/// The double-submit CSRF cookie; its value must be repeated in [`CSRF_HEADER`].
+pub const CSRF_COOKIE: &str = "tg_csrf";
+/// The header a cookie-authenticated write must carry, equal to [`CSRF_COOKIE`].
+pub const CSRF_HEADER: &str = "x-csrf-token";
+/// The header the gateway sets to the client's real address.
+pub const CLIENT_IP_HEADER: &str = "x-client-ip";
+
+/// Headers a backend or a log might take as a statement of who the caller is
+/// or where they are; clients may not send them, so they are dropped on
+/// entry. Anything starting with `x-taskgate-` is dropped too.
+pub const IDENTITY_HEADERS: &[&str] = &[
+    "x-user-id",
+    "x-user",
+    "x-user-email",
+    "x-user-name",
+    "x-username",
+    "x-user-roles",
+    "x-authenticated-user",
+    "x-authenticated-userid",
+    "x-auth-user",
+    "x-auth-request-user",
+    "x-auth-request-email",
+    "x-remote-user",
+    "remote-user",
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-preferred-username",
+    "x-session-id",
+    "x-claims",
+    "x-jwt-claims",
+    "x-jwt-payload",
+    "x-client-ip",
+    "x-real-ip",
+    "x-forwarded-for",
+    "forwarded",
+];
+
+/// What the authentication layer needs: the verifier with its key cache.
+#[derive(Clone)]
+pub struct EdgeAuth {
+    /// Verifies access tokens against the auth service's JWKS, cached in memory.
+    pub verifier: Verifier,
+}
+
+/// How a request presented its access token.
+#[derive(Debug, PartialEq, Eq)]
+enum Credential<'a> {
+    /// `Authorization: Bearer <token>`.
+    Bearer(&'a str),
+    /// The `tg_access` cookie.
+    Cookie(&'a str),
+}
+
+/// True for the routes anyone may call without a token.
+pub fn is_public(path: &str) -> bool {
+    matches!(
+        path,
+        "/healthz"
+            | "/readyz"
+            | "/metrics"
+            | "/openapi.json"
+            | "/.well-known/jwks.json"
+            | "/api/v1/auth/register"
+            | "/api/v1/auth/login"
+            | "/api/v1/auth/refresh"
+            | "/api/v1/auth/logout"
+            | "/taskgate.auth.v1.AuthService/Register"
+            | "/taskgate.auth.v1.AuthService/Login"
+            | "/taskgate.auth.v1.AuthService/Refresh"
+            | "/taskgate.auth.v1.AuthService/Logout"
+            | "/taskgate.auth.v1.AuthService/GetJwks"
+            | "/docs"
+            | "/demo"
+    ) || path.starts_with("/docs/")
+        || path.starts_with("/demo/")
+        || path.starts_with("/grpc.health.v1.Health/")
+        || path.starts_with("/grpc.reflection.")
+}
+
+/// Removes every client-supplied identity header and sets `x-client-ip`.
+pub fn strip_identity_headers(headers: &mut HeaderMap, client: Option<ClientAddr>) {
+    for name in IDENTITY_HEADERS {
+        headers.remove(*name);
+    }
+    let prefixed: Vec<_> = headers.keys().filter(|k| k.as_str().starts_with("x-taskgate-")).cloned().collect();
+    for name in prefixed {
+        headers.remove(name);
+    }
+    if let Some(ClientAddr(addr)) = client
+        && let Ok(value) = HeaderValue::from_str(&addr.ip().to_string())
+    {
+        headers.insert(CLIENT_IP_HEADER, value);
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim().trim_matches('"'))
+        .filter(|v| !v.is_empty())
+}
+
+/// The token the request presents; the header wins over the cookie.
+fn credential(headers: &HeaderMap) -> Option<Credential<'_>> {
+    if let Some(value) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok())
+        && let Some((scheme, token)) = value.split_once(' ')
+        && scheme.eq_ignore_ascii_case("bearer")
+        && !token.trim().is_empty()
+    {
+        return Some(Credential::Bearer(token.trim()));
+    }
+    cookie(headers, ACCESS_COOKIE).map(Credential::Cookie)
+}
+
+/// True when the double-submit check passes: header and cookie present and equal.
+fn csrf_ok(headers: &HeaderMap) -> bool {
+    let header = headers.get(CSRF_HEADER).map(HeaderValue::as_bytes);
+    match (header, cookie(headers, CSRF_COOKIE)) {
+        (Some(h), Some(c)) if !h.is_empty() => bool::from(h.ct_eq(c.as_bytes())),
+        _ => false,
+    }
+}
+
+/// Writes are the methods a cross-site form or script could trigger with cookies.
+fn is_unsafe(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// The authentication middleware (see the module documentation).
+///
+/// Public routes pass without a token; a Bearer token sent to one is still
+/// verified (logout names its session that way). An invalid or CSRF-less
+/// cookie on a public route is ignored rather than refused, so a stale cookie
+/// never locks a browser out of login.
+pub async fn authenticate(State(auth): State<Arc<EdgeAuth>>, mut request: Request, next: Next) -> Response {
+    let client = request.extensions().get::<ClientAddr>().copied();
+    strip_identity_headers(request.headers_mut(), client);
+    let protocol = Protocol::of(request.headers());
+    let public = is_public(request.uri().path());
+
+    let (token, via_cookie) = match credential(request.headers()) {
+        None if public => return next.run(request).await,
+        None => return reject(protocol, &Status::unauthenticated("missing bearer token")),
+        Some(Credential::Bearer(t)) => (t.to_owned(), false),
+        Some(Credential::Cookie(t)) => (t.to_owned(), true),
+    };
+    let claims = match auth.verifier.verify(&token, TokenKind::Access).await {
+        Ok(claims) => claims,
+        Err(_) if public && via_cookie => return next.run(request).await,
+        Err(e) => return reject(protocol, &Status::from(e)),
+    };
+    if via_cookie && is_unsafe(request.method()) && !csrf_ok(request.headers()) {
+        if public {
+            return next.run(request).await;
+        }
+        return reject(
+            protocol,
+            &Status::permission_denied("cookie-authenticated writes need a matching x-csrf-token"),
+        );
+    }
+    if via_cookie && let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}")) {
+        request.headers_mut().insert(AUTHORIZATION, value);
+    }
+    request.extensions_mut().insert(claims);
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_str(v).expect("ascii"));
+        }
+        h
+    }
+
+    #[test]
+    fn identity_headers_are_stripped_and_the_real_peer_is_set() {
+        let mut h = headers(&[
+            ("x-user-id", "someone"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-client-ip", "1.2.3.4"),
+            ("x-taskgate-user", "admin"),
+            ("x-request-id", "keep"),
+        ]);
+        strip_identity_headers(&mut h, Some(ClientAddr("10.0.0.7:5555".parse().expect("addr"))));
+        assert!(h.get("x-user-id").is_none());
+        assert!(h.get("x-forwarded-for").is_none());
+        assert!(h.get("x-taskgate-user").is_none());
+        assert_eq!(h["x-client-ip"], "10.0.0.7");
+        assert_eq!(h["x-request-id"], "keep");
+    }
+
+    #[test]
+    fn cookies_are_found_among_several_headers() {
+        let h = headers(&[("cookie", "a=1; tg_access=abc"), ("cookie", "tg_csrf=xyz")]);
+        assert_eq!(cookie(&h, ACCESS_COOKIE), Some("abc"));
+        assert_eq!(cookie(&h, CSRF_COOKIE), Some("xyz"));
+        assert_eq!(cookie(&h, "missing"), None);
+    }
+
+    #[test]
+    fn the_header_wins_over_the_cookie() {
+        let h = headers(&[("authorization", "Bearer hdr"), ("cookie", "tg_access=ck")]);
+        assert_eq!(credential(&h), Some(Credential::Bearer("hdr")));
+        let h = headers(&[("authorization", "Basic xyz"), ("cookie", "tg_access=ck")]);
+        assert_eq!(credential(&h), Some(Credential::Cookie("ck")));
+        assert_eq!(credential(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn csrf_needs_the_header_to_equal_the_cookie() {
+        assert!(csrf_ok(&headers(&[("cookie", "tg_csrf=t1"), ("x-csrf-token", "t1")])));
+        assert!(!csrf_ok(&headers(&[("cookie", "tg_csrf=t1"), ("x-csrf-token", "t2")])));
+        assert!(!csrf_ok(&headers(&[("cookie", "tg_csrf=t1")])));
+        assert!(!csrf_ok(&headers(&[("x-csrf-token", "t1")])));
+    }
+
+    #[test]
+    fn public_routes_are_exactly_the_listed_ones() {
+        for p in [
+            "/api/v1/auth/login",
+            "/.well-known/jwks.json",
+            "/docs",
+            "/docs/index.html",
+            "/taskgate.auth.v1.AuthService/Login",
+            "/grpc.health.v1.Health/Check",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert!(is_public(p), "{p} should be public");
+        }
+        for p in [
+            "/api/v1/tasks",
+            "/api/v1/users/me",
+            "/taskgate.auth.v1.AuthService/GetMe",
+            "/taskgate.task.v1.TaskService/ListTasks",
+            "/docsx",
+        ] {
+            assert!(!is_public(p), "{p} should need a token");
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The gateway's own plain-HTTP endpoints and small middlewares: `/healthz`,
+//! `/readyz`, the optional `/demo` page, request ids and the request timeout.
+
+use std::{
+    path::{Component, Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use axum::{
+    extract::{Request, State},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use fred::prelude::*;
+use http::{HeaderValue, StatusCode, header::CONTENT_TYPE};
+use tonic::{Status, transport::Channel};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+use crate::protocol::{Protocol, reject};
+
+/// The header carrying the request id in both directions.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// What `/readyz` asks.
+#[derive(Clone)]
+pub struct Readiness {
+    /// The pooled channel to the auth service.
+    pub auth: Channel,
+    /// The pooled channel to the task service.
+    pub task: Channel,
+    /// The shared Redis pool.
+    pub redis: Pool,
+}
+
+/// How long each readiness probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `GET /healthz`: the process is up.
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// `GET /readyz`: 200 when both backends report SERVING and Redis answers a
+/// PING, 503 naming what is down otherwise.
+pub async fn readyz(State(ready): State<Arc<Readiness>>) -> Response {
+    let (auth, task, redis) = tokio::join!(
+        backend_serving(ready.auth.clone()),
+        backend_serving(ready.task.clone()),
+        redis_answers(&ready.redis)
+    );
+    let body = serde_json::json!({"auth": auth, "task": task, "redis": redis});
+    let status = if auth && task && redis { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(body)).into_response()
+}
+
+/// grpc.health.v1 `Check("")` on a backend within [`PROBE_TIMEOUT`].
+async fn backend_serving(channel: Channel) -> bool {
+    let mut client = HealthClient::new(channel);
+    let call = client.check(HealthCheckRequest { service: String::new() });
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, call).await,
+        Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32
+    )
+}
+
+/// A Redis PING within [`PROBE_TIMEOUT`].
+async fn redis_answers(redis: &Pool) -> bool {
+    taskgate_common::redis::is_up(redis)
+        && matches!(tokio::time::timeout(PROBE_TIMEOUT, redis.ping::<String>(None)).await, Ok(Ok(_)))
+}
+
+/// True for an inbound request id worth keeping: 1-128 visible ASCII
+/// characters from a conservative set, so it is safe in logs and headers.
+pub fn valid_request_id(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 128
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'+' | b'='))
+}
+
+/// Request-id middleware: keeps a valid inbound `x-request-id`, replaces a
+/// missing or invalid one with a UUID, and returns it on the response. The
+/// header stays on the request, so the backends receive it as metadata.
+pub async fn request_id(mut request: Request, next: Next) -> Response {
+    let id = match request.headers().get(REQUEST_ID_HEADER) {
+        Some(v) if valid_request_id(v) => v.clone(),
+        _ => {
+            let fresh = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string());
+            let fresh = fresh.unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+            request.headers_mut().insert(REQUEST_ID_HEADER, fresh.clone());
+            fresh
+        }
+    };
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(REQUEST_ID_HEADER, id);
+    response
+}
+
+/// Timeout middleware: a request that has not produced its response headers
+/// within `limit` gets DEADLINE_EXCEEDED (gRPC) or 504 (REST).
+pub async fn timeout(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    let protocol = Protocol::of(request.headers());
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => reject(protocol, &Status::deadline_exceeded("the gateway gave up waiting for the backend")),
+    }
+}
+
+/// Serves files of the browser demo from `root` (when the folder exists).
+#[derive(Clone)]
+pub struct Demo {
+    /// The built page's folder, such as `clients/web/dist`.
+    pub root: PathBuf,
+}
+
+/// `GET /demo` and `GET /demo/{*path}`: a static file, `index.html` for folders.
+pub async fn demo(State(demo): State<Arc<Demo>>, request: Request) -> Response {
+    let rest = request.uri().path().trim_start_matches("/demo").trim_start_matches('/');
+    let Some(mut path) = safe_join(&demo.root, rest) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if rest.is_empty() || tokio::fs::metadata(&path).await.map(|m| m.is_dir()).unwrap_or(false) {
+        path = path.join("index.html");
+    }
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => ([(CONTENT_TYPE, content_type(&path))], bytes).into_response(),
+        Err(_) => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// `root/rest`, or None if `rest` tries to climb out of `root`.
+fn safe_join(root: &Path, rest: &str) -> Option<PathBuf> {
+    let rest = Path::new(rest);
+    rest.components().all(|c| matches!(c, Component::Normal(_))).then(|| root.join(rest))
+}
+
+/// The content type for a file name.
+fn content_type(path: &Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
+        "html" => "text/html; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "json" | "map" => "application/json",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "ico" => "image/x-icon",
+        "wasm" => "application/wasm",
+        _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_checked() {
+        assert!(valid_request_id(&HeaderValue::from_static("abc-123_X.y")));
+        assert!(!valid_request_id(&HeaderValue::from_static("")));
+        assert!(!valid_request_id(&HeaderValue::from_static("has space")));
+        assert!(!valid_request_id(&HeaderValue::from_str(&"a".repeat(129)).expect("ascii")));
+    }
+
+    #[test]
+    fn demo_paths_cannot_escape_the_folder() {
+        let root = Path::new("/srv/demo");
+        assert_eq!(safe_join(root, "assets/app.js"), Some(PathBuf::from("/srv/demo/assets/app.js")));
+        assert_eq!(safe_join(root, "../etc/passwd"), None);
+        assert_eq!(safe_join(root, "/etc/passwd"), None);
+    }
+}

@@ -1,0 +1,120 @@
+//! Which of the three protocols a request speaks, and how the gateway answers
+//! an error in each: a gRPC status for gRPC and gRPC-web, the JSON error
+//! shape for REST. Every layer that refuses a request goes through [`reject`].
+
+use std::{net::SocketAddr, time::Instant};
+
+use axum::{body::Body, response::Response};
+use http::{HeaderMap, HeaderValue, header::CONTENT_TYPE};
+use tonic::Status;
+
+use crate::rest::error::json_error;
+
+/// The wire protocol of one request, told by its `content-type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Native gRPC over HTTP/2 (`application/grpc`, `application/grpc+proto`).
+    Grpc,
+    /// gRPC-web (`application/grpc-web...`), as browsers send it.
+    GrpcWeb,
+    /// Anything else: REST/JSON and the plain HTTP endpoints.
+    Rest,
+}
+
+impl Protocol {
+    /// The protocol of a request with these headers.
+    pub fn of(headers: &HeaderMap) -> Protocol {
+        let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if content_type.starts_with("application/grpc-web") {
+            Protocol::GrpcWeb
+        } else if content_type.starts_with("application/grpc") {
+            Protocol::Grpc
+        } else {
+            Protocol::Rest
+        }
+    }
+
+    /// The label used in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::GrpcWeb => "grpc-web",
+            Protocol::Rest => "rest",
+        }
+    }
+
+    /// True for gRPC and gRPC-web.
+    pub fn is_grpc(self) -> bool {
+        self != Protocol::Rest
+    }
+}
+
+/// The peer address of the connection a request came in on, put in the
+/// request's extensions by the server loop. Never taken from a header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// When the gateway received a request; deadlines forwarded to the backends
+/// are shortened by the time already spent at the gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct ReceivedAt(pub Instant);
+
+/// The gateway's own answer carrying `status`, in the request's protocol.
+///
+/// gRPC and gRPC-web get a trailers-only response (HTTP 200, `grpc-status`,
+/// `grpc-message` and `grpc-status-details-bin` as headers), which both
+/// protocols define; REST gets the JSON error shape with its HTTP status.
+pub fn reject(protocol: Protocol, status: &Status) -> Response {
+    match protocol {
+        Protocol::Rest => json_error(status),
+        Protocol::Grpc | Protocol::GrpcWeb => {
+            let mut response = Response::new(Body::empty());
+            let content_type =
+                if protocol == Protocol::Grpc { "application/grpc" } else { "application/grpc-web+proto" };
+            response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+            if status.add_header(response.headers_mut()).is_err() {
+                // Only a message with bytes no header may hold gets here; the code still goes out.
+                response.headers_mut().insert("grpc-status", HeaderValue::from(status.code() as i32));
+            }
+            response
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::StatusCode;
+
+    use super::*;
+
+    fn headers(content_type: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_TYPE, HeaderValue::from_str(content_type).expect("ascii"));
+        h
+    }
+
+    #[test]
+    fn content_type_tells_the_protocol() {
+        assert_eq!(Protocol::of(&headers("application/grpc")), Protocol::Grpc);
+        assert_eq!(Protocol::of(&headers("application/grpc+proto")), Protocol::Grpc);
+        assert_eq!(Protocol::of(&headers("application/grpc-web+proto")), Protocol::GrpcWeb);
+        assert_eq!(Protocol::of(&headers("application/grpc-web-text")), Protocol::GrpcWeb);
+        assert_eq!(Protocol::of(&headers("application/json")), Protocol::Rest);
+        assert_eq!(Protocol::of(&HeaderMap::new()), Protocol::Rest);
+    }
+
+    #[test]
+    fn grpc_rejections_are_trailers_only_responses() {
+        let response = reject(Protocol::Grpc, &Status::unauthenticated("missing bearer token"));
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["grpc-status"], "16");
+        assert_eq!(response.headers()["grpc-message"], "missing%20bearer%20token");
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/grpc");
+    }
+
+    #[test]
+    fn rest_rejections_use_the_json_error_shape() {
+        let response = reject(Protocol::Rest, &Status::unauthenticated("missing bearer token"));
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+}

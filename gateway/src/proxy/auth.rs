@@ -1,0 +1,82 @@
+//! `taskgate.auth.v1.AuthService`, forwarded to the auth service.
+
+use std::sync::Arc;
+
+use taskgate_proto::auth::v1::{
+    DisableUserRequest, DisableUserResponse, GetJwksRequest, GetJwksResponse, GetMeRequest, GetMeResponse,
+    ListSessionsRequest, ListSessionsResponse, LoginRequest, LoginResponse, LogoutAllRequest, LogoutAllResponse,
+    LogoutRequest, LogoutResponse, RefreshRequest, RefreshResponse, RegisterRequest, RegisterResponse,
+    RevokeSessionRequest, RevokeSessionResponse, auth_service_client::AuthServiceClient,
+    auth_service_server::AuthService,
+};
+use tonic::{Request, Response, Status, transport::Channel};
+
+use crate::{metrics::Metrics, proxy::forward};
+
+/// The auth service as the gateway serves it: every RPC forwarded.
+#[derive(Clone)]
+pub struct AuthProxy {
+    /// Client on the one pooled channel to the auth service.
+    client: AuthServiceClient<Channel>,
+    /// Where forwarded calls are counted.
+    metrics: Arc<Metrics>,
+}
+
+impl AuthProxy {
+    /// A proxy forwarding through `client`.
+    pub fn new(client: AuthServiceClient<Channel>, metrics: Arc<Metrics>) -> Self {
+        AuthProxy { client, metrics }
+    }
+}
+
+#[tonic::async_trait]
+impl AuthService for AuthProxy {
+    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+        forward!(self, "auth", "Register", register, request)
+    }
+
+    async fn login(&self, request: Request<LoginRequest>) -> Result<Response<LoginResponse>, Status> {
+        forward!(self, "auth", "Login", login, request)
+    }
+
+    async fn refresh(&self, request: Request<RefreshRequest>) -> Result<Response<RefreshResponse>, Status> {
+        forward!(self, "auth", "Refresh", refresh, request)
+    }
+
+    async fn logout(&self, request: Request<LogoutRequest>) -> Result<Response<LogoutResponse>, Status> {
+        forward!(self, "auth", "Logout", logout, request)
+    }
+
+    async fn logout_all(&self, request: Request<LogoutAllRequest>) -> Result<Response<LogoutAllResponse>, Status> {
+        forward!(self, "auth", "LogoutAll", logout_all, request)
+    }
+
+    async fn get_me(&self, request: Request<GetMeRequest>) -> Result<Response<GetMeResponse>, Status> {
+        forward!(self, "auth", "GetMe", get_me, request)
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<ListSessionsRequest>,
+    ) -> Result<Response<ListSessionsResponse>, Status> {
+        forward!(self, "auth", "ListSessions", list_sessions, request)
+    }
+
+    async fn revoke_session(
+        &self,
+        request: Request<RevokeSessionRequest>,
+    ) -> Result<Response<RevokeSessionResponse>, Status> {
+        forward!(self, "auth", "RevokeSession", revoke_session, request)
+    }
+
+    async fn get_jwks(&self, request: Request<GetJwksRequest>) -> Result<Response<GetJwksResponse>, Status> {
+        forward!(self, "auth", "GetJwks", get_jwks, request)
+    }
+
+    async fn disable_user(
+        &self,
+        request: Request<DisableUserRequest>,
+    ) -> Result<Response<DisableUserResponse>, Status> {
+        forward!(self, "auth", "DisableUser", disable_user, request)
+    }
+}

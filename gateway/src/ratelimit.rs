@@ -1,0 +1,317 @@
+//! The fleet-wide rate limit, and the session revocation check that rides in
+//! the same Redis round trip.
+//!
+//! Each request costs one `EVALSHA` of `ratelimit/window.lua`: if the caller's
+//! session has a revocation record the answer is "revoked"; otherwise a
+//! sliding-window log (a ZSET of request times, using Redis' own clock so all
+//! replicas agree) decides whether the request is one of the subject's
+//! `RATE_LIMIT_PER_MINUTE` in the last 60 seconds. The subject is `user:<sub>`
+//! for a verified token and `ip:<peer address>` otherwise.
+//!
+//! When Redis is unreachable the gateway falls back to an in-process
+//! `governor` limiter with the same quota, per replica, and lets verified
+//! tokens through without the revocation check (see the README for why).
+
+use std::{
+    num::NonZeroU32,
+    sync::{
+        Arc, Weak,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    extract::{Request, State},
+    middleware::Next,
+    response::Response,
+};
+use fred::prelude::*;
+use governor::{
+    Quota,
+    clock::{Clock as _, DefaultClock},
+    middleware::StateInformationMiddleware,
+    state::keyed::DefaultKeyedStateStore,
+};
+use http::{HeaderMap, HeaderValue, header::RETRY_AFTER};
+use taskgate_tokens::{Claims, session_revocation_key};
+use tonic::Status;
+
+use crate::{
+    metrics::Metrics,
+    protocol::{ClientAddr, Protocol, reject},
+};
+
+/// The script run once per request.
+const SCRIPT: &str = include_str!("ratelimit/window.lua");
+/// The rolling window the limit counts over.
+pub const WINDOW: Duration = Duration::from_secs(60);
+
+/// The fallback limiter's type: keyed by subject, reporting remaining capacity.
+type LocalLimiter =
+    governor::RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
+
+/// What the limiter decided for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Within the limit; forward it.
+    Allowed,
+    /// Over the limit; answer 429 / RESOURCE_EXHAUSTED.
+    Limited,
+    /// The token's session has been revoked; answer 401 / UNAUTHENTICATED.
+    Revoked,
+}
+
+/// A decision with what the `RateLimit` headers report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Allowed, limited or revoked.
+    pub outcome: Outcome,
+    /// Requests the subject may still make in the current window.
+    pub remaining: u32,
+    /// Time until a slot frees (the oldest counted request leaves the window).
+    pub reset: Duration,
+}
+
+/// The rate limiter shared by every request of one replica.
+pub struct RateLimiter {
+    /// Shared Redis pool; the window logs and revocation records live there.
+    redis: Pool,
+    /// Key prefix shared with the auth service (`REDIS_PREFIX`).
+    prefix: String,
+    /// Accepted requests per subject per [`WINDOW`].
+    limit: u32,
+    /// SHA1 of the loaded script; empty until the first successful `SCRIPT LOAD`.
+    sha: std::sync::RwLock<String>,
+    /// The per-replica fallback used while Redis is unreachable.
+    local: LocalLimiter,
+    /// True while in fallback mode, so the switch is logged once per outage.
+    degraded: AtomicBool,
+    /// Where rejections and fallback use are counted.
+    metrics: Arc<Metrics>,
+}
+
+impl RateLimiter {
+    /// A limiter of `limit` requests per minute per subject on `redis`. Loads
+    /// the script if Redis answers; otherwise it is loaded on first use.
+    pub async fn new(redis: Pool, prefix: String, limit: u32, metrics: Arc<Metrics>) -> Arc<RateLimiter> {
+        let limit = limit.max(1);
+        let quota = Quota::per_minute(NonZeroU32::new(limit).unwrap_or(NonZeroU32::MIN));
+        let limiter = Arc::new(RateLimiter {
+            redis,
+            prefix,
+            limit,
+            sha: std::sync::RwLock::new(String::new()),
+            local: governor::RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>(),
+            degraded: AtomicBool::new(false),
+            metrics,
+        });
+        if taskgate_common::redis::is_up(&limiter.redis)
+            && let Err(e) = limiter.load_script().await
+        {
+            tracing::warn!(error = %e, "loading the rate-limit script failed; will retry on first use");
+        }
+        spawn_local_cleanup(Arc::downgrade(&limiter));
+        limiter
+    }
+
+    /// The configured limit per window.
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    /// Decides one request of `subject`, checking session `sid` for revocation.
+    pub async fn check(&self, subject: &str, sid: Option<&str>) -> Decision {
+        if taskgate_common::redis::is_up(&self.redis) {
+            match self.check_redis(subject, sid).await {
+                Ok(decision) => {
+                    if self.degraded.swap(false, Ordering::Relaxed) {
+                        self.metrics.set_fallback_active(false);
+                        tracing::info!("redis is back: rate limiting is fleet-wide again");
+                    }
+                    return decision;
+                }
+                Err(e) => self.degrade(&e.to_string()),
+            }
+        } else {
+            self.degrade("redis is not connected");
+        }
+        self.check_local(subject)
+    }
+
+    /// Switches to the local limiter, logging and counting the first switch of an outage.
+    fn degrade(&self, why: &str) {
+        if !self.degraded.swap(true, Ordering::Relaxed) {
+            self.metrics.set_fallback_active(true);
+            tracing::warn!(
+                reason = why,
+                "redis unreachable: falling back to the per-replica rate limiter; session revocation is not checked"
+            );
+        }
+        self.metrics.fallback_decision();
+    }
+
+    /// One `EVALSHA`, reloading the script when Redis has forgotten it.
+    async fn check_redis(&self, subject: &str, sid: Option<&str>) -> Result<Decision, fred::error::Error> {
+        let mut keys = vec![format!("{}rl:{subject}", self.prefix)];
+        if let Some(sid) = sid {
+            keys.push(session_revocation_key(&self.prefix, sid));
+        }
+        let args = vec![
+            self.limit.to_string(),
+            (WINDOW.as_millis() as u64).to_string(),
+            uuid::Uuid::new_v4().simple().to_string(),
+        ];
+        let sha = self.sha.read().map(|s| s.clone()).unwrap_or_default();
+        let reply: Vec<i64> = if sha.is_empty() {
+            let sha = self.load_script().await?;
+            self.redis.evalsha(sha, keys, args).await?
+        } else {
+            match self.redis.evalsha(sha, keys.clone(), args.clone()).await {
+                Err(e) if e.details().starts_with("NOSCRIPT") => {
+                    let sha = self.load_script().await?;
+                    self.redis.evalsha(sha, keys, args).await?
+                }
+                other => other?,
+            }
+        };
+        let (outcome, remaining, reset_ms) = match reply.as_slice() {
+            [o, r, t] => (*o, *r, *t),
+            _ => {
+                return Err(fred::error::Error::new(
+                    fred::error::ErrorKind::Parse,
+                    "unexpected rate-limit script reply",
+                ));
+            }
+        };
+        let outcome = match outcome {
+            0 => Outcome::Allowed,
+            2 => Outcome::Revoked,
+            _ => Outcome::Limited,
+        };
+        Ok(Decision {
+            outcome,
+            remaining: u32::try_from(remaining.max(0)).unwrap_or(0),
+            reset: Duration::from_millis(u64::try_from(reset_ms.max(0)).unwrap_or(0)),
+        })
+    }
+
+    /// `SCRIPT LOAD`, remembering the hash.
+    async fn load_script(&self) -> Result<String, fred::error::Error> {
+        let sha: String = self.redis.next().script_load(SCRIPT).await?;
+        if let Ok(mut guard) = self.sha.write() {
+            guard.clone_from(&sha);
+        }
+        Ok(sha)
+    }
+
+    /// The in-process decision: same quota, this replica only, no revocation check.
+    fn check_local(&self, subject: &str) -> Decision {
+        let period = WINDOW / self.limit;
+        match self.local.check_key(&subject.to_owned()) {
+            Ok(snapshot) => {
+                Decision { outcome: Outcome::Allowed, remaining: snapshot.remaining_burst_capacity(), reset: period }
+            }
+            Err(not_until) => Decision {
+                outcome: Outcome::Limited,
+                remaining: 0,
+                reset: not_until.wait_time_from(self.local.clock().now()),
+            },
+        }
+    }
+
+    /// The `RateLimit-Policy` header value.
+    pub fn policy_header(&self) -> HeaderValue {
+        HeaderValue::from_str(&format!("\"default\";q={};w={}", self.limit, WINDOW.as_secs()))
+            .unwrap_or_else(|_| HeaderValue::from_static("\"default\""))
+    }
+}
+
+/// Forgets idle keys of the fallback limiter once a minute, for as long as the limiter lives.
+fn spawn_local_cleanup(limiter: Weak<RateLimiter>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(WINDOW);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(limiter) = limiter.upgrade() else { break };
+            limiter.local.retain_recent();
+            limiter.local.shrink_to_fit();
+        }
+    });
+}
+
+/// Whole seconds, rounded up.
+pub fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// Sets `RateLimit-Policy` and `RateLimit` on a response.
+fn set_headers(headers: &mut HeaderMap, limiter: &RateLimiter, decision: &Decision) {
+    headers.insert("ratelimit-policy", limiter.policy_header());
+    let value = format!("\"default\";r={};t={}", decision.remaining, ceil_secs(decision.reset));
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert("ratelimit", value);
+    }
+}
+
+/// Routes the limit does not apply to: probes and scrapes.
+fn is_exempt(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
+}
+
+/// The rate-limit middleware: one decision per request, headers on every
+/// response it lets through or refuses.
+pub async fn limit(State(limiter): State<Arc<RateLimiter>>, request: Request, next: Next) -> Response {
+    if is_exempt(request.uri().path()) {
+        return next.run(request).await;
+    }
+    let protocol = Protocol::of(request.headers());
+    let claims = request.extensions().get::<Claims>();
+    let subject = match claims {
+        Some(c) => format!("user:{}", c.sub),
+        None => match request.extensions().get::<ClientAddr>() {
+            Some(ClientAddr(addr)) => format!("ip:{}", addr.ip()),
+            None => "ip:unknown".to_owned(),
+        },
+    };
+    let sid = claims.map(|c| c.sid.clone());
+    let decision = limiter.check(&subject, sid.as_deref()).await;
+    let mut response = match decision.outcome {
+        Outcome::Allowed => next.run(request).await,
+        Outcome::Revoked => return reject(protocol, &Status::unauthenticated("session has been revoked")),
+        Outcome::Limited => {
+            limiter.metrics.rate_limited(protocol);
+            let seconds = ceil_secs(decision.reset).max(1);
+            let status = taskgate_common::status::retry_after(
+                format!("rate limit of {} requests per minute exceeded; retry in {seconds}s", limiter.limit),
+                Duration::from_secs(seconds),
+            );
+            let mut response = reject(protocol, &status);
+            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
+            response
+        }
+    };
+    set_headers(response.headers_mut(), &limiter, &decision);
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_round_up() {
+        assert_eq!(ceil_secs(Duration::from_millis(0)), 0);
+        assert_eq!(ceil_secs(Duration::from_millis(1)), 1);
+        assert_eq!(ceil_secs(Duration::from_millis(1000)), 1);
+        assert_eq!(ceil_secs(Duration::from_millis(59_001)), 60);
+    }
+
+    #[test]
+    fn probes_are_not_counted() {
+        assert!(is_exempt("/healthz"));
+        assert!(is_exempt("/metrics"));
+        assert!(!is_exempt("/api/v1/tasks"));
+    }
+}

@@ -1,0 +1,104 @@
+//! The gateway's configuration, read once at start-up from the environment
+//! (or flags); `gateway --help` lists every variable with its default.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use taskgate_common::telemetry::LogFormat;
+
+/// Everything the gateway is told from outside.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// Address of the one public port (gRPC, gRPC-web and REST).
+    #[arg(long, env = "GATEWAY_LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    pub listen_addr: SocketAddr,
+
+    /// The auth service's gRPC address; one pooled HTTP/2 channel is kept to it.
+    #[arg(long, env = "AUTH_SERVICE_URL", default_value = "http://127.0.0.1:50051")]
+    pub auth_url: String,
+
+    /// The task service's gRPC address; one pooled HTTP/2 channel is kept to it.
+    #[arg(long, env = "TASK_SERVICE_URL", default_value = "http://127.0.0.1:50052")]
+    pub task_url: String,
+
+    /// Redis, shared by every replica: rate-limit windows and revocation records.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// Prefix of every Redis key; must equal the auth service's so the
+    /// revocation records it writes are the ones the gateway reads.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "taskgate:")]
+    pub redis_prefix: String,
+
+    /// Accepted requests per subject (user or client address) in any rolling
+    /// minute, across every replica and protocol.
+    #[arg(long, env = "RATE_LIMIT_PER_MINUTE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_per_minute: u32,
+
+    /// The only accepted `iss` claim.
+    #[arg(long, env = "JWT_ISSUER", default_value = "taskgate")]
+    pub jwt_issuer: String,
+
+    /// The only accepted `aud` claim.
+    #[arg(long, env = "JWT_AUDIENCE", default_value = "taskgate")]
+    pub jwt_audience: String,
+
+    /// PEM certificate chain; with `TLS_KEY_FILE`, the port speaks TLS (h2 and http/1.1).
+    #[arg(long, env = "TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key for `TLS_CERT_FILE`.
+    #[arg(long, env = "TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// `*` to reflect any origin (then without credentials), or a comma-separated
+    /// list of origins that may also send cookies.
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "*")]
+    pub cors_allowed_origins: String,
+
+    /// Whether session cookies carry the `Secure` attribute (turn off only for
+    /// plain-HTTP local development).
+    #[arg(long, env = "COOKIE_SECURE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub cookie_secure: bool,
+
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+
+    /// Longest time a request may take at the gateway before it answers
+    /// DEADLINE_EXCEEDED / 504 (a shorter `grpc-timeout` wins).
+    #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_seconds: u64,
+
+    /// Folder of the browser demo, served under `/demo` when it exists.
+    #[arg(long, env = "DEMO_DIR", default_value = "clients/web/dist")]
+    pub demo_dir: PathBuf,
+}
+
+impl Settings {
+    /// Settings for an in-process gateway in tests: port 0 on 127.0.0.1,
+    /// no TLS, the default limit, plain-HTTP cookies.
+    pub fn for_tests(auth_url: String, task_url: String, redis_url: String, redis_prefix: String) -> Settings {
+        Settings {
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            auth_url,
+            task_url,
+            redis_url,
+            redis_prefix,
+            rate_limit_per_minute: 100,
+            jwt_issuer: "taskgate".into(),
+            jwt_audience: "taskgate".into(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            cors_allowed_origins: "*".into(),
+            cookie_secure: false,
+            log_format: LogFormat::Pretty,
+            request_timeout_seconds: 30,
+            demo_dir: PathBuf::from("clients/web/dist"),
+        }
+    }
+
+    /// [`Self::request_timeout_seconds`] as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_seconds)
+    }
+}

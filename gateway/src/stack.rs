@@ -1,0 +1,104 @@
+//! The one middleware stack every request goes through, whatever its
+//! protocol, built in one place so its order can be read top to bottom.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    middleware::{from_fn, from_fn_with_state},
+};
+use http::{HeaderName, HeaderValue, Method, Request};
+use tower::ServiceBuilder;
+use tower_http::{
+    cors::{AllowOrigin, CorsLayer},
+    trace::TraceLayer,
+};
+
+use crate::{
+    auth::{self, EdgeAuth},
+    edge,
+    metrics::{self, Metrics},
+    ratelimit::{self, RateLimiter},
+};
+
+/// What the layers need.
+pub struct Parts {
+    /// Where requests are counted.
+    pub metrics: Arc<Metrics>,
+    /// The token verifier.
+    pub auth: Arc<EdgeAuth>,
+    /// The fleet-wide limiter.
+    pub limiter: Arc<RateLimiter>,
+    /// `CORS_ALLOWED_ORIGINS`.
+    pub cors_allowed_origins: String,
+    /// `REQUEST_TIMEOUT_SECONDS`.
+    pub request_timeout: Duration,
+}
+
+/// Wraps every route of `router` in the stack, outermost layer first.
+pub fn apply(router: Router, parts: Parts) -> Router {
+    let stack = ServiceBuilder::new()
+        // Outermost, so every response is counted, the refusals of the layers below included.
+        .layer(from_fn_with_state(parts.metrics, metrics::track))
+        // Before anything logs, so every log line and every backend call carries the id.
+        .layer(from_fn(edge::request_id))
+        // One span per request, with the id, around everything that can log.
+        .layer(TraceLayer::new_for_http().make_span_with(span))
+        // Preflights are answered here, before authentication; CORS headers go on every answer.
+        .layer(cors(&parts.cors_allowed_origins))
+        // Strips client-supplied identity headers and verifies the token.
+        .layer(from_fn_with_state(parts.auth, auth::authenticate))
+        // Needs the verified subject; one Redis round trip also checks revocation.
+        .layer(from_fn_with_state(parts.limiter, ratelimit::limit))
+        // Innermost: bounds only the time spent on the backend call.
+        .layer(from_fn_with_state(parts.request_timeout, edge::timeout));
+    router.layer(stack)
+}
+
+/// The tracing span of one request.
+fn span<B>(request: &Request<B>) -> tracing::Span {
+    let id = request.headers().get(edge::REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+    tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+}
+
+/// CORS: any origin reflected without credentials for `*`, or the listed
+/// origins with credentials (cookies). The gRPC status and rate-limit headers
+/// are exposed to scripts.
+pub fn cors(allowed: &str) -> CorsLayer {
+    const ALLOW: [&str; 10] = [
+        "authorization",
+        "content-type",
+        "x-grpc-web",
+        "x-user-agent",
+        "grpc-timeout",
+        "x-csrf-token",
+        "x-request-id",
+        "connect-protocol-version",
+        "connect-timeout-ms",
+        "accept",
+    ];
+    const EXPOSE: [&str; 7] = [
+        "grpc-status",
+        "grpc-message",
+        "grpc-status-details-bin",
+        "x-request-id",
+        "ratelimit",
+        "ratelimit-policy",
+        "retry-after",
+    ];
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE, Method::OPTIONS])
+        .allow_headers(ALLOW.map(HeaderName::from_static))
+        .expose_headers(EXPOSE.map(HeaderName::from_static))
+        .max_age(Duration::from_secs(600));
+    if allowed.trim() == "*" {
+        return layer.allow_origin(AllowOrigin::mirror_request());
+    }
+    let origins: Vec<HeaderValue> = allowed
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    layer.allow_origin(origins).allow_credentials(true)
+}
