@@ -19,6 +19,8 @@ pub const ACCESS: &str = "tg_access";
 pub const REFRESH: &str = "tg_refresh";
 /// The CSRF double-submit cookie.
 pub const CSRF: &str = "tg_csrf";
+/// The header a page echoes the CSRF cookie in.
+pub const CSRF_HEADER: &str = "x-csrf-token";
 /// The path the refresh cookie is limited to.
 pub const REFRESH_PATH: &str = "/api/v1/auth";
 
@@ -37,6 +39,17 @@ pub fn csrf_token() -> String {
     let mut bytes = [0_u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Whether the `x-csrf-token` header equals the `tg_csrf` cookie (both present).
+pub fn csrf_matches(headers: &HeaderMap) -> bool {
+    let header = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    match crate::rest::extract::cookie(headers, CSRF) {
+        // Not constant-time: both values are the caller's own, so timing
+        // reveals nothing they do not already hold.
+        Some(cookie) => !header.is_empty() && header == cookie,
+        None => false,
+    }
 }
 
 /// Adds the three session cookies for `tokens` to `headers`.
@@ -97,6 +110,17 @@ mod tests {
         let token = csrf_token();
         assert_eq!(URL_SAFE_NO_PAD.decode(&token).expect("base64url").len(), 32);
         assert_ne!(token, csrf_token());
+    }
+
+    #[test]
+    fn csrf_needs_the_header_to_equal_the_cookie() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, HeaderValue::from_static("tg_csrf=abc"));
+        assert!(!csrf_matches(&headers));
+        headers.insert(CSRF_HEADER, HeaderValue::from_static("xyz"));
+        assert!(!csrf_matches(&headers));
+        headers.insert(CSRF_HEADER, HeaderValue::from_static("abc"));
+        assert!(csrf_matches(&headers));
     }
 
     #[test]

@@ -268,10 +268,20 @@ async fn refresh(State(b): State<Backends>, headers: HeaderMap, query: QueryPara
     let mut body = body.or_empty();
     let from_body = body.take_string("refresh_token")?;
     body.finish()?;
-    let refresh_token = from_body
-        .or_else(|| if with_cookies { cookie(&headers, cookies::REFRESH) } else { None })
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| RestError::from(invalid_field("refresh_token", "is required")))?;
+    let refresh_token = match from_body {
+        Some(token) => token,
+        None if with_cookies => {
+            let token = cookie(&headers, cookies::REFRESH).filter(|t| !t.is_empty());
+            let token = token.ok_or_else(|| RestError::from(invalid_field("refresh_token", "is required")))?;
+            // The cookie is sent by the browser on its own, so a refresh
+            // through it must prove it comes from our page (double submit).
+            if !cookies::csrf_matches(&headers) {
+                return Err(Status::permission_denied("a cookie refresh needs a matching x-csrf-token").into());
+            }
+            token
+        }
+        None => return Err(invalid_field("refresh_token", "is required").into()),
+    };
     let request = RefreshRequest { refresh_token };
     let response = b.auth.clone().refresh(grpc_request(&headers, request)).await?.into_inner();
     Ok(tokens_reply(&required(response.tokens, "tokens")?, with_cookies))
