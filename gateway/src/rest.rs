@@ -30,6 +30,7 @@ use taskgate_proto::{
 };
 use tonic::transport::Channel;
 
+pub use crate::rest::cookies::InsecureCookies;
 use crate::rest::routes::{Backends, axum_path, binding_for, method_filter};
 
 /// The REST routes, forwarding to `auth` and `task` over their pooled channels.

@@ -24,12 +24,19 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 /// The path the refresh cookie is limited to.
 pub const REFRESH_PATH: &str = "/api/v1/auth";
 
+/// A request extension the server adds to leave `Secure` off the session
+/// cookies, for plain-HTTP local development only (`COOKIE_SECURE=false`).
+/// Without it every session cookie is `Secure`.
+#[derive(Debug, Clone, Copy)]
+pub struct InsecureCookies;
+
 /// One `set-cookie` value with taskgate's attributes.
-fn set_cookie(name: &str, value: &str, path: &str, max_age: i64, http_only: bool) -> Option<HeaderValue> {
+fn set_cookie(name: &str, value: &str, path: &str, max_age: i64, http_only: bool, secure: bool) -> Option<HeaderValue> {
     let http_only = if http_only { "; HttpOnly" } else { "" };
+    let secure = if secure { "; Secure" } else { "" };
     let max_age = max_age.max(0);
     HeaderValue::from_str(&format!(
-        "{name}={value}; Path={path}; Max-Age={max_age}{http_only}; Secure; SameSite=Strict"
+        "{name}={value}; Path={path}; Max-Age={max_age}{http_only}{secure}; SameSite=Strict"
     ))
     .ok()
 }
@@ -53,13 +60,13 @@ pub fn csrf_matches(headers: &HeaderMap) -> bool {
 }
 
 /// Adds the three session cookies for `tokens` to `headers`.
-pub fn set_session(headers: &mut HeaderMap, tokens: &TokenPair) {
+pub fn set_session(headers: &mut HeaderMap, tokens: &TokenPair, secure: bool) {
     let cookies = [
-        set_cookie(ACCESS, &tokens.access_token, "/", tokens.expires_in, true),
-        set_cookie(REFRESH, &tokens.refresh_token, REFRESH_PATH, tokens.refresh_expires_in, true),
+        set_cookie(ACCESS, &tokens.access_token, "/", tokens.expires_in, true, secure),
+        set_cookie(REFRESH, &tokens.refresh_token, REFRESH_PATH, tokens.refresh_expires_in, true, secure),
         // The CSRF cookie lives as long as the session can be refreshed, since
         // refreshing through the cookie is itself a cookie-authenticated write.
-        set_cookie(CSRF, &csrf_token(), "/", tokens.refresh_expires_in, false),
+        set_cookie(CSRF, &csrf_token(), "/", tokens.refresh_expires_in, false, secure),
     ];
     for cookie in cookies.into_iter().flatten() {
         headers.append(header::SET_COOKIE, cookie);
@@ -67,11 +74,11 @@ pub fn set_session(headers: &mut HeaderMap, tokens: &TokenPair) {
 }
 
 /// Adds `set-cookie` headers that delete the three session cookies.
-pub fn clear_session(headers: &mut HeaderMap) {
+pub fn clear_session(headers: &mut HeaderMap, secure: bool) {
     let cookies = [
-        set_cookie(ACCESS, "", "/", 0, true),
-        set_cookie(REFRESH, "", REFRESH_PATH, 0, true),
-        set_cookie(CSRF, "", "/", 0, false),
+        set_cookie(ACCESS, "", "/", 0, true, secure),
+        set_cookie(REFRESH, "", REFRESH_PATH, 0, true, secure),
+        set_cookie(CSRF, "", "/", 0, false, secure),
     ];
     for cookie in cookies.into_iter().flatten() {
         headers.append(header::SET_COOKIE, cookie);
@@ -96,7 +103,7 @@ mod tests {
             refresh_expires_in: 86_400,
         };
         let mut headers = HeaderMap::new();
-        set_session(&mut headers, &tokens);
+        set_session(&mut headers, &tokens, true);
         let cookies = set_cookies(&headers);
         assert_eq!(cookies[0], "tg_access=a.b.c; Path=/; Max-Age=900; HttpOnly; Secure; SameSite=Strict");
         assert_eq!(cookies[1], "tg_refresh=d.e.f; Path=/api/v1/auth; Max-Age=86400; HttpOnly; Secure; SameSite=Strict");
@@ -126,9 +133,17 @@ mod tests {
     #[test]
     fn clearing_expires_all_three() {
         let mut headers = HeaderMap::new();
-        clear_session(&mut headers);
+        clear_session(&mut headers, true);
         let cookies = set_cookies(&headers);
         assert_eq!(cookies.len(), 3);
         assert!(cookies.iter().all(|c| c.contains("Max-Age=0")));
+    }
+
+    #[test]
+    fn insecure_cookies_leave_out_only_secure() {
+        let mut headers = HeaderMap::new();
+        clear_session(&mut headers, false);
+        let cookies = set_cookies(&headers);
+        assert_eq!(cookies[0], "tg_access=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict");
     }
 }

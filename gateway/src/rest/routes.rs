@@ -7,7 +7,7 @@
 //! unchanged as google.rpc.Status JSON.
 
 use axum::{
-    Json,
+    Extension, Json,
     extract::State,
     response::{IntoResponse, Response},
     routing::{MethodFilter, MethodRouter, on},
@@ -30,7 +30,7 @@ use taskgate_proto::{
 use tonic::{Status, transport::Channel};
 
 use crate::rest::{
-    cookies,
+    cookies::{self, InsecureCookies},
     error::RestError,
     extract::{JsonBody, PathId, QueryParams, cookie, grpc_request},
     json,
@@ -202,22 +202,26 @@ fn required<T>(field: Option<T>, name: &str) -> Result<T, RestError> {
     field.ok_or_else(|| Status::internal(format!("backend response has no {name}")).into())
 }
 
+/// Whether session cookies get `Secure`: always, unless the server marked
+/// the request with [`InsecureCookies`].
+type CookieMode = Option<Extension<InsecureCookies>>;
+
 /// A token pair response, with the session cookies when asked for. Tokens
 /// are never cached (RFC 6749 section 5.1).
-fn tokens_reply(tokens: &TokenPair, with_cookies: bool) -> Response {
+fn tokens_reply(tokens: &TokenPair, with_cookies: bool, mode: CookieMode) -> Response {
     let mut response = reply(StatusCode::OK, json::token_pair(tokens));
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if with_cookies {
-        cookies::set_session(headers, tokens);
+        cookies::set_session(headers, tokens, mode.is_none());
     }
     response
 }
 
 /// A 204 that also deletes the session cookies.
-fn cleared_reply() -> Response {
+fn cleared_reply(mode: CookieMode) -> Response {
     let mut response = StatusCode::NO_CONTENT.into_response();
-    cookies::clear_session(response.headers_mut());
+    cookies::clear_session(response.headers_mut(), mode.is_none());
     response
 }
 
@@ -246,7 +250,13 @@ async fn register(State(b): State<Backends>, headers: HeaderMap, body: JsonBody)
 }
 
 /// `POST /api/v1/auth/login[?cookies=true]` → 200 and a token pair.
-async fn login(State(b): State<Backends>, headers: HeaderMap, query: QueryParams, body: JsonBody) -> Reply {
+async fn login(
+    State(b): State<Backends>,
+    mode: CookieMode,
+    headers: HeaderMap,
+    query: QueryParams,
+    body: JsonBody,
+) -> Reply {
     let with_cookies = query.flag("cookies")?;
     let mut body = body.required()?;
     let login = body.take_string("login")?;
@@ -258,12 +268,18 @@ async fn login(State(b): State<Backends>, headers: HeaderMap, query: QueryParams
     body.finish()?;
     let request = LoginRequest { login: login.unwrap_or_default(), password, username: username.unwrap_or_default() };
     let response = b.auth.clone().login(grpc_request(&headers, request)).await?.into_inner();
-    Ok(tokens_reply(&required(response.tokens, "tokens")?, with_cookies))
+    Ok(tokens_reply(&required(response.tokens, "tokens")?, with_cookies, mode))
 }
 
 /// `POST /api/v1/auth/refresh[?cookies=true]` → 200 and the next token pair.
 /// With `cookies=true` the refresh token may come from the `tg_refresh` cookie.
-async fn refresh(State(b): State<Backends>, headers: HeaderMap, query: QueryParams, body: JsonBody) -> Reply {
+async fn refresh(
+    State(b): State<Backends>,
+    mode: CookieMode,
+    headers: HeaderMap,
+    query: QueryParams,
+    body: JsonBody,
+) -> Reply {
     let with_cookies = query.flag("cookies")?;
     let mut body = body.or_empty();
     let from_body = body.take_string("refresh_token")?;
@@ -284,34 +300,34 @@ async fn refresh(State(b): State<Backends>, headers: HeaderMap, query: QueryPara
     };
     let request = RefreshRequest { refresh_token };
     let response = b.auth.clone().refresh(grpc_request(&headers, request)).await?.into_inner();
-    Ok(tokens_reply(&required(response.tokens, "tokens")?, with_cookies))
+    Ok(tokens_reply(&required(response.tokens, "tokens")?, with_cookies, mode))
 }
 
 /// `POST /api/v1/auth/logout` → 204. Ends the session named by the body's
 /// refresh token, else by the `tg_refresh` cookie, else by the Bearer token;
 /// the session cookies are deleted whatever the outcome, so a browser whose
 /// session already ended is still logged out.
-async fn logout(State(b): State<Backends>, headers: HeaderMap, body: JsonBody) -> Reply {
+async fn logout(State(b): State<Backends>, mode: CookieMode, headers: HeaderMap, body: JsonBody) -> Reply {
     let mut body = body.or_empty();
     let from_body = body.take_string("refresh_token")?;
     body.finish()?;
     let refresh_token = from_body.or_else(|| cookie(&headers, cookies::REFRESH)).unwrap_or_default();
     let request = LogoutRequest { refresh_token };
     match b.auth.clone().logout(grpc_request(&headers, request)).await {
-        Ok(_) => Ok(cleared_reply()),
+        Ok(_) => Ok(cleared_reply(mode)),
         Err(status) => {
             let mut response = RestError::from(status).into_response();
-            cookies::clear_session(response.headers_mut());
+            cookies::clear_session(response.headers_mut(), mode.is_none());
             Ok(response)
         }
     }
 }
 
 /// `POST /api/v1/auth/logout-all` → 204, deleting the session cookies.
-async fn logout_all(State(b): State<Backends>, headers: HeaderMap, body: JsonBody) -> Reply {
+async fn logout_all(State(b): State<Backends>, mode: CookieMode, headers: HeaderMap, body: JsonBody) -> Reply {
     body.or_empty().finish()?;
     b.auth.clone().logout_all(grpc_request(&headers, LogoutAllRequest {})).await?;
-    Ok(cleared_reply())
+    Ok(cleared_reply(mode))
 }
 
 /// `GET /api/v1/users/me` → 200 and the caller.
