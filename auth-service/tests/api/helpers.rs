@@ -35,18 +35,14 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts the service with test settings adjusted by `tweak`.
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
-    let redis_url = taskgate_test_support::redis_url();
-    spawn_app_on(redis_url, tweak).await
+    let database_url = taskgate_test_support::fresh_database().await;
+    spawn_app_on(database_url, taskgate_test_support::redis_url(), tweak).await
 }
 
-/// Starts the service against the Redis at `redis_url`.
-pub async fn spawn_app_on(redis_url: String, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+/// Starts the service against the given Postgres database and Redis.
+pub async fn spawn_app_on(database_url: String, redis_url: String, tweak: impl FnOnce(&mut Settings)) -> TestApp {
     taskgate_test_support::init_test_logging();
-    let mut settings = Settings::for_tests(
-        taskgate_test_support::fresh_database().await,
-        redis_url,
-        taskgate_test_support::unique_prefix(),
-    );
+    let mut settings = Settings::for_tests(database_url, redis_url, taskgate_test_support::unique_prefix());
     tweak(&mut settings);
     let app = Application::build(settings.clone()).await.expect("building the app");
     let addr = app.local_addr();

@@ -4,3 +4,9 @@
 
 mod accounts;
 mod helpers;
+mod jwt_attacks;
+mod keys;
+mod login;
+mod outages;
+mod sessions;
+mod tokens;
