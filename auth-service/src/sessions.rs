@@ -398,7 +398,7 @@ impl SessionStore {
                 abs_exp: c[5].parse().unwrap_or(0),
             })
             .collect();
-        sessions.sort_by(|a, b| b.created_ms.cmp(&a.created_ms));
+        sessions.sort_by_key(|s| std::cmp::Reverse(s.created_ms));
         Ok(sessions)
     }
 }

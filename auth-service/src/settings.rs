@@ -3,6 +3,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use secrecy::SecretString;
 use taskgate_common::telemetry::LogFormat;
 
 /// Everything the auth service can be configured with.
@@ -17,16 +18,16 @@ pub struct Settings {
     pub listen_addr: SocketAddr,
 
     /// PostgreSQL URL; the service uses the `auth` schema in it.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = parse_secret)]
+    pub database_url: SecretString,
 
     /// Most Postgres connections this replica opens.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
     pub database_max_connections: u32,
 
     /// Redis URL for sessions, revocation records and the login throttle.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
-    pub redis_url: String,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true, value_parser = parse_secret)]
+    pub redis_url: SecretString,
 
     /// Prefix of every Redis key, shared with the verifiers (gateway, task service).
     #[arg(long, env = "REDIS_PREFIX", default_value = "taskgate:")]
@@ -82,9 +83,10 @@ pub struct Settings {
     #[arg(long, env = "ADMIN_EMAIL")]
     pub admin_email: Option<String>,
 
-    /// Password of the bootstrap admin account (only used to create it).
-    #[arg(long, env = "ADMIN_PASSWORD", hide_env_values = true)]
-    pub admin_password: Option<String>,
+    /// Password of the bootstrap admin account: used to create it, or to
+    /// prove that an existing account of that name is the operator's.
+    #[arg(long, env = "ADMIN_PASSWORD", hide_env_values = true, value_parser = parse_secret)]
+    pub admin_password: Option<SecretString>,
 
     /// Failed logins per account allowed within the throttle window.
     #[arg(long, env = "LOGIN_MAX_FAILURES_PER_ACCOUNT", default_value_t = 5)]
@@ -116,9 +118,9 @@ impl Settings {
     pub fn for_tests(database_url: String, redis_url: String, redis_prefix: String) -> Self {
         Settings {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            database_url,
+            database_url: database_url.into(),
             database_max_connections: 5,
-            redis_url,
+            redis_url: redis_url.into(),
             redis_prefix,
             access_token_ttl: Duration::from_secs(15 * 60),
             refresh_token_ttl: Duration::from_secs(7 * 24 * 3600),
@@ -145,6 +147,10 @@ impl Settings {
     pub fn longest_token_lifetime(&self) -> Duration {
         self.access_token_ttl.max(self.refresh_token_ttl.min(self.session_max_lifetime))
     }
+}
+
+fn parse_secret(s: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(s))
 }
 
 fn parse_minutes(s: &str) -> Result<Duration, String> {

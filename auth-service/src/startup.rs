@@ -5,6 +5,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
+use secrecy::ExposeSecret as _;
 use sqlx::PgPool;
 use taskgate_common::db;
 use taskgate_proto::{auth::v1::auth_service_server::AuthServiceServer, service_names};
@@ -13,11 +14,11 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::{
     Settings,
-    domain::{Email, Password, Username},
+    domain::{Email, LoginName, Password, Username},
     error::AuthError,
     issuer::TokenIssuer,
     keys::{KeyStore, KeyStoreSource},
-    password::PasswordHasher,
+    password::{PasswordHasher, Verified},
     service::AuthApi,
     sessions::SessionStore,
     throttle::{LoginThrottle, ThrottleConfig},
@@ -50,7 +51,7 @@ pub struct Application {
 
 /// Applies the `auth` schema's migrations (the `migrate` command).
 pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
-    let pool = db::pool(&settings.database_url, db::AUTH_SCHEMA, 2)?;
+    let pool = db::pool(settings.database_url.expose_secret(), db::AUTH_SCHEMA, 2)?;
     db::migrate_when_ready(&pool, db::AUTH_SCHEMA, &db::AUTH_MIGRATOR, DATABASE_PATIENCE).await?;
     pool.close().await;
     Ok(())
@@ -59,7 +60,7 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
 /// Introduces a new signing key (the `rotate-keys` command); returns its kid.
 pub async fn rotate_keys(settings: &Settings) -> anyhow::Result<String> {
     anyhow::ensure!(settings.signing_key_file.is_none(), "SIGNING_KEY_FILE is set: rotate by replacing the file");
-    let pool = db::pool(&settings.database_url, db::AUTH_SCHEMA, 2)?;
+    let pool = db::pool(settings.database_url.expose_secret(), db::AUTH_SCHEMA, 2)?;
     db::migrate_when_ready(&pool, db::AUTH_SCHEMA, &db::AUTH_MIGRATOR, DATABASE_PATIENCE).await?;
     let kid = crate::keys::rotate(&pool, settings.key_publish_delay).await?;
     pool.close().await;
@@ -67,7 +68,11 @@ pub async fn rotate_keys(settings: &Settings) -> anyhow::Result<String> {
 }
 
 /// Creates the admin named by ADMIN_USERNAME / ADMIN_EMAIL / ADMIN_PASSWORD
-/// if it does not exist, and makes sure it is an admin.
+/// if it does not exist (like `createsuperuser`).
+///
+/// An existing account of that name is promoted only if ADMIN_PASSWORD is
+/// its password: otherwise whoever registered the name first would become
+/// admin when the operator configures it.
 async fn bootstrap_admin(settings: &Settings, users: &Users, hasher: &PasswordHasher) -> anyhow::Result<()> {
     let username = settings.admin_username.as_deref().filter(|s| !s.is_empty());
     let email = settings.admin_email.as_deref().filter(|s| !s.is_empty());
@@ -76,16 +81,32 @@ async fn bootstrap_admin(settings: &Settings, users: &Users, hasher: &PasswordHa
     }
     let username = username.map(Username::parse).transpose().map_err(|e| anyhow::anyhow!("ADMIN_USERNAME: {e}"))?;
     let email = email.map(Email::parse).transpose().map_err(|e| anyhow::anyhow!("ADMIN_EMAIL: {e}"))?;
-    if users
-        .promote(username.as_ref(), email.as_ref())
-        .await
-        .map_err(|e| anyhow::anyhow!("looking up the admin account: {e}"))?
-    {
+    let password = settings
+        .admin_password
+        .as_ref()
+        .map(|p| p.expose_secret().to_owned())
+        .context("ADMIN_PASSWORD is required with ADMIN_USERNAME or ADMIN_EMAIL")?;
+    let names = username.clone().map(LoginName::Username).into_iter().chain(email.clone().map(LoginName::Email));
+    for name in names {
+        let existing =
+            users.find_by_login(&name).await.map_err(|e| anyhow::anyhow!("looking up the admin account: {e}"))?;
+        let Some(user) = existing else { continue };
+        if user.is_admin {
+            return Ok(());
+        }
+        let verified = hasher
+            .verify(&password, Some(&user.password_hash))
+            .await
+            .map_err(|e| anyhow::anyhow!("checking the admin password: {e}"))?;
+        anyhow::ensure!(
+            verified != Verified::No,
+            "ADMIN_USERNAME/ADMIN_EMAIL names an existing account whose password is not ADMIN_PASSWORD; refusing to make it admin"
+        );
+        users.make_admin(user.id).await.map_err(|e| anyhow::anyhow!("promoting the admin account: {e}"))?;
+        tracing::info!(user_id = %user.id, "made an existing account admin");
         return Ok(());
     }
-    let password =
-        settings.admin_password.as_deref().context("ADMIN_PASSWORD is required to create the admin account")?;
-    let password = Password::parse(password).map_err(|e| anyhow::anyhow!("ADMIN_PASSWORD: {e}"))?;
+    let password = Password::parse(&password).map_err(|e| anyhow::anyhow!("ADMIN_PASSWORD: {e}"))?;
     let hash = hasher.hash(&password).await.map_err(|e| anyhow::anyhow!("hashing the admin password: {e}"))?;
     match users
         .insert(NewUser {
@@ -99,9 +120,7 @@ async fn bootstrap_admin(settings: &Settings, users: &Users, hasher: &PasswordHa
     {
         Ok(user) => tracing::info!(user_id = %user.id, "created the admin account"),
         // Another replica created it a moment ago.
-        Err(AuthError::AlreadyExists(_)) => {
-            users.promote(username.as_ref(), email.as_ref()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        }
+        Err(AuthError::AlreadyExists(_)) => tracing::info!("admin account created by another replica"),
         Err(e) => anyhow::bail!("creating the admin account: {e}"),
     }
     Ok(())
@@ -111,9 +130,9 @@ impl Application {
     /// Connects pools, applies migrations, loads/creates signing keys,
     /// bootstraps the admin, binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let pool = db::pool(&settings.database_url, db::AUTH_SCHEMA, settings.database_max_connections)?;
+        let pool = db::pool(settings.database_url.expose_secret(), db::AUTH_SCHEMA, settings.database_max_connections)?;
         db::migrate_when_ready(&pool, db::AUTH_SCHEMA, &db::AUTH_MIGRATOR, DATABASE_PATIENCE).await?;
-        let redis = taskgate_common::redis::connect(&settings.redis_url, REDIS_POOL_SIZE).await?;
+        let redis = taskgate_common::redis::connect(settings.redis_url.expose_secret(), REDIS_POOL_SIZE).await?;
 
         let keys = match &settings.signing_key_file {
             Some(path) => KeyStore::from_file(path)?,

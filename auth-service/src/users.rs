@@ -156,17 +156,9 @@ impl Users {
         .await?)
     }
 
-    /// Makes the user with this username or email an admin; true if one exists.
-    pub async fn promote(&self, username: Option<&Username>, email: Option<&Email>) -> Result<bool, AuthError> {
-        let done = sqlx::query(
-            "UPDATE users SET is_admin = true \
-             WHERE ($1::text IS NOT NULL AND lower(username) = lower($1)) \
-                OR ($2::text IS NOT NULL AND lower(email) = lower($2))",
-        )
-        .bind(username.map(Username::as_str))
-        .bind(email.map(Email::as_str))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
+    /// Makes user `id` an admin.
+    pub async fn make_admin(&self, id: Uuid) -> Result<(), AuthError> {
+        sqlx::query("UPDATE users SET is_admin = true WHERE id = $1").bind(id).execute(&self.pool).await?;
+        Ok(())
     }
 }

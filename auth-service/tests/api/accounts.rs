@@ -133,3 +133,49 @@ async fn get_me_without_a_token_is_unauthenticated() {
     let status = app.client.clone().get_me(GetMeRequest {}).await.expect_err("anonymous get me");
     assert_eq!(status.code(), Code::Unauthenticated);
 }
+
+#[tokio::test]
+async fn the_admin_bootstrap_never_promotes_an_account_it_cannot_prove_is_the_operators() {
+    use auth_service::{Application, Settings};
+    use sqlx::Connection as _;
+
+    let database_url = taskgate_test_support::fresh_database().await;
+    let settings = || {
+        Settings::for_tests(
+            database_url.clone(),
+            taskgate_test_support::redis_url(),
+            taskgate_test_support::unique_prefix(),
+        )
+    };
+    // Someone registers the name before the operator configures it.
+    let squatter = Application::build(settings()).await.expect("build");
+    let mut client = {
+        let addr = squatter.local_addr();
+        tokio::spawn(squatter.run_until_stopped(std::future::pending()));
+        taskgate_proto::auth::v1::auth_service_client::AuthServiceClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect")
+    };
+    let name = username();
+    client
+        .register(RegisterRequest { username: Some(name.clone()), password: PASSWORD.into(), ..Default::default() })
+        .await
+        .expect("register");
+
+    let mut wrong = settings();
+    wrong.admin_username = Some(name.clone());
+    wrong.admin_password = Some("the operator's passphrase".into());
+    assert!(Application::build(wrong).await.is_err(), "promoted a squatted account");
+
+    let mut right = settings();
+    right.admin_username = Some(name.clone());
+    right.admin_password = Some(PASSWORD.into());
+    Application::build(right).await.expect("promotes the operator's own account");
+    let mut conn = sqlx::PgConnection::connect(&database_url).await.expect("connect");
+    let is_admin: bool = sqlx::query_scalar("SELECT is_admin FROM auth.users WHERE username = $1")
+        .bind(&name)
+        .fetch_one(&mut conn)
+        .await
+        .expect("user row");
+    assert!(is_admin);
+}

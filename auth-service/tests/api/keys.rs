@@ -82,3 +82,22 @@ async fn a_replaced_key_is_retired_after_the_longest_token_lifetime() {
     assert_eq!(published, vec![new_kid]);
     assert!(!published.contains(&old_kid));
 }
+
+#[tokio::test]
+async fn a_signing_key_file_replaces_the_database_keys() {
+    use ed25519_dalek::pkcs8::{EncodePrivateKey as _, spki::der::pem::LineEnding};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("signing.pem");
+    let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let pem = key.to_pkcs8_pem(LineEnding::LF).expect("pem");
+    std::fs::write(&path, pem.as_bytes()).expect("write key file");
+    let app = spawn_app_with(|s| s.signing_key_file = Some(path.clone())).await;
+    let (_, tokens) = app.user_with_session().await;
+    let keys = jwks(&app).await;
+    assert_eq!(keys.len(), 1);
+    assert!(keys[0].kid.starts_with("file-"));
+    assert_eq!(kid(&tokens.access_token), keys[0].kid);
+    use base64::Engine as _;
+    assert_eq!(keys[0].x, base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes()));
+    app.client.clone().get_me(bearer(GetMeRequest {}, &tokens.access_token)).await.expect("file-signed token works");
+}
