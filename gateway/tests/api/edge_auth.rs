@@ -1,0 +1,166 @@
+//! Authentication at the edge: tokens checked before any backend is
+//! reached, revocation seen at once, spoofed identity ignored, cookies with
+//! CSRF protection.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use taskgate_proto::{
+    auth::v1::LogoutRequest,
+    task::v1::{CreateTaskRequest, ListTasksRequest, ListTasksResponse, Task},
+};
+use tonic::{Code, Request};
+
+use crate::helpers::{bearer, grpc_web, metric, spawn_stack};
+
+/// The sample counting ListTasks calls the gRPC proxy of a gateway forwarded.
+const FORWARDED_LISTS: &str =
+    "taskgate_gateway_upstream_requests_total{service=\"task\",method=\"ListTasks\",code=\"OK\"}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_token_is_refused_at_the_gateway_right_after_logout() {
+    let stack = spawn_stack().await;
+    let alice = stack.user().await;
+    stack.task_a.clone().list_tasks(bearer(ListTasksRequest::default(), alice.access())).await.expect("list");
+    assert_eq!(metric(&stack.metrics_a().await, FORWARDED_LISTS), 1.0);
+
+    stack
+        .auth_b
+        .clone()
+        .logout(bearer(LogoutRequest { refresh_token: String::new() }, alice.access()))
+        .await
+        .expect("logout through gateway B");
+
+    for client in [stack.task_a.clone(), stack.task_b.clone()] {
+        let err = client
+            .clone()
+            .list_tasks(bearer(ListTasksRequest::default(), alice.access()))
+            .await
+            .expect_err("a revoked session");
+        assert_eq!(err.code(), Code::Unauthenticated);
+        assert_eq!(err.message(), "session has been revoked");
+    }
+    let response =
+        stack.http.get(stack.url_a("/api/v1/tasks")).bearer_auth(alice.access()).send().await.expect("REST list");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    // Nothing after the logout was forwarded.
+    assert_eq!(metric(&stack.metrics_a().await, FORWARDED_LISTS), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_identity_headers_are_ignored() {
+    let stack = spawn_stack().await;
+    let alice = stack.user().await;
+    let bob = stack.user().await;
+    stack
+        .task_a
+        .clone()
+        .create_task(bearer(
+            CreateTaskRequest { task: Some(Task { title: "bob's secret".into(), ..Default::default() }) },
+            bob.access(),
+        ))
+        .await
+        .expect("bob creates a task");
+
+    let mut request = bearer(ListTasksRequest::default(), alice.access());
+    for name in ["x-user-id", "x-authenticated-user", "x-forwarded-user", "x-taskgate-user"] {
+        request.metadata_mut().insert(name, bob.user.id.parse().expect("ascii"));
+    }
+    let listed = stack.task_a.clone().list_tasks(request).await.expect("alice lists").into_inner();
+    assert!(listed.tasks.is_empty(), "alice must only see her own tasks");
+
+    let body: Value = stack
+        .http
+        .get(stack.url_b("/api/v1/tasks"))
+        .bearer_auth(alice.access())
+        .header("x-user-id", &bob.user.id)
+        .send()
+        .await
+        .expect("REST list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(body["tasks"].as_array().map(Vec::len), Some(0), "{body}");
+
+    // With no token at all, a spoofed header gets nobody in.
+    let mut request = Request::new(ListTasksRequest::default());
+    request.metadata_mut().insert("x-user-id", bob.user.id.parse().expect("ascii"));
+    let err = stack.task_a.clone().list_tasks(request).await.expect_err("no token");
+    assert_eq!(err.code(), Code::Unauthenticated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_or_invalid_tokens_are_refused_before_any_backend() {
+    let stack = spawn_stack().await;
+    let err = stack.task_a.clone().list_tasks(ListTasksRequest::default()).await.expect_err("no token");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert_eq!(err.message(), "missing bearer token");
+    let err =
+        stack.task_a.clone().list_tasks(bearer(ListTasksRequest::default(), "not.a.jwt")).await.expect_err("junk");
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    let response = stack.http.get(stack.url_a("/api/v1/tasks")).send().await.expect("REST list");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = response.json().await.expect("json error");
+    assert_eq!(body["code"], 16);
+
+    let reply = grpc_web::<_, ListTasksResponse>(
+        &stack.http,
+        &stack.url_a(""),
+        "/taskgate.task.v1.TaskService/ListTasks",
+        &ListTasksRequest::default(),
+        &[("authorization", "Bearer x.y.z")],
+    )
+    .await;
+    assert_eq!(reply.code, Code::Unauthenticated);
+    assert_eq!(reply.grpc_message, "malformed token");
+
+    let metrics = stack.metrics_a().await;
+    assert!(!metrics.contains("taskgate_gateway_upstream_requests_total{service=\"task\""), "{metrics}");
+    assert_eq!(
+        metric(
+            &metrics,
+            "taskgate_gateway_requests_total{protocol=\"grpc\",route=\"/taskgate.task.v1.TaskService/ListTasks\",code=\"UNAUTHENTICATED\"}"
+        ),
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_sessions_work_and_cookie_writes_need_the_csrf_token() {
+    let stack = spawn_stack().await;
+    let alice = stack.user().await;
+    let cookies = format!("tg_access={}; tg_csrf=csrf-123", alice.access());
+
+    let response =
+        stack.http.get(stack.url_a("/api/v1/tasks")).header("cookie", &cookies).send().await.expect("cookie read");
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let create = |csrf: Option<&str>| {
+        let mut call = stack
+            .http
+            .post(stack.url_a("/api/v1/tasks"))
+            .header("cookie", &cookies)
+            .json(&serde_json::json!({"title": "from a browser"}));
+        if let Some(csrf) = csrf {
+            call = call.header("x-csrf-token", csrf);
+        }
+        call.send()
+    };
+    let response = create(None).await.expect("cookie write without csrf");
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let body: Value = response.json().await.expect("json error");
+    assert_eq!(body["code"], 7);
+    assert_eq!(create(Some("wrong")).await.expect("wrong csrf").status(), StatusCode::FORBIDDEN);
+    assert_eq!(create(Some("csrf-123")).await.expect("right csrf").status(), StatusCode::CREATED);
+
+    // A Bearer header needs no CSRF token: no browser adds it on its own.
+    let response = stack
+        .http
+        .post(stack.url_a("/api/v1/tasks"))
+        .bearer_auth(alice.access())
+        .json(&serde_json::json!({"title": "from a script"}))
+        .send()
+        .await
+        .expect("bearer write");
+    assert_eq!(response.status(), StatusCode::CREATED);
+}

@@ -1,0 +1,222 @@
+//! Native gRPC through the gateway: both services, status details, metadata
+//! and deadlines reaching the backend.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use taskgate_proto::{
+    auth::v1::GetMeRequest,
+    task::v1::{
+        CreateTaskRequest, CreateTaskResponse, DeleteTaskRequest, DeleteTaskResponse, GetTaskRequest, GetTaskResponse,
+        ListTasksRequest, ListTasksResponse, Task, UpdateTaskRequest, UpdateTaskResponse,
+        task_service_server::{TaskService, TaskServiceServer},
+    },
+};
+use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+use tonic_types::StatusExt as _;
+
+use crate::helpers::{StackOptions, bearer, grpc_web, lazy_channel, spawn_stack, spawn_stack_with};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_grpc_reaches_both_services_through_either_replica() {
+    let stack = spawn_stack().await;
+    let alice = stack.user().await;
+    let created = stack
+        .task_a
+        .clone()
+        .create_task(bearer(
+            CreateTaskRequest { task: Some(Task { title: "buy milk".into(), ..Default::default() }) },
+            alice.access(),
+        ))
+        .await
+        .expect("create through gateway A")
+        .into_inner()
+        .task
+        .expect("a task");
+    let listed = stack
+        .task_b
+        .clone()
+        .list_tasks(bearer(ListTasksRequest::default(), alice.access()))
+        .await
+        .expect("list through gateway B")
+        .into_inner();
+    assert_eq!(listed.tasks.len(), 1);
+    assert_eq!(listed.tasks[0].id, created.id);
+    let me = stack
+        .auth_b
+        .clone()
+        .get_me(bearer(GetMeRequest {}, alice.access()))
+        .await
+        .expect("GetMe through gateway B")
+        .into_inner()
+        .user
+        .expect("a user");
+    assert_eq!(me.id, alice.user.id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_errors_and_their_details_pass_through_unchanged() {
+    let stack = spawn_stack().await;
+    let alice = stack.user().await;
+    let empty = || CreateTaskRequest { task: Some(Task { title: "   ".into(), ..Default::default() }) };
+    let via_gateway =
+        stack.task_a.clone().create_task(bearer(empty(), alice.access())).await.expect_err("an empty title");
+    let direct = stack.task_direct().create_task(bearer(empty(), alice.access())).await.expect_err("an empty title");
+    assert_eq!(via_gateway.code(), Code::InvalidArgument);
+    assert_eq!(via_gateway.code(), direct.code());
+    assert_eq!(via_gateway.message(), direct.message());
+    assert_eq!(via_gateway.details(), direct.details());
+    let details = via_gateway.get_error_details();
+    let bad = details.bad_request().expect("a BadRequest detail through the gateway");
+    assert_eq!(bad.field_violations[0].field, "title");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_answered_by_the_gateway_itself() {
+    let stack = spawn_stack().await;
+    let mut health = HealthClient::new(lazy_channel(stack.gateway_a));
+    for service in ["", "taskgate.auth.v1.AuthService", "taskgate.task.v1.TaskService"] {
+        let reply = health
+            .check(HealthCheckRequest { service: service.into() })
+            .await
+            .expect("health check without a token")
+            .into_inner();
+        assert_eq!(reply.status, 1, "{service:?} should be SERVING");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_kept_or_generated_and_returned() {
+    let stack = spawn_stack().await;
+    let alice = stack.user().await;
+    let mut request = bearer(ListTasksRequest::default(), alice.access());
+    request.metadata_mut().insert("x-request-id", "test-req-42".parse().expect("ascii"));
+    let response = stack.task_a.clone().list_tasks(request).await.expect("list");
+    assert_eq!(response.metadata().get("x-request-id").expect("echoed"), "test-req-42");
+    let response =
+        stack.task_a.clone().list_tasks(bearer(ListTasksRequest::default(), alice.access())).await.expect("list");
+    let generated = response.metadata().get("x-request-id").expect("generated").to_str().expect("ascii");
+    assert!(uuid::Uuid::parse_str(generated).is_ok(), "{generated} should be a UUID");
+}
+
+/// A TaskService that records the metadata of every call and, for
+/// ListTasks, sleeps `page_size` milliseconds before answering.
+#[derive(Clone, Default)]
+struct RecordingTasks {
+    seen: Arc<Mutex<Vec<MetadataMap>>>,
+}
+
+impl RecordingTasks {
+    fn record<T>(&self, request: &Request<T>) {
+        self.seen.lock().expect("lock").push(request.metadata().clone());
+    }
+
+    fn last(&self) -> MetadataMap {
+        self.seen.lock().expect("lock").last().cloned().expect("a recorded call")
+    }
+
+    /// Serves it on a free port.
+    async fn start(&self) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let router = tonic::service::Routes::new(TaskServiceServer::new(self.clone())).into_axum_router();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        addr
+    }
+}
+
+#[tonic::async_trait]
+impl TaskService for RecordingTasks {
+    async fn create_task(&self, r: Request<CreateTaskRequest>) -> Result<Response<CreateTaskResponse>, Status> {
+        self.record(&r);
+        Err(taskgate_common::status::invalid_field("task.title", "must not be empty"))
+    }
+
+    async fn get_task(&self, r: Request<GetTaskRequest>) -> Result<Response<GetTaskResponse>, Status> {
+        self.record(&r);
+        Err(Status::not_found("no such task"))
+    }
+
+    async fn list_tasks(&self, r: Request<ListTasksRequest>) -> Result<Response<ListTasksResponse>, Status> {
+        self.record(&r);
+        let sleep = u64::try_from(r.get_ref().page_size).unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(sleep)).await;
+        Ok(Response::new(ListTasksResponse::default()))
+    }
+
+    async fn update_task(&self, r: Request<UpdateTaskRequest>) -> Result<Response<UpdateTaskResponse>, Status> {
+        self.record(&r);
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    async fn delete_task(&self, r: Request<DeleteTaskRequest>) -> Result<Response<DeleteTaskResponse>, Status> {
+        self.record(&r);
+        Err(Status::unimplemented("not in the fake"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backend_gets_the_token_the_request_id_and_the_real_peer_but_no_spoofed_identity() {
+    let fake = RecordingTasks::default();
+    let fake_addr = fake.start().await;
+    let stack =
+        spawn_stack_with(StackOptions { task_url: Some(format!("http://{fake_addr}")), ..Default::default() }).await;
+    let alice = stack.user().await;
+    let mut request = bearer(ListTasksRequest::default(), alice.access());
+    for (k, v) in [
+        ("x-request-id", "trace-me-1"),
+        ("x-user-id", "00000000-0000-0000-0000-000000000001"),
+        ("x-forwarded-for", "203.0.113.9"),
+        ("x-client-ip", "203.0.113.9"),
+        ("x-authenticated-user", "admin"),
+        ("cookie", "tg_access=nope"),
+    ] {
+        request.metadata_mut().insert(k, v.parse().expect("ascii"));
+    }
+    stack.task_a.clone().list_tasks(request).await.expect("list through the gateway");
+    let seen = fake.last();
+    assert_eq!(seen.get("authorization").expect("token forwarded"), format!("Bearer {}", alice.access()).as_str());
+    assert_eq!(seen.get("x-request-id").expect("request id forwarded"), "trace-me-1");
+    assert_eq!(seen.get("x-client-ip").expect("peer address set"), "127.0.0.1");
+    for spoofed in ["x-user-id", "x-forwarded-for", "x-authenticated-user", "cookie"] {
+        assert!(seen.get(spoofed).is_none(), "{spoofed} must not reach the backend");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_reach_the_backend_and_expire_as_deadline_exceeded() {
+    let fake = RecordingTasks::default();
+    let fake_addr = fake.start().await;
+    let stack =
+        spawn_stack_with(StackOptions { task_url: Some(format!("http://{fake_addr}")), ..Default::default() }).await;
+    let alice = stack.user().await;
+
+    // A generous deadline arrives at the backend, shortened by the time spent at the gateway.
+    let mut request = bearer(ListTasksRequest::default(), alice.access());
+    request.set_timeout(Duration::from_secs(5));
+    stack.task_a.clone().list_tasks(request).await.expect("list within the deadline");
+    let forwarded = gateway::proxy::grpc_timeout(&fake.last()).expect("grpc-timeout forwarded");
+    assert!(forwarded <= Duration::from_secs(5) && forwarded > Duration::from_secs(4), "{forwarded:?}");
+
+    // A backend slower than the deadline: the caller gets DEADLINE_EXCEEDED
+    // when the deadline passes, not when the backend finishes. gRPC-web, so no
+    // client-side timer can answer first.
+    let auth = format!("Bearer {}", alice.access());
+    let started = Instant::now();
+    let reply = grpc_web::<_, ListTasksResponse>(
+        &stack.http,
+        &stack.url_a(""),
+        "/taskgate.task.v1.TaskService/ListTasks",
+        &ListTasksRequest { page_size: 3000, ..Default::default() },
+        &[("authorization", &auth), ("grpc-timeout", "300m")],
+    )
+    .await;
+    assert_eq!(reply.code, Code::DeadlineExceeded, "{reply:?}");
+    assert!(started.elapsed() < Duration::from_millis(2500), "took {:?}", started.elapsed());
+    let forwarded = gateway::proxy::grpc_timeout(&fake.last()).expect("grpc-timeout forwarded");
+    assert!(forwarded <= Duration::from_millis(300), "{forwarded:?}");
+}

@@ -1,0 +1,328 @@
+//! `spawn_stack()`: the whole system in-process, and small helpers shared by
+//! the test modules.
+//!
+//! A stack is a fresh database, one Redis prefix, the auth and task services
+//! on port 0, and TWO gateway replicas sharing Redis and the prefix (so the
+//! fleet-wide limit can be seen). Everything stops when the [`TestStack`] is
+//! dropped. REST tests use [`TestStack::http`] with [`TestStack::url_a`].
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use prost::Message;
+use taskgate_proto::{
+    auth::v1::{LoginRequest, RegisterRequest, TokenPair, User, auth_service_client::AuthServiceClient},
+    task::v1::task_service_client::TaskServiceClient,
+};
+use tonic::{Request, transport::Channel};
+
+/// A password that passes the auth service's rules.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// How a stack differs from the default one.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// Redis for the two gateways only (the services keep the shared test
+    /// Redis); set to a [`taskgate_test_support::PrivateRedis`] to stop it mid-test.
+    pub gateway_redis_url: Option<String>,
+    /// Where the gateways send TaskService calls instead of the real task
+    /// service (a recording fake, say).
+    pub task_url: Option<String>,
+    /// `RATE_LIMIT_PER_MINUTE` of both gateways.
+    pub rate_limit_per_minute: u32,
+    /// `CORS_ALLOWED_ORIGINS` of both gateways.
+    pub cors_allowed_origins: String,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        StackOptions {
+            gateway_redis_url: None,
+            task_url: None,
+            rate_limit_per_minute: 100,
+            cors_allowed_origins: "*".into(),
+        }
+    }
+}
+
+/// A running system and clients for it.
+pub struct TestStack {
+    /// Gateway replica A.
+    pub gateway_a: SocketAddr,
+    /// Gateway replica B (same Redis, same prefix).
+    pub gateway_b: SocketAddr,
+    /// The auth service, for direct calls.
+    #[allow(dead_code)] // for modules that call the auth service directly
+    pub auth_addr: SocketAddr,
+    /// The task service, for direct calls.
+    pub task_addr: SocketAddr,
+    /// The Redis key prefix every component of this stack uses.
+    #[allow(dead_code)] // for modules that look at Redis keys
+    pub redis_prefix: String,
+    /// An HTTP/1.1 client for REST and gRPC-web (no cookie store).
+    pub http: reqwest::Client,
+    /// Native gRPC AuthService client through gateway A.
+    pub auth_a: AuthServiceClient<Channel>,
+    /// Native gRPC TaskService client through gateway A.
+    pub task_a: TaskServiceClient<Channel>,
+    /// Native gRPC AuthService client through gateway B.
+    pub auth_b: AuthServiceClient<Channel>,
+    /// Native gRPC TaskService client through gateway B.
+    pub task_b: TaskServiceClient<Channel>,
+    /// Stops every server of the stack when dropped.
+    _stop: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// A registered user with a live session.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    /// The user as the auth service returned it.
+    pub user: User,
+    /// Their username.
+    pub username: String,
+    /// The session's tokens.
+    pub tokens: TokenPair,
+}
+
+impl TestUser {
+    /// The access token.
+    pub fn access(&self) -> &str {
+        &self.tokens.access_token
+    }
+}
+
+/// Starts the default stack.
+pub async fn spawn_stack() -> TestStack {
+    spawn_stack_with(StackOptions::default()).await
+}
+
+/// Runs `server` until the returned sender is dropped.
+fn serve<F, Fut>(server: F) -> tokio::sync::oneshot::Sender<()>
+where
+    F: FnOnce(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let fut = server(Box::pin(async move {
+        let _ = stopped.await;
+    }));
+    tokio::spawn(async move {
+        if let Err(e) = fut.await {
+            panic!("a server of the test stack failed: {e:#}");
+        }
+    });
+    stop
+}
+
+/// Starts a stack as `options` say.
+pub async fn spawn_stack_with(options: StackOptions) -> TestStack {
+    taskgate_test_support::init_test_logging();
+    let database_url = taskgate_test_support::fresh_database().await;
+    let redis_url = taskgate_test_support::redis_url();
+    let prefix = taskgate_test_support::unique_prefix();
+    let mut stop = Vec::new();
+
+    let auth = auth_service::Application::build(auth_service::Settings::for_tests(
+        database_url.clone(),
+        redis_url.clone(),
+        prefix.clone(),
+    ))
+    .await
+    .expect("building the auth service");
+    let auth_addr = auth.local_addr();
+    stop.push(serve(|s| auth.run_until_stopped(s)));
+
+    let task = task_service::Application::build(task_service::Settings::for_tests(
+        database_url,
+        redis_url.clone(),
+        prefix.clone(),
+        format!("http://{auth_addr}"),
+    ))
+    .await
+    .expect("building the task service");
+    let task_addr = task.local_addr();
+    stop.push(serve(|s| task.run_until_stopped(s)));
+
+    let gateway_redis = options.gateway_redis_url.clone().unwrap_or(redis_url);
+    let task_url = options.task_url.clone().unwrap_or_else(|| format!("http://{task_addr}"));
+    let mut gateways = Vec::new();
+    for _ in 0..2 {
+        let mut settings = gateway::Settings::for_tests(
+            format!("http://{auth_addr}"),
+            task_url.clone(),
+            gateway_redis.clone(),
+            prefix.clone(),
+        );
+        settings.rate_limit_per_minute = options.rate_limit_per_minute;
+        settings.cors_allowed_origins = options.cors_allowed_origins.clone();
+        let app = gateway::Application::build(settings).await.expect("building a gateway");
+        gateways.push(app.local_addr());
+        stop.push(serve(|s| app.run_until_stopped(s)));
+    }
+    let (gateway_a, gateway_b) = (gateways[0], gateways[1]);
+
+    TestStack {
+        gateway_a,
+        gateway_b,
+        auth_addr,
+        task_addr,
+        redis_prefix: prefix,
+        http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client"),
+        auth_a: AuthServiceClient::new(lazy_channel(gateway_a)),
+        task_a: TaskServiceClient::new(lazy_channel(gateway_a)),
+        auth_b: AuthServiceClient::new(lazy_channel(gateway_b)),
+        task_b: TaskServiceClient::new(lazy_channel(gateway_b)),
+        _stop: stop,
+    }
+}
+
+/// A plaintext HTTP/2 channel to `addr`.
+pub fn lazy_channel(addr: SocketAddr) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("valid url").connect_lazy()
+}
+
+/// A fresh username no other test uses.
+pub fn username() -> String {
+    format!("u{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// A request carrying `authorization: Bearer <token>`.
+pub fn bearer<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii token"));
+    request
+}
+
+impl TestStack {
+    /// `http://<gateway A><path>`.
+    pub fn url_a(&self, path: &str) -> String {
+        format!("http://{}{path}", self.gateway_a)
+    }
+
+    /// `http://<gateway B><path>`.
+    pub fn url_b(&self, path: &str) -> String {
+        format!("http://{}{path}", self.gateway_b)
+    }
+
+    /// A TaskService client that bypasses the gateways.
+    pub fn task_direct(&self) -> TaskServiceClient<Channel> {
+        TaskServiceClient::new(lazy_channel(self.task_addr))
+    }
+
+    /// Registers a new user and logs in, over native gRPC through gateway A.
+    pub async fn user(&self) -> TestUser {
+        let username = username();
+        let user = self
+            .auth_a
+            .clone()
+            .register(RegisterRequest {
+                username: Some(username.clone()),
+                password: PASSWORD.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("register through the gateway")
+            .into_inner()
+            .user
+            .expect("a user");
+        let tokens = self
+            .auth_a
+            .clone()
+            .login(LoginRequest { login: username.clone(), password: PASSWORD.into(), ..Default::default() })
+            .await
+            .expect("login through the gateway")
+            .into_inner()
+            .tokens
+            .expect("tokens");
+        TestUser { user, username, tokens }
+    }
+
+    /// The `/metrics` text of gateway A.
+    pub async fn metrics_a(&self) -> String {
+        self.http.get(self.url_a("/metrics")).send().await.expect("GET /metrics").text().await.expect("metrics text")
+    }
+}
+
+/// The value of the sample `name_and_labels` (exact text before the value)
+/// in a Prometheus exposition, 0 when absent.
+pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name_and_labels))
+        .filter_map(|rest| rest.strip_prefix(' '))
+        .find_map(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The outcome of one gRPC-web call made by hand.
+#[derive(Debug)]
+pub struct GrpcWebReply<T> {
+    /// The HTTP status (200 for every gRPC outcome).
+    pub http_status: reqwest::StatusCode,
+    /// The response headers (rate-limit headers, x-request-id, CORS).
+    pub headers: reqwest::header::HeaderMap,
+    /// The decoded message, when one came.
+    pub message: Option<T>,
+    /// The grpc-status, from the trailer frame or (trailers-only) the headers.
+    pub code: tonic::Code,
+    /// The grpc-message, percent-decoded loosely.
+    pub grpc_message: String,
+    /// The trailers, lower-cased names.
+    pub trailers: Vec<(String, String)>,
+}
+
+/// Makes a gRPC-web call the way a browser library does: POST, content type
+/// `application/grpc-web+proto`, a 5-byte frame header before the message;
+/// the reply's trailer frame (flag 0x80) carries the status.
+pub async fn grpc_web<Req: Message, Resp: Message + Default>(
+    http: &reqwest::Client,
+    base: &str,
+    path: &str,
+    request: &Req,
+    headers: &[(&str, &str)],
+) -> GrpcWebReply<Resp> {
+    let payload = request.encode_to_vec();
+    let mut body = BytesMut::with_capacity(payload.len() + 5);
+    body.put_u8(0);
+    body.put_u32(u32::try_from(payload.len()).expect("small message"));
+    body.put_slice(&payload);
+    let mut call = http
+        .post(format!("{base}{path}"))
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .body(body.freeze());
+    for (k, v) in headers {
+        call = call.header(*k, *v);
+    }
+    let response = call.send().await.expect("gRPC-web request");
+    let http_status = response.status();
+    let response_headers = response.headers().clone();
+    let mut bytes: Bytes = response.bytes().await.expect("gRPC-web body");
+    let mut message = None;
+    let mut trailers = Vec::new();
+    while bytes.len() >= 5 {
+        let flag = bytes.get_u8();
+        let len = bytes.get_u32() as usize;
+        let frame = bytes.split_to(len.min(bytes.len()));
+        if flag & 0x80 == 0 {
+            message = Some(Resp::decode(frame).expect("a decodable message"));
+        } else {
+            for line in String::from_utf8_lossy(&frame).split("\r\n") {
+                if let Some((k, v)) = line.split_once(':') {
+                    trailers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+                }
+            }
+        }
+    }
+    let header = |name: &str| response_headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let trailer = |name: &str| trailers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let code = trailer("grpc-status").or_else(|| header("grpc-status")).and_then(|c| c.parse::<i32>().ok());
+    let grpc_message = trailer("grpc-message").or_else(|| header("grpc-message")).unwrap_or_default();
+    GrpcWebReply {
+        http_status,
+        headers: response_headers,
+        message,
+        code: tonic::Code::from_i32(code.expect("a grpc-status in the trailers or headers")),
+        grpc_message: grpc_message.replace("%20", " "),
+        trailers,
+    }
+}

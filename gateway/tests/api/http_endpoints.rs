@@ -1,0 +1,96 @@
+//! The plain HTTP side of the port: CORS, health, readiness, metrics and request ids.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::{StackOptions, spawn_stack, spawn_stack_with};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflights_are_answered_without_a_token() {
+    let stack = spawn_stack().await;
+    for (path, headers) in [
+        ("/api/v1/tasks", "authorization,content-type,x-csrf-token"),
+        ("/taskgate.task.v1.TaskService/ListTasks", "x-grpc-web,content-type,x-user-agent,grpc-timeout"),
+    ] {
+        let response = stack
+            .http
+            .request(reqwest::Method::OPTIONS, stack.url_a(path))
+            .header("origin", "http://app.example.test")
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", headers)
+            .send()
+            .await
+            .expect("preflight");
+        assert!(response.status().is_success(), "{path}: {}", response.status());
+        let h = response.headers();
+        assert_eq!(h["access-control-allow-origin"], "http://app.example.test");
+        let allowed = h["access-control-allow-headers"].to_str().expect("ascii").to_owned();
+        for wanted in headers.split(',') {
+            assert!(allowed.contains(wanted), "{wanted} not in {allowed}");
+        }
+    }
+    let response = stack
+        .http
+        .get(stack.url_a("/.well-known/jwks.json"))
+        .header("origin", "http://app.example.test")
+        .send()
+        .await
+        .expect("cross-origin GET");
+    let exposed = response.headers()["access-control-expose-headers"].to_str().expect("ascii").to_owned();
+    for wanted in ["grpc-status", "grpc-message", "grpc-status-details-bin", "ratelimit", "retry-after", "x-request-id"]
+    {
+        assert!(exposed.contains(wanted), "{wanted} not in {exposed}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics_answer() {
+    let stack = spawn_stack().await;
+    let response = stack.http.get(stack.url_a("/healthz")).send().await.expect("healthz");
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = stack.http.get(stack.url_b("/readyz")).send().await.expect("readyz");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body, serde_json::json!({"auth": true, "task": true, "redis": true}));
+
+    stack.http.get(stack.url_a("/api/v1/tasks")).send().await.expect("a 401 to count");
+    let metrics = stack.metrics_a().await;
+    for wanted in [
+        "taskgate_gateway_requests_total{protocol=\"rest\",route=\"/api/v1/tasks\",code=\"401\"} 1",
+        "taskgate_gateway_request_duration_seconds_bucket{protocol=\"rest\",route=\"/api/v1/tasks\",le=\"+Inf\"} 1",
+        "# TYPE taskgate_gateway_rate_limited_total counter",
+        "# TYPE taskgate_gateway_upstream_errors_total counter",
+        "taskgate_gateway_ratelimit_fallback_active 0",
+    ] {
+        assert!(metrics.contains(wanted), "{wanted} missing from\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_while_a_backend_is_down() {
+    let stack =
+        spawn_stack_with(StackOptions { task_url: Some("http://127.0.0.1:9".into()), ..Default::default() }).await;
+    let response = stack.http.get(stack.url_a("/readyz")).send().await.expect("readyz");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["task"], false);
+    assert_eq!(body["auth"], true);
+    assert_eq!(stack.http.get(stack.url_a("/healthz")).send().await.expect("healthz").status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_echoed_and_bad_ones_replaced() {
+    let stack = spawn_stack().await;
+    let response =
+        stack.http.get(stack.url_a("/healthz")).header("x-request-id", "abc-123").send().await.expect("healthz");
+    assert_eq!(response.headers()["x-request-id"], "abc-123");
+    for bad in [None, Some("has spaces in it")] {
+        let mut call = stack.http.get(stack.url_a("/api/v1/tasks"));
+        if let Some(bad) = bad {
+            call = call.header("x-request-id", bad);
+        }
+        let response = call.send().await.expect("request");
+        let id = response.headers()["x-request-id"].to_str().expect("ascii");
+        assert!(uuid::Uuid::parse_str(id).is_ok(), "{id} should be a fresh UUID");
+    }
+}

@@ -1,0 +1,14 @@
+//! Gateway integration tests: the three services, real Postgres and Redis,
+//! and two gateway replicas, all in-process (see `helpers::spawn_stack`).
+//!
+//! One module per feature: native gRPC forwarding, gRPC-web, authentication
+//! at the edge, the fleet-wide rate limit, the plain HTTP endpoints.
+
+mod edge_auth;
+mod grpc;
+mod grpc_web;
+mod helpers;
+mod http_endpoints;
+mod openapi;
+mod ratelimit;
+mod rest;
