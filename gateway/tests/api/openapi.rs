@@ -1,0 +1,160 @@
+//! The served OpenAPI document against reality: every route is called on a
+//! real stack, and each response's status and body must be what the document
+//! says, including the error responses.
+
+use gateway::rest::openapi::check_response;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use taskgate_proto::HTTP_RULES;
+
+use crate::{
+    helpers::{PASSWORD, spawn_stack},
+    rest::{Api, Reply},
+};
+
+/// Checks `reply` for `verb template` against `doc`, with a readable failure.
+fn conforms(doc: &Value, verb: &Method, template: &str, reply: &Reply) {
+    let body = (!reply.body.is_null()).then_some(&reply.body);
+    if let Err(e) = check_response(doc, verb.as_str(), template, reply.status.as_u16(), body) {
+        panic!("{e}");
+    }
+}
+
+#[tokio::test]
+async fn the_served_document_lists_exactly_the_annotated_routes() {
+    let stack = spawn_stack().await;
+    let api = Api::new(&stack);
+    let doc = api.call(Method::GET, "/openapi.json").send().await.body;
+    assert_eq!(doc["openapi"], "3.1.0");
+    let mut documented: Vec<String> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object().expect("a path item").keys().map(move |verb| format!("{} {path}", verb.to_uppercase()))
+        })
+        .collect();
+    let mut annotated: Vec<String> =
+        HTTP_RULES.iter().map(|r| format!("{} {}", r.verb, r.path.replace("{task.id}", "{id}"))).collect();
+    documented.sort();
+    annotated.sort();
+    assert_eq!(documented, annotated);
+}
+
+#[tokio::test]
+async fn every_route_answers_what_the_document_promises() {
+    let stack = spawn_stack().await;
+    let api = Api::new(&stack);
+    let doc = api.call(Method::GET, "/openapi.json").send().await.body;
+    let mut checked = 0;
+    let mut check = |verb: Method, template: &str, reply: &Reply| {
+        conforms(&doc, &verb, template, reply);
+        checked += 1;
+    };
+
+    // Accounts and sessions.
+    let (username, _) = api.register().await;
+    let reply = api
+        .call(Method::POST, "/api/v1/auth/register")
+        .json(&json!({"username": format!("x{username}"), "password": PASSWORD}))
+        .send()
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    check(Method::POST, "/api/v1/auth/register", &reply);
+    let reply = api
+        .call(Method::POST, "/api/v1/auth/register")
+        .json(&json!({"username": username, "password": PASSWORD}))
+        .send()
+        .await;
+    assert_eq!(reply.status, StatusCode::CONFLICT);
+    check(Method::POST, "/api/v1/auth/register", &reply);
+
+    let reply = api
+        .call(Method::POST, "/api/v1/auth/login?cookies=true")
+        .json(&json!({"login": username, "password": PASSWORD}))
+        .send()
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    check(Method::POST, "/api/v1/auth/login", &reply);
+    let access = reply.body["access_token"].as_str().expect("a token").to_owned();
+    let refresh = reply.body["refresh_token"].as_str().expect("a token").to_owned();
+    let reply = api
+        .call(Method::POST, "/api/v1/auth/login")
+        .json(&json!({"login": username, "password": "wrong password!"}))
+        .send()
+        .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    check(Method::POST, "/api/v1/auth/login", &reply);
+
+    let reply = api.call(Method::POST, "/api/v1/auth/refresh").json(&json!({"refresh_token": refresh})).send().await;
+    assert_eq!(reply.status, StatusCode::OK);
+    check(Method::POST, "/api/v1/auth/refresh", &reply);
+    let refresh = reply.body["refresh_token"].as_str().expect("a token").to_owned();
+    let access = reply.body["access_token"].as_str().map(str::to_owned).unwrap_or(access);
+
+    let reply = api.call(Method::GET, "/api/v1/users/me").bearer(&access).send().await;
+    assert_eq!(reply.status, StatusCode::OK);
+    check(Method::GET, "/api/v1/users/me", &reply);
+    let reply = api.call(Method::GET, "/api/v1/users/me").send().await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    check(Method::GET, "/api/v1/users/me", &reply);
+
+    let reply = api.call(Method::GET, "/api/v1/auth/sessions").bearer(&access).send().await;
+    assert_eq!(reply.status, StatusCode::OK);
+    check(Method::GET, "/api/v1/auth/sessions", &reply);
+    let session_id = reply.body["sessions"][0]["id"].as_str().expect("a session").to_owned();
+
+    let reply = api.call(Method::GET, "/.well-known/jwks.json").send().await;
+    assert_eq!(reply.status, StatusCode::OK);
+    check(Method::GET, "/.well-known/jwks.json", &reply);
+
+    let reply = api
+        .call(Method::POST, &format!("/api/v1/admin/users/{}/disable", uuid::Uuid::new_v4()))
+        .bearer(&access)
+        .send()
+        .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    check(Method::POST, "/api/v1/admin/users/{id}/disable", &reply);
+
+    // Tasks.
+    let reply = api.call(Method::POST, "/api/v1/tasks").bearer(&access).json(&json!({"title": "t"})).send().await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    check(Method::POST, "/api/v1/tasks", &reply);
+    let task_path = format!("/api/v1/tasks/{}", reply.body["id"].as_str().expect("an id"));
+    let reply = api.call(Method::POST, "/api/v1/tasks").bearer(&access).json(&json!({"title": 1})).send().await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    check(Method::POST, "/api/v1/tasks", &reply);
+
+    let reply = api.call(Method::GET, &task_path).bearer(&access).send().await;
+    assert_eq!(reply.status, StatusCode::OK);
+    check(Method::GET, "/api/v1/tasks/{id}", &reply);
+    let reply = api.call(Method::GET, &format!("/api/v1/tasks/{}", uuid::Uuid::new_v4())).bearer(&access).send().await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    check(Method::GET, "/api/v1/tasks/{id}", &reply);
+
+    let reply = api.call(Method::GET, "/api/v1/tasks?page_size=1").bearer(&access).send().await;
+    assert_eq!(reply.status, StatusCode::OK);
+    check(Method::GET, "/api/v1/tasks", &reply);
+
+    let reply = api.call(Method::PUT, &task_path).bearer(&access).json(&json!({"title": "u"})).send().await;
+    assert_eq!(reply.status, StatusCode::OK);
+    check(Method::PUT, "/api/v1/tasks/{id}", &reply);
+    let reply = api.call(Method::PATCH, &task_path).bearer(&access).json(&json!({"status": "done"})).send().await;
+    assert_eq!(reply.status, StatusCode::OK);
+    check(Method::PATCH, "/api/v1/tasks/{id}", &reply);
+    let reply = api.call(Method::DELETE, &task_path).bearer(&access).send().await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    check(Method::DELETE, "/api/v1/tasks/{id}", &reply);
+
+    // Ending sessions last.
+    let reply = api.call(Method::DELETE, &format!("/api/v1/auth/sessions/{session_id}")).bearer(&access).send().await;
+    check(Method::DELETE, "/api/v1/auth/sessions/{id}", &reply);
+    let reply = api.call(Method::POST, "/api/v1/auth/logout").json(&json!({"refresh_token": refresh})).send().await;
+    check(Method::POST, "/api/v1/auth/logout", &reply);
+    let (_, other_access, _) = api.user().await;
+    let reply = api.call(Method::POST, "/api/v1/auth/logout-all").bearer(&other_access).send().await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    check(Method::POST, "/api/v1/auth/logout-all", &reply);
+
+    assert!(checked >= HTTP_RULES.len(), "every route checked at least once");
+}
