@@ -18,7 +18,7 @@ enum Command {
 }
 
 #[derive(clap::Parser)]
-#[command(name = "auth-service", about = "taskgate's accounts, tokens and sessions")]
+#[command(name = "auth-service", about = "taskgate's accounts, tokens and sessions", long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
