@@ -1,0 +1,275 @@
+//! Load generator: how much the gateway costs on top of a direct call.
+//!
+//! Starts the whole stack in-process on 127.0.0.1 (auth service, task
+//! service, one gateway with the rate limit raised out of the way) against
+//! the Postgres and Redis named by `TASKGATE_TEST_DATABASE_URL` and
+//! `TASKGATE_TEST_REDIS_URL`, signs one user in, creates a few tasks, then
+//! drives ListTasks four ways, one after the other, and prints requests/s,
+//! p50 and p99 for each:
+//!
+//! - REST `GET /api/v1/tasks` through the gateway (HTTP/1.1 keep-alive pool);
+//! - native gRPC through the gateway (one HTTP/2 connection);
+//! - gRPC-web through the gateway (HTTP/1.1 keep-alive pool);
+//! - native gRPC straight to the task service (one HTTP/2 connection).
+//!
+//! ```text
+//! cargo run --release -p gateway --example loadgen -- [REQUESTS] [CONCURRENCY]
+//! ```
+//!
+//! Each run is bounded: REQUESTS per path (default 5000) or 30 s, whichever
+//! comes first, with CONCURRENCY requests in flight (default 32).
+
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::{BufMut as _, BytesMut};
+use prost::Message as _;
+use taskgate_proto::{
+    auth::v1::{LoginRequest, RegisterRequest, auth_service_client::AuthServiceClient},
+    task::v1::{CreateTaskRequest, ListTasksRequest, Task, task_service_client::TaskServiceClient},
+};
+use tonic::{Request, transport::Channel};
+
+/// The longest one path is driven.
+const MAX_RUN: Duration = Duration::from_secs(30);
+/// Requests before measuring, to open connections and warm caches.
+const WARM_UP: usize = 200;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let requests: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(5000);
+    let concurrency: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(32);
+
+    let stack = Stack::start().await?;
+    println!(
+        "taskgate loadgen: ListTasks ({} tasks per page), {requests} requests per path, {concurrency} in flight",
+        stack.tasks
+    );
+    println!("{:<34} {:>10} {:>10} {:>10} {:>8}", "path", "req/s", "p50 ms", "p99 ms", "errors");
+
+    let http = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
+    let url = format!("http://{}/api/v1/tasks", stack.gateway);
+    let auth = format!("Bearer {}", stack.token);
+    let rest = {
+        let (http, url, auth) = (http.clone(), url.clone(), auth.clone());
+        drive(requests, concurrency, move || {
+            let call = http.get(&url).header("authorization", &auth).send();
+            async move { call.await.map(|r| r.status().is_success()).unwrap_or(false) }
+        })
+        .await
+    };
+    rest.print("REST  via gateway");
+
+    let grpc_gateway = TaskServiceClient::new(channel(&format!("http://{}", stack.gateway)).await?);
+    let grpc = drive_grpc(grpc_gateway, &stack.token, requests, concurrency).await;
+    grpc.print("gRPC  via gateway");
+
+    let web_url = format!("http://{}/taskgate.task.v1.TaskService/ListTasks", stack.gateway);
+    let payload = ListTasksRequest::default().encode_to_vec();
+    let mut frame = BytesMut::new();
+    frame.put_u8(0);
+    frame.put_u32(u32::try_from(payload.len())?);
+    frame.put_slice(&payload);
+    let frame = frame.freeze();
+    let web = drive(requests, concurrency, move || {
+        let call = http
+            .post(&web_url)
+            .header("content-type", "application/grpc-web+proto")
+            .header("x-grpc-web", "1")
+            .header("authorization", &auth)
+            .body(frame.clone())
+            .send();
+        async move {
+            match call.await {
+                Ok(r) => r.bytes().await.map(|b| b.len() > 5 && b[0] == 0).unwrap_or(false),
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    web.print("gRPC-web via gateway");
+
+    let grpc_direct = TaskServiceClient::new(channel(&format!("http://{}", stack.task)).await?);
+    let direct = drive_grpc(grpc_direct, &stack.token, requests, concurrency).await;
+    direct.print("gRPC  direct to task service");
+
+    println!(
+        "gateway/direct gRPC: throughput x{:.2}, p50 +{:.2} ms, p99 +{:.2} ms",
+        grpc.rate() / direct.rate(),
+        grpc.percentile(0.50) - direct.percentile(0.50),
+        grpc.percentile(0.99) - direct.percentile(0.99)
+    );
+    Ok(())
+}
+
+/// A connected HTTP/2 channel.
+async fn channel(url: &str) -> anyhow::Result<Channel> {
+    Ok(tonic::transport::Endpoint::from_shared(url.to_owned())?.tcp_nodelay(true).connect().await?)
+}
+
+/// Drives native gRPC ListTasks on `client`.
+async fn drive_grpc(client: TaskServiceClient<Channel>, token: &str, requests: usize, concurrency: usize) -> Run {
+    let auth: tonic::metadata::MetadataValue<_> = match format!("Bearer {token}").parse() {
+        Ok(v) => v,
+        Err(_) => return Run::default(),
+    };
+    drive(requests, concurrency, move || {
+        let mut client = client.clone();
+        let mut request = Request::new(ListTasksRequest::default());
+        request.metadata_mut().insert("authorization", auth.clone());
+        async move { client.list_tasks(request).await.is_ok() }
+    })
+    .await
+}
+
+/// What one path measured.
+#[derive(Default)]
+struct Run {
+    /// Latency of every successful measured request, in milliseconds.
+    latencies: Vec<f64>,
+    /// Failed requests.
+    errors: usize,
+    /// Wall time of the measured part.
+    elapsed: Duration,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        (self.latencies.len() + self.errors) as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
+    }
+
+    fn percentile(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies.len() as f64 * p).ceil() as usize).clamp(1, self.latencies.len()) - 1;
+        self.latencies[i]
+    }
+
+    fn print(&self, name: &str) {
+        println!(
+            "{name:<34} {:>10.0} {:>10.2} {:>10.2} {:>8}",
+            self.rate(),
+            self.percentile(0.50),
+            self.percentile(0.99),
+            self.errors
+        );
+    }
+}
+
+/// Runs `call` `requests` times (after a warm-up), `concurrency` at once,
+/// stopping early after [`MAX_RUN`].
+async fn drive<F, Fut>(requests: usize, concurrency: usize, call: F) -> Run
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    let call = Arc::new(call);
+    for _ in 0..WARM_UP.min(requests) {
+        call().await;
+    }
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency.max(1))
+        .map(|_| {
+            let (call, next) = (call.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0;
+                while next.fetch_add(1, Ordering::Relaxed) < requests && started.elapsed() < MAX_RUN {
+                    let t = Instant::now();
+                    if call().await {
+                        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                    } else {
+                        errors += 1;
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut run = Run::default();
+    for worker in workers {
+        if let Ok((latencies, errors)) = worker.await {
+            run.latencies.extend(latencies);
+            run.errors += errors;
+        }
+    }
+    run.elapsed = started.elapsed();
+    run.latencies.sort_by(f64::total_cmp);
+    run
+}
+
+/// The in-process system under test.
+struct Stack {
+    gateway: std::net::SocketAddr,
+    task: std::net::SocketAddr,
+    token: String,
+    tasks: usize,
+}
+
+impl Stack {
+    async fn start() -> anyhow::Result<Stack> {
+        let database_url = taskgate_test_support::fresh_database().await;
+        let redis_url = taskgate_test_support::redis_url();
+        let prefix = taskgate_test_support::unique_prefix();
+        let auth = auth_service::Application::build(auth_service::Settings::for_tests(
+            database_url.clone(),
+            redis_url.clone(),
+            prefix.clone(),
+        ))
+        .await?;
+        let auth_url = format!("http://{}", auth.local_addr());
+        tokio::spawn(auth.run_until_stopped(std::future::pending()));
+        let task = task_service::Application::build(task_service::Settings::for_tests(
+            database_url,
+            redis_url.clone(),
+            prefix.clone(),
+            auth_url.clone(),
+        ))
+        .await?;
+        let task_addr = task.local_addr();
+        tokio::spawn(task.run_until_stopped(std::future::pending()));
+        let mut settings = gateway::Settings::for_tests(auth_url, format!("http://{task_addr}"), redis_url, prefix);
+        // The bench measures the forwarding path, not the limit.
+        settings.rate_limit_per_minute = u32::MAX;
+        let gateway = gateway::Application::build(settings).await?;
+        let gateway_addr = gateway.local_addr();
+        tokio::spawn(gateway.run_until_stopped(std::future::pending()));
+
+        let channel = channel(&format!("http://{gateway_addr}")).await?;
+        let mut auth = AuthServiceClient::new(channel.clone());
+        let username = format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let password = "correct horse battery staple".to_owned();
+        auth.register(RegisterRequest {
+            username: Some(username.clone()),
+            password: password.clone(),
+            ..Default::default()
+        })
+        .await?;
+        let token = auth
+            .login(LoginRequest { login: username, password, ..Default::default() })
+            .await?
+            .into_inner()
+            .tokens
+            .map(|t| t.access_token)
+            .ok_or_else(|| anyhow::anyhow!("login returned no tokens"))?;
+        let mut tasks = TaskServiceClient::new(channel);
+        let count = 10;
+        for i in 0..count {
+            let mut request = Request::new(CreateTaskRequest {
+                task: Some(Task { title: format!("task {i}"), ..Default::default() }),
+            });
+            request.metadata_mut().insert("authorization", format!("Bearer {token}").parse()?);
+            tasks.create_task(request).await?;
+        }
+        Ok(Stack { gateway: gateway_addr, task: task_addr, token, tasks: count })
+    }
+}
