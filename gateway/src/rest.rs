@@ -167,6 +167,14 @@ mod tests {
             ("GET", "/api/v1/tasks?status=blocked", "", "status"),
             ("GET", "/api/v1/tasks/not-a-uuid", "", "id"),
             ("POST", "/api/v1/auth/login?cookies=maybe", r#"{"login": "a", "password": "p"}"#, "cookies"),
+            ("POST", "/api/v1/auth/login?cookies=1", r#"{"login": "a", "password": "p"}"#, "cookies"),
+            ("GET", "/api/v1/tasks?page_size=", "", "page_size"),
+            ("GET", "/api/v1/tasks?page_size=1.5", "", "page_size"),
+            ("GET", "/api/v1/tasks?page_size=2147483648", "", "page_size"),
+            ("GET", "/api/v1/tasks?status=", "", "status"),
+            ("POST", "/api/v1/auth/logout-all", "null", "body"),
+            ("POST", "/api/v1/auth/logout", r#"{"refresh_token": 1}"#, "refresh_token"),
+            ("PATCH", "/api/v1/tasks/6f1d0b5e-8c1a-4a53-9d7e-2b8e0d8c1a11", "", "body"),
         ];
         for (method, uri, body, field) in cases {
             let (status, _, json) = send(request(method, uri, body)).await;

@@ -160,11 +160,12 @@ impl QueryParams {
         self.pairs.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
-    /// A boolean flag (`true`/`false`/`1`/`0`), false when absent.
+    /// A boolean flag, `true` or `false` exactly (as documented), false when
+    /// absent.
     pub fn flag(&self, name: &str) -> Result<bool, RestError> {
         match self.get(name) {
-            None | Some("false" | "0") => Ok(false),
-            Some("true" | "1" | "") => Ok(true),
+            None | Some("false") => Ok(false),
+            Some("true") => Ok(true),
             Some(_) => Err(invalid_field(name, "must be true or false").into()),
         }
     }

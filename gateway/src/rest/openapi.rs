@@ -353,8 +353,9 @@ fn schemas() -> Value {
     let uuid = json!({ "type": "string", "format": "uuid" });
     let time = json!({ "type": "string", "format": "date-time" });
     let nullable_string = json!({ "type": ["string", "null"] });
-    let title =
-        json!({ "type": "string", "minLength": 1, "maxLength": 200, "description": "1-200 characters after trimming" });
+    // No minLength/maxLength: the task service counts the title after
+    // trimming, which JSON Schema cannot say.
+    let title = json!({ "type": "string", "description": "1-200 characters after trimming spaces; no NUL" });
     let description = json!({ "type": "string", "maxLength": 10000 });
     let status = schema_ref("TaskStatus");
     json!({

@@ -387,14 +387,16 @@ async fn get_task(State(b): State<Backends>, headers: HeaderMap, PathId(id): Pat
 
 /// `GET /api/v1/tasks?page_size=&page_token=&status=` → 200 and a page.
 async fn list_tasks(State(b): State<Backends>, headers: HeaderMap, query: QueryParams) -> Reply {
-    let page_size = match query.get("page_size").filter(|v| !v.is_empty()) {
+    // An empty value is refused like any other non-number: the document
+    // says what each parameter is, and the gateway holds clients to it.
+    let page_size = match query.get("page_size") {
         None => 0,
         Some(text) => match text.parse::<i32>() {
             Ok(n) if n >= 0 => n,
             _ => return Err(invalid_field("page_size", "must be a whole number, 0 or more").into()),
         },
     };
-    let status = match query.get("status").filter(|v| !v.is_empty()) {
+    let status = match query.get("status") {
         None => TaskStatus::Unspecified,
         Some(name) => json::parse_status("status", name)?,
     };
