@@ -99,6 +99,7 @@ impl Application {
             let demo = Arc::new(Demo { root: settings.demo_dir.clone() });
             routes = routes
                 .route("/demo", get(edge::demo).with_state(demo.clone()))
+                .route("/demo/", get(edge::demo).with_state(demo.clone()))
                 .route("/demo/{*path}", get(edge::demo).with_state(demo));
         }
         let routes = routes.merge(grpc).merge(rest::router(auth_client, task_client));

@@ -220,3 +220,27 @@ async fn deadlines_reach_the_backend_and_expire_as_deadline_exceeded() {
     let forwarded = gateway::proxy::grpc_timeout(&fake.last()).expect("grpc-timeout forwarded");
     assert!(forwarded <= Duration::from_millis(300), "{forwarded:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_both_services_without_a_token() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let stack = spawn_stack().await;
+    let mut client = ServerReflectionClient::new(lazy_channel(stack.gateway_b));
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies =
+        client.server_reflection_info(futures::stream::iter([request])).await.expect("reflection").into_inner();
+    let reply = replies.message().await.expect("a reply").expect("one message");
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("not a service list: {reply:?}");
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    for wanted in ["taskgate.auth.v1.AuthService", "taskgate.task.v1.TaskService", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == wanted), "{wanted} not in {names:?}");
+    }
+}

@@ -176,6 +176,25 @@ pub async fn spawn_stack_with(options: StackOptions) -> TestStack {
     }
 }
 
+/// A lone gateway with `tweak`ed test settings, its backends pointing at
+/// nothing (channels connect lazily), on the shared test Redis; it stops
+/// when the returned sender is dropped.
+pub async fn spawn_gateway(
+    tweak: impl FnOnce(&mut gateway::Settings),
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    taskgate_test_support::init_test_logging();
+    let mut settings = gateway::Settings::for_tests(
+        "http://127.0.0.1:9".into(),
+        "http://127.0.0.1:9".into(),
+        taskgate_test_support::redis_url(),
+        taskgate_test_support::unique_prefix(),
+    );
+    tweak(&mut settings);
+    let app = gateway::Application::build(settings).await.expect("building a gateway");
+    let addr = app.local_addr();
+    (addr, serve(|s| app.run_until_stopped(s)))
+}
+
 /// A plaintext HTTP/2 channel to `addr`.
 pub fn lazy_channel(addr: SocketAddr) -> Channel {
     tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("valid url").connect_lazy()

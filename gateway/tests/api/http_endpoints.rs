@@ -94,3 +94,22 @@ async fn request_ids_are_echoed_and_bad_ones_replaced() {
         assert!(uuid::Uuid::parse_str(id).is_ok(), "{id} should be a fresh UUID");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_folder_is_served_under_demo_when_present() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(dir.path().join("assets")).expect("assets folder");
+    std::fs::write(dir.path().join("index.html"), "<h1>demo</h1>").expect("index");
+    std::fs::write(dir.path().join("assets/demo.js"), "console.log(1)").expect("script");
+    let root = dir.path().to_owned();
+    let (addr, _stop) = crate::helpers::spawn_gateway(|s| s.demo_dir = root).await;
+    let http = reqwest::Client::new();
+    let page = http.get(format!("http://{addr}/demo/")).send().await.expect("page");
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.headers()["content-type"].to_str().expect("ascii").starts_with("text/html"));
+    assert_eq!(page.text().await.expect("body"), "<h1>demo</h1>");
+    let script = http.get(format!("http://{addr}/demo/assets/demo.js")).send().await.expect("script");
+    assert!(script.headers()["content-type"].to_str().expect("ascii").starts_with("text/javascript"));
+    let escape = http.get(format!("http://{addr}/demo/..%2F..%2Fetc%2Fpasswd")).send().await.expect("escape");
+    assert_eq!(escape.status(), StatusCode::NOT_FOUND);
+}

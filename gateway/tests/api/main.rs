@@ -2,7 +2,7 @@
 //! and two gateway replicas, all in-process (see `helpers::spawn_stack`).
 //!
 //! One module per feature: native gRPC forwarding, gRPC-web, authentication
-//! at the edge, the fleet-wide rate limit, the plain HTTP endpoints.
+//! at the edge, the fleet-wide rate limit, the plain HTTP endpoints, TLS.
 
 mod edge_auth;
 mod grpc;
@@ -12,3 +12,4 @@ mod http_endpoints;
 mod openapi;
 mod ratelimit;
 mod rest;
+mod tls;
