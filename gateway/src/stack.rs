@@ -11,8 +11,9 @@ use http::{HeaderName, HeaderValue, Method, Request};
 use tower::ServiceBuilder;
 use tower_http::{
     cors::{AllowOrigin, CorsLayer},
-    trace::TraceLayer,
+    trace::{DefaultOnResponse, TraceLayer},
 };
+use tracing::Level;
 
 use crate::{
     auth::{self, EdgeAuth},
@@ -42,8 +43,9 @@ pub fn apply(router: Router, parts: Parts) -> Router {
         .layer(from_fn_with_state(parts.metrics, metrics::track))
         // Before anything logs, so every log line and every backend call carries the id.
         .layer(from_fn(edge::request_id))
-        // One span per request, with the id, around everything that can log.
-        .layer(TraceLayer::new_for_http().make_span_with(span))
+        // One span per request, with the id, around everything that can log; one
+        // INFO line per response is the access log.
+        .layer(TraceLayer::new_for_http().make_span_with(span).on_response(DefaultOnResponse::new().level(Level::INFO)))
         // Preflights are answered here, before authentication; CORS headers go on every answer.
         .layer(cors(&parts.cors_allowed_origins))
         // Strips client-supplied identity headers and verifies the token.

@@ -113,3 +113,24 @@ async fn the_demo_folder_is_served_under_demo_when_present() {
     let escape = http.get(format!("http://{addr}/demo/..%2F..%2Fetc%2Fpasswd")).send().await.expect("escape");
     assert_eq!(escape.status(), StatusCode::NOT_FOUND);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listed_origins_may_send_cookies_and_others_get_no_cors_grant() {
+    let (addr, _stop) =
+        crate::helpers::spawn_gateway(|s| s.cors_allowed_origins = "https://app.example.test, https://b.test".into())
+            .await;
+    let http = reqwest::Client::new();
+    let preflight = |origin: &'static str| {
+        http.request(reqwest::Method::OPTIONS, format!("http://{addr}/api/v1/tasks"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type,x-csrf-token")
+            .send()
+    };
+    let allowed = preflight("https://app.example.test").await.expect("preflight");
+    assert!(allowed.status().is_success());
+    assert_eq!(allowed.headers()["access-control-allow-origin"], "https://app.example.test");
+    assert_eq!(allowed.headers()["access-control-allow-credentials"], "true");
+    let other = preflight("https://evil.test").await.expect("preflight");
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+}
