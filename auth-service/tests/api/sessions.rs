@@ -204,3 +204,54 @@ async fn a_non_admin_cannot_disable_users() {
     assert_eq!(status.code(), Code::PermissionDenied);
     get_me(&app, &victim_tokens.access_token).await.expect("victim unaffected");
 }
+
+#[tokio::test]
+async fn every_redis_key_has_a_ttl_and_no_token_is_stored() {
+    use fred::{interfaces::LuaInterface as _, types::MultipleKeys};
+
+    let app = spawn_app().await;
+    let name = username();
+    app.register(&name).await;
+    let one = app.login(&name).await;
+    let two = app.login(&name).await;
+    refresh(&app, &one.refresh_token).await.expect("refresh");
+    app.client.clone().logout(LogoutRequest { refresh_token: two.refresh_token.clone() }).await.expect("logout");
+    app.client
+        .clone()
+        .login(LoginRequest { login: name.clone(), password: "not the password".into(), ..Default::default() })
+        .await
+        .expect_err("wrong password");
+
+    let redis = taskgate_common::redis::connect(&taskgate_test_support::redis_url(), 1).await.expect("redis");
+    let lua = r#"
+local out = {}
+for _, k in ipairs(redis.call('KEYS', ARGV[1])) do
+  local t = redis.call('TYPE', k)['ok']
+  local values = ''
+  if t == 'hash' then values = table.concat(redis.call('HVALS', k), ' ')
+  elseif t == 'string' then values = redis.call('GET', k) end
+  table.insert(out, k)
+  table.insert(out, tostring(redis.call('TTL', k)))
+  table.insert(out, values)
+end
+return out
+"#;
+    let no_keys: MultipleKeys = std::iter::empty::<&str>().collect();
+    let prefix = app.settings.redis_prefix.clone();
+    let found: Vec<String> = redis.eval(lua, no_keys, vec![format!("{prefix}*")]).await.expect("scan keys");
+    let mut kinds = std::collections::BTreeSet::new();
+    for entry in found.chunks_exact(3) {
+        let (key, ttl, values) = (&entry[0], &entry[1], &entry[2]);
+        let ttl: i64 = ttl.parse().expect("ttl");
+        assert!(ttl > 0, "{key} has no TTL ({ttl})");
+        for token in [&one.access_token, &one.refresh_token, &two.access_token, &two.refresh_token] {
+            let signature = token.rsplit('.').next().expect("signature");
+            assert!(!values.contains(signature) && !key.contains(signature), "{key} holds a token");
+        }
+        assert!(!values.contains("eyJ"), "{key} holds something JWT-like");
+        let kind = key.trim_start_matches(prefix.as_str()).split(':').next().unwrap_or_default().to_owned();
+        kinds.insert(kind);
+    }
+    let kinds: Vec<&str> = kinds.iter().map(String::as_str).collect();
+    assert_eq!(kinds, ["revoked", "sess", "throttle", "user_sessions"]);
+}
