@@ -56,6 +56,44 @@ struct Operation {
     cookies: bool,
 }
 
+/// The characters Rust's `str::trim` removes (Unicode White_Space), for
+/// patterns: the backends trim before they validate. (`\s` differs between
+/// regex engines, so it is spelled out.)
+const WS: &str = r"\t\n\u000b\u000c\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000";
+
+/// A string with something other than white space in it.
+fn not_blank() -> String {
+    format!("[^{WS}]")
+}
+
+/// What the auth service accepts as a username (it trims first), or blank.
+fn username_pattern() -> String {
+    format!("^[{WS}]*([A-Za-z0-9._-]{{3,64}})?[{WS}]*$")
+}
+
+/// A subset of what the auth service accepts as an email address (ASCII
+/// only and at most 236 characters; it also takes internationalised
+/// domains and longer addresses), or blank.
+fn email_pattern() -> String {
+    let label = "[A-Za-z0-9]([A-Za-z0-9-]{0,40}[A-Za-z0-9])?";
+    format!("^[{WS}]*([!#-?A-Z^-~]{{1,64}}@({label}\\.){{1,3}}{label})?[{WS}]*$")
+}
+
+/// What the auth service accepts as a phone number (it drops ` .-()` and
+/// no-break spaces, then wants `+` and 8-15 digits, the first not 0), or blank.
+fn phone_pattern() -> String {
+    let sep = r"[ .()\u00a0-]*";
+    format!("^([{WS}]*|{sep}\\+{sep}[1-9]({sep}[0-9]){{7,14}}{sep})$")
+}
+
+/// A task title: 1-200 characters after trimming, no NUL.
+fn title_pattern() -> String {
+    format!("^[{WS}]*[^{WS}\\u0000]([^\\u0000]{{0,198}}[^{WS}\\u0000])?[{WS}]*$")
+}
+
+/// Free text without NUL.
+const NO_NUL_PATTERN: &str = r"^[^\u0000]*$";
+
 /// Errors every operation can answer: bad input, rate limit, backend down.
 const COMMON: [u16; 3] = [400, 429, 503];
 
@@ -92,7 +130,7 @@ fn operation(method: &str, verb: &str) -> Option<Operation> {
             summary: "Exchange a refresh token for a new token pair",
             auth: Auth::None,
             params: &["Cookies"],
-            body: Some(("RefreshRequest", false)),
+            body: Some(("RefreshRequest", true)),
             success: 200,
             response: Some("TokenPair"),
             errors: &[401, 403, 413, 415],
@@ -353,10 +391,15 @@ fn schemas() -> Value {
     let uuid = json!({ "type": "string", "format": "uuid" });
     let time = json!({ "type": "string", "format": "date-time" });
     let nullable_string = json!({ "type": ["string", "null"] });
-    // No minLength/maxLength: the task service counts the title after
-    // trimming, which JSON Schema cannot say.
-    let title = json!({ "type": "string", "description": "1-200 characters after trimming spaces; no NUL" });
-    let description = json!({ "type": "string", "maxLength": 10000 });
+    // No minLength/maxLength on the title: the task service counts it after
+    // trimming, which only a pattern can say.
+    let title = json!({
+        "type": "string",
+        "description": "1-200 characters after trimming surrounding spaces; no NUL",
+        "pattern": title_pattern(),
+    });
+    let description =
+        json!({ "type": "string", "maxLength": 10000, "description": "No NUL", "pattern": NO_NUL_PATTERN });
     let status = schema_ref("TaskStatus");
     json!({
         "Status": {
@@ -475,31 +518,60 @@ fn schemas() -> Value {
         },
         "RegisterRequest": {
             "type": "object",
+            "description": "At least one of username, email and phone must be given (not blank). The patterns \
+                describe what the auth service accepts; blank means not given.",
             "required": ["password"],
             "properties": {
-                "username": { "type": "string", "description": "3-64 letters, digits and `._-`" },
-                "email": { "type": "string" },
-                "phone": { "type": "string", "description": "A phone number, normalised to E.164" },
-                "password": { "type": "string", "minLength": 8, "maxLength": 128 },
+                "username": {
+                    "type": "string",
+                    "description": "3-64 ASCII letters, digits and `._-`",
+                    "pattern": username_pattern(),
+                },
+                "email": {
+                    "type": "string",
+                    "description": "An email address, stored lowercased",
+                    "pattern": email_pattern(),
+                },
+                "phone": {
+                    "type": "string",
+                    "description": "`+` and 8-15 digits (E.164); spaces, dots, dashes and parentheses are ignored",
+                    "pattern": phone_pattern(),
+                },
+                "password": {
+                    "type": "string",
+                    "minLength": 8,
+                    "maxLength": 128,
+                    "description": "8-128 characters, not one of the most common passwords",
+                },
             },
-            "anyOf": [{ "required": ["username"] }, { "required": ["email"] }, { "required": ["phone"] }],
+            "anyOf": [
+                { "required": ["username"], "properties": { "username": { "pattern": not_blank() } } },
+                { "required": ["email"], "properties": { "email": { "pattern": not_blank() } } },
+                { "required": ["phone"], "properties": { "phone": { "pattern": not_blank() } } },
+            ],
             "additionalProperties": false,
         },
         "LoginRequest": {
             "type": "object",
+            "description": "`login` (or, when `login` is blank, `username`) must not be blank",
             "required": ["password"],
             "properties": {
                 "login": { "type": "string", "description": "A username, email address or phone number" },
                 "username": { "type": "string", "description": "Accepted in place of `login`" },
                 "password": { "type": "string" },
             },
-            "anyOf": [{ "required": ["login"] }, { "required": ["username"] }],
+            "anyOf": [
+                { "required": ["login"], "properties": { "login": { "pattern": not_blank() } } },
+                { "required": ["username"], "properties": { "username": { "pattern": not_blank() } } },
+            ],
             "additionalProperties": false,
         },
         "RefreshRequest": {
             "type": "object",
-            "properties": { "refresh_token": { "type": "string" } },
-            "description": "With `cookies=true` the body may be omitted and the tg_refresh cookie is used",
+            "description": "With `cookies=true` the body may be left out: the tg_refresh cookie is used, and the \
+                x-csrf-token header must equal the tg_csrf cookie",
+            "required": ["refresh_token"],
+            "properties": { "refresh_token": { "type": "string", "pattern": not_blank() } },
             "additionalProperties": false,
         },
         "LogoutRequest": {
