@@ -59,13 +59,16 @@ pub const CACHE_DEPTH: usize = crate::domain::MAX_PAGE_SIZE;
 /// (versions never repeat); it only bounds the keys idle users leave behind.
 const VERSION_TTL: Duration = Duration::from_secs(24 * 3600);
 
+// Values travel as strings: Lua numbers are doubles and print as `1.7e+15`.
+
 /// Reads epoch, version and one entry in one round trip, creating a fresh
 /// epoch or version when missing.
 /// KEYS: epoch, seq, version, pages. ARGV: field, now micros, version TTL.
 const READ_SCRIPT: &str = r"
 local function fresh()
   if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[2], ARGV[2]) end
-  return tostring(redis.call('INCR', KEYS[2]))
+  redis.call('INCR', KEYS[2])
+  return redis.call('GET', KEYS[2])
 end
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
@@ -96,7 +99,8 @@ return 1
 /// KEYS: seq, version, pages. ARGV: now micros, version TTL.
 const BUMP_SCRIPT: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], ARGV[1]) end
-local v = redis.call('INCR', KEYS[1])
+redis.call('INCR', KEYS[1])
+local v = redis.call('GET', KEYS[1])
 redis.call('SET', KEYS[2], v, 'EX', ARGV[2])
 redis.call('DEL', KEYS[3])
 return v
@@ -105,7 +109,8 @@ return v
 /// Gives the whole cache a new epoch. KEYS: seq, epoch. ARGV: now micros.
 const EPOCH_SCRIPT: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], ARGV[1]) end
-local v = redis.call('INCR', KEYS[1])
+redis.call('INCR', KEYS[1])
+local v = redis.call('GET', KEYS[1])
 redis.call('SET', KEYS[2], v)
 return v
 ";
@@ -234,14 +239,14 @@ impl ListCache {
         };
         self.came_up();
         let mut parts = reply.into_array().into_iter();
-        let (Some(epoch), Some(version), Some(entry)) = (
-            parts.next().and_then(|v| v.as_i64()),
-            parts.next().and_then(|v| v.as_i64()),
-            parts.next().and_then(Value::into_string),
-        ) else {
+        let (Some(epoch), Some(version)) =
+            (parts.next().and_then(|v| v.as_i64()), parts.next().and_then(|v| v.as_i64()))
+        else {
             tracing::error!("unexpected reply from the cache read script");
             return Lookup::Bypass;
         };
+        // An empty string (no entry) may arrive as nil.
+        let entry = parts.next().and_then(Value::into_string).unwrap_or_default();
         let stamp = Stamp { epoch, version };
         if entry.is_empty() {
             return Lookup::Miss(stamp);

@@ -41,6 +41,11 @@ pub struct Settings {
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t)]
     pub log_format: LogFormat,
+    /// Test hook, never set in production: a pause between loading a list
+    /// from Postgres and offering it to the cache, which widens the race the
+    /// cache's check-and-set closes so tests can show it is closed.
+    #[arg(skip)]
+    pub cache_fill_delay: Duration,
 }
 
 /// Keeps the database URL (it may hold a password) out of `Debug` output.
@@ -62,6 +67,7 @@ impl Settings {
             jwt_audience: "taskgate".into(),
             cache_ttl_seconds: 300,
             log_format: LogFormat::Pretty,
+            cache_fill_delay: Duration::ZERO,
         }
     }
 

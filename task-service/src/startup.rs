@@ -61,7 +61,8 @@ impl Application {
         let cache = Arc::new(ListCache::new(redis, settings.redis_prefix.clone(), settings.cache_ttl()));
         // Start clean: covers writes a previous process could not announce.
         cache.settle().await;
-        let store = TaskStore::new(Repository::new(pool, metrics.clone()), cache, metrics.clone());
+        let store = TaskStore::new(Repository::new(pool, metrics.clone()), cache, metrics.clone())
+            .with_fill_delay(settings.cache_fill_delay);
 
         let listener = TcpListener::bind(settings.listen_addr)
             .await

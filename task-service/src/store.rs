@@ -60,6 +60,8 @@ pub struct TaskStore {
     next_flight: Arc<AtomicU64>,
     /// Cache hit and miss counters.
     metrics: Arc<Metrics>,
+    /// Pause between loading and filling (a test hook; zero in production).
+    fill_delay: Duration,
 }
 
 impl TaskStore {
@@ -71,7 +73,15 @@ impl TaskStore {
             flights: Arc::new(Mutex::new(HashMap::new())),
             next_flight: Arc::new(AtomicU64::new(0)),
             metrics,
+            fill_delay: Duration::ZERO,
         }
+    }
+
+    /// Pauses `delay` between loading a list and filling the cache with it;
+    /// tests use this to widen the load/write race.
+    pub fn with_fill_delay(mut self, delay: Duration) -> Self {
+        self.fill_delay = delay;
+        self
     }
 
     /// Creates a task; the cache reflects it before this returns.
@@ -175,12 +185,16 @@ impl TaskStore {
         let repo = self.repo.clone();
         let cache = self.cache.clone();
         let flights = self.flights.clone();
+        let fill_delay = self.fill_delay;
         async move {
             let result = async {
                 let mut tasks = repo.list(owner, filter, None, CACHE_DEPTH + 1).await?;
                 let more = tasks.len() > CACHE_DEPTH;
                 tasks.truncate(CACHE_DEPTH);
                 let page = CachedPage { stamp, tasks, more };
+                if !fill_delay.is_zero() {
+                    tokio::time::sleep(fill_delay).await;
+                }
                 cache.fill(owner, filter, &page).await;
                 Ok::<_, TaskError>(Arc::new(page))
             }

@@ -1,0 +1,228 @@
+//! The list cache is invisible except in speed: reads after a write see it,
+//! even under heavy concurrency, and a cold list costs one query however many
+//! readers ask at once.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use task_service::cache::{CachedPage, ListCache, Lookup};
+use taskgate_proto::task::v1::{CreateTaskRequest, DeleteTaskRequest, ListTasksRequest, Task, UpdateTaskRequest};
+
+use crate::helpers::{authed, spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn a_repeated_read_is_served_from_the_cache_and_every_write_shows_at_once() {
+    let app = spawn_app().await;
+    let user = app.user();
+    let a = app.create(&user, "a").await;
+    app.create(&user, "b").await;
+    assert_eq!(app.first_page(&user, 0).await.len(), 2);
+    let queries = app.metrics.list_queries();
+    let hits = app.metrics.cache_hits();
+    assert_eq!(app.first_page(&user, 0).await.len(), 2);
+    assert_eq!(app.first_page(&user, 1).await.len(), 1, "any first page is cut from the cached one");
+    assert_eq!(app.metrics.list_queries(), queries, "served without Postgres");
+    assert_eq!(app.metrics.cache_hits(), hits + 2);
+
+    let c = app.create(&user, "c").await;
+    assert_eq!(app.first_page(&user, 0).await[0].id, c.id, "a create shows at once");
+    let renamed = Task { id: a.id.clone(), title: "a2".into(), ..Default::default() };
+    app.update(&user, renamed, Some(&["title"])).await.expect("update");
+    assert!(app.first_page(&user, 0).await.iter().any(|t| t.title == "a2"), "an update shows at once");
+    app.delete(&user, &c.id).await.expect("delete");
+    assert!(app.first_page(&user, 0).await.iter().all(|t| t.id != c.id), "a delete shows at once");
+}
+
+#[tokio::test]
+async fn the_fill_of_a_reader_that_loaded_before_a_write_is_refused() {
+    let app = spawn_app().await;
+    let owner = uuid::Uuid::new_v4();
+    let redis = fred::prelude::Builder::from_config(fred::prelude::Config::from_url(&app.redis_url).expect("url"))
+        .build_pool(1)
+        .expect("pool");
+    fred::prelude::ClientLike::init(&redis).await.expect("connect");
+    let cache = ListCache::new(redis, app.redis_prefix.clone(), Duration::from_secs(60));
+    assert!(cache.settle().await);
+
+    // A reader misses and (in real life) queries Postgres...
+    let Lookup::Miss(stamp) = cache.lookup(owner, None).await else { panic!("expected a miss") };
+    // ...a write commits and bumps the version...
+    cache.invalidate(owner).await;
+    // ...and the reader's old list must not land in the cache.
+    let stale = CachedPage { stamp, tasks: Vec::new(), more: false };
+    assert!(!cache.fill(owner, None, &stale).await, "a fill under an old version is refused");
+    let Lookup::Miss(current) = cache.lookup(owner, None).await else { panic!("expected a miss") };
+    assert_ne!(current, stamp);
+    let fresh = CachedPage { stamp: current, tasks: Vec::new(), more: false };
+    assert!(cache.fill(owner, None, &fresh).await, "a fill under the current version is stored");
+    assert!(matches!(cache.lookup(owner, None).await, Lookup::Hit(page) if page == fresh));
+}
+
+/// What every read must reflect: the writes acknowledged before it started.
+#[derive(Clone, Default)]
+struct Acknowledged {
+    /// Live tasks and the highest title revision acknowledged for each.
+    live: HashMap<String, u32>,
+    /// Deleted tasks.
+    deleted: HashSet<String>,
+    /// Tasks whose delete has been sent (acknowledged or not): a read may
+    /// already miss them.
+    deleting: HashSet<String>,
+}
+
+fn revision(title: &str) -> u32 {
+    title.rsplit_once('r').and_then(|(_, n)| n.parse().ok()).expect("title ends with r<revision>")
+}
+
+#[tokio::test]
+async fn reads_reflect_every_write_acknowledged_before_they_started_under_concurrency() {
+    const WRITERS: usize = 6;
+    const TASKS_PER_WRITER: usize = 8;
+    const UPDATES_PER_TASK: u32 = 3;
+    const READERS: usize = 6;
+
+    // Loads wait 5 ms before filling the cache, so writes regularly land
+    // between a reader's load and its fill: the race the cache must close.
+    let app = spawn_app_with(taskgate_test_support::fresh_database().await, taskgate_test_support::redis_url(), |s| {
+        s.cache_fill_delay = Duration::from_millis(5)
+    })
+    .await;
+    let user = app.user();
+    let acked = Arc::new(Mutex::new(Acknowledged::default()));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let mut client = app.new_client().await;
+        let token = user.token.clone();
+        let acked = acked.clone();
+        writers.push(tokio::spawn(async move {
+            for t in 0..TASKS_PER_WRITER {
+                let task = Task { title: format!("w{w}t{t}r0"), ..Default::default() };
+                let created = client
+                    .create_task(authed(&token, CreateTaskRequest { task: Some(task) }))
+                    .await
+                    .expect("create")
+                    .into_inner()
+                    .task
+                    .expect("task");
+                acked.lock().expect("lock").live.insert(created.id.clone(), 0);
+                for r in 1..=UPDATES_PER_TASK {
+                    let task = Task { id: created.id.clone(), title: format!("w{w}t{t}r{r}"), ..Default::default() };
+                    let mask = prost_types::FieldMask { paths: vec!["title".into()] };
+                    client
+                        .update_task(authed(&token, UpdateTaskRequest { task: Some(task), update_mask: Some(mask) }))
+                        .await
+                        .expect("update");
+                    acked.lock().expect("lock").live.insert(created.id.clone(), r);
+                }
+                if t % 2 == 0 {
+                    acked.lock().expect("lock").deleting.insert(created.id.clone());
+                    client
+                        .delete_task(authed(&token, DeleteTaskRequest { id: created.id.clone() }))
+                        .await
+                        .expect("delete");
+                    let mut acked = acked.lock().expect("lock");
+                    acked.live.remove(&created.id);
+                    acked.deleted.insert(created.id);
+                }
+            }
+        }));
+    }
+
+    let mut readers = Vec::new();
+    for _ in 0..READERS {
+        let mut client = app.new_client().await;
+        let token = user.token.clone();
+        let acked = acked.clone();
+        let done = done.clone();
+        readers.push(tokio::spawn(async move {
+            let mut reads = 0;
+            loop {
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                // Everything acknowledged before the read starts.
+                let expected = acked.lock().expect("lock").clone();
+                let page = client
+                    .list_tasks(authed(&token, ListTasksRequest { page_size: 500, ..Default::default() }))
+                    .await
+                    .expect("list")
+                    .into_inner();
+                reads += 1;
+                let deleting = acked.lock().expect("lock").deleting.clone();
+                let listed: HashMap<&str, u32> =
+                    page.tasks.iter().map(|t| (t.id.as_str(), revision(&t.title))).collect();
+                for (id, revision) in &expected.live {
+                    let seen = listed.get(id.as_str()).copied();
+                    if seen.is_none() && deleting.contains(id) {
+                        // Deleted while this read ran: allowed.
+                        continue;
+                    }
+                    assert!(
+                        seen.is_some(),
+                        "read {reads}: acknowledged task {id} is missing from {} listed: {:?}",
+                        listed.len(),
+                        page.tasks.iter().map(|t| &t.title).collect::<Vec<_>>()
+                    );
+                    assert!(
+                        seen >= Some(*revision),
+                        "read {reads}: task {id} at r{seen:?}, r{revision} was acknowledged"
+                    );
+                }
+                for id in &expected.deleted {
+                    assert!(!listed.contains_key(id.as_str()), "read {reads}: deleted task {id} is still listed");
+                }
+                if finished {
+                    return reads;
+                }
+            }
+        }));
+    }
+
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut reads = 0;
+    for reader in readers {
+        reads += reader.await.expect("reader");
+    }
+    assert!(reads >= READERS * 5, "readers ran alongside the writers ({reads} reads)");
+    assert!(app.metrics.cache_hits() > 0 || app.metrics.cache_misses() > 0, "reads went through the cache");
+
+    // And at rest, the list is exactly what was acknowledged.
+    let expected = acked.lock().expect("lock").clone();
+    let listed = app.first_page(&user, 500).await;
+    assert_eq!(listed.len(), expected.live.len());
+    for task in listed {
+        assert_eq!(Some(&revision(&task.title)), expected.live.get(&task.id));
+    }
+}
+
+#[tokio::test]
+async fn a_miss_storm_on_a_cold_list_costs_one_postgres_query() {
+    let app = spawn_app().await;
+    let user = app.user();
+    app.insert_tasks(user.id, 200, "t").await;
+    let before = app.metrics.list_queries();
+    let mut readers = Vec::new();
+    for _ in 0..64 {
+        let mut client = app.client.clone();
+        let token = user.token.clone();
+        readers.push(tokio::spawn(async move {
+            client
+                .list_tasks(authed(&token, ListTasksRequest { page_size: 20, ..Default::default() }))
+                .await
+                .expect("list")
+                .into_inner()
+                .tasks
+                .len()
+        }));
+    }
+    for reader in readers {
+        assert_eq!(reader.await.expect("reader"), 20);
+    }
+    assert_eq!(app.metrics.list_queries() - before, 1, "64 cold readers, one query");
+}

@@ -1,0 +1,370 @@
+//! The test harness: a task service on port 0 against a fresh database and
+//! its own Redis prefix, a typed client over a real socket, and users with
+//! real access tokens.
+//!
+//! Tokens come from [`Issuer`]: an Ed25519 key whose JWKS a small in-test
+//! gRPC server publishes through `AuthService/GetJwks`, exactly where the
+//! task service fetches it from in production. Minting tokens here (rather
+//! than logging in) also lets tests make expired, wrongly typed and foreign
+//! tokens.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use base64::Engine as _;
+use ed25519_dalek::{SigningKey, pkcs8::EncodePrivateKey as _};
+use fred::prelude::*;
+use jsonwebtoken::{EncodingKey, Header};
+use sqlx::PgPool;
+use task_service::{Application, Metrics, Settings};
+use taskgate_proto::{
+    auth::v1::{self as auth, Jwk, auth_service_server::AuthServiceServer},
+    task::v1::{
+        CreateTaskRequest, DeleteTaskRequest, GetTaskRequest, ListTasksRequest, ListTasksResponse, Task, TaskStatus,
+        UpdateTaskRequest, task_service_client::TaskServiceClient,
+    },
+};
+use taskgate_tokens::Claims;
+use tokio::sync::oneshot;
+use tonic::{Code, Request, Response, Status, transport::Channel};
+use tonic_types::StatusExt as _;
+use uuid::Uuid;
+
+/// A running task service and everything a test needs around it.
+pub struct TestApp {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// A client on one channel to it.
+    pub client: TaskServiceClient<Channel>,
+    /// Its counters (Postgres list queries, cache hits).
+    pub metrics: Arc<Metrics>,
+    /// Its database, for direct inserts and checks.
+    pub db: PgPool,
+    /// Its Redis key prefix.
+    pub redis_prefix: String,
+    /// Its Redis URL.
+    pub redis_url: String,
+    /// Mints access tokens it accepts.
+    pub issuer: Issuer,
+    /// Stops the server when dropped.
+    _stop: oneshot::Sender<()>,
+}
+
+/// A user: an id and a valid access token.
+#[derive(Clone)]
+pub struct TestUser {
+    /// The user id (the token's `sub`).
+    pub id: Uuid,
+    /// A valid access token.
+    pub token: String,
+    /// The token's session id, for revocation tests.
+    pub sid: String,
+}
+
+/// A task service on the shared test Postgres and Redis.
+pub async fn spawn_app() -> TestApp {
+    let database_url = taskgate_test_support::fresh_database().await;
+    spawn_app_on(database_url, taskgate_test_support::redis_url()).await
+}
+
+/// A task service on the given database and Redis (private servers in the
+/// outage tests).
+pub async fn spawn_app_on(database_url: String, redis_url: String) -> TestApp {
+    spawn_app_with(database_url, redis_url, |_| {}).await
+}
+
+/// A task service whose settings `tweak` adjusts first.
+pub async fn spawn_app_with(database_url: String, redis_url: String, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    taskgate_test_support::init_test_logging();
+    let issuer = Issuer::start().await;
+    let redis_prefix = taskgate_test_support::unique_prefix();
+    let mut settings =
+        Settings::for_tests(database_url.clone(), redis_url.clone(), redis_prefix.clone(), issuer.jwks_url.clone());
+    tweak(&mut settings);
+    let app = Application::build(settings).await.expect("building the task service");
+    let addr = app.local_addr();
+    let metrics = app.metrics();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let client = TaskServiceClient::connect(format!("http://{addr}")).await.expect("connecting to the task service");
+    let db = taskgate_common::db::pool(&database_url, taskgate_common::db::TASK_SCHEMA, 4).expect("test pool");
+    TestApp { addr, client, metrics, db, redis_prefix, redis_url, issuer, _stop: stop }
+}
+
+/// `request` with `token` as its bearer token.
+pub fn authed<T>(token: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii token"));
+    request
+}
+
+impl TestApp {
+    /// A new user with a fresh token.
+    pub fn user(&self) -> TestUser {
+        self.issuer.user()
+    }
+
+    /// A client on its own new connection (for many concurrent callers).
+    pub async fn new_client(&self) -> TaskServiceClient<Channel> {
+        TaskServiceClient::connect(format!("http://{}", self.addr)).await.expect("connecting to the task service")
+    }
+
+    /// CreateTask with a title (other fields default).
+    pub async fn create(&self, user: &TestUser, title: &str) -> Task {
+        self.try_create(user, Task { title: title.into(), ..Default::default() }).await.expect("create task")
+    }
+
+    /// CreateTask with a whole task.
+    pub async fn try_create(&self, user: &TestUser, task: Task) -> Result<Task, Status> {
+        let response =
+            self.client.clone().create_task(authed(&user.token, CreateTaskRequest { task: Some(task) })).await?;
+        Ok(response.into_inner().task.expect("created task in response"))
+    }
+
+    /// GetTask.
+    pub async fn get(&self, user: &TestUser, id: &str) -> Result<Task, Status> {
+        let response = self.client.clone().get_task(authed(&user.token, GetTaskRequest { id: id.into() })).await?;
+        Ok(response.into_inner().task.expect("task in response"))
+    }
+
+    /// UpdateTask with an optional mask.
+    pub async fn update(&self, user: &TestUser, task: Task, mask: Option<&[&str]>) -> Result<Task, Status> {
+        let update_mask =
+            mask.map(|paths| prost_types::FieldMask { paths: paths.iter().map(|p| (*p).to_owned()).collect() });
+        let request = UpdateTaskRequest { task: Some(task), update_mask };
+        let response = self.client.clone().update_task(authed(&user.token, request)).await?;
+        Ok(response.into_inner().task.expect("task in response"))
+    }
+
+    /// DeleteTask.
+    pub async fn delete(&self, user: &TestUser, id: &str) -> Result<(), Status> {
+        self.client.clone().delete_task(authed(&user.token, DeleteTaskRequest { id: id.into() })).await.map(|_| ())
+    }
+
+    /// ListTasks.
+    pub async fn list(&self, user: &TestUser, request: ListTasksRequest) -> Result<ListTasksResponse, Status> {
+        self.client.clone().list_tasks(authed(&user.token, request)).await.map(Response::into_inner)
+    }
+
+    /// The first page of up to `page_size` tasks, all statuses.
+    pub async fn first_page(&self, user: &TestUser, page_size: i32) -> Vec<Task> {
+        self.list(user, ListTasksRequest { page_size, ..Default::default() }).await.expect("list tasks").tasks
+    }
+
+    /// Every task of `user` with `status` (0 for all), walking all pages of
+    /// `page_size`.
+    pub async fn list_all(&self, user: &TestUser, page_size: i32, status: TaskStatus) -> Vec<Task> {
+        let mut all = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = self
+                .list(user, ListTasksRequest { page_size, page_token: token, status: status as i32 })
+                .await
+                .expect("list tasks");
+            all.extend(page.tasks);
+            if page.next_page_token.is_empty() {
+                return all;
+            }
+            token = page.next_page_token;
+        }
+    }
+
+    /// Inserts `n` tasks for `owner` straight into Postgres, one millisecond
+    /// apart (newest last), with titles `{prefix}{i}`. Only for lists that
+    /// have not been read yet: it bypasses the cache on purpose.
+    pub async fn insert_tasks(&self, owner: Uuid, n: i64, prefix: &str) {
+        sqlx::query(
+            "INSERT INTO tasks (id, owner_id, title, status, created_at, updated_at) \
+             SELECT gen_random_uuid(), $1, $2 || i, \
+                    (ARRAY['todo', 'in_progress', 'done'])[1 + i % 3], \
+                    now() - make_interval(secs => ($3 - i) / 1000.0), now() \
+             FROM generate_series(1, $3) AS i",
+        )
+        .bind(owner)
+        .bind(prefix)
+        .bind(n)
+        .execute(&self.db)
+        .await
+        .expect("bulk insert");
+    }
+
+    /// How many tasks `owner` has in Postgres.
+    pub async fn count_tasks(&self, owner: Uuid) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM tasks WHERE owner_id = $1")
+            .bind(owner)
+            .fetch_one(&self.db)
+            .await
+            .expect("counting tasks")
+    }
+
+    /// A Redis client on the app's Redis.
+    pub async fn redis(&self) -> Client {
+        let client = Client::new(Config::from_url(&self.redis_url).expect("redis url"), None, None, None);
+        client.init().await.expect("connecting to redis");
+        client
+    }
+}
+
+/// Asserts `result` is INVALID_ARGUMENT with a BadRequest violation for `field`.
+pub fn assert_invalid<T: std::fmt::Debug>(result: Result<T, Status>, field: &str) {
+    let status = result.expect_err("expected INVALID_ARGUMENT");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let details = status.get_error_details();
+    let bad = details.bad_request().expect("a BadRequest detail");
+    assert!(
+        bad.field_violations.iter().any(|v| v.field == field),
+        "no violation for {field}: {:?}",
+        bad.field_violations
+    );
+}
+
+/// Asserts `result` failed with `code`.
+pub fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) -> Status {
+    let status = result.expect_err("expected an error");
+    assert_eq!(status.code(), code, "{status:?}");
+    status
+}
+
+/// Retries `check` every 100 ms until it returns true, for up to `within`.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Mints access tokens with its own Ed25519 key, and publishes the key over
+/// `AuthService/GetJwks` on a real gRPC server.
+#[derive(Clone)]
+pub struct Issuer {
+    /// The key id in token headers and the JWKS.
+    kid: String,
+    /// The signing key.
+    encoding: Arc<EncodingKey>,
+    /// `http://127.0.0.1:<port>` of the JWKS server.
+    pub jwks_url: String,
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+impl Issuer {
+    /// Generates a key and starts the JWKS server.
+    pub async fn start() -> Self {
+        let (kid, encoding, jwk) = keypair();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding the jwks server");
+        let addr = listener.local_addr().expect("jwks address");
+        let service = AuthServiceServer::new(JwksOnly { keys: vec![jwk] });
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        Issuer { kid, encoding: Arc::new(encoding), jwks_url: format!("http://{addr}") }
+    }
+
+    /// Claims of a fresh, valid access token for `user`.
+    pub fn claims(&self, user: Uuid) -> Claims {
+        let now = now();
+        Claims {
+            iss: "taskgate".into(),
+            aud: "taskgate".into(),
+            sub: user.to_string(),
+            exp: now + 900,
+            iat: now,
+            nbf: now,
+            jti: Uuid::new_v4().to_string(),
+            sid: Uuid::new_v4().to_string(),
+        }
+    }
+
+    /// Signs `claims` with header `typ`.
+    pub fn sign(&self, claims: &Claims, typ: &str) -> String {
+        sign_with(&self.kid, &self.encoding, claims, typ)
+    }
+
+    /// A new user with a valid access token.
+    pub fn user(&self) -> TestUser {
+        let id = Uuid::new_v4();
+        let claims = self.claims(id);
+        TestUser { id, token: self.sign(&claims, "at+jwt"), sid: claims.sid }
+    }
+}
+
+/// Signs `claims` with `key` under `kid`.
+pub fn sign_with(kid: &str, key: &EncodingKey, claims: &Claims, typ: &str) -> String {
+    let mut header = Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.typ = Some(typ.into());
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(&header, claims, key).expect("signing a token")
+}
+
+/// A fresh Ed25519 key: its kid, encoding key and JWK.
+pub fn keypair() -> (String, EncodingKey, Jwk) {
+    let signing = SigningKey::generate(&mut rand::rngs::OsRng);
+    let der = signing.to_pkcs8_der().expect("pkcs8");
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signing.verifying_key().as_bytes());
+    let kid = Uuid::new_v4().simple().to_string();
+    let jwk = Jwk {
+        kty: "OKP".into(),
+        crv: "Ed25519".into(),
+        x,
+        kid: kid.clone(),
+        alg: "EdDSA".into(),
+        key_use: "sig".into(),
+    };
+    (kid, EncodingKey::from_ed_der(der.as_bytes()), jwk)
+}
+
+/// An AuthService that only publishes keys; every other RPC is UNIMPLEMENTED.
+struct JwksOnly {
+    keys: Vec<Jwk>,
+}
+
+type Answer<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl auth::auth_service_server::AuthService for JwksOnly {
+    async fn register(&self, _: Request<auth::RegisterRequest>) -> Answer<auth::RegisterResponse> {
+        Err(Status::unimplemented("test jwks server"))
+    }
+    async fn login(&self, _: Request<auth::LoginRequest>) -> Answer<auth::LoginResponse> {
+        Err(Status::unimplemented("test jwks server"))
+    }
+    async fn refresh(&self, _: Request<auth::RefreshRequest>) -> Answer<auth::RefreshResponse> {
+        Err(Status::unimplemented("test jwks server"))
+    }
+    async fn logout(&self, _: Request<auth::LogoutRequest>) -> Answer<auth::LogoutResponse> {
+        Err(Status::unimplemented("test jwks server"))
+    }
+    async fn logout_all(&self, _: Request<auth::LogoutAllRequest>) -> Answer<auth::LogoutAllResponse> {
+        Err(Status::unimplemented("test jwks server"))
+    }
+    async fn get_me(&self, _: Request<auth::GetMeRequest>) -> Answer<auth::GetMeResponse> {
+        Err(Status::unimplemented("test jwks server"))
+    }
+    async fn list_sessions(&self, _: Request<auth::ListSessionsRequest>) -> Answer<auth::ListSessionsResponse> {
+        Err(Status::unimplemented("test jwks server"))
+    }
+    async fn revoke_session(&self, _: Request<auth::RevokeSessionRequest>) -> Answer<auth::RevokeSessionResponse> {
+        Err(Status::unimplemented("test jwks server"))
+    }
+    async fn get_jwks(&self, _: Request<auth::GetJwksRequest>) -> Answer<auth::GetJwksResponse> {
+        Ok(Response::new(auth::GetJwksResponse { keys: self.keys.clone() }))
+    }
+    async fn disable_user(&self, _: Request<auth::DisableUserRequest>) -> Answer<auth::DisableUserResponse> {
+        Err(Status::unimplemented("test jwks server"))
+    }
+}

@@ -1,0 +1,12 @@
+//! Integration tests of the task service against real Postgres and Redis:
+//! one binary, a module per feature.
+
+mod auth;
+mod cache;
+mod crud;
+mod helpers;
+mod large;
+mod list;
+mod outages;
+mod ownership;
+mod validation;

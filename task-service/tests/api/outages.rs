@@ -1,0 +1,107 @@
+//! Redis is an optimisation, never a dependency; Postgres down means
+//! UNAVAILABLE and recovery when it returns.
+
+use std::time::Duration;
+
+use fred::prelude::*;
+use taskgate_proto::task::v1::{ListTasksRequest, Task};
+use taskgate_test_support::{PrivatePostgres, PrivateRedis};
+use tonic::Code;
+
+use crate::helpers::{assert_code, eventually, spawn_app_on};
+
+#[tokio::test]
+async fn with_redis_stopped_every_rpc_still_works_and_the_cache_comes_back_never_stale() {
+    let mut redis = PrivateRedis::start();
+    let app = spawn_app_on(taskgate_test_support::fresh_database().await, redis.url()).await;
+    let user = app.user();
+    let first = app.create(&user, "before the outage").await;
+    app.first_page(&user, 0).await;
+    let hits = app.metrics.cache_hits();
+    app.first_page(&user, 0).await;
+    assert_eq!(app.metrics.cache_hits(), hits + 1, "the cache is warm");
+
+    redis.stop();
+    // Every RPC keeps answering, straight from Postgres.
+    let during = app.create(&user, "during the outage").await;
+    let titles: Vec<_> = app.first_page(&user, 0).await.into_iter().map(|t| t.title).collect();
+    assert_eq!(titles, ["during the outage", "before the outage"]);
+    let renamed = Task { id: first.id.clone(), title: "renamed during the outage".into(), ..Default::default() };
+    app.update(&user, renamed, Some(&["title"])).await.expect("update without redis");
+    assert_eq!(app.get(&user, &first.id).await.expect("get without redis").title, "renamed during the outage");
+    let doomed = app.create(&user, "deleted during the outage").await;
+    app.delete(&user, &doomed.id).await.expect("delete without redis");
+    let expected = ["during the outage", "renamed during the outage"];
+    let titles: Vec<_> = app.first_page(&user, 0).await.into_iter().map(|t| t.title).collect();
+    assert_eq!(titles, expected);
+    assert!(app.metrics.cache_bypasses() > 0, "reads went around the cache");
+
+    redis.restart();
+    // The cache is used again by itself, and what it serves reflects every
+    // write made while it was away.
+    let hits = app.metrics.cache_hits();
+    let recovered = eventually(Duration::from_secs(15), || async {
+        let titles: Vec<_> = app.first_page(&user, 0).await.into_iter().map(|t| t.title).collect();
+        assert_eq!(titles, expected, "never stale, not even while recovering");
+        app.metrics.cache_hits() > hits
+    })
+    .await;
+    assert!(recovered, "the cache did not come back");
+    let _ = during;
+}
+
+#[tokio::test]
+async fn a_write_that_cannot_reach_redis_never_lets_an_older_cached_list_be_served() {
+    // Redis keeps its data but does not answer for a while (CLIENT PAUSE):
+    // the write cannot bump the user's version, and the entry filled before
+    // it survives. It must never be served again.
+    let redis = PrivateRedis::start();
+    let app = spawn_app_on(taskgate_test_support::fresh_database().await, redis.url()).await;
+    let user = app.user();
+    app.create(&user, "old").await;
+    assert_eq!(app.first_page(&user, 0).await.len(), 1);
+    assert_eq!(app.first_page(&user, 0).await.len(), 1, "cached");
+
+    let admin = app.redis().await;
+    let _: () = admin
+        .custom(fred::types::CustomCommand::new_static("CLIENT", None, false), vec!["PAUSE", "1500", "ALL"])
+        .await
+        .expect("pause");
+    let new = app.create(&user, "new").await;
+    let ids: Vec<_> = app.first_page(&user, 0).await.into_iter().map(|t| t.id).collect();
+    assert!(ids.contains(&new.id), "read during the pause shows the write");
+
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    for _ in 0..20 {
+        let ids: Vec<_> = app.first_page(&user, 0).await.into_iter().map(|t| t.id).collect();
+        assert_eq!(ids.len(), 2, "after the pause the list still shows the write: {ids:?}");
+        assert!(ids.contains(&new.id));
+    }
+    let hits = app.metrics.cache_hits();
+    app.first_page(&user, 0).await;
+    assert!(app.metrics.cache_hits() > hits, "and the cache is in use again");
+}
+
+#[tokio::test]
+async fn with_postgres_stopped_calls_are_unavailable_and_recover_when_it_returns() {
+    let mut postgres = PrivatePostgres::start();
+    let database_url = taskgate_test_support::fresh_database_on(&postgres.admin_url()).await;
+    let app = spawn_app_on(database_url, taskgate_test_support::redis_url()).await;
+    let user = app.user();
+    let task = app.create(&user, "stored").await;
+
+    postgres.stop();
+    let status = assert_code(app.get(&user, &task.id).await, Code::Unavailable);
+    assert_eq!(status.message(), "database unavailable");
+    assert_code(app.try_create(&user, Task { title: "lost".into(), ..Default::default() }).await, Code::Unavailable);
+    assert_code(app.delete(&user, &task.id).await, Code::Unavailable);
+    let filtered = ListTasksRequest { status: taskgate_proto::task::v1::TaskStatus::Done as i32, ..Default::default() };
+    assert_code(app.list(&user, filtered).await, Code::Unavailable);
+
+    postgres.restart();
+    let back = eventually(Duration::from_secs(30), || async { app.get(&user, &task.id).await.is_ok() }).await;
+    assert!(back, "the service did not recover after postgres returned");
+    let after = app.create(&user, "after").await;
+    let ids: Vec<_> = app.first_page(&user, 0).await.into_iter().map(|t| t.id).collect();
+    assert_eq!(ids, [after.id, task.id]);
+}
