@@ -158,3 +158,77 @@ async fn every_route_answers_what_the_document_promises() {
 
     assert!(checked >= HTTP_RULES.len(), "every route checked at least once");
 }
+
+/// The `pattern` of `property` in schema `schema` of the document.
+fn pattern(doc: &Value, schema: &str, property: &str) -> regex::Regex {
+    let text = doc["components"]["schemas"][schema]["properties"][property]["pattern"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{schema}.{property} has a pattern"));
+    regex::Regex::new(text).unwrap_or_else(|e| panic!("{schema}.{property}: {e}"))
+}
+
+#[test]
+fn request_patterns_say_what_the_backends_accept() {
+    use auth_service::domain::{Email, Phone, Username};
+    use task_service::domain::TaskTitle;
+
+    let doc = gateway::rest::openapi::document();
+    let blank = |s: &str| s.trim().is_empty();
+
+    // Usernames and phones: a non-blank value matches exactly when the auth
+    // service accepts it (blank means "not given" and always matches).
+    let username = pattern(&doc, "RegisterRequest", "username");
+    let long = "a".repeat(64);
+    let too_long = "a".repeat(65);
+    assert!(username.is_match("") && username.is_match(" \u{3000} "), "blank means not given");
+    for s in
+        ["alice", " bob ", "x.y_z-1", "ab", &long, &too_long, "al ice", "\u{2003}carol\u{3000}", "\u{1c}dave", "élan"]
+    {
+        assert_eq!(username.is_match(s), Username::parse(s).is_ok(), "username {s:?}");
+    }
+    let phone = pattern(&doc, "RegisterRequest", "phone");
+    for s in [
+        "+14155550100",
+        "+1 (415) 555-0100",
+        "+1\u{a0}415.555.0100",
+        "+0123456789",
+        "+1234567",
+        "+12345678",
+        "+123456789012345",
+        "+1234567890123456",
+        "14155550100",
+        "\t+14155550100",
+        "+1415555010a",
+    ] {
+        assert_eq!(phone.is_match(s), Phone::parse(s).is_ok(), "phone {s:?}");
+    }
+    // Emails: the pattern is a safe subset.
+    let email = pattern(&doc, "RegisterRequest", "email");
+    for s in ["a@example.com", " Someone.Else+tag@Mail.Example.org ", "a@b", "a b@c.de", "a@-b.com", "@x.io", "a@b..c"]
+    {
+        if email.is_match(s) && !blank(s) {
+            assert!(Email::parse(s).is_ok(), "email {s:?} matches the pattern but is refused");
+        }
+    }
+    assert!(email.is_match("a@example.com") && !email.is_match("a@b"));
+
+    // Titles: exactly what the task service accepts.
+    let title = pattern(&doc, "TaskInput", "title");
+    let full = "é".repeat(200);
+    let over = "é".repeat(201);
+    let padded = format!("  {full}\u{3000}");
+    for s in ["t", "  t  ", "", "   ", &full, &over, &padded, "a\0b", "\u{1c}", "\u{3000}x\u{3000}", "a  b"] {
+        assert_eq!(title.is_match(s), TaskTitle::parse(s).is_ok(), "title {s:?}");
+    }
+
+    // Logins: anything not blank.
+    let login = regex::Regex::new(
+        doc["components"]["schemas"]["LoginRequest"]["anyOf"][0]["properties"]["login"]["pattern"]
+            .as_str()
+            .expect("a login pattern"),
+    )
+    .expect("a valid pattern");
+    for s in ["alice", " ", "\u{3000}", "\u{1c}", ""] {
+        assert_eq!(login.is_match(s), !blank(s), "login {s:?}");
+    }
+}
