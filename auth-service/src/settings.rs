@@ -6,11 +6,12 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use secrecy::SecretString;
 use taskgate_common::telemetry::LogFormat;
 
-/// Everything the auth service can be configured with.
+/// Everything the auth service can be configured with. `Debug` is safe: the
+/// URLs and the admin password are [`SecretString`]s and print redacted.
 ///
 /// Lifetimes are [`Duration`]s parsed from minutes or seconds, so tests can
 /// set them to a few seconds directly.
-#[derive(Clone, clap::Parser)]
+#[derive(Clone, Debug, clap::Parser)]
 #[command(name = "auth-service", about = "taskgate's accounts, tokens and sessions")]
 pub struct Settings {
     /// Address the gRPC server listens on.
@@ -185,6 +186,17 @@ mod tests {
         assert_eq!(s.session_max_lifetime, Duration::from_secs(43200 * 60));
         assert_eq!(s.refresh_grace, Duration::from_secs(5));
         assert_eq!(s.redis_prefix, "taskgate:");
+    }
+
+    #[test]
+    fn debug_output_redacts_secrets() {
+        let mut s =
+            Settings::for_tests("postgres://user:dbsecret@h/db".into(), "redis://:redissecret@h".into(), "p:".into());
+        s.admin_password = Some("adminsecret".into());
+        let shown = format!("{s:?}");
+        for secret in ["dbsecret", "redissecret", "adminsecret"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
     }
 
     #[test]
