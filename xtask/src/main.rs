@@ -7,6 +7,7 @@
 //! - [`services`]: the three service binaries, their build and their settings.
 //! - [`run`], [`test`], [`lint`], [`migrate`]: one module per subcommand.
 
+mod clients;
 mod cmd;
 mod deps;
 mod lint;

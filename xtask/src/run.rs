@@ -36,9 +36,9 @@ pub fn run(profile: Profile) -> Result {
     let stores = Stores::from_env_or_local()?;
 
     // Declared after `stores`, so on an early return the services stop before the stores do.
-    let mut fleet = Fleet { running: Vec::new() };
+    let mut fleet = Fleet::default();
     for service in SERVICES {
-        fleet.start(profile, service, &stores)?;
+        fleet.start(profile, service, &stores.database_url, &stores.redis_url, &[])?;
     }
     println!("{}", status_table(&stores, &fleet));
     let outcome = fleet.watch();
@@ -59,15 +59,29 @@ struct Running {
 }
 
 /// The services started so far, in start order; they get SIGTERM when the fleet drops.
-struct Fleet {
+#[derive(Default)]
+pub struct Fleet {
     /// Started services, in start order.
     running: Vec<Running>,
 }
 
 impl Fleet {
-    /// Starts `service` and waits until it accepts TCP connections.
-    fn start(&mut self, profile: Profile, service: Service, stores: &Stores) -> Result {
-        let listen = services::setting(service.listen_var)
+    /// Starts `service` against the given stores and waits until it accepts TCP connections.
+    /// `overrides` are settings that win over both the user's environment and the local defaults
+    /// (the test run uses them to put a throwaway stack on free ports).
+    pub fn start(
+        &mut self,
+        profile: Profile,
+        service: Service,
+        database_url: &str,
+        redis_url: &str,
+        overrides: &[(&str, String)],
+    ) -> Result {
+        let listen = overrides
+            .iter()
+            .find(|(var, _)| *var == service.listen_var)
+            .map(|(_, value)| value.clone())
+            .or_else(|| services::setting(service.listen_var))
             .ok_or_else(|| Error::new(format!("{} is not set", service.listen_var)))?;
         let addr = services::probe_addr(&listen)?;
         if TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok() {
@@ -77,7 +91,8 @@ impl Fleet {
             )));
         }
 
-        let mut command = services::command(profile, service.name, &stores.database_url, &stores.redis_url);
+        let mut command = services::command(profile, service.name, database_url, redis_url);
+        command.envs(overrides.iter().map(|(var, value)| (*var, value.as_str())));
         command.process_group(0).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         devstack::say(&format!("xtask: starting {} on {listen}", service.name));
         let mut child = command.spawn().map_err(|e| Error::new(format!("starting {}: {e}", cmd::show(&command))))?;
@@ -118,7 +133,7 @@ impl Fleet {
 
     /// Sends SIGTERM to every service still running, last started first, and waits for them; any
     /// that outlives [`STOP_TIMEOUT`] is killed.
-    fn stop(&mut self) {
+    pub fn stop(&mut self) {
         let deadline = Instant::now() + STOP_TIMEOUT;
         while let Some(mut running) = self.running.pop() {
             let name = running.service.name;

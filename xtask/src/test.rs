@@ -14,6 +14,7 @@ use std::{
 use devstack::{Postgres, Redis};
 
 use crate::{
+    clients,
     cmd::{self, Error, Result},
     deps,
 };
@@ -33,24 +34,37 @@ impl TestEnv {
     }
 }
 
-/// One step of the test run: a command that passes when it exits 0.
+/// One step of the test run.
 struct Stage {
     /// What the progress lines call it.
     name: &'static str,
-    /// The command, with its environment already set.
-    command: Command,
+    /// What it does.
+    action: Action,
 }
 
-/// The stages, in the order they run; the first failure ends the run.
-///
-/// Add new kinds of tests (the Python client's, browser end-to-end, schemathesis) here.
-fn test_stages(env: &TestEnv, cargo_args: &[String]) -> Vec<Stage> {
-    let mut cargo_test = cmd::cargo();
-    cargo_test.args(["test", "--workspace"]).args(cargo_args);
+/// What a stage does.
+enum Action {
+    /// Runs a command, with its environment already set; passes when it exits 0.
+    Command(Command),
+    /// Starts the real stack from the built binaries and runs the client proofs of
+    /// `clients/run-all.sh` (generated Python stubs, buf curl, the browser page, schemathesis)
+    /// against it.
+    ClientProofs,
+}
 
-    let mut stages = vec![Stage { name: "cargo test", command: cargo_test }];
-    for stage in &mut stages {
-        env.apply(&mut stage.command);
+/// The flag that leaves the client proofs out (for a quick Rust-only run).
+const SKIP_CLIENTS: &str = "--skip-clients";
+
+/// The stages, in the order they run; the first failure ends the run.
+fn test_stages(env: &TestEnv, args: &[String]) -> Vec<Stage> {
+    let cargo_args: Vec<&String> = args.iter().filter(|a| *a != SKIP_CLIENTS).collect();
+    let mut cargo_test = cmd::cargo();
+    cargo_test.args(["test", "--workspace"]).args(&cargo_args);
+    env.apply(&mut cargo_test);
+
+    let mut stages = vec![Stage { name: "cargo test", action: Action::Command(cargo_test) }];
+    if !args.iter().any(|a| a == SKIP_CLIENTS) {
+        stages.push(Stage { name: "client proofs", action: Action::ClientProofs });
     }
     stages
 }
@@ -73,7 +87,7 @@ pub fn test(cargo_args: &[String]) -> Result {
         scratch.path.display()
     ));
 
-    let outcome = run_stages(test_stages(&env, cargo_args));
+    let outcome = run_stages(test_stages(&env, cargo_args), &postgres, &env);
 
     // Servers first, then their folder (which is `scratch`'s drop).
     drop(redis);
@@ -83,20 +97,22 @@ pub fn test(cargo_args: &[String]) -> Result {
 }
 
 /// Runs `stages` in order until one fails, then prints how long each took.
-fn run_stages(stages: Vec<Stage>) -> Result {
+fn run_stages(stages: Vec<Stage>, postgres: &Postgres, env: &TestEnv) -> Result {
     let mut report: Vec<(&str, Duration, &str)> = Vec::new();
     let mut outcome = Ok(());
     for mut stage in stages {
         devstack::say(&format!("xtask test: ==> {}", stage.name));
         let started = Instant::now();
-        let result = cmd::status(&mut stage.command);
-        let took = started.elapsed();
-        outcome = match result {
-            Ok(_) if cmd::stop_requested() => Err(cmd::interrupted()),
-            Ok(status) if status.success() => Ok(()),
-            Ok(status) => Err(Error::failed(stage.name, status)),
-            Err(e) => Err(e),
+        outcome = match &mut stage.action {
+            Action::Command(command) => match cmd::status(command) {
+                Ok(_) if cmd::stop_requested() => Err(cmd::interrupted()),
+                Ok(status) if status.success() => Ok(()),
+                Ok(status) => Err(Error::failed(stage.name, status)),
+                Err(e) => Err(e),
+            },
+            Action::ClientProofs => clients::run(postgres, &env.redis_url),
         };
+        let took = started.elapsed();
         report.push((stage.name, took, if outcome.is_ok() { "ok" } else { "FAILED" }));
         if outcome.is_err() {
             break;
@@ -146,13 +162,22 @@ mod tests {
         let env = TestEnv { database_url: "postgres://pg".to_owned(), redis_url: "redis://r".to_owned() };
         let stages = test_stages(&env, &["-p".to_owned(), "gateway".to_owned()]);
         assert_eq!(stages[0].name, "cargo test");
-        let args: Vec<_> = stages[0].command.get_args().collect();
+        let Action::Command(command) = &stages[0].action else { panic!("cargo test is a command") };
+        let args: Vec<_> = command.get_args().collect();
         assert_eq!(args, ["test", "--workspace", "-p", "gateway"]);
-        for stage in &stages {
-            let envs: Vec<_> = stage.command.get_envs().collect();
-            assert!(envs.contains(&("TASKGATE_TEST_DATABASE_URL".as_ref(), Some("postgres://pg".as_ref()))));
-            assert!(envs.contains(&("TASKGATE_TEST_REDIS_URL".as_ref(), Some("redis://r".as_ref()))));
-        }
+        let envs: Vec<_> = command.get_envs().collect();
+        assert!(envs.contains(&("TASKGATE_TEST_DATABASE_URL".as_ref(), Some("postgres://pg".as_ref()))));
+        assert!(envs.contains(&("TASKGATE_TEST_REDIS_URL".as_ref(), Some("redis://r".as_ref()))));
+        assert_eq!(stages[1].name, "client proofs");
+    }
+
+    #[test]
+    fn skip_clients_leaves_the_client_proofs_out_and_is_not_passed_to_cargo() {
+        let env = TestEnv { database_url: "postgres://pg".to_owned(), redis_url: "redis://r".to_owned() };
+        let stages = test_stages(&env, &[SKIP_CLIENTS.to_owned()]);
+        assert_eq!(stages.len(), 1);
+        let Action::Command(command) = &stages[0].action else { panic!("cargo test is a command") };
+        assert_eq!(command.get_args().collect::<Vec<_>>(), ["test", "--workspace"]);
     }
 
     #[test]

@@ -1,0 +1,55 @@
+//! The client proofs stage of `cargo xtask test`: the real system, started from the binaries the
+//! test build just made, driven by clients nobody in this project wrote (grpcio stubs, `buf curl`,
+//! headless Chromium, schemathesis) through `clients/run-all.sh`.
+
+use devstack::Postgres;
+
+use crate::{
+    cmd::{self, Error, Result},
+    run::Fleet,
+    services::{Profile, SERVICES},
+};
+
+/// Requests per minute the stack under the client proofs allows: the proofs (schemathesis above
+/// all) send far more than a person would, and the limit itself is proven by the gateway's tests.
+const PROOFS_RATE_LIMIT: &str = "100000";
+
+/// Starts auth-service, task-service and the gateway on free ports against a database of their own
+/// on `postgres` and on `redis_url`, runs `clients/run-all.sh` against the gateway, then stops them.
+pub fn run(postgres: &Postgres, redis_url: &str) -> Result {
+    Profile::Debug.build(&SERVICES.map(|s| s.name))?;
+    let database = "taskgate_clients";
+    postgres.create_database(database).map_err(|e| Error::new(format!("creating database {database}: {e}")))?;
+    let database_url = postgres.url(database);
+
+    let port = || devstack::free_port().map_err(|e| Error::new(format!("finding a free port: {e}")));
+    let (auth, task, gateway) = (port()?, port()?, port()?);
+    let overrides = [
+        ("AUTH_LISTEN_ADDR", format!("127.0.0.1:{auth}")),
+        ("TASK_LISTEN_ADDR", format!("127.0.0.1:{task}")),
+        ("GATEWAY_LISTEN_ADDR", format!("127.0.0.1:{gateway}")),
+        ("AUTH_SERVICE_URL", format!("http://127.0.0.1:{auth}")),
+        ("TASK_SERVICE_URL", format!("http://127.0.0.1:{task}")),
+        ("REDIS_PREFIX", "clients:".to_owned()),
+        ("RATE_LIMIT_PER_MINUTE", PROOFS_RATE_LIMIT.to_owned()),
+        ("RUST_LOG", "warn".to_owned()),
+    ];
+
+    let mut fleet = Fleet::default();
+    for service in SERVICES {
+        fleet.start(Profile::Debug, service, &database_url, redis_url, &overrides)?;
+    }
+    let mut proofs = std::process::Command::new("bash");
+    proofs
+        .arg(cmd::project_root().join("clients/run-all.sh"))
+        .env("TASKGATE_GATEWAY_ADDR", format!("127.0.0.1:{gateway}"))
+        .current_dir(cmd::project_root());
+    let outcome = match cmd::status(&mut proofs) {
+        Ok(_) if cmd::stop_requested() => Err(cmd::interrupted()),
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(Error::failed("clients/run-all.sh", status)),
+        Err(e) => Err(e),
+    };
+    fleet.stop();
+    outcome
+}
