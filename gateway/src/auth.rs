@@ -161,10 +161,12 @@ fn is_unsafe(method: &Method) -> bool {
 
 /// The authentication middleware (see the module documentation).
 ///
-/// Public routes pass without a token; a Bearer token sent to one is still
-/// verified (logout names its session that way). An invalid or CSRF-less
-/// cookie on a public route is ignored rather than refused, so a stale cookie
-/// never locks a browser out of login.
+/// Public routes pass without a token. A token sent to one is still verified:
+/// a good one makes the call the user's (logout names its session that way,
+/// and the user's budget is charged); a bad one, or a cookie without its CSRF
+/// token on a write, is dropped and the call goes on anonymously, so an
+/// expired token that a client attaches to every call never locks it out of
+/// login or refresh.
 pub async fn authenticate(State(auth): State<Arc<EdgeAuth>>, mut request: Request, next: Next) -> Response {
     let client = request.extensions().get::<ClientAddr>().copied();
     strip_identity_headers(request.headers_mut(), client);
@@ -179,12 +181,12 @@ pub async fn authenticate(State(auth): State<Arc<EdgeAuth>>, mut request: Reques
     };
     let claims = match auth.verifier.verify(&token, TokenKind::Access).await {
         Ok(claims) => claims,
-        Err(_) if public && via_cookie => return next.run(request).await,
+        Err(_) if public => return next.run(anonymous(request, via_cookie)).await,
         Err(e) => return reject(protocol, &Status::from(e)),
     };
     if via_cookie && is_unsafe(request.method()) && !csrf_ok(request.headers()) {
         if public {
-            return next.run(request).await;
+            return next.run(anonymous(request, via_cookie)).await;
         }
         return reject(
             protocol,
@@ -196,6 +198,16 @@ pub async fn authenticate(State(auth): State<Arc<EdgeAuth>>, mut request: Reques
     }
     request.extensions_mut().insert(claims);
     next.run(request).await
+}
+
+/// The request without the credential that failed: an unverified Bearer
+/// header is removed so no backend acts on it (a cookie stays for the REST
+/// routes that read their own cookies, and never reaches a gRPC backend).
+fn anonymous(mut request: Request, via_cookie: bool) -> Request {
+    if !via_cookie {
+        request.headers_mut().remove(AUTHORIZATION);
+    }
+    request
 }
 
 #[cfg(test)]

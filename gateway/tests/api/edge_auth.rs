@@ -164,3 +164,24 @@ async fn cookie_sessions_work_and_cookie_writes_need_the_csrf_token() {
         .expect("bearer write");
     assert_eq!(response.status(), StatusCode::CREATED);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_token_on_a_public_route_is_dropped_not_refused() {
+    let stack = spawn_stack().await;
+    let alice = stack.user().await;
+    let login = taskgate_proto::auth::v1::LoginRequest {
+        login: alice.username.clone(),
+        password: crate::helpers::PASSWORD.into(),
+        ..Default::default()
+    };
+    stack.auth_a.clone().login(bearer(login, "expired.or.junk")).await.expect("login with a junk bearer header");
+    let response = stack
+        .http
+        .get(stack.url_b("/.well-known/jwks.json"))
+        .bearer_auth("junk")
+        .header("cookie", "tg_access=junk")
+        .send()
+        .await
+        .expect("JWKS");
+    assert_eq!(response.status(), StatusCode::OK);
+}
