@@ -27,6 +27,10 @@ use crate::{
 
 /// How long start-up waits for Postgres to accept migrations.
 const DATABASE_PATIENCE: Duration = Duration::from_secs(30);
+/// Longest any RPC may run.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most calls in flight on one HTTP/2 connection.
+const CONCURRENCY_PER_CONNECTION: usize = 256;
 /// Redis clients in the pool.
 const REDIS_POOL_SIZE: usize = 4;
 /// Added to the access-token lifetime for the revocation record's TTL: the
@@ -124,6 +128,19 @@ async fn bootstrap_admin(settings: &Settings, users: &Users, hasher: &PasswordHa
         Err(e) => anyhow::bail!("creating the admin account: {e}"),
     }
     Ok(())
+}
+
+/// The server and the limits every call runs under, one per line.
+fn server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        // A call stuck on a store must not hold its stream for ever; the
+        // stores' own timeouts (3 s Postgres acquire, 0.5 s Redis) come first.
+        .timeout(REQUEST_TIMEOUT)
+        // One client cannot queue unbounded work on its connection; argon2
+        // calls beyond the hashing permits wait in the hasher's semaphore.
+        .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
+        // Notice dead peers behind NATs and load balancers.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
 }
 
 impl Application {
@@ -231,12 +248,12 @@ impl Application {
         });
 
         tracing::info!(addr = %self.local_addr, "auth service listening");
-        let result = tonic::transport::Server::builder()
+        let result = server()
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(AuthServiceServer::new(self.api))
-            .serve_with_incoming_shutdown(TcpIncoming::from(self.listener), shutdown)
+            .serve_with_incoming_shutdown(TcpIncoming::from(self.listener).with_nodelay(Some(true)), shutdown)
             .await
             .context("serving gRPC");
         reloader.abort();
