@@ -368,3 +368,54 @@ impl auth::auth_service_server::AuthService for JwksOnly {
         Err(Status::unimplemented("test jwks server"))
     }
 }
+
+/// A TCP proxy in front of Redis that a test can cut and restore: a network
+/// partition in which Redis keeps its data (unlike stopping the server).
+pub struct RedisProxy {
+    /// `redis://127.0.0.1:<proxy port>`.
+    pub url: String,
+    /// While set, new connections are closed at once.
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    /// The piping tasks of open connections, aborted on a cut.
+    pipes: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl RedisProxy {
+    /// Starts a proxy to the Redis at `upstream` (`host:port`).
+    pub async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding the proxy");
+        let url = format!("redis://{}", listener.local_addr().expect("proxy address"));
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pipes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (cut2, pipes2) = (cut.clone(), pipes.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if cut2.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let pipe = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                pipes2.lock().expect("pipes").push(pipe.abort_handle());
+            }
+        });
+        RedisProxy { url, cut, pipes }
+    }
+
+    /// Closes every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for pipe in self.pipes.lock().expect("pipes").drain(..) {
+            pipe.abort();
+        }
+    }
+
+    /// Lets connections through again.
+    pub fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
