@@ -3,11 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use taskgate_proto::auth::v1::{GetMeRequest, LoginRequest, RegisterRequest};
+use taskgate_proto::auth::v1::{
+    GetJwksRequest, GetMeRequest, LoginRequest, LogoutRequest, RefreshRequest, RegisterRequest,
+};
 use taskgate_test_support::{PrivatePostgres, PrivateRedis};
 use tonic::Code;
 
-use crate::helpers::{PASSWORD, TestApp, bearer, spawn_app_on, username};
+use crate::helpers::{PASSWORD, TestApp, bearer, spawn_app, spawn_app_on, username};
 
 async fn try_login(app: &TestApp, name: &str) -> Result<(), tonic::Status> {
     app.client
@@ -56,8 +58,23 @@ async fn with_redis_down_calls_are_unavailable_and_recover_when_it_returns() {
         .await
         .expect_err("revocation check without redis");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    // Registration needs only Postgres.
+    let status = app
+        .client
+        .clone()
+        .refresh(RefreshRequest { refresh_token: tokens.refresh_token.clone() })
+        .await
+        .expect_err("refresh without redis");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let status = app
+        .client
+        .clone()
+        .logout(LogoutRequest { refresh_token: tokens.refresh_token.clone() })
+        .await
+        .expect_err("logout without redis");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    // Registration and the JWKS need no Redis.
     app.register(&username()).await;
+    app.client.clone().get_jwks(GetJwksRequest {}).await.expect("jwks without redis");
 
     redis.restart();
     eventually("login after redis restart", || try_login(&app, &name)).await;
@@ -85,4 +102,12 @@ async fn with_postgres_down_calls_are_unavailable_and_recover_when_it_returns() 
 
     postgres.restart();
     eventually("login after postgres restart", || try_login(&app, &name)).await;
+}
+
+#[tokio::test]
+async fn the_health_service_reports_serving() {
+    let app = spawn_app().await;
+    let url = format!("http://{}", app.addr);
+    taskgate_common::grpc::probe(&url, taskgate_proto::service_names::AUTH).await.expect("auth service serving");
+    taskgate_common::grpc::probe(&url, "").await.expect("server serving");
 }
