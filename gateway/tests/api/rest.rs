@@ -630,3 +630,25 @@ async fn the_document_and_the_docs_page_are_public() {
     let bundle = api.http.get(format!("{}/docs/swagger-ui-bundle.js", api.base)).send().await.expect("bundle");
     assert_eq!(bundle.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn the_client_address_and_user_agent_reach_the_auth_service() {
+    api!(stack, api);
+    let (username, _) = api.register().await;
+    let login = api
+        .call(Method::POST, "/api/v1/auth/login")
+        .header("user-agent", "taskgate-rest-tests/1.0")
+        .json(&json!({"login": username, "password": PASSWORD}))
+        .send()
+        .await;
+    assert_eq!(login.status, StatusCode::OK, "{}", login.body);
+    let access = login.body["access_token"].as_str().expect("a token");
+    let sessions = api.call(Method::GET, "/api/v1/auth/sessions").bearer(access).send().await;
+    let session = &sessions.body["sessions"][0];
+    // tonic's channel appends its own product token (`tonic/0.14`) to any
+    // user-agent it forwards; the browser's part comes first.
+    let user_agent = session["user_agent"].as_str().unwrap_or_default();
+    assert!(user_agent.starts_with("taskgate-rest-tests/1.0"), "{session}");
+    assert_eq!(session["ip_address"], "127.0.0.1", "{session}");
+    assert_eq!(session["current"], true);
+}
