@@ -9,7 +9,7 @@
 //! came, and its [`Claims`] in the request extensions. Revocation is checked
 //! by the rate-limit layer, in the same Redis round trip as the limit.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use axum::{
     extract::{Request, State},
@@ -18,7 +18,7 @@ use axum::{
 };
 use http::{HeaderMap, HeaderValue, Method, header::AUTHORIZATION};
 use subtle::ConstantTimeEq as _;
-use taskgate_tokens::{TokenKind, Verifier};
+use taskgate_tokens::{Claims, TokenKind, Verifier, VerifyError};
 use tonic::Status;
 
 use crate::protocol::{ClientAddr, Protocol, reject};
@@ -62,11 +62,80 @@ pub const IDENTITY_HEADERS: &[&str] = &[
     "forwarded",
 ];
 
-/// What the authentication layer needs: the verifier with its key cache.
-#[derive(Clone)]
+/// What the authentication layer needs: the verifier with its key cache,
+/// and a cache of tokens it has already verified.
 pub struct EdgeAuth {
     /// Verifies access tokens against the auth service's JWKS, cached in memory.
-    pub verifier: Verifier,
+    verifier: Verifier,
+    /// Claims of recently verified tokens, so a client's every call does not
+    /// pay an Ed25519 verification; revocation is still checked per request.
+    verified: VerifiedTokens,
+}
+
+impl EdgeAuth {
+    /// Authentication with `verifier`.
+    pub fn new(verifier: Verifier) -> EdgeAuth {
+        EdgeAuth { verifier, verified: VerifiedTokens::new(VERIFIED_TOKENS) }
+    }
+
+    /// The claims of `token` if it is a valid access token.
+    pub async fn verify(&self, token: &str) -> Result<Claims, VerifyError> {
+        let now = unix_now();
+        if let Some(claims) = self.verified.get(token, now) {
+            return Ok(claims);
+        }
+        let claims = self.verifier.verify(token, TokenKind::Access).await?;
+        self.verified.put(token, &claims, now);
+        Ok(claims)
+    }
+}
+
+/// How many verified tokens are remembered per replica (about 0.5 KiB each).
+const VERIFIED_TOKENS: usize = 10_000;
+
+/// Verified access tokens and their claims, until their `exp`.
+///
+/// A hit skips only the signature and claim checks, which cannot change for
+/// the same token bytes before `exp` (the verifier's own key cache keeps a
+/// withdrawn key for as long anyway); revocation is checked on every request
+/// by the rate-limit script.
+pub struct VerifiedTokens {
+    /// Token → claims.
+    entries: std::sync::Mutex<HashMap<String, Claims>>,
+    /// Most entries kept; when full, expired ones go, then all.
+    capacity: usize,
+}
+
+impl VerifiedTokens {
+    /// An empty cache of at most `capacity` tokens.
+    pub fn new(capacity: usize) -> VerifiedTokens {
+        VerifiedTokens { entries: std::sync::Mutex::new(HashMap::new()), capacity }
+    }
+
+    /// The claims of `token` if it was verified and has not expired at `now` (Unix seconds).
+    pub fn get(&self, token: &str, now: i64) -> Option<Claims> {
+        let entries = self.entries.lock().ok()?;
+        entries.get(token).filter(|c| c.exp > now).cloned()
+    }
+
+    /// Remembers a verified `token`.
+    pub fn put(&self, token: &str, claims: &Claims, now: i64) {
+        let Ok(mut entries) = self.entries.lock() else { return };
+        if entries.len() >= self.capacity {
+            entries.retain(|_, c| c.exp > now);
+            if entries.len() >= self.capacity {
+                entries.clear();
+            }
+        }
+        entries.insert(token.to_owned(), claims.clone());
+    }
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// How a request presented its access token.
@@ -179,7 +248,7 @@ pub async fn authenticate(State(auth): State<Arc<EdgeAuth>>, mut request: Reques
         Some(Credential::Bearer(t)) => (t.to_owned(), false),
         Some(Credential::Cookie(t)) => (t.to_owned(), true),
     };
-    let claims = match auth.verifier.verify(&token, TokenKind::Access).await {
+    let claims = match auth.verify(&token).await {
         Ok(claims) => claims,
         Err(_) if public => return next.run(anonymous(request, via_cookie)).await,
         Err(e) => return reject(protocol, &Status::from(e)),
@@ -262,6 +331,31 @@ mod tests {
         assert!(!csrf_ok(&headers(&[("cookie", "tg_csrf=t1"), ("x-csrf-token", "t2")])));
         assert!(!csrf_ok(&headers(&[("cookie", "tg_csrf=t1")])));
         assert!(!csrf_ok(&headers(&[("x-csrf-token", "t1")])));
+    }
+
+    #[test]
+    fn verified_tokens_are_remembered_until_they_expire() {
+        let cache = VerifiedTokens::new(2);
+        let claims = |exp| Claims {
+            iss: "taskgate".into(),
+            aud: "taskgate".into(),
+            sub: "u1".into(),
+            exp,
+            iat: 0,
+            nbf: 0,
+            jti: "j".into(),
+            sid: "s".into(),
+        };
+        cache.put("t1", &claims(100), 10);
+        assert_eq!(cache.get("t1", 50).map(|c| c.sub), Some("u1".into()));
+        assert_eq!(cache.get("t1", 100), None, "expired");
+        assert_eq!(cache.get("t2", 50), None);
+        cache.put("t2", &claims(20), 10);
+        // Full: the expired entry goes first, the live one stays.
+        cache.put("t3", &claims(100), 30);
+        assert!(cache.get("t1", 30).is_some());
+        assert!(cache.get("t3", 30).is_some());
+        assert!(cache.get("t2", 30).is_none());
     }
 
     #[test]

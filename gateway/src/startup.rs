@@ -110,7 +110,7 @@ impl Application {
             routes,
             stack::Parts {
                 metrics,
-                auth: Arc::new(EdgeAuth { verifier }),
+                auth: Arc::new(EdgeAuth::new(verifier)),
                 limiter,
                 cors_allowed_origins: settings.cors_allowed_origins.clone(),
                 request_timeout: settings.request_timeout(),
