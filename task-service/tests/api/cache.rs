@@ -16,7 +16,7 @@ use crate::helpers::{authed, spawn_app, spawn_app_with};
 #[tokio::test]
 async fn a_repeated_read_is_served_from_the_cache_and_every_write_shows_at_once() {
     let app = spawn_app().await;
-    let user = app.user();
+    let user = app.user().await;
     let a = app.create(&user, "a").await;
     app.create(&user, "b").await;
     assert_eq!(app.first_page(&user, 0).await.len(), 2);
@@ -90,7 +90,7 @@ async fn reads_reflect_every_write_acknowledged_before_they_started_under_concur
         s.cache_fill_delay = Duration::from_millis(5)
     })
     .await;
-    let user = app.user();
+    let user = app.user().await;
     let acked = Arc::new(Mutex::new(Acknowledged::default()));
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
@@ -204,7 +204,7 @@ async fn reads_reflect_every_write_acknowledged_before_they_started_under_concur
 #[tokio::test]
 async fn a_miss_storm_on_a_cold_list_costs_one_postgres_query() {
     let app = spawn_app().await;
-    let user = app.user();
+    let user = app.user().await;
     app.insert_tasks(user.id, 200, "t").await;
     let before = app.metrics.list_queries();
     let mut readers = Vec::new();

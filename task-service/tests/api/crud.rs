@@ -8,7 +8,7 @@ use crate::helpers::{assert_code, spawn_app};
 #[tokio::test]
 async fn create_fills_in_defaults_and_get_returns_the_same_task() {
     let app = spawn_app().await;
-    let user = app.user();
+    let user = app.user().await;
     let created = app.create(&user, "  buy milk  ").await;
     assert_eq!(created.title, "buy milk", "the title is trimmed");
     assert_eq!(created.description, "");
@@ -22,7 +22,7 @@ async fn create_fills_in_defaults_and_get_returns_the_same_task() {
 #[tokio::test]
 async fn create_keeps_a_given_description_and_status() {
     let app = spawn_app().await;
-    let user = app.user();
+    let user = app.user().await;
     let task = Task {
         title: "write report".into(),
         description: "quarterly, with charts".into(),
@@ -37,7 +37,7 @@ async fn create_keeps_a_given_description_and_status() {
 #[tokio::test]
 async fn update_without_a_mask_replaces_every_field_and_absent_ones_take_defaults() {
     let app = spawn_app().await;
-    let user = app.user();
+    let user = app.user().await;
     let created = app
         .try_create(
             &user,
@@ -71,7 +71,7 @@ async fn update_without_a_mask_replaces_every_field_and_absent_ones_take_default
 #[tokio::test]
 async fn update_with_a_mask_changes_only_the_named_fields() {
     let app = spawn_app().await;
-    let user = app.user();
+    let user = app.user().await;
     let created = app
         .try_create(&user, Task { title: "keep".into(), description: "keep too".into(), ..Default::default() })
         .await
@@ -92,7 +92,7 @@ async fn update_with_a_mask_changes_only_the_named_fields() {
 #[tokio::test]
 async fn delete_removes_the_task_and_a_second_delete_is_not_found() {
     let app = spawn_app().await;
-    let user = app.user();
+    let user = app.user().await;
     let created = app.create(&user, "short-lived").await;
     app.delete(&user, &created.id).await.expect("delete");
     assert_code(app.get(&user, &created.id).await, Code::NotFound);
@@ -103,7 +103,7 @@ async fn delete_removes_the_task_and_a_second_delete_is_not_found() {
 #[tokio::test]
 async fn a_missing_id_is_not_found_on_get_update_and_delete() {
     let app = spawn_app().await;
-    let user = app.user();
+    let user = app.user().await;
     let id = uuid::Uuid::new_v4().to_string();
     assert_code(app.get(&user, &id).await, Code::NotFound);
     let update = Task { id: id.clone(), title: "x".into(), ..Default::default() };

@@ -2,11 +2,12 @@
 //! its own Redis prefix, a typed client over a real socket, and users with
 //! real access tokens.
 //!
-//! Tokens come from [`Issuer`]: an Ed25519 key whose JWKS a small in-test
-//! gRPC server publishes through `AuthService/GetJwks`, exactly where the
-//! task service fetches it from in production. Minting tokens here (rather
-//! than logging in) also lets tests make expired, wrongly typed and foreign
-//! tokens.
+//! [`spawn_app`] also starts the real auth service on the same database and
+//! Redis prefix; users register and log in over gRPC, and the task service
+//! fetches the JWKS from it, as in production. [`spawn_app_minting`] instead
+//! publishes the key of an in-test [`Issuer`] through a small gRPC server
+//! answering `AuthService/GetJwks`, so tests can mint tokens the auth service
+//! would never issue (expired, wrongly typed, foreign audience, odd subject).
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -17,7 +18,10 @@ use jsonwebtoken::{EncodingKey, Header};
 use sqlx::PgPool;
 use task_service::{Application, Metrics, Settings};
 use taskgate_proto::{
-    auth::v1::{self as auth, Jwk, auth_service_server::AuthServiceServer},
+    auth::v1::{
+        self as auth, Jwk, LoginRequest, RegisterRequest, auth_service_client::AuthServiceClient,
+        auth_service_server::AuthServiceServer,
+    },
     task::v1::{
         CreateTaskRequest, DeleteTaskRequest, GetTaskRequest, ListTasksRequest, ListTasksResponse, Task, TaskStatus,
         UpdateTaskRequest, task_service_client::TaskServiceClient,
@@ -29,6 +33,17 @@ use tonic::{Code, Request, Response, Status, transport::Channel};
 use tonic_types::StatusExt as _;
 use uuid::Uuid;
 
+/// The password every test user registers with.
+pub const PASSWORD: &str = "tasks-and-more-tasks-42";
+
+/// Where a test's users and tokens come from.
+pub enum Tokens {
+    /// The real auth service: register and log in over gRPC.
+    AuthService(AuthServiceClient<Channel>),
+    /// Tokens minted in the test.
+    Minted(Issuer),
+}
+
 /// A running task service and everything a test needs around it.
 pub struct TestApp {
     /// Where it listens.
@@ -39,14 +54,14 @@ pub struct TestApp {
     pub metrics: Arc<Metrics>,
     /// Its database, for direct inserts and checks.
     pub db: PgPool,
-    /// Its Redis key prefix.
+    /// Its Redis key prefix (shared with the auth service).
     pub redis_prefix: String,
     /// Its Redis URL.
     pub redis_url: String,
-    /// Mints access tokens it accepts.
-    pub issuer: Issuer,
-    /// Stops the server when dropped.
-    _stop: oneshot::Sender<()>,
+    /// Where users come from.
+    pub tokens: Tokens,
+    /// Stop the servers when dropped.
+    _stop: Vec<oneshot::Sender<()>>,
 }
 
 /// A user: an id and a valid access token.
@@ -56,29 +71,57 @@ pub struct TestUser {
     pub id: Uuid,
     /// A valid access token.
     pub token: String,
-    /// The token's session id, for revocation tests.
-    pub sid: String,
 }
 
-/// A task service on the shared test Postgres and Redis.
+/// A task service (and the auth service) on the shared test Postgres and Redis.
 pub async fn spawn_app() -> TestApp {
     let database_url = taskgate_test_support::fresh_database().await;
     spawn_app_on(database_url, taskgate_test_support::redis_url()).await
 }
 
-/// A task service on the given database and Redis (private servers in the
-/// outage tests).
+/// A task service (and the auth service) on the given database and Redis
+/// (private servers in the outage tests).
 pub async fn spawn_app_on(database_url: String, redis_url: String) -> TestApp {
     spawn_app_with(database_url, redis_url, |_| {}).await
 }
 
-/// A task service whose settings `tweak` adjusts first.
+/// Like [`spawn_app_on`], with the task service's settings adjusted by `tweak`.
 pub async fn spawn_app_with(database_url: String, redis_url: String, tweak: impl FnOnce(&mut Settings)) -> TestApp {
     taskgate_test_support::init_test_logging();
-    let issuer = Issuer::start().await;
     let redis_prefix = taskgate_test_support::unique_prefix();
-    let mut settings =
-        Settings::for_tests(database_url.clone(), redis_url.clone(), redis_prefix.clone(), issuer.jwks_url.clone());
+    let auth_settings =
+        auth_service::Settings::for_tests(database_url.clone(), redis_url.clone(), redis_prefix.clone());
+    let auth_app = auth_service::Application::build(auth_settings).await.expect("building the auth service");
+    let auth_url = format!("http://{}", auth_app.local_addr());
+    let (stop_auth, auth_stopped) = oneshot::channel::<()>();
+    tokio::spawn(auth_app.run_until_stopped(async move {
+        let _ = auth_stopped.await;
+    }));
+    let auth_client = AuthServiceClient::connect(auth_url.clone()).await.expect("connecting to the auth service");
+    let mut app = start(database_url, redis_url, redis_prefix, auth_url, Tokens::AuthService(auth_client), tweak).await;
+    app._stop.push(stop_auth);
+    app
+}
+
+/// A task service whose tokens are minted by an in-test [`Issuer`].
+pub async fn spawn_app_minting() -> TestApp {
+    let database_url = taskgate_test_support::fresh_database().await;
+    let issuer = Issuer::start().await;
+    let jwks_url = issuer.jwks_url.clone();
+    let prefix = taskgate_test_support::unique_prefix();
+    start(database_url, taskgate_test_support::redis_url(), prefix, jwks_url, Tokens::Minted(issuer), |_| {}).await
+}
+
+async fn start(
+    database_url: String,
+    redis_url: String,
+    redis_prefix: String,
+    auth_url: String,
+    tokens: Tokens,
+    tweak: impl FnOnce(&mut Settings),
+) -> TestApp {
+    taskgate_test_support::init_test_logging();
+    let mut settings = Settings::for_tests(database_url.clone(), redis_url.clone(), redis_prefix.clone(), auth_url);
     tweak(&mut settings);
     let app = Application::build(settings).await.expect("building the task service");
     let addr = app.local_addr();
@@ -89,7 +132,7 @@ pub async fn spawn_app_with(database_url: String, redis_url: String, tweak: impl
     }));
     let client = TaskServiceClient::connect(format!("http://{addr}")).await.expect("connecting to the task service");
     let db = taskgate_common::db::pool(&database_url, taskgate_common::db::TASK_SCHEMA, 4).expect("test pool");
-    TestApp { addr, client, metrics, db, redis_prefix, redis_url, issuer, _stop: stop }
+    TestApp { addr, client, metrics, db, redis_prefix, redis_url, tokens, _stop: vec![stop] }
 }
 
 /// `request` with `token` as its bearer token.
@@ -100,9 +143,52 @@ pub fn authed<T>(token: &str, message: T) -> Request<T> {
 }
 
 impl TestApp {
-    /// A new user with a fresh token.
-    pub fn user(&self) -> TestUser {
-        self.issuer.user()
+    /// A new user with a fresh access token: registered and logged in with
+    /// the auth service, or minted.
+    pub async fn user(&self) -> TestUser {
+        match &self.tokens {
+            Tokens::Minted(issuer) => issuer.user(),
+            Tokens::AuthService(client) => {
+                let username = format!("u{}", &Uuid::new_v4().simple().to_string()[..16]);
+                let user = client
+                    .clone()
+                    .register(RegisterRequest {
+                        username: Some(username.clone()),
+                        password: PASSWORD.into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("register")
+                    .into_inner()
+                    .user
+                    .expect("registered user");
+                let tokens = client
+                    .clone()
+                    .login(LoginRequest { login: username, password: PASSWORD.into(), ..Default::default() })
+                    .await
+                    .expect("login")
+                    .into_inner()
+                    .tokens
+                    .expect("token pair");
+                TestUser { id: Uuid::parse_str(&user.id).expect("user id"), token: tokens.access_token }
+            }
+        }
+    }
+
+    /// The in-test issuer (only for [`spawn_app_minting`]).
+    pub fn issuer(&self) -> &Issuer {
+        match &self.tokens {
+            Tokens::Minted(issuer) => issuer,
+            Tokens::AuthService(_) => panic!("this app uses the real auth service; use spawn_app_minting"),
+        }
+    }
+
+    /// The auth service client (only for [`spawn_app`] and friends).
+    pub fn auth(&self) -> AuthServiceClient<Channel> {
+        match &self.tokens {
+            Tokens::AuthService(client) => client.clone(),
+            Tokens::Minted(_) => panic!("this app mints its tokens"),
+        }
     }
 
     /// A client on its own new connection (for many concurrent callers).
@@ -277,17 +363,7 @@ impl Issuer {
 
     /// Claims of a fresh, valid access token for `user`.
     pub fn claims(&self, user: Uuid) -> Claims {
-        let now = now();
-        Claims {
-            iss: "taskgate".into(),
-            aud: "taskgate".into(),
-            sub: user.to_string(),
-            exp: now + 900,
-            iat: now,
-            nbf: now,
-            jti: Uuid::new_v4().to_string(),
-            sid: Uuid::new_v4().to_string(),
-        }
+        fresh_claims(user)
     }
 
     /// Signs `claims` with header `typ`.
@@ -299,7 +375,22 @@ impl Issuer {
     pub fn user(&self) -> TestUser {
         let id = Uuid::new_v4();
         let claims = self.claims(id);
-        TestUser { id, token: self.sign(&claims, "at+jwt"), sid: claims.sid }
+        TestUser { id, token: self.sign(&claims, "at+jwt") }
+    }
+}
+
+/// Claims of a fresh, valid access token for `user`.
+pub fn fresh_claims(user: Uuid) -> Claims {
+    let now = now();
+    Claims {
+        iss: "taskgate".into(),
+        aud: "taskgate".into(),
+        sub: user.to_string(),
+        exp: now + 900,
+        iat: now,
+        nbf: now,
+        jti: Uuid::new_v4().to_string(),
+        sid: Uuid::new_v4().to_string(),
     }
 }
 

@@ -12,7 +12,7 @@ use crate::helpers::spawn_app;
 #[tokio::test]
 async fn ten_thousand_tasks_are_paged_through_at_a_flat_cost_with_a_bounded_cache() {
     let app = spawn_app().await;
-    let user = app.user();
+    let user = app.user().await;
     app.insert_tasks(user.id, 10_000, "t").await;
     sqlx::query("ANALYZE tasks").execute(&app.db).await.expect("analyze");
 

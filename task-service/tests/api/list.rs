@@ -21,7 +21,7 @@ fn assert_newest_first(tasks: &[Task]) {
 #[tokio::test]
 async fn tasks_are_listed_newest_first_fifty_by_default() {
     let app = spawn_app().await;
-    let user = app.user();
+    let user = app.user().await;
     let first = app.create(&user, "first").await;
     let second = app.create(&user, "second").await;
     let third = app.create(&user, "third").await;
@@ -29,7 +29,7 @@ async fn tasks_are_listed_newest_first_fifty_by_default() {
     assert_eq!(titles, ["third", "second", "first"]);
     let _ = (first, second, third);
 
-    let other = app.user();
+    let other = app.user().await;
     app.insert_tasks(other.id, 60, "bulk").await;
     let page = app.list(&other, ListTasksRequest::default()).await.expect("list");
     assert_eq!(page.tasks.len(), 50);
@@ -41,7 +41,7 @@ async fn tasks_are_listed_newest_first_fifty_by_default() {
 #[tokio::test]
 async fn page_size_n_returns_the_last_n_and_sizes_above_500_are_capped() {
     let app = spawn_app().await;
-    let user = app.user();
+    let user = app.user().await;
     app.insert_tasks(user.id, 620, "t").await;
     let last_three: Vec<_> = app.first_page(&user, 3).await.into_iter().map(|t| t.title).collect();
     assert_eq!(last_three, ["t620", "t619", "t618"]);
@@ -59,7 +59,7 @@ async fn page_size_n_returns_the_last_n_and_sizes_above_500_are_capped() {
 #[tokio::test]
 async fn a_page_that_ends_exactly_at_the_last_task_has_no_next_token() {
     let app = spawn_app().await;
-    let user = app.user();
+    let user = app.user().await;
     app.insert_tasks(user.id, 4, "t").await;
     let page = app.list(&user, ListTasksRequest { page_size: 4, ..Default::default() }).await.expect("list");
     assert_eq!(page.tasks.len(), 4);
@@ -76,7 +76,7 @@ async fn a_page_that_ends_exactly_at_the_last_task_has_no_next_token() {
 #[tokio::test]
 async fn page_tokens_walk_every_task_exactly_once_even_with_equal_timestamps() {
     let app = spawn_app().await;
-    let user = app.user();
+    let user = app.user().await;
     // 90 tasks sharing only three creation times: the id breaks the ties.
     sqlx::query(
         "INSERT INTO tasks (id, owner_id, title, created_at) \
@@ -98,7 +98,7 @@ async fn page_tokens_walk_every_task_exactly_once_even_with_equal_timestamps() {
 #[tokio::test]
 async fn the_status_filter_returns_only_matching_tasks_on_every_page() {
     let app = spawn_app().await;
-    let user = app.user();
+    let user = app.user().await;
     // insert_tasks cycles statuses: i % 3 == 0 todo, 1 in_progress, 2 done.
     app.insert_tasks(user.id, 30, "t").await;
     for (status, expected) in [(TaskStatus::Todo, 10), (TaskStatus::InProgress, 10), (TaskStatus::Done, 10)] {
@@ -118,7 +118,7 @@ async fn the_status_filter_returns_only_matching_tasks_on_every_page() {
 #[tokio::test]
 async fn pagination_is_stable_while_tasks_are_added() {
     let app = spawn_app().await;
-    let user = app.user();
+    let user = app.user().await;
     app.insert_tasks(user.id, 300, "old").await;
     let before: HashSet<String> =
         app.list_all(&user, 500, TaskStatus::Unspecified).await.into_iter().map(|t| t.id).collect();

@@ -13,7 +13,7 @@ use crate::helpers::{RedisProxy, assert_code, eventually, spawn_app_on};
 async fn with_redis_stopped_every_rpc_still_works_and_the_cache_comes_back_never_stale() {
     let mut redis = PrivateRedis::start();
     let app = spawn_app_on(taskgate_test_support::fresh_database().await, redis.url()).await;
-    let user = app.user();
+    let user = app.user().await;
     let first = app.create(&user, "before the outage").await;
     app.first_page(&user, 0).await;
     let hits = app.metrics.cache_hits();
@@ -57,7 +57,7 @@ async fn a_write_that_cannot_reach_redis_never_lets_an_older_cached_list_be_serv
     let redis_url = taskgate_test_support::redis_url();
     let proxy = RedisProxy::start(redis_url.trim_start_matches("redis://").trim_end_matches('/').to_owned()).await;
     let app = spawn_app_on(taskgate_test_support::fresh_database().await, proxy.url.clone()).await;
-    let user = app.user();
+    let user = app.user().await;
     app.create(&user, "old").await;
     assert_eq!(app.first_page(&user, 0).await.len(), 1);
     let hits = app.metrics.cache_hits();
@@ -88,7 +88,7 @@ async fn with_postgres_stopped_calls_are_unavailable_and_recover_when_it_returns
     let mut postgres = PrivatePostgres::start();
     let database_url = taskgate_test_support::fresh_database_on(&postgres.admin_url()).await;
     let app = spawn_app_on(database_url, taskgate_test_support::redis_url()).await;
-    let user = app.user();
+    let user = app.user().await;
     let task = app.create(&user, "stored").await;
 
     postgres.stop();

@@ -9,8 +9,8 @@ use crate::helpers::{assert_code, spawn_app};
 #[tokio::test]
 async fn another_users_task_is_not_found_on_every_rpc_and_never_listed() {
     let app = spawn_app().await;
-    let alice = app.user();
-    let bob = app.user();
+    let alice = app.user().await;
+    let bob = app.user().await;
     let hers = app.create(&alice, "alice's").await;
     let his = app.create(&bob, "bob's").await;
     // Warm both users' cached lists first, so the cache is part of the test.
@@ -39,8 +39,8 @@ async fn another_users_task_is_not_found_on_every_rpc_and_never_listed() {
 #[tokio::test]
 async fn a_page_token_from_another_user_only_walks_the_callers_own_tasks() {
     let app = spawn_app().await;
-    let alice = app.user();
-    let bob = app.user();
+    let alice = app.user().await;
+    let bob = app.user().await;
     app.insert_tasks(alice.id, 10, "a").await;
     app.insert_tasks(bob.id, 10, "b").await;
     let alices = app

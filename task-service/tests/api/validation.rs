@@ -12,7 +12,7 @@ fn titled(title: &str) -> Task {
 #[tokio::test]
 async fn create_rejects_each_bad_field_and_writes_nothing() {
     let app = spawn_app().await;
-    let user = app.user();
+    let user = app.user().await;
     assert_invalid(app.try_create(&user, titled("")).await, "title");
     assert_invalid(app.try_create(&user, titled("   \t ")).await, "title");
     assert_invalid(app.try_create(&user, titled(&"x".repeat(201))).await, "title");
@@ -30,7 +30,7 @@ async fn create_rejects_each_bad_field_and_writes_nothing() {
 #[tokio::test]
 async fn every_bad_field_of_one_request_is_reported() {
     let app = spawn_app().await;
-    let user = app.user();
+    let user = app.user().await;
     let bad = Task { title: String::new(), description: "d".repeat(10_001), status: 42, ..Default::default() };
     let result = app.try_create(&user, bad).await;
     for field in ["title", "description", "status"] {
@@ -41,7 +41,7 @@ async fn every_bad_field_of_one_request_is_reported() {
 #[tokio::test]
 async fn malformed_ids_are_rejected_on_get_update_and_delete() {
     let app = spawn_app().await;
-    let user = app.user();
+    let user = app.user().await;
     assert_invalid(app.get(&user, "not-a-uuid").await, "id");
     assert_invalid(app.delete(&user, "").await, "id");
     assert_invalid(app.update(&user, Task { id: "42".into(), ..titled("x") }, None).await, "id");
@@ -50,7 +50,7 @@ async fn malformed_ids_are_rejected_on_get_update_and_delete() {
 #[tokio::test]
 async fn update_rejects_bad_fields_and_unknown_mask_paths_and_changes_nothing() {
     let app = spawn_app().await;
-    let user = app.user();
+    let user = app.user().await;
     let task = app.create(&user, "original").await;
     let id = task.id.clone();
     assert_invalid(app.update(&user, Task { id: id.clone(), ..titled("") }, None).await, "title");
@@ -70,7 +70,7 @@ async fn update_rejects_bad_fields_and_unknown_mask_paths_and_changes_nothing() 
 #[tokio::test]
 async fn list_rejects_bad_page_sizes_statuses_and_tokens() {
     let app = spawn_app().await;
-    let user = app.user();
+    let user = app.user().await;
     assert_invalid(app.list(&user, ListTasksRequest { page_size: -1, ..Default::default() }).await, "page_size");
     assert_invalid(app.list(&user, ListTasksRequest { status: 7, ..Default::default() }).await, "status");
     let garbage = ListTasksRequest { page_token: "garbage!".into(), ..Default::default() };
