@@ -90,15 +90,15 @@ pub struct Settings {
     pub admin_password: Option<SecretString>,
 
     /// Failed logins per account allowed within the throttle window.
-    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_ACCOUNT", default_value_t = 5)]
+    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_ACCOUNT", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub login_max_failures_per_account: u32,
 
     /// Failed logins per client address allowed within the throttle window.
-    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_IP", default_value_t = 20)]
+    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_IP", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub login_max_failures_per_ip: u32,
 
     /// Length of the sliding window failed logins are counted in, in seconds.
-    #[arg(long = "login-failure-window-seconds", env = "LOGIN_FAILURE_WINDOW_SECONDS", default_value = "900", value_parser = parse_seconds)]
+    #[arg(long = "login-failure-window-seconds", env = "LOGIN_FAILURE_WINDOW_SECONDS", default_value = "900", value_parser = parse_positive_seconds)]
     pub login_failure_window: Duration,
 
     /// Extra delay per earlier failure on the account, in milliseconds (capped
@@ -167,6 +167,13 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(n))
 }
 
+fn parse_positive_seconds(s: &str) -> Result<Duration, String> {
+    match parse_seconds(s)? {
+        d if d.is_zero() => Err("must be at least 1 second".into()),
+        d => Ok(d),
+    }
+}
+
 fn parse_millis(s: &str) -> Result<Duration, String> {
     let n: u64 = s.parse().map_err(|_| format!("{s:?} is not a whole number of milliseconds"))?;
     Ok(Duration::from_millis(n))
@@ -203,5 +210,14 @@ mod tests {
     fn a_zero_minute_lifetime_is_refused() {
         assert!(parse_minutes("0").is_err());
         assert!(parse_minutes("abc").is_err());
+        assert!(parse_positive_seconds("0").is_err());
+        let zero_limit = Settings::try_parse_from([
+            "auth-service",
+            "--database-url",
+            "postgres://x/y",
+            "--login-max-failures-per-account",
+            "0",
+        ]);
+        assert!(zero_limit.is_err());
     }
 }
