@@ -60,14 +60,16 @@ fn timestamp_ms(ms: i64) -> prost_types::Timestamp {
 }
 
 /// The caller's address: `x-client-ip` set by the gateway, else the peer.
+/// A header that is not an IP address is ignored, so it cannot smuggle
+/// arbitrary text into Redis keys or session records.
 fn client_ip<T>(request: &Request<T>) -> String {
     request
         .metadata()
         .get("x-client-ip")
         .and_then(|v| v.to_str().ok())
-        .map(|s| s.trim().chars().take(64).collect::<String>())
-        .filter(|s| !s.is_empty())
-        .or_else(|| request.remote_addr().map(|a| a.ip().to_string()))
+        .and_then(|s| s.trim().parse::<std::net::IpAddr>().ok())
+        .or_else(|| request.remote_addr().map(|a| a.ip()))
+        .map(|ip| ip.to_string())
         .unwrap_or_default()
 }
 
@@ -346,5 +348,30 @@ impl AuthService for AuthApi {
     ) -> Result<Response<DisableUserResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
         Ok(Response::new(AuthApi::disable_user(self, &metadata, req).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_client_ip(value: &str) -> Request<()> {
+        let mut request = Request::new(());
+        request.metadata_mut().insert("x-client-ip", value.parse().expect("ascii"));
+        request
+    }
+
+    #[test]
+    fn the_client_ip_header_is_used_only_when_it_is_an_address() {
+        assert_eq!(client_ip(&with_client_ip(" 203.0.113.7 ")), "203.0.113.7");
+        assert_eq!(client_ip(&with_client_ip("2001:db8::1")), "2001:db8::1");
+        assert_eq!(client_ip(&with_client_ip("evil:key")), "");
+        assert_eq!(client_ip(&Request::new(())), "");
+    }
+
+    #[test]
+    fn session_timestamps_convert_from_milliseconds() {
+        let t = timestamp_ms(1_700_000_000_123);
+        assert_eq!((t.seconds, t.nanos), (1_700_000_000, 123_000_000));
     }
 }
