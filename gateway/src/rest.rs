@@ -2,7 +2,7 @@
 //! `google.api.http` annotations in `proto/`.
 //!
 //! The router is built from `taskgate_proto::HTTP_RULES`: a route exists
-//! exactly when an annotation declares it and [`routes`] has its handler.
+//! exactly when an annotation declares it and `routes` has its handler.
 //! Every failure, including a path or method that does not exist and a body
 //! that is not valid JSON, is answered in the one JSON error shape.
 //!
@@ -42,6 +42,10 @@ use crate::rest::routes::{Backends, axum_path, binding_for, method_filter};
 /// The router has its own fallbacks (JSON 404 for unknown paths, JSON 405 for
 /// a known path with another method), so callers should `merge` it last or
 /// `fallback_service` to it rather than add fallbacks of their own.
+///
+/// Session cookies (`?cookies=true`) are `Secure` unless the server inserts
+/// the [`InsecureCookies`] request extension, for plain-HTTP development
+/// (`COOKIE_SECURE=false`): `Router::layer(Extension(InsecureCookies))`.
 pub fn router(auth: AuthServiceClient<Channel>, task: TaskServiceClient<Channel>) -> Router {
     let mut router = Router::new();
     for rule in HTTP_RULES {

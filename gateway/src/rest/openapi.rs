@@ -3,7 +3,7 @@
 //! Paths come from `taskgate_proto::HTTP_RULES`, so the document lists
 //! exactly the annotated bindings (a test checks this); each operation's
 //! request, responses and parameters are described here, next to the
-//! schemas of [`crate::rest::json`]. Every operation documents its error
+//! schemas of `rest::json`. Every operation documents its error
 //! responses (the google.rpc.Status JSON of [`crate::rest::error`]) and a
 //! `default` for anything unexpected.
 //!
