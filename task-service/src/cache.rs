@@ -1,11 +1,13 @@
 //! The Redis list cache, and why it is never stale.
 //!
 //! # Keys (all under `REDIS_PREFIX`)
-//! - `tasks:{owner}:pages`: a hash with one field per status filter (`all`,
-//!   `todo`, `in_progress`, `done`), each the user's newest
-//!   [`CACHE_DEPTH`] tasks as JSON with the stamp they were filled at. Any
-//!   first page of up to 500 tasks is cut from it; later pages are not cached.
-//!   So the cache holds at most 4 x 500 tasks per user.
+//! - `tasks:{owner}:pages`: a hash with one field per [`Shape`]: a status
+//!   filter (`all`, `todo`, `in_progress`, `done`) and a depth (50, the
+//!   default page, or 500, the largest). Each holds the user's newest tasks
+//!   of that shape as JSON, with the stamp they were filled at. Any first page
+//!   is cut from the shallowest entry deep enough for it; later pages are not
+//!   cached. So the cache holds at most 4 x (50 + 500) tasks per user, and a
+//!   default page does not pay for reading 500.
 //! - `tasks:{owner}:ver`: the user's list version.
 //! - `tasks:epoch`: the global epoch.
 //! - `tasks:seq`: the counter new versions and epochs are drawn from, so no
@@ -51,9 +53,30 @@ use uuid::Uuid;
 
 use crate::{domain::TaskStatus, repository::Task};
 
-/// How many of a user's newest tasks one cache entry holds: enough to cut
-/// any first page (page sizes stop at 500).
-pub const CACHE_DEPTH: usize = crate::domain::MAX_PAGE_SIZE;
+/// The depths entries are kept at: the default page size, and the largest.
+pub const CACHE_DEPTHS: [usize; 2] = [crate::domain::DEFAULT_PAGE_SIZE, crate::domain::MAX_PAGE_SIZE];
+
+/// Which cached list a first page is cut from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Shape {
+    /// The status filter, or all.
+    pub filter: Option<TaskStatus>,
+    /// How many of the newest tasks the entry holds.
+    pub depth: usize,
+}
+
+impl Shape {
+    /// The shallowest shape that can serve a first page of `page_size`.
+    pub fn for_page(filter: Option<TaskStatus>, page_size: usize) -> Self {
+        let depth = CACHE_DEPTHS.into_iter().find(|d| page_size <= *d).unwrap_or(crate::domain::MAX_PAGE_SIZE);
+        Shape { filter, depth }
+    }
+
+    /// The field of the user's pages hash.
+    fn field(self) -> String {
+        format!("{}:{}", self.filter.map_or("all", TaskStatus::as_db), self.depth)
+    }
+}
 
 /// How long a user's version key lives without writes. Any value is safe
 /// (versions never repeat); it only bounds the keys idle users leave behind.
@@ -129,7 +152,7 @@ pub struct Stamp {
 pub struct CachedPage {
     /// When (in cache terms) it was loaded.
     pub stamp: Stamp,
-    /// Up to [`CACHE_DEPTH`] tasks, newest first.
+    /// Up to the shape's depth of tasks, newest first.
     pub tasks: Vec<Task>,
     /// Whether more tasks follow the last one.
     pub more: bool,
@@ -181,11 +204,6 @@ impl ListCache {
         }
     }
 
-    /// The field of the pages hash for a status filter.
-    fn field(filter: Option<TaskStatus>) -> &'static str {
-        filter.map_or("all", TaskStatus::as_db)
-    }
-
     fn key(&self, owner: Uuid, what: &str) -> String {
         format!("{}tasks:{owner}:{what}", self.prefix)
     }
@@ -223,13 +241,13 @@ impl ListCache {
         }
     }
 
-    /// Reads `owner`'s entry for `filter` together with the current stamp.
-    pub async fn lookup(&self, owner: Uuid, filter: Option<TaskStatus>) -> Lookup {
+    /// Reads `owner`'s entry of `shape` together with the current stamp.
+    pub async fn lookup(&self, owner: Uuid, shape: Shape) -> Lookup {
         if !self.usable().await {
             return Lookup::Bypass;
         }
         let keys = vec![self.global("epoch"), self.global("seq"), self.key(owner, "ver"), self.key(owner, "pages")];
-        let args = vec![Self::field(filter).to_owned(), now_micros().to_string(), VERSION_TTL.as_secs().to_string()];
+        let args = vec![shape.field(), now_micros().to_string(), VERSION_TTL.as_secs().to_string()];
         let reply = match self.redis.eval::<Value, _, _, _>(READ_SCRIPT, keys, args).await {
             Ok(reply) => reply,
             Err(e) => {
@@ -261,9 +279,9 @@ impl ListCache {
         }
     }
 
-    /// Stores `page` for `owner` and `filter` if its stamp is still current.
-    /// Returns whether it was stored.
-    pub async fn fill(&self, owner: Uuid, filter: Option<TaskStatus>, page: &CachedPage) -> bool {
+    /// Stores `page` as `owner`'s entry of `shape` if its stamp is still
+    /// current. Returns whether it was stored.
+    pub async fn fill(&self, owner: Uuid, shape: Shape, page: &CachedPage) -> bool {
         let entry = match serde_json::to_string(page) {
             Ok(entry) => entry,
             Err(e) => {
@@ -273,7 +291,7 @@ impl ListCache {
         };
         let keys = vec![self.global("epoch"), self.key(owner, "ver"), self.key(owner, "pages")];
         let args = vec![
-            Self::field(filter).to_owned(),
+            shape.field(),
             page.stamp.epoch.to_string(),
             page.stamp.version.to_string(),
             entry,
@@ -333,4 +351,19 @@ impl ListCache {
 /// The current time in microseconds, where a lost counter restarts.
 fn now_micros() -> i64 {
     Utc::now().timestamp_micros()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_first_page_is_cut_from_the_shallowest_entry_deep_enough() {
+        assert_eq!(Shape::for_page(None, 1).depth, 50);
+        assert_eq!(Shape::for_page(None, 50).depth, 50);
+        assert_eq!(Shape::for_page(Some(TaskStatus::Done), 51).depth, 500);
+        assert_eq!(Shape::for_page(None, 500).depth, 500);
+        assert_eq!(Shape::for_page(Some(TaskStatus::InProgress), 7).field(), "in_progress:50");
+        assert_eq!(Shape::for_page(None, 200).field(), "all:500");
+    }
 }

@@ -48,7 +48,8 @@ impl TaskError {
             _ => false,
         };
         if unavailable {
-            tracing::warn!(error = %error, "{doing}: database unavailable");
+            // Logged once per outage by the repository, not per request.
+            tracing::debug!(error = %error, "{doing}: database unavailable");
             TaskError::Unavailable
         } else {
             TaskError::Unexpected(anyhow::Error::new(error).context(doing))

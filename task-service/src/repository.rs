@@ -2,7 +2,10 @@
 //! task of another user is never read, changed or deleted, and looks
 //! exactly like a missing one.
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -85,12 +88,35 @@ pub struct Repository {
     pool: PgPool,
     /// Where list queries are counted.
     metrics: Arc<Metrics>,
+    /// Whether Postgres answered last time; flips are logged, so an outage
+    /// is logged once however many requests it fails.
+    up: Arc<AtomicBool>,
 }
 
 impl Repository {
     /// Queries through `pool`, counting list queries in `metrics`.
     pub fn new(pool: PgPool, metrics: Arc<Metrics>) -> Self {
-        Repository { pool, metrics }
+        Repository { pool, metrics, up: Arc::new(AtomicBool::new(true)) }
+    }
+
+    /// Classifies a query result, logging when Postgres goes away and when
+    /// it comes back.
+    fn observe<T>(&self, result: Result<T, sqlx::Error>, doing: &'static str) -> Result<T, TaskError> {
+        match result {
+            Ok(value) => {
+                if !self.up.swap(true, Ordering::SeqCst) {
+                    tracing::info!("database recovered");
+                }
+                Ok(value)
+            }
+            Err(e) => {
+                let error = TaskError::from_db(e, doing);
+                if matches!(error, TaskError::Unavailable) && self.up.swap(false, Ordering::SeqCst) {
+                    tracing::warn!("database unavailable: task calls answer UNAVAILABLE until it returns");
+                }
+                Err(error)
+            }
+        }
     }
 
     /// Inserts a task owned by `owner` and returns it.
@@ -101,7 +127,7 @@ impl Repository {
         description: &TaskDescription,
         status: TaskStatus,
     ) -> Result<Task, TaskError> {
-        let row: TaskRow = sqlx::query_as(
+        let row = sqlx::query_as::<_, TaskRow>(
             "INSERT INTO tasks (id, owner_id, title, description, status, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, clock_timestamp(), clock_timestamp()) \
              RETURNING id, title, description, status, created_at, updated_at",
@@ -112,28 +138,26 @@ impl Repository {
         .bind(description.as_str())
         .bind(status.as_db())
         .fetch_one(&self.pool)
-        .await
-        .map_err(|e| TaskError::from_db(e, "inserting a task"))?;
-        row.try_into()
+        .await;
+        self.observe(row, "inserting a task")?.try_into()
     }
 
     /// The task `id` if `owner` owns it.
     pub async fn get(&self, owner: Uuid, id: Uuid) -> Result<Task, TaskError> {
-        let row: Option<TaskRow> = sqlx::query_as(
+        let row = sqlx::query_as::<_, TaskRow>(
             "SELECT id, title, description, status, created_at, updated_at \
              FROM tasks WHERE id = $1 AND owner_id = $2",
         )
         .bind(id)
         .bind(owner)
         .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| TaskError::from_db(e, "reading a task"))?;
-        row.ok_or(TaskError::NotFound)?.try_into()
+        .await;
+        self.observe(row, "reading a task")?.ok_or(TaskError::NotFound)?.try_into()
     }
 
     /// Applies `changes` to task `id` if `owner` owns it, and returns it.
     pub async fn update(&self, owner: Uuid, id: Uuid, changes: &TaskChanges) -> Result<Task, TaskError> {
-        let row: Option<TaskRow> = sqlx::query_as(
+        let row = sqlx::query_as::<_, TaskRow>(
             "UPDATE tasks SET \
                  title = COALESCE($3, title), \
                  description = COALESCE($4, description), \
@@ -148,9 +172,8 @@ impl Repository {
         .bind(changes.description.as_ref().map(TaskDescription::as_str))
         .bind(changes.status.map(TaskStatus::as_db))
         .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| TaskError::from_db(e, "updating a task"))?;
-        row.ok_or(TaskError::NotFound)?.try_into()
+        .await;
+        self.observe(row, "updating a task")?.ok_or(TaskError::NotFound)?.try_into()
     }
 
     /// Deletes task `id` if `owner` owns it.
@@ -159,8 +182,8 @@ impl Repository {
             .bind(id)
             .bind(owner)
             .execute(&self.pool)
-            .await
-            .map_err(|e| TaskError::from_db(e, "deleting a task"))?;
+            .await;
+        let done = self.observe(done, "deleting a task")?;
         if done.rows_affected() == 0 { Err(TaskError::NotFound) } else { Ok(()) }
     }
 
@@ -215,7 +238,7 @@ impl Repository {
             .bind(cursor.id)
             .bind(limit),
         };
-        let rows = query.fetch_all(&self.pool).await.map_err(|e| TaskError::from_db(e, "listing tasks"))?;
+        let rows = self.observe(query.fetch_all(&self.pool).await, "listing tasks")?;
         rows.into_iter().map(Task::try_from).collect()
     }
 

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::{
     Metrics, TaskError,
-    cache::{CACHE_DEPTH, CachedPage, ListCache, Lookup, Stamp},
+    cache::{CachedPage, ListCache, Lookup, Shape, Stamp},
     domain::{ListQuery, PageToken, TaskDescription, TaskStatus, TaskTitle},
     repository::{Repository, Task, TaskChanges},
 };
@@ -43,8 +43,8 @@ pub struct Page {
 /// that saw the same stamp.
 type Flight = Shared<BoxFuture<'static, Result<Arc<CachedPage>, Arc<TaskError>>>>;
 
-/// What identifies a load: the same user, filter and stamp see the same list.
-type FlightKey = (Uuid, Option<TaskStatus>, Stamp);
+/// What identifies a load: the same user, shape and stamp see the same list.
+type FlightKey = (Uuid, Shape, Stamp);
 
 /// The service's data layer.
 #[derive(Clone)]
@@ -124,7 +124,8 @@ impl TaskStore {
         if query.after.is_some() {
             return self.list_from_postgres(owner, query).await;
         }
-        let cached = match self.cache.lookup(owner, query.filter).await {
+        let shape = Shape::for_page(query.filter, size);
+        let cached = match self.cache.lookup(owner, shape).await {
             Lookup::Bypass => {
                 self.metrics.cache_bypass();
                 return self.list_from_postgres(owner, query).await;
@@ -135,7 +136,7 @@ impl TaskStore {
             }
             Lookup::Miss(stamp) => {
                 self.metrics.cache_miss();
-                self.load_once(owner, query.filter, stamp).await?
+                self.load_once(owner, shape, stamp).await?
             }
         };
         let tasks: Vec<Task> = cached.tasks.iter().take(size).cloned().collect();
@@ -156,13 +157,8 @@ impl TaskStore {
     /// Loads the first page for `stamp` from Postgres and offers it to the
     /// cache, joining a load already under way for the same stamp instead of
     /// starting another.
-    async fn load_once(
-        &self,
-        owner: Uuid,
-        filter: Option<TaskStatus>,
-        stamp: Stamp,
-    ) -> Result<Arc<CachedPage>, TaskError> {
-        let key = (owner, filter, stamp);
+    async fn load_once(&self, owner: Uuid, shape: Shape, stamp: Stamp) -> Result<Arc<CachedPage>, TaskError> {
+        let key = (owner, shape, stamp);
         let flight = {
             let mut flights = self.flights.lock().map_err(|_| anyhow::anyhow!("flight table poisoned"))?;
             match flights.get(&key) {
@@ -181,21 +177,21 @@ impl TaskStore {
     /// The shared future of one load. It removes itself from the table a
     /// little after finishing (see [`FLIGHT_LINGER`]).
     fn flight(&self, key: FlightKey, id: u64) -> Flight {
-        let (owner, filter, stamp) = key;
+        let (owner, shape, stamp) = key;
         let repo = self.repo.clone();
         let cache = self.cache.clone();
         let flights = self.flights.clone();
         let fill_delay = self.fill_delay;
         async move {
             let result = async {
-                let mut tasks = repo.list(owner, filter, None, CACHE_DEPTH + 1).await?;
-                let more = tasks.len() > CACHE_DEPTH;
-                tasks.truncate(CACHE_DEPTH);
+                let mut tasks = repo.list(owner, shape.filter, None, shape.depth + 1).await?;
+                let more = tasks.len() > shape.depth;
+                tasks.truncate(shape.depth);
                 let page = CachedPage { stamp, tasks, more };
                 if !fill_delay.is_zero() {
                     tokio::time::sleep(fill_delay).await;
                 }
-                cache.fill(owner, filter, &page).await;
+                cache.fill(owner, shape, &page).await;
                 Ok::<_, TaskError>(Arc::new(page))
             }
             .await

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use task_service::cache::{CachedPage, ListCache, Lookup};
+use task_service::cache::{CachedPage, ListCache, Lookup, Shape};
 use taskgate_proto::task::v1::{CreateTaskRequest, DeleteTaskRequest, ListTasksRequest, Task, UpdateTaskRequest};
 
 use crate::helpers::{authed, spawn_app, spawn_app_with};
@@ -46,19 +46,20 @@ async fn the_fill_of_a_reader_that_loaded_before_a_write_is_refused() {
     fred::prelude::ClientLike::init(&redis).await.expect("connect");
     let cache = ListCache::new(redis, app.redis_prefix.clone(), Duration::from_secs(60));
     assert!(cache.settle().await);
+    let shape = Shape::for_page(None, 50);
 
     // A reader misses and (in real life) queries Postgres...
-    let Lookup::Miss(stamp) = cache.lookup(owner, None).await else { panic!("expected a miss") };
+    let Lookup::Miss(stamp) = cache.lookup(owner, shape).await else { panic!("expected a miss") };
     // ...a write commits and bumps the version...
     cache.invalidate(owner).await;
     // ...and the reader's old list must not land in the cache.
     let stale = CachedPage { stamp, tasks: Vec::new(), more: false };
-    assert!(!cache.fill(owner, None, &stale).await, "a fill under an old version is refused");
-    let Lookup::Miss(current) = cache.lookup(owner, None).await else { panic!("expected a miss") };
+    assert!(!cache.fill(owner, shape, &stale).await, "a fill under an old version is refused");
+    let Lookup::Miss(current) = cache.lookup(owner, shape).await else { panic!("expected a miss") };
     assert_ne!(current, stamp);
     let fresh = CachedPage { stamp: current, tasks: Vec::new(), more: false };
-    assert!(cache.fill(owner, None, &fresh).await, "a fill under the current version is stored");
-    assert!(matches!(cache.lookup(owner, None).await, Lookup::Hit(page) if page == fresh));
+    assert!(cache.fill(owner, shape, &fresh).await, "a fill under the current version is stored");
+    assert!(matches!(cache.lookup(owner, shape).await, Lookup::Hit(page) if page == fresh));
 }
 
 /// What every read must reflect: the writes acknowledged before it started.
