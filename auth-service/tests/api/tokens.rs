@@ -151,3 +151,14 @@ async fn refreshing_stops_at_the_absolute_session_lifetime() {
     let status = refresh(&app, &second.refresh_token).await.expect_err("refreshed past the lifetime");
     assert_eq!(status.code(), Code::Unauthenticated);
 }
+
+#[tokio::test]
+async fn an_idle_session_ends_when_its_refresh_token_expires() {
+    let app = spawn_app_with(|s| s.refresh_token_ttl = Duration::from_secs(1)).await;
+    let (_, tokens) = app.user_with_session().await;
+    assert_eq!(tokens.refresh_expires_in, 1);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    // Even inside the verifiers' clock-skew leeway the session record is gone.
+    let status = refresh(&app, &tokens.refresh_token).await.expect_err("expired refresh token accepted");
+    assert_eq!(status.code(), Code::Unauthenticated);
+}
