@@ -232,3 +232,28 @@ fn request_patterns_say_what_the_backends_accept() {
         assert_eq!(login.is_match(s), !blank(s), "login {s:?}");
     }
 }
+
+#[tokio::test]
+async fn a_rate_limited_rest_call_is_the_documented_429() {
+    let stack = crate::helpers::spawn_stack_with(crate::helpers::StackOptions {
+        rate_limit_per_minute: 5,
+        ..Default::default()
+    })
+    .await;
+    let api = Api::new(&stack);
+    let doc = api.call(Method::GET, "/openapi.json").send().await.body;
+    let user = stack.user().await;
+    let mut limited = None;
+    for _ in 0..20 {
+        let reply = api.call(Method::GET, "/api/v1/tasks").bearer(user.access()).send().await;
+        if reply.status == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(reply);
+            break;
+        }
+    }
+    let reply = limited.expect("the limit is reached within 20 calls");
+    conforms(&doc, &Method::GET, "/api/v1/tasks", &reply);
+    assert_eq!(reply.body["code"], 8);
+    let retry_after = reply.headers.get("retry-after").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    assert!(retry_after.parse::<u64>().is_ok(), "Retry-After is whole seconds: {retry_after:?}");
+}
