@@ -174,15 +174,17 @@ impl TaskStore {
         flight.await.map_err(|e| e.share())
     }
 
-    /// The shared future of one load. It removes itself from the table a
-    /// little after finishing (see [`FLIGHT_LINGER`]).
+    /// The shared future of one load. The load runs in its own task, so it
+    /// finishes (and leaves the table) even if every caller waiting on it
+    /// goes away; it removes itself a little after finishing (see
+    /// [`FLIGHT_LINGER`]).
     fn flight(&self, key: FlightKey, id: u64) -> Flight {
         let (owner, shape, stamp) = key;
         let repo = self.repo.clone();
         let cache = self.cache.clone();
         let flights = self.flights.clone();
         let fill_delay = self.fill_delay;
-        async move {
+        let load = tokio::spawn(async move {
             let result = async {
                 let mut tasks = repo.list(owner, shape.filter, None, shape.depth + 1).await?;
                 let more = tasks.len() > shape.depth;
@@ -207,6 +209,12 @@ impl TaskStore {
                 }
             });
             result
+        });
+        async move {
+            match load.await {
+                Ok(result) => result,
+                Err(e) => Err(Arc::new(TaskError::Unexpected(anyhow::anyhow!("list load task failed: {e}")))),
+            }
         }
         .boxed()
         .shared()
