@@ -34,7 +34,7 @@ use axum::{
 };
 use bytes::Bytes;
 use http::{HeaderMap, header::CONTENT_TYPE};
-use http_body::{Frame, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
 use taskgate_proto::HTTP_RULES;
 use tonic::Code;
 
@@ -297,8 +297,13 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, mut request: Request, ne
         Some(response.status().as_u16().to_string())
     };
     let record = Record { metrics, protocol, route, start, code };
+    if response.body().is_end_stream() {
+        // Nothing left to observe (trailers-only answers, empty bodies): count it now.
+        drop(record);
+        return response;
+    }
     let (parts, body) = response.into_parts();
-    Response::from_parts(parts, Body::new(Observed { inner: body, record }))
+    Response::from_parts(parts, Body::new(Observed { inner: body, record: Some(record) }))
 }
 
 /// The `grpc-status` of a trailers-only response or of trailers, by name.
@@ -329,7 +334,8 @@ impl Drop for Record {
 /// trailers (gRPC) or from the trailer frame (gRPC-web, flag byte 0x80).
 struct Observed {
     inner: Body,
-    record: Record,
+    /// Taken (and so counted) when the body ends, or on drop if it never does.
+    record: Option<Record>,
 }
 
 impl http_body::Body for Observed {
@@ -338,18 +344,30 @@ impl http_body::Body for Observed {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(trailers) = frame.trailers_ref() {
-                if let Some(code) = grpc_status(trailers) {
-                    self.record.code = Some(code.to_owned());
+        let protocol = self.record.as_ref().map(|r| r.protocol);
+        let mut code = None;
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    code = grpc_status(trailers);
+                } else if let Some(data) = frame.data_ref()
+                    && protocol == Some(Protocol::GrpcWeb)
+                    && data.first() == Some(&0x80)
+                {
+                    code = grpc_web_trailer_status(&data[data.len().min(5)..]);
                 }
-            } else if let Some(data) = frame.data_ref()
-                && self.record.protocol == Protocol::GrpcWeb
-                && data.first() == Some(&0x80)
-                && let Some(code) = grpc_web_trailer_status(&data[data.len().min(5)..])
-            {
-                self.record.code = Some(code.to_owned());
             }
+            Poll::Ready(None | Some(Err(_))) => {
+                // The end: count it before the response is even flushed.
+                self.record.take();
+            }
+            Poll::Pending => {}
+        }
+        if let (Some(code), Some(record)) = (code, self.record.as_mut()) {
+            record.code = Some(code.to_owned());
+        }
+        if self.inner.is_end_stream() {
+            self.record.take();
         }
         polled
     }

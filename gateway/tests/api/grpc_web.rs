@@ -51,6 +51,11 @@ async fn login_and_list_tasks_work_over_grpc_web() {
     assert_eq!(tasks[0].title, "web task");
     assert_eq!(listed.headers["x-request-id"], "web-1");
     assert!(listed.headers.contains_key("ratelimit"));
+
+    // The code in the trailer frame is what /metrics counts.
+    let metrics = stack.metrics_a().await;
+    let sample = "taskgate_gateway_requests_total{protocol=\"grpc-web\",route=\"/taskgate.task.v1.TaskService/ListTasks\",code=\"OK\"} 1";
+    assert!(metrics.contains(sample), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
