@@ -66,6 +66,7 @@ pub fn router(auth: AuthServiceClient<Channel>, task: TaskServiceClient<Channel>
     router
         .route("/openapi.json", get(openapi::serve))
         .route("/docs", get(docs::index))
+        .route("/docs/", get(|| async { axum::response::Redirect::permanent("/docs") }))
         .route("/docs/{file}", get(docs::asset))
         // Must follow every `route`: it only applies to routes already added.
         .method_not_allowed_fallback(routes::method_not_allowed)
@@ -214,6 +215,9 @@ mod tests {
             let response = dead_router().oneshot(request("GET", &format!("/docs/{file}"), "")).await.expect("ok");
             assert_eq!(response.status(), StatusCode::OK, "{file}");
         }
+        let (status, headers, _) = send(request("GET", "/docs/", "")).await;
+        assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(headers.get(header::LOCATION).and_then(|v| v.to_str().ok()), Some("/docs"));
         let (status, _, body) = send(request("GET", "/docs/secrets.txt", "")).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert_eq!(body["code"], 5);
