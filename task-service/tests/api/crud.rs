@@ -110,3 +110,11 @@ async fn a_missing_id_is_not_found_on_get_update_and_delete() {
     assert_code(app.update(&user, update, None).await, Code::NotFound);
     assert_code(app.delete(&user, &id).await, Code::NotFound);
 }
+
+#[tokio::test]
+async fn the_server_reports_serving_over_grpc_health() {
+    let app = crate::helpers::spawn_app().await;
+    taskgate_common::grpc::probe(&format!("http://{}", app.addr), taskgate_proto::service_names::TASK)
+        .await
+        .expect("health check");
+}
