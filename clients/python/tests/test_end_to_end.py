@@ -66,17 +66,30 @@ def test_register_login_refresh_and_logout(client: TaskgateClient) -> None:
     assert first.refresh_expires_in >= first.expires_in
     assert client.me().id == user.id
 
-    # A refresh hands out a new pair; the old refresh token is single use.
+    # A refresh rotates the pair.
     second = client.refresh(first.refresh_token)
     assert second.refresh_token != first.refresh_token
     assert second.access_token
     assert client.me(second.access_token).username == username
+    # A client that lost the response and retries with the just-rotated token
+    # (within the server's grace window) gets the very same successor pair.
+    retry = client.refresh(first.refresh_token)
+    assert (retry.access_token, retry.refresh_token) == (second.access_token, second.refresh_token)
+    # Once the successor has been rotated too, the first token is two steps old:
+    # presenting it is treated as theft and ends the whole session, successors
+    # and their access tokens included.
+    third = client.refresh(second.refresh_token)
     with pytest.raises(grpc.RpcError) as err:
         client.refresh(first.refresh_token)
     assert_code(err, grpc.StatusCode.UNAUTHENTICATED)
+    with pytest.raises(grpc.RpcError) as err:
+        client.refresh(third.refresh_token)
+    assert_code(err, grpc.StatusCode.UNAUTHENTICATED)
+    with pytest.raises(grpc.RpcError) as err:
+        client.me(third.access_token)
+    assert_code(err, grpc.StatusCode.UNAUTHENTICATED)
 
-    # Reusing a rotated token may end that whole session (reuse detection), so
-    # the logout is proved on a fresh one.
+    # The logout is proved on a fresh session.
     client.login(username, password)
     access = client.tokens.access_token
     assert len(client.list_tasks().tasks) == 0
