@@ -5,6 +5,7 @@
 //! at the edge, the fleet-wide rate limit, the plain HTTP endpoints, TLS.
 
 mod edge_auth;
+mod every_rpc;
 mod grpc;
 mod grpc_web;
 mod helpers;
