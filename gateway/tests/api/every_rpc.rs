@@ -61,7 +61,7 @@ impl<'a> Caller<'a> {
                     .map_err(|s| s.code())
             }
             Via::GrpcWeb => {
-                let base = if n % 2 == 0 { self.stack.url_a("") } else { self.stack.url_b("") };
+                let base = if n.is_multiple_of(2) { self.stack.url_a("") } else { self.stack.url_b("") };
                 let auth = token.map(|t| format!("Bearer {t}"));
                 let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
                 let reply = grpc_web::<Req, Resp>(&self.stack.http, &base, rpc, &message, &headers).await;
