@@ -28,6 +28,12 @@
 #   --wait-for-schema 30 seconds to wait for /openapi.json to answer
 #   --workers 2          two concurrent workers (the machine has 2 cores)
 #   --seed N             reproducible data (SCHEMATHESIS_SEED, default 6)
+#   --phases examples,fuzzing,stateful
+#                        every phase but "coverage": in 4.32.5 that phase's own
+#                        generator crashes with a KeyError inside schemathesis
+#                        (specs/openapi/coverage/_schema.py, _negative_type) on
+#                        our document, before any request is sent; it reports a
+#                        runtime error, not a finding about the server
 #   --generation-database none   no .hypothesis folder left behind
 #   --exclude-path-regex / --include-path-regex   split the two passes
 #   --report junit --report-dir DIR   a JUnit report per pass in
@@ -109,6 +115,7 @@ run_pass() (
   "$venv/bin/schemathesis" run "$url/openapi.json" \
     --header "Authorization: Bearer $token" \
     --checks not_a_server_error,response_schema_conformance \
+    --phases examples,fuzzing,stateful \
     --max-examples "$max_examples" \
     --max-time "$budget" \
     --request-timeout 10 \

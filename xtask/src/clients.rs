@@ -14,6 +14,11 @@ use crate::{
 /// all) send far more than a person would, and the limit itself is proven by the gateway's tests.
 const PROOFS_RATE_LIMIT: &str = "100000";
 
+/// Failed logins per client address the stack under the client proofs allows before throttling:
+/// schemathesis fuzzes the login route with wrong passwords from 127.0.0.1, and the proofs then
+/// log in from the same address. The throttle itself is proven by the auth service's tests.
+const PROOFS_LOGIN_FAILURES_PER_IP: &str = "100000";
+
 /// Starts auth-service, task-service and the gateway on free ports against a database of their own
 /// on `postgres` and on `redis_url`, runs `clients/run-all.sh` against the gateway, then stops them.
 pub fn run(postgres: &Postgres, redis_url: &str) -> Result {
@@ -32,6 +37,8 @@ pub fn run(postgres: &Postgres, redis_url: &str) -> Result {
         ("TASK_SERVICE_URL", format!("http://127.0.0.1:{task}")),
         ("REDIS_PREFIX", "clients:".to_owned()),
         ("RATE_LIMIT_PER_MINUTE", PROOFS_RATE_LIMIT.to_owned()),
+        ("LOGIN_MAX_FAILURES_PER_IP", PROOFS_LOGIN_FAILURES_PER_IP.to_owned()),
+        ("LOGIN_DELAY_STEP_MS", "0".to_owned()),
         ("RUST_LOG", "warn".to_owned()),
     ];
 
