@@ -10,6 +10,11 @@ use taskgate_proto::{service_names, task::v1::task_service_server::TaskServiceSe
 use taskgate_tokens::{GrpcKeySource, RevocationCheck, RevocationPolicy, Verifier, VerifierConfig};
 use tokio::net::TcpListener;
 use tonic::transport::{Endpoint, Server, server::TcpIncoming};
+use tower::layer::util::{Identity, Stack};
+use tower_http::{
+    classify::{GrpcErrorsAsFailures, SharedClassifier},
+    trace::TraceLayer,
+};
 
 use crate::{
     Metrics, Settings, auth::Authenticator, cache::ListCache, repository::Repository, service::TaskApi,
@@ -22,6 +27,35 @@ const MIGRATION_PATIENCE: Duration = Duration::from_secs(30);
 const REDIS_POOL_SIZE: usize = 4;
 /// Longest a single RPC may run before the server gives up on it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Calls one connection may have in progress at once.
+const CONCURRENCY_PER_CONNECTION: usize = 256;
+
+/// The server and the layers every call runs through, one per line.
+fn server() -> Server<Layers> {
+    Server::builder()
+        // A call stuck on a store must not hold its stream for ever; the
+        // stores' own limits (3 s Postgres acquire, 0.5 s Redis) come first.
+        .timeout(REQUEST_TIMEOUT)
+        // One client cannot queue unbounded work on its connection.
+        .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
+        // Notice dead peers behind NATs and load balancers.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // Outermost: one span per call carrying the gateway's request id, so
+        // every log line of the call (an unexpected error's too) names it.
+        .layer(TraceLayer::new_for_grpc().make_span_with(request_span as MakeSpan))
+}
+
+/// The layer stack [`server`] builds.
+type Layers = Stack<TraceLayer<SharedClassifier<GrpcErrorsAsFailures>, MakeSpan>, Identity>;
+
+/// How the trace layer names a call's span.
+type MakeSpan = fn(&http::Request<tonic::body::Body>) -> tracing::Span;
+
+/// The span of one call: its method and the `x-request-id` it came with.
+fn request_span(request: &http::Request<tonic::body::Body>) -> tracing::Span {
+    let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+    tracing::info_span!("grpc", method = %request.uri().path(), request_id = %request_id)
+}
 
 /// The task service, built and bound, ready to serve.
 pub struct Application {
@@ -91,11 +125,7 @@ impl Application {
         let (_health_reporter, health) = grpc::health(&[service_names::TASK]).await;
         let (reflection_v1, reflection_v1alpha) = grpc::reflection()?;
         tracing::info!(addr = %self.local_addr, "task service listening");
-        Server::builder()
-            // Bound every call, so a stuck dependency cannot pile up requests.
-            .timeout(REQUEST_TIMEOUT)
-            // Outermost: one span per request, covering everything below.
-            .layer(tower_http::trace::TraceLayer::new_for_grpc())
+        server()
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
