@@ -9,8 +9,13 @@
 //!
 //! [`check`] and [`check_response`] are a small JSON Schema checker for the
 //! subset used here, so tests can hold real responses to the document.
-//! CI should also run `python3 -m openapi_spec_validator` on the served
-//! document; the tests do not, to keep `cargo test` free of Python.
+//!
+//! A copy is committed as `gateway/static/openapi.json` for tools that want
+//! the document without a running gateway; a test fails when it is stale
+//! (`TASKGATE_BLESS=1 cargo test -p gateway --lib openapi` rewrites it).
+//! CI should also run `python3 -m openapi_spec_validator
+//! gateway/static/openapi.json`; the tests do not, to keep `cargo test` free
+//! of Python.
 
 use std::sync::LazyLock;
 
@@ -909,6 +914,21 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_committed_copy_is_up_to_date() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/static/openapi.json");
+        let mut current = serde_json::to_string_pretty(&document()).expect("serialisable");
+        current.push('\n');
+        if std::env::var_os("TASKGATE_BLESS").is_some() {
+            std::fs::write(path, &current).expect("writing static/openapi.json");
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == current,
+            "gateway/static/openapi.json is stale: run `TASKGATE_BLESS=1 cargo test -p gateway --lib openapi`"
+        );
     }
 
     #[test]
