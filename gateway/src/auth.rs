@@ -9,7 +9,7 @@
 //! came, and its [`Claims`] in the request extensions. Revocation is checked
 //! by the rate-limit layer, in the same Redis round trip as the limit.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use axum::{
     extract::{Request, State},
@@ -21,7 +21,7 @@ use subtle::ConstantTimeEq as _;
 use taskgate_tokens::{Claims, TokenKind, Verifier, VerifyError};
 use tonic::Status;
 
-use crate::protocol::{ClientAddr, Protocol, reject};
+use crate::protocol::{ClientAddr, ClientIp, Protocol, reject};
 
 /// The cookie that may carry the access token instead of the header.
 pub const ACCESS_COOKIE: &str = "tg_access";
@@ -70,12 +70,14 @@ pub struct EdgeAuth {
     /// Claims of recently verified tokens, so a client's every call does not
     /// pay an Ed25519 verification; revocation is still checked per request.
     verified: VerifiedTokens,
+    /// Peers (load balancers) whose `X-Forwarded-For` is believed (`TRUSTED_PROXIES`).
+    trusted_proxies: Vec<IpAddr>,
 }
 
 impl EdgeAuth {
-    /// Authentication with `verifier`.
-    pub fn new(verifier: Verifier) -> EdgeAuth {
-        EdgeAuth { verifier, verified: VerifiedTokens::new(VERIFIED_TOKENS) }
+    /// Authentication with `verifier`, believing `X-Forwarded-For` from `trusted_proxies` only.
+    pub fn new(verifier: Verifier, trusted_proxies: Vec<IpAddr>) -> EdgeAuth {
+        EdgeAuth { verifier, verified: VerifiedTokens::new(VERIFIED_TOKENS), trusted_proxies }
     }
 
     /// The claims of `token` if it is a valid access token.
@@ -173,8 +175,33 @@ pub fn is_public(path: &str) -> bool {
         || path.starts_with("/grpc.reflection.")
 }
 
+/// The client's address: `peer`, unless `peer` is a trusted proxy; then the
+/// right-most `X-Forwarded-For` entry that is not itself a trusted proxy
+/// (entries left of it could have been written by the client).
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted_proxies: &[IpAddr]) -> IpAddr {
+    if !trusted_proxies.contains(&peer) {
+        return peer;
+    }
+    let forwarded: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for entry in forwarded.iter().rev() {
+        match entry.parse::<IpAddr>() {
+            Ok(ip) if trusted_proxies.contains(&ip) => continue,
+            Ok(ip) => return ip,
+            // Garbage from here leftwards cannot be trusted.
+            Err(_) => return peer,
+        }
+    }
+    peer
+}
+
 /// Removes every client-supplied identity header and sets `x-client-ip`.
-pub fn strip_identity_headers(headers: &mut HeaderMap, client: Option<ClientAddr>) {
+pub fn strip_identity_headers(headers: &mut HeaderMap, client: Option<IpAddr>) {
     for name in IDENTITY_HEADERS {
         headers.remove(*name);
     }
@@ -182,8 +209,8 @@ pub fn strip_identity_headers(headers: &mut HeaderMap, client: Option<ClientAddr
     for name in prefixed {
         headers.remove(name);
     }
-    if let Some(ClientAddr(addr)) = client
-        && let Ok(value) = HeaderValue::from_str(&addr.ip().to_string())
+    if let Some(ip) = client
+        && let Ok(value) = HeaderValue::from_str(&ip.to_string())
     {
         headers.insert(CLIENT_IP_HEADER, value);
     }
@@ -237,8 +264,14 @@ fn is_unsafe(method: &Method) -> bool {
 /// expired token that a client attaches to every call never locks it out of
 /// login or refresh.
 pub async fn authenticate(State(auth): State<Arc<EdgeAuth>>, mut request: Request, next: Next) -> Response {
-    let client = request.extensions().get::<ClientAddr>().copied();
+    let client = request
+        .extensions()
+        .get::<ClientAddr>()
+        .map(|ClientAddr(peer)| client_ip(peer.ip(), request.headers(), &auth.trusted_proxies));
     strip_identity_headers(request.headers_mut(), client);
+    if let Some(ip) = client {
+        request.extensions_mut().insert(ClientIp(ip));
+    }
     let protocol = Protocol::of(request.headers());
     let public = is_public(request.uri().path());
 
@@ -300,12 +333,26 @@ mod tests {
             ("x-taskgate-user", "admin"),
             ("x-request-id", "keep"),
         ]);
-        strip_identity_headers(&mut h, Some(ClientAddr("10.0.0.7:5555".parse().expect("addr"))));
+        strip_identity_headers(&mut h, Some("10.0.0.7".parse().expect("addr")));
         assert!(h.get("x-user-id").is_none());
         assert!(h.get("x-forwarded-for").is_none());
         assert!(h.get("x-taskgate-user").is_none());
         assert_eq!(h["x-client-ip"], "10.0.0.7");
         assert_eq!(h["x-request-id"], "keep");
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_from_trusted_proxies_only() {
+        let lb: IpAddr = "10.0.0.2".parse().expect("ip");
+        let client: IpAddr = "198.51.100.7".parse().expect("ip");
+        let h = headers(&[("x-forwarded-for", "203.0.113.66, 198.51.100.7")]);
+        assert_eq!(client_ip(client, &h, &[lb]), client, "an untrusted peer is the client");
+        assert_eq!(client_ip(lb, &h, &[lb]), client, "the right-most entry the proxy added");
+        let h = headers(&[("x-forwarded-for", "198.51.100.7, 10.0.0.2")]);
+        assert_eq!(client_ip(lb, &h, &[lb]), client, "trusted hops are skipped");
+        let h = headers(&[("x-forwarded-for", "junk")]);
+        assert_eq!(client_ip(lb, &h, &[lb]), lb);
+        assert_eq!(client_ip(lb, &HeaderMap::new(), &[lb]), lb);
     }
 
     #[test]

@@ -14,8 +14,12 @@ use axum::{
 };
 use fred::prelude::*;
 use http::{HeaderValue, StatusCode, header::CONTENT_TYPE};
+use taskgate_proto::service_names;
 use tonic::{Status, transport::Channel};
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::{
+    pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient},
+    server::HealthReporter,
+};
 
 use crate::protocol::{Protocol, reject};
 
@@ -52,6 +56,30 @@ pub async fn readyz(State(ready): State<Arc<Readiness>>) -> Response {
     let body = serde_json::json!({"auth": auth, "task": task, "redis": redis});
     let status = if auth && task && redis { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(body)).into_response()
+}
+
+/// How often the gateway's own grpc.health.v1 status of each proxied service
+/// is brought in step with its backend.
+const BACKEND_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Keeps the gateway's grpc.health.v1 status of `taskgate.auth.v1.AuthService`
+/// and `taskgate.task.v1.TaskService` in step with the backends (the overall
+/// `""` status stays SERVING while the process runs).
+pub fn spawn_backend_health(reporter: HealthReporter, auth: Channel, task: Channel) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(BACKEND_HEALTH_INTERVAL);
+        loop {
+            tick.tick().await;
+            for (service, channel) in [(service_names::AUTH, &auth), (service_names::TASK, &task)] {
+                let status = if backend_serving(channel.clone()).await {
+                    tonic_health::ServingStatus::Serving
+                } else {
+                    tonic_health::ServingStatus::NotServing
+                };
+                reporter.set_service_status(service, status).await;
+            }
+        }
+    });
 }
 
 /// grpc.health.v1 `Check("")` on a backend within [`PROBE_TIMEOUT`].

@@ -2,7 +2,10 @@
 //! an error in each: a gRPC status for gRPC and gRPC-web, the JSON error
 //! shape for REST. Every layer that refuses a request goes through [`reject`].
 
-use std::{net::SocketAddr, time::Instant};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Instant,
+};
 
 use axum::{body::Body, response::Response};
 use http::{HeaderMap, HeaderValue, header::CONTENT_TYPE};
@@ -53,6 +56,13 @@ impl Protocol {
 /// request's extensions by the server loop. Never taken from a header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub SocketAddr);
+
+/// The client's address as the gateway trusts it: the peer, or, when the
+/// peer is one of `TRUSTED_PROXIES`, the address that proxy reports in
+/// `X-Forwarded-For`. Set by the authentication layer; anonymous callers are
+/// rate-limited by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
 
 /// When the gateway received a request; deadlines forwarded to the backends
 /// are shortened by the time already spent at the gateway.

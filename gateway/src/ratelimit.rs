@@ -39,7 +39,7 @@ use tonic::Status;
 
 use crate::{
     metrics::Metrics,
-    protocol::{ClientAddr, Protocol, reject},
+    protocol::{ClientAddr, ClientIp, Protocol, reject},
 };
 
 /// The script run once per request.
@@ -270,9 +270,10 @@ pub async fn limit(State(limiter): State<Arc<RateLimiter>>, request: Request, ne
     let claims = request.extensions().get::<Claims>();
     let subject = match claims {
         Some(c) => format!("user:{}", c.sub),
-        None => match request.extensions().get::<ClientAddr>() {
-            Some(ClientAddr(addr)) => format!("ip:{}", addr.ip()),
-            None => "ip:unknown".to_owned(),
+        None => match (request.extensions().get::<ClientIp>(), request.extensions().get::<ClientAddr>()) {
+            (Some(ClientIp(ip)), _) => format!("ip:{ip}"),
+            (None, Some(ClientAddr(addr))) => format!("ip:{}", addr.ip()),
+            (None, None) => "ip:unknown".to_owned(),
         },
     };
     let sid = claims.map(|c| c.sid.clone());

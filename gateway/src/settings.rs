@@ -1,7 +1,11 @@
 //! The gateway's configuration, read once at start-up from the environment
 //! (or flags); `gateway --help` lists every variable with its default.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use taskgate_common::telemetry::LogFormat;
 
@@ -60,6 +64,11 @@ pub struct Settings {
     #[arg(long, env = "COOKIE_SECURE", default_value_t = true, action = clap::ArgAction::Set)]
     pub cookie_secure: bool,
 
+    /// Comma-separated addresses of load balancers in front of the gateway whose
+    /// `X-Forwarded-For` is believed; from anyone else it is ignored.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<IpAddr>,
+
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
@@ -91,6 +100,7 @@ impl Settings {
             tls_key_file: None,
             cors_allowed_origins: "*".into(),
             cookie_secure: false,
+            trusted_proxies: Vec::new(),
             log_format: LogFormat::Pretty,
             request_timeout_seconds: 30,
             demo_dir: PathBuf::from("clients/web/dist"),

@@ -22,6 +22,7 @@ use tonic::{
     server::NamedService,
     transport::{Channel, Endpoint},
 };
+use tonic_health::server::HealthReporter;
 use tower::{Layer as _, ServiceExt as _};
 
 use crate::{
@@ -87,11 +88,12 @@ impl Application {
 
         let auth_client = AuthServiceClient::new(auth_channel.clone());
         let task_client = TaskServiceClient::new(task_channel.clone());
-        let grpc = grpc_routes(
+        let (grpc, health) = grpc_routes(
             AuthProxy::new(auth_client.clone(), metrics.clone()),
             TaskProxy::new(task_client.clone(), metrics.clone()),
         )
         .await?;
+        edge::spawn_backend_health(health, auth_channel.clone(), task_channel.clone());
         let readiness = Arc::new(Readiness { auth: auth_channel, task: task_channel, redis });
         let mut routes = Router::new()
             .route("/healthz", get(edge::healthz))
@@ -110,7 +112,7 @@ impl Application {
             routes,
             stack::Parts {
                 metrics,
-                auth: Arc::new(EdgeAuth::new(verifier)),
+                auth: Arc::new(EdgeAuth::new(verifier, settings.trusted_proxies.clone())),
                 limiter,
                 cors_allowed_origins: settings.cors_allowed_origins.clone(),
                 request_timeout: settings.request_timeout(),
@@ -211,16 +213,18 @@ fn service_path<S: NamedService>(_: &S) -> String {
 
 /// The gRPC services, each behind tonic-web so gRPC-web works on the same
 /// paths: the two proxies, and health and reflection answered by the gateway.
-async fn grpc_routes(auth: AuthProxy, task: TaskProxy) -> anyhow::Result<Router> {
+/// Also returns the health reporter, whose per-service status follows the backends.
+async fn grpc_routes(auth: AuthProxy, task: TaskProxy) -> anyhow::Result<(Router, HealthReporter)> {
     let web = tonic_web::GrpcWebLayer::new();
     let auth = AuthServiceServer::new(auth);
     let task = TaskServiceServer::new(task);
-    let (_reporter, health) = taskgate_common::grpc::health(&[service_names::AUTH, service_names::TASK]).await;
+    let (reporter, health) = taskgate_common::grpc::health(&[service_names::AUTH, service_names::TASK]).await;
     let (reflection_v1, reflection_v1alpha) = taskgate_common::grpc::reflection()?;
-    Ok(Router::new()
+    let router = Router::new()
         .route_service(&service_path(&auth), web.layer(auth))
         .route_service(&service_path(&task), web.layer(task))
         .route_service(&service_path(&health), web.layer(health))
         .route_service(&service_path(&reflection_v1), web.layer(reflection_v1))
-        .route_service(&service_path(&reflection_v1alpha), web.layer(reflection_v1alpha)))
+        .route_service(&service_path(&reflection_v1alpha), web.layer(reflection_v1alpha));
+    Ok((router, reporter))
 }

@@ -2,6 +2,7 @@
 
 use reqwest::StatusCode;
 use serde_json::Value;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::helpers::{StackOptions, spawn_stack, spawn_stack_with};
 
@@ -75,6 +76,27 @@ async fn readiness_fails_while_a_backend_is_down() {
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["task"], false);
     assert_eq!(body["auth"], true);
+
+    // The gateway's own grpc.health.v1 follows the backends too.
+    let health = HealthClient::new(crate::helpers::lazy_channel(stack.gateway_a));
+    let status = |service: &'static str| {
+        let mut health = health.clone();
+        async move {
+            health
+                .check(HealthCheckRequest { service: service.into() })
+                .await
+                .expect("health check")
+                .into_inner()
+                .status
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while status("taskgate.task.v1.TaskService").await != 2 {
+        assert!(std::time::Instant::now() < deadline, "TaskService never reported NOT_SERVING");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status("taskgate.auth.v1.AuthService").await, 1);
+    assert_eq!(status("").await, 1);
     assert_eq!(stack.http.get(stack.url_a("/healthz")).send().await.expect("healthz").status(), StatusCode::OK);
 }
 

@@ -188,3 +188,23 @@ async fn without_redis_each_replica_limits_locally_and_recovers() {
     let metrics = stack.metrics_a().await;
     assert_eq!(metric(&metrics, "taskgate_gateway_ratelimit_fallback_active"), 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_anonymous_callers_are_told_apart_by_x_forwarded_for() {
+    let (addr, _stop) = crate::helpers::spawn_gateway(|s| {
+        s.trusted_proxies = vec!["127.0.0.1".parse().expect("ip")];
+        s.rate_limit_per_minute = 3;
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let call = |forwarded_for: &'static str| {
+        http.get(format!("http://{addr}/openapi.json")).header("x-forwarded-for", forwarded_for).send()
+    };
+    for _ in 0..3 {
+        assert_ne!(call("203.0.113.9, 198.51.100.1").await.expect("call").status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+    // The right-most address is the one the proxy saw; the left part is the client's to write.
+    let refused = call("192.0.2.77, 198.51.100.1").await.expect("call");
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(call("198.51.100.2").await.expect("call").status(), StatusCode::OK);
+}
