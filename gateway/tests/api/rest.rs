@@ -652,3 +652,68 @@ async fn the_client_address_and_user_agent_reach_the_auth_service() {
     assert_eq!(session["ip_address"], "127.0.0.1", "{session}");
     assert_eq!(session["current"], true);
 }
+
+/// The auth service started with a bootstrap admin, behind the bare REST
+/// router (no edge layers: the auth service checks every token itself); the
+/// shared stack has no admin account.
+async fn router_with_an_admin(admin: &str) -> (Api, tokio::sync::oneshot::Sender<()>) {
+    taskgate_test_support::init_test_logging();
+    let mut settings = auth_service::Settings::for_tests(
+        taskgate_test_support::fresh_database().await,
+        taskgate_test_support::redis_url(),
+        taskgate_test_support::unique_prefix(),
+    );
+    settings.admin_username = Some(admin.to_owned());
+    settings.admin_password = Some(PASSWORD.into());
+    let auth = auth_service::Application::build(settings).await.expect("building the auth service");
+    let auth_addr = auth.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(auth.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let channel = crate::helpers::lazy_channel(auth_addr);
+    let router = gateway::rest::router(
+        taskgate_proto::auth::v1::auth_service_client::AuthServiceClient::new(channel.clone()),
+        taskgate_proto::task::v1::task_service_client::TaskServiceClient::new(channel),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding the REST router");
+    let addr = listener.local_addr().expect("a local address");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (Api { base: format!("http://{addr}"), http: reqwest::Client::new() }, stop)
+}
+
+#[tokio::test]
+async fn an_admin_disables_a_user_and_the_user_can_no_longer_log_in() {
+    let admin_name = username();
+    let (api, _stop) = router_with_an_admin(&admin_name).await;
+    let admin = api.login(&admin_name).await;
+    let admin_token = admin["access_token"].as_str().expect("an admin token");
+    let (victim_name, victim) = api.register().await;
+    let victim_tokens = api.login(&victim_name).await;
+
+    let path = format!("/api/v1/admin/users/{}/disable", victim["id"].as_str().expect("an id"));
+    let reply = api.call(Method::POST, &path).bearer(admin_token).send().await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body, victim, "the disabled user, in the user shape");
+
+    let login = api
+        .call(Method::POST, "/api/v1/auth/login")
+        .json(&json!({"login": victim_name, "password": PASSWORD}))
+        .send()
+        .await;
+    assert_eq!(login.status, StatusCode::UNAUTHORIZED, "{}", login.body);
+    let refresh = api
+        .call(Method::POST, "/api/v1/auth/refresh")
+        .json(&json!({"refresh_token": victim_tokens["refresh_token"]}))
+        .send()
+        .await;
+    assert_eq!(refresh.status, StatusCode::UNAUTHORIZED, "{}", refresh.body);
+
+    let missing = api
+        .call(Method::POST, &format!("/api/v1/admin/users/{}/disable", uuid::Uuid::new_v4()))
+        .bearer(admin_token)
+        .json(&json!({}))
+        .send()
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND, "{}", missing.body);
+}
