@@ -227,7 +227,7 @@ impl ListCache {
         let Ok(_guard) = self.epoch_lock.try_lock() else { return false };
         let failed = self.failed_bumps.load(Ordering::SeqCst);
         let keys = vec![self.global("seq"), self.global("epoch")];
-        match self.redis.eval::<i64, _, _, _>(EPOCH_SCRIPT, keys, vec![now_micros()]).await {
+        match self.redis.next_connected().eval::<i64, _, _, _>(EPOCH_SCRIPT, keys, vec![now_micros()]).await {
             Ok(epoch) => {
                 self.covered_bumps.fetch_max(failed, Ordering::SeqCst);
                 tracing::debug!(epoch, "cache epoch changed");
@@ -248,7 +248,7 @@ impl ListCache {
         }
         let keys = vec![self.global("epoch"), self.global("seq"), self.key(owner, "ver"), self.key(owner, "pages")];
         let args = vec![shape.field(), now_micros().to_string(), VERSION_TTL.as_secs().to_string()];
-        let reply = match self.redis.eval::<Value, _, _, _>(READ_SCRIPT, keys, args).await {
+        let reply = match self.redis.next_connected().eval::<Value, _, _, _>(READ_SCRIPT, keys, args).await {
             Ok(reply) => reply,
             Err(e) => {
                 self.went_down(&e.to_string());
@@ -297,7 +297,7 @@ impl ListCache {
             entry,
             self.ttl.as_secs().max(1).to_string(),
         ];
-        match self.redis.eval::<i64, _, _, _>(FILL_SCRIPT, keys, args).await {
+        match self.redis.next_connected().eval::<i64, _, _, _>(FILL_SCRIPT, keys, args).await {
             Ok(stored) => {
                 self.came_up();
                 stored == 1
@@ -316,7 +316,7 @@ impl ListCache {
         if taskgate_common::redis::is_up(&self.redis) {
             let keys = vec![self.global("seq"), self.key(owner, "ver"), self.key(owner, "pages")];
             let args = vec![now_micros(), VERSION_TTL.as_secs() as i64];
-            match self.redis.eval::<i64, _, _, _>(BUMP_SCRIPT, keys, args).await {
+            match self.redis.next_connected().eval::<i64, _, _, _>(BUMP_SCRIPT, keys, args).await {
                 Ok(_) => {
                     self.came_up();
                     return;
