@@ -137,25 +137,53 @@ pub async fn timeout(State(limit): State<Duration>, request: Request, next: Next
     }
 }
 
-/// Serves files of the browser demo from `root` (when the folder exists).
+include!(concat!(env!("OUT_DIR"), "/demo_files.rs"));
+
+/// Where the browser demo's files come from.
 #[derive(Clone)]
-pub struct Demo {
-    /// The built page's folder, such as `clients/web/dist`.
-    pub root: PathBuf,
+pub enum Demo {
+    /// A folder read at run time (`DEMO_DIR`, when it exists).
+    Folder(PathBuf),
+    /// The copy of `clients/web/dist` embedded at build time ([`DEMO_FILES`]).
+    Embedded,
 }
 
-/// `GET /demo` and `GET /demo/{*path}`: a static file, `index.html` for folders.
+impl Demo {
+    /// The folder if it exists, else the embedded copy if there is one, else nothing.
+    pub fn choose(folder: &Path) -> Option<Demo> {
+        if folder.is_dir() {
+            Some(Demo::Folder(folder.to_owned()))
+        } else if DEMO_FILES.is_empty() {
+            None
+        } else {
+            Some(Demo::Embedded)
+        }
+    }
+}
+
+/// `GET /demo`, `/demo/` and `/demo/{*path}`: a static file, `index.html` for folders.
 pub async fn demo(State(demo): State<Arc<Demo>>, request: Request) -> Response {
     let rest = request.uri().path().trim_start_matches("/demo").trim_start_matches('/');
-    let Some(mut path) = safe_join(&demo.root, rest) else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
-    if rest.is_empty() || tokio::fs::metadata(&path).await.map(|m| m.is_dir()).unwrap_or(false) {
-        path = path.join("index.html");
-    }
-    match tokio::fs::read(&path).await {
-        Ok(bytes) => ([(CONTENT_TYPE, content_type(&path))], bytes).into_response(),
-        Err(_) => StatusCode::NOT_FOUND.into_response(),
+    match demo.as_ref() {
+        Demo::Folder(root) => {
+            let Some(mut path) = safe_join(root, rest) else {
+                return StatusCode::NOT_FOUND.into_response();
+            };
+            if rest.is_empty() || tokio::fs::metadata(&path).await.map(|m| m.is_dir()).unwrap_or(false) {
+                path = path.join("index.html");
+            }
+            match tokio::fs::read(&path).await {
+                Ok(bytes) => ([(CONTENT_TYPE, content_type(&path))], bytes).into_response(),
+                Err(_) => StatusCode::NOT_FOUND.into_response(),
+            }
+        }
+        Demo::Embedded => {
+            let wanted = if rest.is_empty() { "index.html" } else { rest };
+            match DEMO_FILES.iter().find(|(name, _)| *name == wanted) {
+                Some((name, bytes)) => ([(CONTENT_TYPE, content_type(Path::new(name)))], *bytes).into_response(),
+                None => StatusCode::NOT_FOUND.into_response(),
+            }
+        }
     }
 }
 

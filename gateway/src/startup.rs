@@ -99,8 +99,8 @@ impl Application {
             .route("/healthz", get(edge::healthz))
             .route("/readyz", get(edge::readyz).with_state(readiness))
             .route("/metrics", get(metrics::render).with_state(metrics.clone()));
-        if settings.demo_dir.is_dir() {
-            let demo = Arc::new(Demo { root: settings.demo_dir.clone() });
+        if let Some(demo) = Demo::choose(&settings.demo_dir) {
+            let demo = Arc::new(demo);
             routes = routes
                 .route("/demo", get(edge::demo).with_state(demo.clone()))
                 .route("/demo/", get(edge::demo).with_state(demo.clone()))

@@ -156,3 +156,19 @@ async fn listed_origins_may_send_cookies_and_others_get_no_cors_grant() {
     let other = preflight("https://evil.test").await.expect("preflight");
     assert!(other.headers().get("access-control-allow-origin").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_demo_folder_the_embedded_demo_is_served() {
+    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/web/dist/index.html");
+    let Ok(expected) = std::fs::read_to_string(&built) else {
+        // No demo was built into this checkout, so none is embedded either.
+        assert!(gateway::edge::DEMO_FILES.is_empty());
+        return;
+    };
+    let (addr, _stop) = crate::helpers::spawn_gateway(|s| s.demo_dir = "/nonexistent/demo".into()).await;
+    let page = reqwest::get(format!("http://{addr}/demo/")).await.expect("page");
+    assert_eq!(page.status(), StatusCode::OK);
+    assert_eq!(page.text().await.expect("body"), expected);
+    let missing = reqwest::get(format!("http://{addr}/demo/nope.js")).await.expect("missing");
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+}
