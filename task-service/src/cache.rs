@@ -34,9 +34,12 @@
 //! so a process that crashed while dirty is covered by its successor. The
 //! outage is logged once when it starts and once when the cache recovers.
 //!
-//! The remaining gap: with several replicas, a replica that failed to bump
-//! is covered by its own epoch change only once *it* reaches Redis again;
-//! until then another replica could serve an older entry (at most one TTL).
+//! Other replicas learn of such a write through Postgres: the writer also
+//! records it in `cache_invalidations`, and every replica sweeps that table
+//! (every [`crate::store::SWEEP_INTERVAL`]); one that can reach Redis changes
+//! the epoch and deletes the records. The remaining gap: until that sweep, a
+//! replica that *can* reach Redis may still serve an entry older than the
+//! write (about one sweep interval, instead of a TTL).
 
 use std::{
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
@@ -312,14 +315,17 @@ impl ListCache {
     /// Called after a write to `owner`'s tasks has committed, before it is
     /// acknowledged: gives the user a new version. If Redis cannot be told,
     /// the process turns dirty (see the module docs), which is just as safe.
-    pub async fn invalidate(&self, owner: Uuid) {
+    ///
+    /// Returns false when Redis could not be told; the caller then records
+    /// the miss where other replicas see it (see [`ListCache::new_epoch`]).
+    pub async fn invalidate(&self, owner: Uuid) -> bool {
         if taskgate_common::redis::is_up(&self.redis) {
             let keys = vec![self.global("seq"), self.key(owner, "ver"), self.key(owner, "pages")];
             let args = vec![now_micros(), VERSION_TTL.as_secs() as i64];
             match self.redis.next_connected().eval::<i64, _, _, _>(BUMP_SCRIPT, keys, args).await {
                 Ok(_) => {
                     self.came_up();
-                    return;
+                    return true;
                 }
                 Err(e) => self.went_down(&e.to_string()),
             }
@@ -327,12 +333,34 @@ impl ListCache {
             self.went_down("not connected");
         }
         self.failed_bumps.fetch_add(1, Ordering::SeqCst);
+        false
     }
 
     /// Changes the epoch now if the cache is dirty and Redis is reachable;
     /// start-up calls this so the first requests find a clean cache.
     pub async fn settle(&self) -> bool {
         self.usable().await
+    }
+
+    /// Gives the whole cache a new epoch, making every entry filled before
+    /// it a miss. Used for invalidations another replica could not deliver;
+    /// the caller must have seen their records (so their writes committed)
+    /// before calling. Returns whether it happened.
+    pub async fn new_epoch(&self) -> bool {
+        if !taskgate_common::redis::is_up(&self.redis) {
+            return false;
+        }
+        let keys = vec![self.global("seq"), self.global("epoch")];
+        match self.redis.next_connected().eval::<i64, _, _, _>(EPOCH_SCRIPT, keys, vec![now_micros()]).await {
+            Ok(_) => {
+                self.came_up();
+                true
+            }
+            Err(e) => {
+                self.went_down(&e.to_string());
+                false
+            }
+        }
     }
 
     fn went_down(&self, why: &str) {

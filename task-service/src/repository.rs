@@ -242,6 +242,24 @@ impl Repository {
         rows.into_iter().map(Task::try_from).collect()
     }
 
+    /// Records that a write's cache invalidation could not reach Redis.
+    pub async fn record_missed_invalidation(&self) -> Result<(), TaskError> {
+        let done = sqlx::query("INSERT INTO cache_invalidations DEFAULT VALUES").execute(&self.pool).await;
+        self.observe(done, "recording a missed cache invalidation").map(|_| ())
+    }
+
+    /// The newest missed-invalidation record, if any.
+    pub async fn newest_missed_invalidation(&self) -> Result<Option<i64>, TaskError> {
+        let newest = sqlx::query_scalar("SELECT max(id) FROM cache_invalidations").fetch_one(&self.pool).await;
+        self.observe(newest, "reading missed cache invalidations")
+    }
+
+    /// Deletes the missed-invalidation records up to `id`.
+    pub async fn clear_missed_invalidations(&self, id: i64) -> Result<(), TaskError> {
+        let done = sqlx::query("DELETE FROM cache_invalidations WHERE id <= $1").bind(id).execute(&self.pool).await;
+        self.observe(done, "clearing missed cache invalidations").map(|_| ())
+    }
+
     /// True when Postgres answers a trivial query.
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()

@@ -31,6 +31,11 @@ impl TaskApi {
     pub fn new(auth: Authenticator, store: TaskStore) -> Self {
         TaskApi { auth, store }
     }
+
+    /// The data layer behind it.
+    pub fn store(&self) -> &TaskStore {
+        &self.store
+    }
 }
 
 #[tonic::async_trait]

@@ -124,16 +124,19 @@ impl Application {
     ) -> anyhow::Result<()> {
         let (_health_reporter, health) = grpc::health(&[service_names::TASK]).await;
         let (reflection_v1, reflection_v1alpha) = grpc::reflection()?;
+        // Covers invalidations other replicas could not deliver to Redis.
+        let sweeper = tokio::spawn(self.api.store().clone().sweep_forever());
         tracing::info!(addr = %self.local_addr, "task service listening");
-        server()
+        let result = server()
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(TaskServiceServer::new(self.api))
             .serve_with_incoming_shutdown(TcpIncoming::from(self.listener).with_nodelay(Some(true)), shutdown)
             .await
-            .context("serving gRPC")?;
+            .context("serving gRPC");
+        sweeper.abort();
         tracing::info!("task service stopped");
-        Ok(())
+        result
     }
 }

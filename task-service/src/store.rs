@@ -30,6 +30,10 @@ use crate::{
 /// just finished, which would otherwise cost a second query.
 const FLIGHT_LINGER: Duration = Duration::from_secs(1);
 
+/// How often each replica looks for invalidations another replica could not
+/// deliver to Redis.
+pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+
 /// One page of a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
@@ -93,7 +97,7 @@ impl TaskStore {
         status: TaskStatus,
     ) -> Result<Task, TaskError> {
         let task = self.repo.create(owner, title, description, status).await?;
-        self.cache.invalidate(owner).await;
+        self.invalidate(owner).await;
         Ok(task)
     }
 
@@ -105,15 +109,52 @@ impl TaskStore {
     /// Changes a task; the cache reflects it before this returns.
     pub async fn update(&self, owner: Uuid, id: Uuid, changes: &TaskChanges) -> Result<Task, TaskError> {
         let task = self.repo.update(owner, id, changes).await?;
-        self.cache.invalidate(owner).await;
+        self.invalidate(owner).await;
         Ok(task)
     }
 
     /// Deletes a task; the cache reflects it before this returns.
     pub async fn delete(&self, owner: Uuid, id: Uuid) -> Result<(), TaskError> {
         self.repo.delete(owner, id).await?;
-        self.cache.invalidate(owner).await;
+        self.invalidate(owner).await;
         Ok(())
+    }
+
+    /// Tells the cache `owner`'s list changed (after the write committed).
+    /// If Redis cannot be told, this process stops trusting the cache until
+    /// it has changed the epoch, and the miss is recorded in Postgres so that
+    /// every other replica's sweep changes the epoch too.
+    async fn invalidate(&self, owner: Uuid) {
+        if !self.cache.invalidate(owner).await
+            && let Err(e) = self.repo.record_missed_invalidation().await
+        {
+            tracing::warn!(error = %e, "could not record a missed cache invalidation");
+        }
+    }
+
+    /// One sweep: if any replica recorded invalidations it could not deliver,
+    /// change the cache epoch (covering them) and delete the records.
+    pub async fn sweep_missed_invalidations(&self) {
+        let Ok(Some(newest)) = self.repo.newest_missed_invalidation().await else { return };
+        // The records were read before the epoch changes, so the writes they
+        // stand for had committed: every entry filled before them is older
+        // than the new epoch.
+        if self.cache.new_epoch().await {
+            if let Err(e) = self.repo.clear_missed_invalidations(newest).await {
+                tracing::debug!(error = %e, "clearing missed cache invalidations");
+            }
+            tracing::info!("cache epoch changed for invalidations that could not reach redis");
+        }
+    }
+
+    /// Runs [`TaskStore::sweep_missed_invalidations`] every [`SWEEP_INTERVAL`].
+    pub async fn sweep_forever(self) {
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.sweep_missed_invalidations().await;
+        }
     }
 
     /// One page of `owner`'s tasks. First pages come from the cache when it

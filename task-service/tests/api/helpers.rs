@@ -37,6 +37,7 @@ use uuid::Uuid;
 pub const PASSWORD: &str = "tasks-and-more-tasks-42";
 
 /// Where a test's users and tokens come from.
+#[derive(Clone)]
 pub enum Tokens {
     /// The real auth service: register and log in over gRPC.
     AuthService(AuthServiceClient<Channel>),
@@ -60,6 +61,10 @@ pub struct TestApp {
     pub redis_url: String,
     /// Where users come from.
     pub tokens: Tokens,
+    /// Its database URL.
+    pub database_url: String,
+    /// Where it fetches the JWKS.
+    pub auth_url: String,
     /// Stop the servers when dropped.
     _stop: Vec<oneshot::Sender<()>>,
 }
@@ -121,7 +126,8 @@ async fn start(
     tweak: impl FnOnce(&mut Settings),
 ) -> TestApp {
     taskgate_test_support::init_test_logging();
-    let mut settings = Settings::for_tests(database_url.clone(), redis_url.clone(), redis_prefix.clone(), auth_url);
+    let mut settings =
+        Settings::for_tests(database_url.clone(), redis_url.clone(), redis_prefix.clone(), auth_url.clone());
     tweak(&mut settings);
     let app = Application::build(settings).await.expect("building the task service");
     let addr = app.local_addr();
@@ -132,7 +138,7 @@ async fn start(
     }));
     let client = TaskServiceClient::connect(format!("http://{addr}")).await.expect("connecting to the task service");
     let db = taskgate_common::db::pool(&database_url, taskgate_common::db::TASK_SCHEMA, 4).expect("test pool");
-    TestApp { addr, client, metrics, db, redis_prefix, redis_url, tokens, _stop: vec![stop] }
+    TestApp { addr, client, metrics, db, redis_prefix, redis_url, tokens, database_url, auth_url, _stop: vec![stop] }
 }
 
 /// `request` with `token` as its bearer token.
@@ -143,6 +149,20 @@ pub fn authed<T>(token: &str, message: T) -> Request<T> {
 }
 
 impl TestApp {
+    /// A second replica of the task service: same database, same Redis
+    /// prefix, same token source, reaching Redis at `redis_url`.
+    pub async fn replica(&self, redis_url: String) -> TestApp {
+        start(
+            self.database_url.clone(),
+            redis_url,
+            self.redis_prefix.clone(),
+            self.auth_url.clone(),
+            self.tokens.clone(),
+            |_| {},
+        )
+        .await
+    }
+
     /// A new user with a fresh access token: registered and logged in with
     /// the auth service, or minted.
     pub async fn user(&self) -> TestUser {

@@ -90,6 +90,40 @@ async fn a_write_that_cannot_reach_redis_never_lets_an_older_cached_list_be_serv
 }
 
 #[tokio::test]
+async fn a_replica_that_cannot_reach_redis_gets_its_writes_seen_by_the_other_replicas_within_a_sweep() {
+    // Replica A reaches Redis through a proxy that the test cuts; replica B
+    // reaches it directly. A's write cannot bump the version in Redis, so it
+    // records the miss in Postgres, and B's sweep changes the cache epoch.
+    let redis_url = taskgate_test_support::redis_url();
+    let proxy = RedisProxy::start(redis_url.trim_start_matches("redis://").trim_end_matches('/').to_owned()).await;
+    let a = spawn_app_on(taskgate_test_support::fresh_database().await, proxy.url.clone()).await;
+    let b = a.replica(redis_url).await;
+    let user = a.user().await;
+    a.create(&user, "old").await;
+    assert_eq!(b.first_page(&user, 0).await.len(), 1);
+    let hits = b.metrics.cache_hits();
+    assert_eq!(b.first_page(&user, 0).await.len(), 1);
+    assert_eq!(b.metrics.cache_hits(), hits + 1, "b serves the list from the cache");
+
+    proxy.cut();
+    let new = a.create(&user, "new").await;
+    let written = tokio::time::Instant::now();
+    let seen =
+        eventually(Duration::from_secs(5), || async { b.first_page(&user, 0).await.iter().any(|t| t.id == new.id) })
+            .await;
+    assert!(seen, "replica b never saw replica a's write");
+    let took = written.elapsed();
+    assert!(took < Duration::from_secs(3), "b saw the write only after {took:?}");
+    // From then on, b's cache is correct and in use.
+    let hits = b.metrics.cache_hits();
+    for _ in 0..3 {
+        assert_eq!(b.first_page(&user, 0).await.len(), 2);
+    }
+    assert!(b.metrics.cache_hits() > hits);
+    proxy.restore();
+}
+
+#[tokio::test]
 async fn with_postgres_stopped_calls_are_unavailable_and_recover_when_it_returns() {
     let mut postgres = PrivatePostgres::start();
     let database_url = taskgate_test_support::fresh_database_on(&postgres.admin_url()).await;
