@@ -26,7 +26,8 @@
 #                        the second pass gets a third of it)
 #   --request-timeout 10 seconds for one request; a hang counts as a failure
 #   --wait-for-schema 30 seconds to wait for /openapi.json to answer
-#   --workers 2          two concurrent workers (the machine has 2 cores)
+#   --workers 1          one worker: with two, CPython 3.11's parser can crash
+#                        ("AST constructor recursion depth mismatch", python/cpython#106905)
 #   --seed N             reproducible data (SCHEMATHESIS_SEED, default 6)
 #   --phases examples,fuzzing,stateful
 #                        every phase but "coverage": in 4.32.5 that phase's own
@@ -59,12 +60,22 @@ report_dir="$(realpath -m "${SCHEMATHESIS_REPORT_DIR:-/tmp/taskgate-schemathesis
 log() { echo "schemathesis: $*"; }
 
 # 1. The tool, in its own venv so it cannot clash with the Python client's pins.
-if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "version $SCHEMATHESIS_VERSION\$"; then
-  log "installing schemathesis==$SCHEMATHESIS_VERSION into $venv"
+# openapi-spec-validator checks the served document against the OpenAPI 3.1 schema first.
+OPENAPI_SPEC_VALIDATOR_VERSION=0.9.0
+if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "version $SCHEMATHESIS_VERSION\$" ||
+  ! "$venv/bin/python" -c 'import openapi_spec_validator' 2>/dev/null; then
+  log "installing schemathesis==$SCHEMATHESIS_VERSION and openapi-spec-validator into $venv"
   "$python" -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" \
+    "openapi-spec-validator==$OPENAPI_SPEC_VALIDATOR_VERSION"
 fi
 "$venv/bin/schemathesis" --version
+
+# 1b. The document the gateway serves is valid OpenAPI 3.1.
+mkdir -p "$report_dir"
+curl -fsS "$url/openapi.json" -o "$report_dir/openapi.json"
+"$venv/bin/python" -m openapi_spec_validator "$report_dir/openapi.json"
+log "served /openapi.json is valid OpenAPI 3.1"
 
 # 2. A fresh user and a Bearer token, over the REST API itself.
 fresh_token() {
@@ -120,7 +131,7 @@ run_pass() (
     --max-time "$budget" \
     --request-timeout 10 \
     --wait-for-schema 30 \
-    --workers 2 \
+    --workers 1 \
     --seed "$seed" \
     --generation-database none \
     --report junit --report-dir "$report_dir" --report-junit-path "$report_dir/$name.xml" \
