@@ -137,6 +137,21 @@ pub async fn timeout(State(limit): State<Duration>, request: Request, next: Next
     }
 }
 
+/// Answers gRPC and gRPC-web calls to paths no service serves with
+/// UNIMPLEMENTED, as gRPC clients expect, instead of the REST fallback's JSON 404/405.
+pub async fn grpc_unimplemented(request: Request, next: Next) -> Response {
+    let protocol = Protocol::of(request.headers());
+    if !protocol.is_grpc() {
+        return next.run(request).await;
+    }
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    if matches!(response.status(), StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED) {
+        return reject(protocol, &Status::unimplemented(format!("no such method: {path}")));
+    }
+    response
+}
+
 include!(concat!(env!("OUT_DIR"), "/demo_files.rs"));
 
 /// Where the browser demo's files come from.

@@ -52,8 +52,10 @@ pub fn apply(router: Router, parts: Parts) -> Router {
         .layer(from_fn_with_state(parts.auth, auth::authenticate))
         // Needs the verified subject; one Redis round trip also checks revocation.
         .layer(from_fn_with_state(parts.limiter, ratelimit::limit))
-        // Innermost: bounds only the time spent on the backend call.
-        .layer(from_fn_with_state(parts.request_timeout, edge::timeout));
+        // Bounds only the time spent on the backend call.
+        .layer(from_fn_with_state(parts.request_timeout, edge::timeout))
+        // Innermost: gRPC callers of unknown paths get UNIMPLEMENTED, not the REST fallback's JSON 404.
+        .layer(from_fn(edge::grpc_unimplemented));
     router.layer(stack)
 }
 

@@ -244,3 +244,21 @@ async fn reflection_lists_both_services_without_a_token() {
         assert!(names.iter().any(|n| n == wanted), "{wanted} not in {names:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_methods_answer_unimplemented_not_a_json_404() {
+    let stack = spawn_stack().await;
+    let alice = stack.user().await;
+    let mut grpc = tonic::client::Grpc::new(lazy_channel(stack.gateway_a));
+    grpc.ready().await.expect("ready");
+    let codec = tonic_prost::ProstCodec::<ListTasksRequest, ListTasksResponse>::default();
+    let err = grpc
+        .unary(
+            bearer(ListTasksRequest::default(), alice.access()),
+            http::uri::PathAndQuery::from_static("/no.such.v1.Service/Method"),
+            codec,
+        )
+        .await
+        .expect_err("no such service");
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+}
