@@ -42,7 +42,10 @@
 //! write (about one sweep interval, instead of a TTL).
 
 use std::{
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -54,7 +57,7 @@ use fred::{
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{domain::TaskStatus, repository::Task};
+use crate::{Metrics, domain::TaskStatus, repository::Task};
 
 /// The depths entries are kept at: the default page size, and the largest.
 pub const CACHE_DEPTHS: [usize; 2] = [crate::domain::DEFAULT_PAGE_SIZE, crate::domain::MAX_PAGE_SIZE];
@@ -190,12 +193,14 @@ pub struct ListCache {
     covered_bumps: AtomicU64,
     /// One epoch change at a time.
     epoch_lock: tokio::sync::Mutex<()>,
+    /// Where outages are counted.
+    metrics: Arc<Metrics>,
 }
 
 impl ListCache {
     /// A cache in `redis` under `prefix`, with entries living `ttl`. It starts
     /// dirty: the first use gives the cache a new epoch.
-    pub fn new(redis: Pool, prefix: impl Into<String>, ttl: Duration) -> Self {
+    pub fn new(redis: Pool, prefix: impl Into<String>, ttl: Duration, metrics: Arc<Metrics>) -> Self {
         ListCache {
             redis,
             prefix: prefix.into(),
@@ -204,6 +209,7 @@ impl ListCache {
             failed_bumps: AtomicU64::new(1),
             covered_bumps: AtomicU64::new(0),
             epoch_lock: tokio::sync::Mutex::new(()),
+            metrics,
         }
     }
 
@@ -365,6 +371,7 @@ impl ListCache {
 
     fn went_down(&self, why: &str) {
         if self.up.swap(false, Ordering::SeqCst) {
+            self.metrics.cache_outage();
             tracing::warn!(reason = why, "task cache unavailable: serving lists straight from postgres");
         }
     }

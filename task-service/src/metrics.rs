@@ -13,6 +13,10 @@ pub struct Metrics {
     cache_misses: AtomicU64,
     /// First-page reads that skipped Redis (down, or not yet known clean).
     cache_bypasses: AtomicU64,
+    /// Redis outages noticed (each logged once, when it starts).
+    cache_outages: AtomicU64,
+    /// Postgres outages noticed (each logged once, when it starts).
+    database_outages: AtomicU64,
 }
 
 impl Metrics {
@@ -34,6 +38,24 @@ impl Metrics {
     /// First-page reads that went around the cache so far.
     pub fn cache_bypasses(&self) -> u64 {
         self.cache_bypasses.load(Ordering::Relaxed)
+    }
+
+    /// Redis outages noticed so far; each was logged once.
+    pub fn cache_outages(&self) -> u64 {
+        self.cache_outages.load(Ordering::Relaxed)
+    }
+
+    /// Postgres outages noticed so far; each was logged once.
+    pub fn database_outages(&self) -> u64 {
+        self.database_outages.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn cache_outage(&self) {
+        self.cache_outages.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn database_outage(&self) {
+        self.database_outages.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn list_query(&self) {

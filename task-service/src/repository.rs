@@ -112,6 +112,7 @@ impl Repository {
             Err(e) => {
                 let error = TaskError::from_db(e, doing);
                 if matches!(error, TaskError::Unavailable) && self.up.swap(false, Ordering::SeqCst) {
+                    self.metrics.database_outage();
                     tracing::warn!("database unavailable: task calls answer UNAVAILABLE until it returns");
                 }
                 Err(error)

@@ -92,7 +92,8 @@ impl Application {
         let auth = Authenticator::new(verifier, revocation, redis.clone());
 
         let metrics = Arc::new(Metrics::default());
-        let cache = Arc::new(ListCache::new(redis, settings.redis_prefix.clone(), settings.cache_ttl()));
+        let cache =
+            Arc::new(ListCache::new(redis, settings.redis_prefix.clone(), settings.cache_ttl(), metrics.clone()));
         // Start clean: covers writes a previous process could not announce.
         cache.settle().await;
         let store = TaskStore::new(Repository::new(pool, metrics.clone()), cache, metrics.clone())
