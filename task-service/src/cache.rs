@@ -221,33 +221,26 @@ impl ListCache {
         format!("{}tasks:{what}", self.prefix)
     }
 
-    /// Whether Redis may be used for `owner`'s list now: connected, and no
-    /// failed bump left uncovered (covering it first if possible).
+    /// Whether Redis may be used now: connected, and no failed bump left
+    /// uncovered (covering them with a new epoch first if possible).
     async fn usable(&self) -> bool {
         if !taskgate_common::redis::is_up(&self.redis) {
             self.went_down("not connected");
             return false;
         }
-        let failed = self.failed_bumps.load(Ordering::SeqCst);
-        if failed == self.covered_bumps.load(Ordering::SeqCst) {
+        if self.failed_bumps.load(Ordering::SeqCst) == self.covered_bumps.load(Ordering::SeqCst) {
             return true;
         }
         // Someone else is changing the epoch: skip the cache this once.
         let Ok(_guard) = self.epoch_lock.try_lock() else { return false };
+        // Read before the epoch changes: the writes counted here committed
+        // before it, so the new epoch covers them.
         let failed = self.failed_bumps.load(Ordering::SeqCst);
-        let keys = vec![self.global("seq"), self.global("epoch")];
-        match self.redis.next_connected().eval::<i64, _, _, _>(EPOCH_SCRIPT, keys, vec![now_micros()]).await {
-            Ok(epoch) => {
-                self.covered_bumps.fetch_max(failed, Ordering::SeqCst);
-                tracing::debug!(epoch, "cache epoch changed");
-                self.came_up();
-                self.failed_bumps.load(Ordering::SeqCst) == self.covered_bumps.load(Ordering::SeqCst)
-            }
-            Err(e) => {
-                self.went_down(&e.to_string());
-                false
-            }
+        if !self.new_epoch().await {
+            return false;
         }
+        self.covered_bumps.fetch_max(failed, Ordering::SeqCst);
+        self.failed_bumps.load(Ordering::SeqCst) == self.covered_bumps.load(Ordering::SeqCst)
     }
 
     /// Reads `owner`'s entry of `shape` together with the current stamp.
