@@ -46,6 +46,10 @@ pub struct Settings {
     /// cache's check-and-set closes so tests can show it is closed.
     #[arg(skip)]
     pub cache_fill_delay: Duration,
+    /// Test hook, never set in production: a pause between a write's commit
+    /// and its cache invalidation, so tests can drop the call in between.
+    #[arg(skip)]
+    pub cache_invalidate_delay: Duration,
 }
 
 /// Keeps the database URL (it may hold a password) out of `Debug` output.
@@ -68,6 +72,7 @@ impl Settings {
             cache_ttl_seconds: 300,
             log_format: LogFormat::Pretty,
             cache_fill_delay: Duration::ZERO,
+            cache_invalidate_delay: Duration::ZERO,
         }
     }
 

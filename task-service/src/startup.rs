@@ -97,7 +97,8 @@ impl Application {
         // Start clean: covers writes a previous process could not announce.
         cache.settle().await;
         let store = TaskStore::new(Repository::new(pool, metrics.clone()), cache, metrics.clone())
-            .with_fill_delay(settings.cache_fill_delay);
+            .with_fill_delay(settings.cache_fill_delay)
+            .with_invalidate_delay(settings.cache_invalidate_delay);
 
         let listener = TcpListener::bind(settings.listen_addr)
             .await

@@ -66,6 +66,9 @@ pub struct TaskStore {
     metrics: Arc<Metrics>,
     /// Pause between loading and filling (a test hook; zero in production).
     fill_delay: Duration,
+    /// Pause between a commit and its invalidation (a test hook; zero in
+    /// production).
+    invalidate_delay: Duration,
 }
 
 impl TaskStore {
@@ -78,6 +81,7 @@ impl TaskStore {
             next_flight: Arc::new(AtomicU64::new(0)),
             metrics,
             fill_delay: Duration::ZERO,
+            invalidate_delay: Duration::ZERO,
         }
     }
 
@@ -85,6 +89,13 @@ impl TaskStore {
     /// tests use this to widen the load/write race.
     pub fn with_fill_delay(mut self, delay: Duration) -> Self {
         self.fill_delay = delay;
+        self
+    }
+
+    /// Pauses `delay` between a write's commit and its invalidation; tests
+    /// use this to drop a call in between.
+    pub fn with_invalidate_delay(mut self, delay: Duration) -> Self {
+        self.invalidate_delay = delay;
         self
     }
 
@@ -96,9 +107,8 @@ impl TaskStore {
         description: &TaskDescription,
         status: TaskStatus,
     ) -> Result<Task, TaskError> {
-        let task = self.repo.create(owner, title, description, status).await?;
-        self.invalidate(owner).await;
-        Ok(task)
+        let (repo, title, description) = (self.repo.clone(), title.clone(), description.clone());
+        self.write(owner, async move { repo.create(owner, &title, &description, status).await }).await
     }
 
     /// One task of `owner`'s (never cached: a point read is cheap).
@@ -108,16 +118,35 @@ impl TaskStore {
 
     /// Changes a task; the cache reflects it before this returns.
     pub async fn update(&self, owner: Uuid, id: Uuid, changes: &TaskChanges) -> Result<Task, TaskError> {
-        let task = self.repo.update(owner, id, changes).await?;
-        self.invalidate(owner).await;
-        Ok(task)
+        let (repo, changes) = (self.repo.clone(), changes.clone());
+        self.write(owner, async move { repo.update(owner, id, &changes).await }).await
     }
 
     /// Deletes a task; the cache reflects it before this returns.
     pub async fn delete(&self, owner: Uuid, id: Uuid) -> Result<(), TaskError> {
-        self.repo.delete(owner, id).await?;
-        self.invalidate(owner).await;
-        Ok(())
+        let repo = self.repo.clone();
+        self.write(owner, async move { repo.delete(owner, id).await }).await
+    }
+
+    /// Runs a write of `owner`'s tasks and then invalidates their cached
+    /// list, in a task of its own: if the caller goes away (a client
+    /// cancelling, a deadline) after the commit, the invalidation still
+    /// happens, so a committed write is never hidden by the cache.
+    async fn write<T: Send + 'static>(
+        &self,
+        owner: Uuid,
+        op: impl Future<Output = Result<T, TaskError>> + Send + 'static,
+    ) -> Result<T, TaskError> {
+        let store = self.clone();
+        let task = tokio::spawn(async move {
+            let value = op.await?;
+            if !store.invalidate_delay.is_zero() {
+                tokio::time::sleep(store.invalidate_delay).await;
+            }
+            store.invalidate(owner).await;
+            Ok(value)
+        });
+        task.await.map_err(|e| TaskError::Unexpected(anyhow::anyhow!("task write failed: {e}")))?
     }
 
     /// Tells the cache `owner`'s list changed (after the write committed).

@@ -227,3 +227,27 @@ async fn a_miss_storm_on_a_cold_list_costs_one_postgres_query() {
     }
     assert_eq!(app.metrics.list_queries() - before, 1, "64 cold readers, one query");
 }
+
+#[tokio::test]
+async fn a_write_whose_caller_gives_up_after_the_commit_still_shows_in_the_list() {
+    // The service pauses between commit and invalidation; the client's
+    // deadline ends inside that pause, so the server drops the call there.
+    let app = spawn_app_with(taskgate_test_support::fresh_database().await, taskgate_test_support::redis_url(), |s| {
+        s.cache_invalidate_delay = Duration::from_millis(400)
+    })
+    .await;
+    let user = app.user().await;
+    app.create(&user, "first").await;
+    assert_eq!(app.first_page(&user, 0).await.len(), 1);
+    assert_eq!(app.first_page(&user, 0).await.len(), 1, "cached");
+
+    let task = Task { title: "abandoned".into(), ..Default::default() };
+    let mut request = authed(&user.token, CreateTaskRequest { task: Some(task) });
+    request.set_timeout(Duration::from_millis(150));
+    let status = app.client.clone().create_task(request).await.expect_err("the deadline ends first");
+    assert!(matches!(status.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled), "{status:?}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(app.count_tasks(user.id).await, 2, "the write committed");
+    let titles: Vec<_> = app.first_page(&user, 0).await.into_iter().map(|t| t.title).collect();
+    assert_eq!(titles, ["abandoned", "first"], "and the cache does not hide it");
+}
