@@ -99,7 +99,7 @@ impl Settings {
             tls_cert_file: None,
             tls_key_file: None,
             cors_allowed_origins: "*".into(),
-            cookie_secure: false,
+            cookie_secure: true,
             trusted_proxies: Vec::new(),
             log_format: LogFormat::Pretty,
             request_timeout_seconds: 30,

@@ -106,7 +106,12 @@ impl Application {
                 .route("/demo/", get(edge::demo).with_state(demo.clone()))
                 .route("/demo/{*path}", get(edge::demo).with_state(demo));
         }
-        let routes = routes.merge(grpc).merge(rest::router(auth_client, task_client));
+        let mut rest_routes = rest::router(auth_client, task_client);
+        if !settings.cookie_secure {
+            // COOKIE_SECURE=false: plain-HTTP development, where browsers drop `Secure` cookies.
+            rest_routes = rest_routes.layer(axum::Extension(rest::InsecureCookies));
+        }
+        let routes = routes.merge(grpc).merge(rest_routes);
 
         let app = stack::apply(
             routes,

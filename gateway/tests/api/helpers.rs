@@ -32,6 +32,8 @@ pub struct StackOptions {
     pub rate_limit_per_minute: u32,
     /// `CORS_ALLOWED_ORIGINS` of both gateways.
     pub cors_allowed_origins: String,
+    /// `COOKIE_SECURE` of both gateways.
+    pub cookie_secure: bool,
 }
 
 impl Default for StackOptions {
@@ -41,6 +43,7 @@ impl Default for StackOptions {
             task_url: None,
             rate_limit_per_minute: 100,
             cors_allowed_origins: "*".into(),
+            cookie_secure: true,
         }
     }
 }
@@ -155,6 +158,7 @@ pub async fn spawn_stack_with(options: StackOptions) -> TestStack {
         );
         settings.rate_limit_per_minute = options.rate_limit_per_minute;
         settings.cors_allowed_origins = options.cors_allowed_origins.clone();
+        settings.cookie_secure = options.cookie_secure;
         let app = gateway::Application::build(settings).await.expect("building a gateway");
         gateways.push(app.local_addr());
         stop.push(serve(|s| app.run_until_stopped(s)));

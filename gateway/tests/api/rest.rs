@@ -548,6 +548,7 @@ async fn a_browser_session_lives_in_cookies_and_logout_clears_them() {
     let refresh_cookie = cookies.iter().find(|c| c.starts_with("tg_refresh=")).expect("refresh cookie");
     assert!(refresh_cookie.contains("Path=/api/v1/auth") && refresh_cookie.contains("HttpOnly"));
     assert!(refresh_cookie.contains("SameSite=Strict"));
+    assert!(cookies.iter().all(|c| c.contains("; Secure")), "COOKIE_SECURE defaults to on: {cookies:?}");
     let csrf_cookie = cookies.iter().find(|c| c.starts_with("tg_csrf=")).expect("csrf cookie");
     assert!(!csrf_cookie.contains("HttpOnly"), "JavaScript must be able to read tg_csrf");
 
@@ -716,4 +717,22 @@ async fn an_admin_disables_a_user_and_the_user_can_no_longer_log_in() {
         .send()
         .await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND, "{}", missing.body);
+}
+
+#[tokio::test]
+async fn cookie_secure_false_drops_the_secure_attribute_for_plain_http_development() {
+    let stack =
+        crate::helpers::spawn_stack_with(crate::helpers::StackOptions { cookie_secure: false, ..Default::default() })
+            .await;
+    let api = Api::new(&stack);
+    let (username, _) = api.register().await;
+    let login = api
+        .call(Method::POST, "/api/v1/auth/login?cookies=true")
+        .json(&json!({"login": username, "password": PASSWORD}))
+        .send()
+        .await;
+    assert_eq!(login.status, StatusCode::OK, "{}", login.body);
+    let cookies = login.set_cookies();
+    assert_eq!(cookies.len(), 3, "{cookies:?}");
+    assert!(cookies.iter().all(|c| !c.contains("Secure") && c.contains("SameSite=Strict")), "{cookies:?}");
 }
