@@ -260,9 +260,4 @@ impl Repository {
         let done = sqlx::query("DELETE FROM cache_invalidations WHERE id <= $1").bind(id).execute(&self.pool).await;
         self.observe(done, "clearing missed cache invalidations").map(|_| ())
     }
-
-    /// True when Postgres answers a trivial query.
-    pub async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
-    }
 }
