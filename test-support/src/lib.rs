@@ -17,6 +17,51 @@ use std::time::Duration;
 
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
 use taskgate_common::db;
+use taskgate_proto::auth::v1::{
+    LoginRequest, RegisterRequest, TokenPair, User, auth_service_client::AuthServiceClient,
+};
+use tonic::{Request, transport::Channel};
+
+/// The password every test user gets: long enough, and not a common one.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// A fresh username no other test uses.
+pub fn username() -> String {
+    format!("u{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// A request carrying `authorization: Bearer <token>`.
+pub fn bearer<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii token"));
+    request
+}
+
+/// Registers `username` with [`PASSWORD`] through `auth` (the auth service or
+/// a gateway in front of it), logs it in, and returns the user and its tokens.
+pub async fn register_and_login(auth: &AuthServiceClient<Channel>, username: &str) -> (User, TokenPair) {
+    let user = auth
+        .clone()
+        .register(RegisterRequest {
+            username: Some(username.to_owned()),
+            password: PASSWORD.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("register")
+        .into_inner()
+        .user
+        .expect("a registered user");
+    let tokens = auth
+        .clone()
+        .login(LoginRequest { login: username.to_owned(), password: PASSWORD.into(), ..Default::default() })
+        .await
+        .expect("login")
+        .into_inner()
+        .tokens
+        .expect("a token pair");
+    (user, tokens)
+}
 
 /// The template database every test database is cloned from.
 const TEMPLATE: &str = "taskgate_template";

@@ -7,10 +7,10 @@ use sqlx::PgPool;
 use taskgate_proto::auth::v1::{
     LoginRequest, RegisterRequest, TokenPair, User, auth_service_client::AuthServiceClient,
 };
-use tonic::{Request, transport::Channel};
+use tonic::transport::Channel;
 
 /// A password that passes validation.
-pub const PASSWORD: &str = "correct horse battery staple";
+pub use taskgate_test_support::{PASSWORD, bearer, username};
 
 /// A running auth service and what tests need to poke at it.
 pub struct TestApp {
@@ -54,18 +54,6 @@ pub async fn spawn_app_on(database_url: String, redis_url: String, tweak: impl F
     }));
     let client = AuthServiceClient::connect(format!("http://{addr}")).await.expect("connecting to the app");
     TestApp { addr, client, db, keys, settings, _stop: stop }
-}
-
-/// A fresh username no other test uses.
-pub fn username() -> String {
-    format!("u{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
-}
-
-/// A request carrying `authorization: Bearer <token>`.
-pub fn bearer<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii token"));
-    request
 }
 
 impl TestApp {

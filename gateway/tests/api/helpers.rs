@@ -11,13 +11,13 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 use prost::Message;
 use taskgate_proto::{
-    auth::v1::{LoginRequest, RegisterRequest, TokenPair, User, auth_service_client::AuthServiceClient},
+    auth::v1::{TokenPair, User, auth_service_client::AuthServiceClient},
     task::v1::task_service_client::TaskServiceClient,
 };
-use tonic::{Request, transport::Channel};
+use tonic::transport::Channel;
 
 /// A password that passes the auth service's rules.
-pub const PASSWORD: &str = "correct horse battery staple";
+pub use taskgate_test_support::{PASSWORD, bearer, username};
 
 /// How a stack differs from the default one.
 #[derive(Debug, Clone)]
@@ -204,18 +204,6 @@ pub fn lazy_channel(addr: SocketAddr) -> Channel {
     tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("valid url").connect_lazy()
 }
 
-/// A fresh username no other test uses.
-pub fn username() -> String {
-    format!("u{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
-}
-
-/// A request carrying `authorization: Bearer <token>`.
-pub fn bearer<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii token"));
-    request
-}
-
 impl TestStack {
     /// `http://<gateway A><path>`.
     pub fn url_a(&self, path: &str) -> String {
@@ -235,28 +223,7 @@ impl TestStack {
     /// Registers a new user and logs in, over native gRPC through gateway A.
     pub async fn user(&self) -> TestUser {
         let username = username();
-        let user = self
-            .auth_a
-            .clone()
-            .register(RegisterRequest {
-                username: Some(username.clone()),
-                password: PASSWORD.into(),
-                ..Default::default()
-            })
-            .await
-            .expect("register through the gateway")
-            .into_inner()
-            .user
-            .expect("a user");
-        let tokens = self
-            .auth_a
-            .clone()
-            .login(LoginRequest { login: username.clone(), password: PASSWORD.into(), ..Default::default() })
-            .await
-            .expect("login through the gateway")
-            .into_inner()
-            .tokens
-            .expect("tokens");
+        let (user, tokens) = taskgate_test_support::register_and_login(&self.auth_a, &username).await;
         TestUser { user, username, tokens }
     }
 

@@ -18,10 +18,7 @@ use jsonwebtoken::{EncodingKey, Header};
 use sqlx::PgPool;
 use task_service::{Application, Metrics, Settings};
 use taskgate_proto::{
-    auth::v1::{
-        self as auth, Jwk, LoginRequest, RegisterRequest, auth_service_client::AuthServiceClient,
-        auth_service_server::AuthServiceServer,
-    },
+    auth::v1::{self as auth, Jwk, auth_service_client::AuthServiceClient, auth_service_server::AuthServiceServer},
     task::v1::{
         CreateTaskRequest, DeleteTaskRequest, GetTaskRequest, ListTasksRequest, ListTasksResponse, Task, TaskStatus,
         UpdateTaskRequest, task_service_client::TaskServiceClient,
@@ -34,7 +31,7 @@ use tonic_types::StatusExt as _;
 use uuid::Uuid;
 
 /// The password every test user registers with.
-pub const PASSWORD: &str = "tasks-and-more-tasks-42";
+pub use taskgate_test_support::PASSWORD;
 
 /// Where a test's users and tokens come from.
 #[derive(Clone)]
@@ -169,27 +166,8 @@ impl TestApp {
         match &self.tokens {
             Tokens::Minted(issuer) => issuer.user(),
             Tokens::AuthService(client) => {
-                let username = format!("u{}", &Uuid::new_v4().simple().to_string()[..16]);
-                let user = client
-                    .clone()
-                    .register(RegisterRequest {
-                        username: Some(username.clone()),
-                        password: PASSWORD.into(),
-                        ..Default::default()
-                    })
-                    .await
-                    .expect("register")
-                    .into_inner()
-                    .user
-                    .expect("registered user");
-                let tokens = client
-                    .clone()
-                    .login(LoginRequest { login: username, password: PASSWORD.into(), ..Default::default() })
-                    .await
-                    .expect("login")
-                    .into_inner()
-                    .tokens
-                    .expect("token pair");
+                let (user, tokens) =
+                    taskgate_test_support::register_and_login(client, &taskgate_test_support::username()).await;
                 TestUser { id: Uuid::parse_str(&user.id).expect("user id"), token: tokens.access_token }
             }
         }
