@@ -22,7 +22,12 @@ const PROOFS_LOGIN_FAILURES_PER_IP: &str = "100000";
 /// Starts auth-service, task-service and the gateway on free ports against a database of their own
 /// on `postgres` and on `redis_url`, runs `clients/run-all.sh` against the gateway, then stops them.
 pub fn run(postgres: &Postgres, redis_url: &str) -> Result {
-    Profile::Debug.build(&SERVICES.map(|s| s.name))?;
+    // `cargo test` already built the binaries into target/debug with the test run's feature set;
+    // `cargo build` would resolve features without dev-dependencies and rebuild much of the tree.
+    // This is a no-op after the test stage, and builds them when that stage was narrowed.
+    let mut build = cmd::cargo();
+    build.args(["test", "--workspace", "--no-run", "--quiet"]);
+    cmd::check(&mut build)?;
     let database = "taskgate_clients";
     postgres.create_database(database).map_err(|e| Error::new(format!("creating database {database}: {e}")))?;
     let database_url = postgres.url(database);
