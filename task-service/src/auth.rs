@@ -14,7 +14,10 @@ pub struct Authenticator {
     /// Signature and claim checks against the auth service's JWKS.
     verifier: Verifier,
     /// The revocation record check; fail-open, so a Redis outage does not
-    /// stop the task service (the gateway in front is fail-closed).
+    /// stop the task service. Revocation then cannot be checked anywhere:
+    /// the gateway also accepts tokens on their signature alone while Redis
+    /// is down (see gateway/README.md), so a revoked token lives at most
+    /// until it expires or Redis returns.
     revocation: RevocationCheck,
     /// The Redis pool the revocation check uses, to skip the check without
     /// waiting while Redis is known to be down.

@@ -20,10 +20,13 @@ pub fn session_revocation_key(prefix: &str, sid: &str) -> String {
 /// What to do when Redis cannot answer the revocation check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RevocationPolicy {
-    /// Reject the request with UNAVAILABLE (the gateway's and auth service's choice).
+    /// Reject the request with UNAVAILABLE (the auth service's choice: its
+    /// own calls need Redis anyway).
     FailClosed,
-    /// Accept the token on its signature alone and log the outage; for a
-    /// service behind the gateway that must keep working without Redis.
+    /// Accept the token on its signature alone and log the outage; for the
+    /// task service, which must keep working without Redis. (The gateway
+    /// folds the check into its rate-limit script and makes the same choice
+    /// when Redis is down.)
     FailOpen,
 }
 
