@@ -38,10 +38,9 @@ pub fn bearer<T>(message: T, token: &str) -> Request<T> {
 }
 
 /// Registers `username` with [`PASSWORD`] through `auth` (the auth service or
-/// a gateway in front of it), logs it in, and returns the user and its tokens.
-pub async fn register_and_login(auth: &AuthServiceClient<Channel>, username: &str) -> (User, TokenPair) {
-    let user = auth
-        .clone()
+/// a gateway in front of it).
+pub async fn register(auth: &AuthServiceClient<Channel>, username: &str) -> User {
+    auth.clone()
         .register(RegisterRequest {
             username: Some(username.to_owned()),
             password: PASSWORD.into(),
@@ -51,16 +50,24 @@ pub async fn register_and_login(auth: &AuthServiceClient<Channel>, username: &st
         .expect("register")
         .into_inner()
         .user
-        .expect("a registered user");
-    let tokens = auth
-        .clone()
-        .login(LoginRequest { login: username.to_owned(), password: PASSWORD.into(), ..Default::default() })
+        .expect("a registered user")
+}
+
+/// Logs `login` in with [`PASSWORD`] through `auth`.
+pub async fn login(auth: &AuthServiceClient<Channel>, login: &str) -> TokenPair {
+    auth.clone()
+        .login(LoginRequest { login: login.to_owned(), password: PASSWORD.into(), ..Default::default() })
         .await
         .expect("login")
         .into_inner()
         .tokens
-        .expect("a token pair");
-    (user, tokens)
+        .expect("a token pair")
+}
+
+/// [`register`]s `username`, then [`login`]s: the user and its tokens.
+pub async fn register_and_login(auth: &AuthServiceClient<Channel>, username: &str) -> (User, TokenPair) {
+    let user = register(auth, username).await;
+    (user, login(auth, username).await)
 }
 
 /// The template database every test database is cloned from.

@@ -4,9 +4,7 @@ use std::net::SocketAddr;
 
 use auth_service::{Application, Settings, keys::KeyStore};
 use sqlx::PgPool;
-use taskgate_proto::auth::v1::{
-    LoginRequest, RegisterRequest, TokenPair, User, auth_service_client::AuthServiceClient,
-};
+use taskgate_proto::auth::v1::{TokenPair, User, auth_service_client::AuthServiceClient};
 use tonic::transport::Channel;
 
 /// A password that passes validation.
@@ -64,38 +62,17 @@ impl TestApp {
 
     /// Registers `username` with [`PASSWORD`].
     pub async fn register(&self, username: &str) -> User {
-        self.client
-            .clone()
-            .register(RegisterRequest {
-                username: Some(username.to_owned()),
-                password: PASSWORD.into(),
-                ..Default::default()
-            })
-            .await
-            .expect("register")
-            .into_inner()
-            .user
-            .expect("user")
+        taskgate_test_support::register(&self.client, username).await
     }
 
     /// Logs `login` in with [`PASSWORD`].
     pub async fn login(&self, login: &str) -> TokenPair {
-        self.client
-            .clone()
-            .login(LoginRequest { login: login.into(), password: PASSWORD.into(), ..Default::default() })
-            .await
-            .expect("login")
-            .into_inner()
-            .tokens
-            .expect("tokens")
+        taskgate_test_support::login(&self.client, login).await
     }
 
     /// Registers a new user and logs in: (user, tokens).
     pub async fn user_with_session(&self) -> (User, TokenPair) {
-        let name = username();
-        let user = self.register(&name).await;
-        let tokens = self.login(&name).await;
-        (user, tokens)
+        taskgate_test_support::register_and_login(&self.client, &username()).await
     }
 }
 

@@ -123,6 +123,14 @@ impl Api {
         reply.body
     }
 
+    /// `POST /api/v1/auth/login?cookies=true` for `login`; the reply, unchecked.
+    pub async fn login_with_cookies(&self, login: &str) -> Reply {
+        self.call(Method::POST, "/api/v1/auth/login?cookies=true")
+            .json(&json!({"login": login, "password": PASSWORD}))
+            .send()
+            .await
+    }
+
     /// A new user with a session: (user JSON, access token, refresh token).
     pub async fn user(&self) -> (Value, String, String) {
         let (username, user) = self.register().await;
@@ -533,11 +541,7 @@ async fn unknown_paths_are_json_404s_and_wrong_methods_json_405s() {
 async fn a_browser_session_lives_in_cookies_and_logout_clears_them() {
     api!(stack, api);
     let (username, _) = api.register().await;
-    let login = api
-        .call(Method::POST, "/api/v1/auth/login?cookies=true")
-        .json(&json!({"login": username, "password": PASSWORD}))
-        .send()
-        .await;
+    let login = api.login_with_cookies(&username).await;
     assert_eq!(login.status, StatusCode::OK, "{}", login.body);
     let cookies = login.set_cookies();
     assert_eq!(cookies.len(), 3, "{cookies:?}");
@@ -603,11 +607,7 @@ async fn a_browser_session_lives_in_cookies_and_logout_clears_them() {
 async fn a_cookie_refresh_without_the_csrf_header_is_refused() {
     api!(stack, api);
     let (username, _) = api.register().await;
-    let login = api
-        .call(Method::POST, "/api/v1/auth/login?cookies=true")
-        .json(&json!({"login": username, "password": PASSWORD}))
-        .send()
-        .await;
+    let login = api.login_with_cookies(&username).await;
     let refresh = login.cookie("tg_refresh").expect("tg_refresh");
     let csrf = login.cookie("tg_csrf").expect("tg_csrf");
     let reply = api
@@ -726,11 +726,7 @@ async fn cookie_secure_false_drops_the_secure_attribute_for_plain_http_developme
             .await;
     let api = Api::new(&stack);
     let (username, _) = api.register().await;
-    let login = api
-        .call(Method::POST, "/api/v1/auth/login?cookies=true")
-        .json(&json!({"login": username, "password": PASSWORD}))
-        .send()
-        .await;
+    let login = api.login_with_cookies(&username).await;
     assert_eq!(login.status, StatusCode::OK, "{}", login.body);
     let cookies = login.set_cookies();
     assert_eq!(cookies.len(), 3, "{cookies:?}");
