@@ -1,16 +1,18 @@
 //! Sessions (refresh-token families) in Redis, and the atomic scripts that
 //! rotate, revoke and list them.
 //!
-//! Keys, all under `REDIS_PREFIX`, every one with a TTL:
-//! - `sess:{sid}`: hash with `uid`, `cur` (jti of the one current refresh
+//! Keys, all under `REDIS_PREFIX` and the user's hash tag `{u:<uid>}` (so a
+//! user's keys share one Redis Cluster slot; docs/redis-keys.md), every one
+//! with a TTL:
+//! - `{u:<uid>}:sess:<sid>`: hash with `uid`, `cur` (jti of the one current refresh
 //!   token), `prev` (its immediate predecessor), `rotated_at_ms`, the
 //!   parameters of the current pair (`succ_ajti`, `succ_iat`) so the grace
 //!   window can mint it again, `created_ms`, `last_refresh_ms`, `ua`, `ip`
 //!   and `abs_exp` (absolute end, epoch seconds). TTL: until the current
 //!   refresh token or the session expires, whichever is first.
-//! - `user_sessions:{uid}`: set of the user's session ids. TTL: the latest
+//! - `{u:<uid>}:sessions`: set of the user's session ids. TTL: the latest
 //!   session end among them.
-//! - `revoked:sid:{sid}` ([`taskgate_tokens::session_revocation_key`]):
+//! - `{u:<uid>}:revoked:<sid>` ([`taskgate_tokens::session_revocation_key`]):
 //!   written when a session ends, so verifiers reject its access tokens at
 //!   once. TTL: the access-token lifetime plus the verifiers' leeway.
 //!
@@ -20,6 +22,7 @@ use std::time::Duration;
 
 use fred::{prelude::*, types::MultipleKeys};
 use sha1::Digest as _;
+use taskgate_common::keys;
 use taskgate_tokens::session_revocation_key;
 
 use crate::{error::AuthError, error::SESSIONS_UNAVAILABLE, issuer::PairSpec};
@@ -86,22 +89,23 @@ redis.call('SET', KEYS[3], '1', 'EX', ARGV[2])
 if uid then return 1 else return 0 end
 "#;
 
-/// Ends every session of a user. KEYS: user set. ARGV: prefix, revocation
-/// TTL. Returns how many live sessions ended. The per-session keys are built
-/// here from the prefix (single-node Redis; see the README).
+/// Ends every session of a user. KEYS: user set. ARGV: the user's key prefix
+/// (`{prefix}{u:<uid>}:`, so every key built here shares the set's hash tag),
+/// revocation TTL. Returns how many live sessions ended.
 const REVOKE_ALL: &str = r#"
 local sids = redis.call('SMEMBERS', KEYS[1])
 local n = 0
 for _, sid in ipairs(sids) do
   n = n + redis.call('DEL', ARGV[1] .. 'sess:' .. sid)
-  redis.call('SET', ARGV[1] .. 'revoked:sid:' .. sid, '1', 'EX', ARGV[2])
+  redis.call('SET', ARGV[1] .. 'revoked:' .. sid, '1', 'EX', ARGV[2])
 end
 redis.call('DEL', KEYS[1])
 return n
 "#;
 
 /// Lists a user's live sessions, dropping ids whose session expired. KEYS:
-/// user set. ARGV: prefix. Returns flat groups of six strings.
+/// user set. ARGV: the user's key prefix (`{prefix}{u:<uid>}:`). Returns
+/// flat groups of six strings.
 const LIST: &str = r#"
 local sids = redis.call('SMEMBERS', KEYS[1])
 local out = {}
@@ -263,12 +267,18 @@ impl SessionStore {
         }
     }
 
-    fn session_key(&self, sid: &str) -> String {
-        format!("{}sess:{sid}", self.prefix)
+    fn session_key(&self, uid: &str, sid: &str) -> String {
+        keys::user_key(&self.prefix, uid, &format!("sess:{sid}"))
     }
 
     fn user_key(&self, uid: &str) -> String {
-        format!("{}user_sessions:{uid}", self.prefix)
+        keys::user_key(&self.prefix, uid, "sessions")
+    }
+
+    /// `{prefix}{u:<uid>}:`, which the scripts that walk a user's sessions
+    /// extend with `sess:<sid>` and `revoked:<sid>`.
+    fn user_key_prefix(&self, uid: &str) -> String {
+        keys::user_key(&self.prefix, uid, "")
     }
 
     /// Seconds the session key should live from `now`: until the refresh
@@ -287,7 +297,7 @@ impl SessionStore {
             .create
             .run(
                 &self.redis,
-                vec![self.session_key(&spec.sid), self.user_key(&spec.sub)],
+                vec![self.session_key(&spec.sub, &spec.sid), self.user_key(&spec.sub)],
                 vec![
                     spec.sub.clone(),
                     spec.refresh_jti.clone(),
@@ -315,9 +325,9 @@ impl SessionStore {
             .run(
                 &self.redis,
                 vec![
-                    self.session_key(&next.sid),
+                    self.session_key(&next.sub, &next.sid),
                     self.user_key(&next.sub),
-                    session_revocation_key(&self.prefix, &next.sid),
+                    session_revocation_key(&self.prefix, &next.sub, &next.sid),
                 ],
                 vec![
                     presented_jti.to_owned(),
@@ -364,7 +374,7 @@ impl SessionStore {
             .revoke
             .run(
                 &self.redis,
-                vec![self.session_key(sid), self.user_key(uid), session_revocation_key(&self.prefix, sid)],
+                vec![self.session_key(uid, sid), self.user_key(uid), session_revocation_key(&self.prefix, uid, sid)],
                 vec![
                     sid.to_owned(),
                     secs(self.revocation_ttl),
@@ -379,14 +389,14 @@ impl SessionStore {
     pub async fn revoke_all(&self, uid: &str) -> Result<i64, AuthError> {
         self.scripts
             .revoke_all
-            .run(&self.redis, vec![self.user_key(uid)], vec![self.prefix.clone(), secs(self.revocation_ttl)])
+            .run(&self.redis, vec![self.user_key(uid)], vec![self.user_key_prefix(uid), secs(self.revocation_ttl)])
             .await
     }
 
     /// The live sessions of `uid`, newest first.
     pub async fn list(&self, uid: &str) -> Result<Vec<SessionInfo>, AuthError> {
         let flat: Vec<String> =
-            self.scripts.list.run(&self.redis, vec![self.user_key(uid)], vec![self.prefix.clone()]).await?;
+            self.scripts.list.run(&self.redis, vec![self.user_key(uid)], vec![self.user_key_prefix(uid)]).await?;
         let mut sessions: Vec<SessionInfo> = flat
             .chunks_exact(6)
             .map(|c| SessionInfo {
@@ -409,8 +419,9 @@ mod tests {
 
     #[test]
     fn scripts_build_revocation_keys_like_the_tokens_crate() {
-        // REVOKE_ALL builds `{prefix}revoked:sid:{sid}` itself.
-        assert_eq!(session_revocation_key("p:", "s1"), "p:revoked:sid:s1");
-        assert!(REVOKE_ALL.contains("'revoked:sid:'"));
+        // REVOKE_ALL builds `{prefix}{u:<uid>}:revoked:<sid>` from the user's key prefix.
+        assert_eq!(session_revocation_key("p:", "u1", "s1"), "p:{u:u1}:revoked:s1");
+        assert_eq!(keys::user_key("p:", "u1", ""), "p:{u:u1}:");
+        assert!(REVOKE_ALL.contains("ARGV[1] .. 'revoked:' .. sid"));
     }
 }

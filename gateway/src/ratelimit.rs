@@ -34,6 +34,7 @@ use governor::{
     state::keyed::DefaultKeyedStateStore,
 };
 use http::{HeaderMap, HeaderValue, header::RETRY_AFTER};
+use taskgate_common::keys;
 use taskgate_tokens::{Claims, session_revocation_key};
 use tonic::Status;
 
@@ -120,10 +121,11 @@ impl RateLimiter {
         self.limit
     }
 
-    /// Decides one request of `subject`, checking session `sid` for revocation.
-    pub async fn check(&self, subject: &str, sid: Option<&str>) -> Decision {
+    /// Decides one request of `subject`, checking `session` (user id, session
+    /// id) for revocation.
+    pub async fn check(&self, subject: &str, session: Option<(&str, &str)>) -> Decision {
         if taskgate_common::redis::is_up(&self.redis) {
-            match self.check_redis(subject, sid).await {
+            match self.check_redis(subject, session).await {
                 Ok(decision) => {
                     if self.degraded.swap(false, Ordering::Relaxed) {
                         self.metrics.set_fallback_active(false);
@@ -152,10 +154,10 @@ impl RateLimiter {
     }
 
     /// One `EVALSHA`, reloading the script when Redis has forgotten it.
-    async fn check_redis(&self, subject: &str, sid: Option<&str>) -> Result<Decision, fred::error::Error> {
-        let mut keys = vec![format!("{}rl:{subject}", self.prefix)];
-        if let Some(sid) = sid {
-            keys.push(session_revocation_key(&self.prefix, sid));
+    async fn check_redis(&self, subject: &str, session: Option<(&str, &str)>) -> Result<Decision, fred::error::Error> {
+        let mut keys = vec![window_key(&self.prefix, subject)];
+        if let Some((uid, sid)) = session {
+            keys.push(session_revocation_key(&self.prefix, uid, sid));
         }
         let args = vec![
             self.limit.to_string(),
@@ -255,6 +257,17 @@ fn set_headers(headers: &mut HeaderMap, limiter: &RateLimiter, decision: &Decisi
     }
 }
 
+/// The Redis key of `subject`'s window: `user:<uid>` lives under the user's
+/// hash tag (with the session records the same script reads), `ip:<addr>`
+/// under the address's (docs/redis-keys.md).
+fn window_key(prefix: &str, subject: &str) -> String {
+    match subject.split_once(':') {
+        Some(("user", uid)) => keys::user_key(prefix, uid, "rl"),
+        Some(("ip", addr)) => keys::addr_key(prefix, addr, "rl"),
+        _ => keys::addr_key(prefix, subject, "rl"),
+    }
+}
+
 /// Routes the limit does not apply to: probes and scrapes.
 fn is_exempt(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/metrics")
@@ -276,8 +289,8 @@ pub async fn limit(State(limiter): State<Arc<RateLimiter>>, request: Request, ne
             (None, None) => "ip:unknown".to_owned(),
         },
     };
-    let sid = claims.map(|c| c.sid.clone());
-    let decision = limiter.check(&subject, sid.as_deref()).await;
+    let session = claims.map(|c| (c.sub.as_str(), c.sid.as_str()));
+    let decision = limiter.check(&subject, session).await;
     let mut response = match decision.outcome {
         Outcome::Allowed => next.run(request).await,
         Outcome::Revoked => return reject(protocol, &Status::unauthenticated("session has been revoked")),

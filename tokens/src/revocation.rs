@@ -1,7 +1,7 @@
 //! Immediate revocation of access tokens.
 //!
 //! When a session ends (logout, logout-all, reuse detection, a disabled
-//! user), the auth service writes `{prefix}revoked:sid:{sid}` with a TTL of
+//! user), the auth service writes `{prefix}{u:<uid>}:revoked:<sid>` with a TTL of
 //! the longest access-token lifetime: after that every access token of the
 //! session has expired anyway, so the record can go. Verifiers reject an
 //! access token whose session has such a record: one `EXISTS` per request,
@@ -12,9 +12,11 @@ use fred::prelude::*;
 
 use crate::{Claims, VerifyError};
 
-/// The Redis key that marks session `sid` as revoked.
-pub fn session_revocation_key(prefix: &str, sid: &str) -> String {
-    format!("{prefix}revoked:sid:{sid}")
+/// The Redis key that marks session `sid` of user `uid` as revoked:
+/// `{prefix}{u:<uid>}:revoked:<sid>`, under the user's hash tag so it shares a
+/// Redis Cluster slot with the user's other keys (docs/redis-keys.md).
+pub fn session_revocation_key(prefix: &str, uid: &str, sid: &str) -> String {
+    taskgate_common::keys::user_key(prefix, uid, &format!("revoked:{sid}"))
 }
 
 /// What to do when Redis cannot answer the revocation check.
@@ -49,7 +51,7 @@ impl RevocationCheck {
 
     /// Err([`VerifyError::Revoked`]) if the token's session was revoked.
     pub async fn check(&self, claims: &Claims) -> Result<(), VerifyError> {
-        let key = session_revocation_key(&self.prefix, &claims.sid);
+        let key = session_revocation_key(&self.prefix, &claims.sub, &claims.sid);
         match self.redis.exists::<i64, _>(key).await {
             Ok(0) => Ok(()),
             Ok(_) => Err(VerifyError::Revoked),

@@ -249,9 +249,12 @@ return out
             assert!(!values.contains(signature) && !key.contains(signature), "{key} holds a token");
         }
         assert!(!values.contains("eyJ"), "{key} holds something JWT-like");
-        let kind = key.trim_start_matches(prefix.as_str()).split(':').next().unwrap_or_default().to_owned();
+        // `{prefix}{tag}:kind:...` (docs/redis-keys.md) or `{prefix}kind:...`.
+        let rest = key.trim_start_matches(prefix.as_str());
+        let rest = rest.split_once("}:").map_or(rest, |(_, r)| r);
+        let kind = rest.split(':').next().unwrap_or_default().to_owned();
         kinds.insert(kind);
     }
     let kinds: Vec<&str> = kinds.iter().map(String::as_str).collect();
-    assert_eq!(kinds, ["revoked", "sess", "throttle", "user_sessions"]);
+    assert_eq!(kinds, ["revoked", "sess", "sessions", "throttle"]);
 }
