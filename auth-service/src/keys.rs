@@ -6,7 +6,19 @@
 //! From insertion it is in the JWKS (publish before use); from `activate_at`
 //! it signs. The key it replaces stays published until the longest token
 //! lifetime has passed since the new one took over, then drops out of the
-//! JWKS (retired) because nothing it signed can still be valid.
+//! JWKS (retired) because nothing it signed can still be valid; its row
+//! (private key included) is then deleted at the next reload.
+//!
+//! A compromised key is withdrawn at once with `revoke-key <kid>`
+//! ([`revoke`]): its row is deleted (a fresh key that signs immediately takes
+//! its place if it was signing), so replicas stop signing with it and
+//! publishing it at their next reload, and verifiers stop trusting it at
+//! their next JWKS refresh. That ends every session it signed: their access
+//! tokens name an unknown `kid`, and their refresh tokens no longer verify.
+//!
+//! With `KEY_ENCRYPTION_KEY` set, private keys are stored sealed with
+//! ChaCha20-Poly1305 under that key ([`KeyCipher`]); rows written before it
+//! was set are sealed at start-up.
 
 use std::{
     sync::{Arc, RwLock},
@@ -15,9 +27,14 @@ use std::{
 
 use anyhow::Context as _;
 use base64::Engine as _;
+use chacha20poly1305::{
+    ChaCha20Poly1305, KeyInit as _, Nonce,
+    aead::{Aead as _, AeadCore as _},
+};
 use chrono::{DateTime, Utc};
 use ed25519_dalek::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
 use jsonwebtoken::EncodingKey;
+use secrecy::{ExposeSecret as _, SecretString};
 use sqlx::PgPool;
 use taskgate_proto::auth::v1::Jwk;
 use taskgate_tokens::{KeySource, VerifyError, jwks::BoxFuture};
@@ -26,6 +43,64 @@ use crate::error::AuthError;
 
 /// Serialises first-key creation across replicas starting together.
 const KEY_INIT_LOCK: i64 = 0x6175_7468_6b65_7973;
+
+/// Marks a sealed private key in the `private_der` column: the tag, a
+/// 12-byte nonce, then the ciphertext of the PKCS#8 DER.
+const SEALED: &[u8] = b"tgk1";
+
+/// Seals private keys at rest with ChaCha20-Poly1305 under the 32-byte
+/// `KEY_ENCRYPTION_KEY` (base64 or hex).
+#[derive(Clone)]
+pub struct KeyCipher(ChaCha20Poly1305);
+
+impl KeyCipher {
+    /// The cipher of `KEY_ENCRYPTION_KEY`, if it is set.
+    pub fn from_setting(setting: Option<&SecretString>) -> anyhow::Result<Option<KeyCipher>> {
+        let Some(secret) = setting else { return Ok(None) };
+        let text = secret.expose_secret().trim();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .ok()
+            .filter(|b| b.len() == 32)
+            .or_else(|| (text.len() == 64).then(|| hex(text)).flatten())
+            .context("KEY_ENCRYPTION_KEY must be 32 bytes in base64 or hex")?;
+        let cipher = ChaCha20Poly1305::new_from_slice(&bytes).map_err(|_| anyhow::anyhow!("KEY_ENCRYPTION_KEY"))?;
+        Ok(Some(KeyCipher(cipher)))
+    }
+
+    /// `SEALED ‖ nonce ‖ ciphertext` of `der`.
+    fn seal(&self, der: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let nonce = ChaCha20Poly1305::generate_nonce(&mut rand::rngs::OsRng);
+        let sealed = self.0.encrypt(&nonce, der).map_err(|_| anyhow::anyhow!("sealing a signing key"))?;
+        Ok([SEALED, &nonce[..], &sealed[..]].concat())
+    }
+
+    /// The DER inside a sealed column value.
+    fn open(&self, stored: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let rest = stored.strip_prefix(SEALED).context("not a sealed key")?;
+        anyhow::ensure!(rest.len() > 12, "a sealed key is too short");
+        let (nonce, sealed) = rest.split_at(12);
+        let nonce: [u8; 12] = nonce.try_into().context("a sealed key's nonce")?;
+        self.0
+            .decrypt(&Nonce::from(nonce), sealed)
+            .map_err(|_| anyhow::anyhow!("a signing key does not open with KEY_ENCRYPTION_KEY"))
+    }
+}
+
+/// Bytes from 64 hex digits.
+fn hex(text: &str) -> Option<Vec<u8>> {
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
+/// The PKCS#8 DER in a `private_der` column value: sealed or (written
+/// without `KEY_ENCRYPTION_KEY`) in the clear.
+fn unseal(cipher: Option<&KeyCipher>, kid: &str, stored: &[u8]) -> anyhow::Result<Vec<u8>> {
+    match (stored.starts_with(SEALED), cipher) {
+        (true, Some(cipher)) => cipher.open(stored).with_context(|| format!("signing key {kid}")),
+        (true, None) => anyhow::bail!("signing key {kid} is sealed: set KEY_ENCRYPTION_KEY"),
+        (false, _) => Ok(stored.to_vec()),
+    }
+}
 
 /// One key, private half included.
 #[derive(Clone)]
@@ -55,6 +130,8 @@ struct Inner {
     publish_delay: Duration,
     /// How long a replaced key stays published: the longest token lifetime.
     retire_after: Duration,
+    /// Seals private keys at rest (`KEY_ENCRYPTION_KEY`), when set.
+    cipher: Option<KeyCipher>,
 }
 
 fn jwk(kid: &str, public: &[u8]) -> Jwk {
@@ -75,14 +152,23 @@ fn record(kid: String, private_der: &[u8], activate_at: DateTime<Utc>) -> anyhow
     Ok(KeyRecord { encoding: EncodingKey::from_ed_der(private_der), jwk, kid, activate_at })
 }
 
-/// Inserts a freshly generated key that signs from `activate_at`; returns its kid.
-async fn insert_key(executor: impl sqlx::PgExecutor<'_>, activate_at: DateTime<Utc>) -> anyhow::Result<String> {
+/// Inserts a freshly generated key that signs from `activate_at` (sealed
+/// when `cipher` is given); returns its kid.
+async fn insert_key(
+    executor: impl sqlx::PgExecutor<'_>,
+    activate_at: DateTime<Utc>,
+    cipher: Option<&KeyCipher>,
+) -> anyhow::Result<String> {
     let signing = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
     let der = signing.to_pkcs8_der().map_err(|e| anyhow::anyhow!("encoding a new key: {e}"))?;
+    let stored = match cipher {
+        Some(cipher) => cipher.seal(der.as_bytes())?,
+        None => der.as_bytes().to_vec(),
+    };
     let kid = uuid::Uuid::now_v7().simple().to_string();
     sqlx::query("INSERT INTO signing_keys (kid, private_der, public_key, activate_at) VALUES ($1, $2, $3, $4)")
         .bind(&kid)
-        .bind(der.as_bytes())
+        .bind(stored)
         .bind(signing.verifying_key().as_bytes().as_slice())
         .bind(activate_at)
         .execute(executor)
@@ -93,9 +179,38 @@ async fn insert_key(executor: impl sqlx::PgExecutor<'_>, activate_at: DateTime<U
 
 /// Introduces a new key that signs after `publish_delay` (the `rotate-keys`
 /// command). Replicas pick it up on their next reload.
-pub async fn rotate(pool: &PgPool, publish_delay: Duration) -> anyhow::Result<String> {
+pub async fn rotate(pool: &PgPool, publish_delay: Duration, cipher: Option<&KeyCipher>) -> anyhow::Result<String> {
     let delay = chrono::Duration::from_std(publish_delay).context("publish delay too long")?;
-    insert_key(pool, Utc::now() + delay).await
+    insert_key(pool, Utc::now() + delay, cipher).await
+}
+
+/// Withdraws key `kid` at once (the `revoke-key` command): deletes it, and
+/// if it was the newest key already signing, first inserts a replacement
+/// that signs immediately (no publish delay: the withdrawn key must not
+/// sign one more token). Returns the replacement's kid, if one was made.
+/// Replicas pick the change up at their next reload.
+pub async fn revoke(pool: &PgPool, kid: &str, cipher: Option<&KeyCipher>) -> anyhow::Result<Option<String>> {
+    let mut tx = pool.begin().await.context("starting key withdrawal")?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(KEY_INIT_LOCK).execute(&mut *tx).await?;
+    let signing: Option<String> = sqlx::query_scalar(
+        "SELECT kid FROM signing_keys WHERE activate_at <= now() ORDER BY activate_at DESC, kid DESC LIMIT 1",
+    )
+    .fetch_optional(&mut *tx)
+    .await
+    .context("finding the signing key")?;
+    let deleted = sqlx::query("DELETE FROM signing_keys WHERE kid = $1")
+        .bind(kid)
+        .execute(&mut *tx)
+        .await
+        .context("deleting the key")?
+        .rows_affected();
+    anyhow::ensure!(deleted == 1, "no signing key has kid {kid}");
+    let replacement = match signing.as_deref() {
+        Some(current) if current == kid => Some(insert_key(&mut *tx, Utc::now(), cipher).await?),
+        _ => None,
+    };
+    tx.commit().await.context("committing key withdrawal")?;
+    Ok(replacement)
 }
 
 impl KeyStore {
@@ -117,12 +232,19 @@ impl KeyStore {
                 keys: RwLock::new(Arc::new(vec![key])),
                 publish_delay: Duration::ZERO,
                 retire_after: Duration::ZERO,
+                cipher: None,
             }),
         })
     }
 
-    /// Keys from Postgres; creates the first key if there is none.
-    pub async fn from_database(pool: PgPool, publish_delay: Duration, retire_after: Duration) -> anyhow::Result<Self> {
+    /// Keys from Postgres; creates the first key if there is none, and seals
+    /// keys stored in the clear when `cipher` is given.
+    pub async fn from_database(
+        pool: PgPool,
+        publish_delay: Duration,
+        retire_after: Duration,
+        cipher: Option<KeyCipher>,
+    ) -> anyhow::Result<Self> {
         let mut tx = pool.begin().await.context("starting key initialisation")?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(KEY_INIT_LOCK)
@@ -135,8 +257,23 @@ impl KeyStore {
             .context("counting signing keys")?;
         if count == 0 {
             // The very first key signs at once: there is nothing to replace.
-            let kid = insert_key(&mut *tx, Utc::now()).await?;
+            let kid = insert_key(&mut *tx, Utc::now(), cipher.as_ref()).await?;
             tracing::info!(%kid, "created the first signing key");
+        }
+        if let Some(cipher) = &cipher {
+            let clear: Vec<(String, Vec<u8>)> = sqlx::query_as("SELECT kid, private_der FROM signing_keys")
+                .fetch_all(&mut *tx)
+                .await
+                .context("reading signing keys to seal")?;
+            for (kid, der) in clear.into_iter().filter(|(_, der)| !der.starts_with(SEALED)) {
+                sqlx::query("UPDATE signing_keys SET private_der = $2 WHERE kid = $1")
+                    .bind(&kid)
+                    .bind(cipher.seal(&der)?)
+                    .execute(&mut *tx)
+                    .await
+                    .context("sealing a signing key")?;
+                tracing::info!(%kid, "sealed a signing key stored in the clear");
+            }
         }
         tx.commit().await.context("committing key initialisation")?;
         let store = KeyStore {
@@ -145,22 +282,47 @@ impl KeyStore {
                 keys: RwLock::new(Arc::new(Vec::new())),
                 publish_delay,
                 retire_after,
+                cipher,
             }),
         };
         store.reload().await.map_err(|e| anyhow::anyhow!("loading signing keys: {e}"))?;
         Ok(store)
     }
 
-    /// Re-reads every key from Postgres (a no-op for a key file).
+    /// Deletes retired keys (their successor has signed for longer than the
+    /// longest token lifetime, so nothing they signed is valid), then
+    /// re-reads every key from Postgres. A no-op for a key file.
     pub async fn reload(&self) -> Result<(), AuthError> {
         let Some(pool) = &self.inner.pool else {
             return Ok(());
         };
+        let retire_after = self.inner.retire_after.as_secs_f64();
+        // A key is retired once ANY later key activated more than
+        // `retire_after` ago (then its immediate successor did too).
+        let retired = sqlx::query(
+            "DELETE FROM signing_keys k WHERE EXISTS (SELECT 1 FROM signing_keys n \
+             WHERE (n.activate_at, n.kid) > (k.activate_at, k.kid) \
+             AND n.activate_at + make_interval(secs => $1) < now())",
+        )
+        .bind(retire_after)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        if retired > 0 {
+            tracing::info!(retired, "deleted retired signing keys");
+        }
         let rows: Vec<(String, Vec<u8>, DateTime<Utc>)> =
             sqlx::query_as("SELECT kid, private_der, activate_at FROM signing_keys ORDER BY activate_at, kid")
                 .fetch_all(pool)
                 .await?;
-        let keys = rows.into_iter().map(|(kid, der, at)| record(kid, &der, at)).collect::<anyhow::Result<Vec<_>>>()?;
+        let cipher = self.inner.cipher.as_ref();
+        let keys = rows
+            .into_iter()
+            .map(|(kid, stored, at)| {
+                let der = unseal(cipher, &kid, &stored)?;
+                record(kid, &der, at)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         if let Ok(mut guard) = self.inner.keys.write() {
             *guard = Arc::new(keys);
         }
@@ -172,7 +334,7 @@ impl KeyStore {
         let pool = self.inner.pool.as_ref().ok_or_else(|| {
             AuthError::Unexpected(anyhow::anyhow!("keys come from SIGNING_KEY_FILE; replace the file to rotate"))
         })?;
-        let kid = rotate(pool, self.inner.publish_delay).await?;
+        let kid = rotate(pool, self.inner.publish_delay, self.inner.cipher.as_ref()).await?;
         self.reload().await?;
         Ok(kid)
     }
@@ -228,5 +390,26 @@ impl KeySource for KeyStoreSource {
             }
             Ok(self.0.jwks())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_keys_open_only_with_their_key() {
+        let key = SecretString::from(base64::engine::general_purpose::STANDARD.encode([7_u8; 32]));
+        let cipher = KeyCipher::from_setting(Some(&key)).expect("a valid key").expect("a cipher");
+        let sealed = cipher.seal(b"pkcs8 der").expect("seal");
+        assert!(sealed.starts_with(SEALED));
+        assert!(!sealed.windows(9).any(|w| w == b"pkcs8 der"), "no clear text at rest");
+        assert_eq!(unseal(Some(&cipher), "k", &sealed).expect("open"), b"pkcs8 der");
+        assert!(unseal(None, "k", &sealed).is_err());
+        let other = SecretString::from("0".repeat(64));
+        let other = KeyCipher::from_setting(Some(&other)).expect("hex key").expect("a cipher");
+        assert!(unseal(Some(&other), "k", &sealed).is_err());
+        assert_eq!(unseal(None, "k", b"clear").expect("legacy"), b"clear");
+        assert!(KeyCipher::from_setting(Some(&SecretString::from("short"))).is_err());
     }
 }

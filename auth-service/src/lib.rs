@@ -30,4 +30,4 @@ pub mod users;
 
 pub use error::AuthError;
 pub use settings::Settings;
-pub use startup::{Application, migrate, rotate_keys};
+pub use startup::{Application, migrate, revoke_key, rotate_keys};

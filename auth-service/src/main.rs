@@ -1,11 +1,11 @@
-//! The `auth-service` binary: `serve` (default), `migrate`, `healthcheck`
-//! and `rotate-keys`. Everything else lives in the library.
+//! The `auth-service` binary: `serve` (default), `migrate`, `healthcheck`,
+//! `rotate-keys` and `revoke-key`. Everything else lives in the library.
 
 use auth_service::{Application, Settings};
 use clap::Parser as _;
 
 /// What to do.
-#[derive(clap::Subcommand, Clone, Copy)]
+#[derive(clap::Subcommand, Clone)]
 enum Command {
     /// Run the gRPC server until SIGTERM or Ctrl-C.
     Serve,
@@ -15,6 +15,13 @@ enum Command {
     Healthcheck,
     /// Introduce a new signing key (signs after KEY_PUBLISH_DELAY_SECONDS).
     RotateKeys,
+    /// Withdraw a compromised signing key at once: it stops signing and is
+    /// unpublished (replicas reload within KEY_RELOAD_SECONDS, verifiers
+    /// refetch within JWKS_REFRESH_SECONDS), and every session it signed ends.
+    RevokeKey {
+        /// The `kid` of the key to withdraw.
+        kid: String,
+    },
 }
 
 #[derive(clap::Parser)]
@@ -42,7 +49,8 @@ async fn main() -> anyhow::Result<()> {
             let port = cli.settings.listen_addr.port();
             let url = format!("http://127.0.0.1:{port}");
             let service = taskgate_proto::service_names::AUTH;
-            if let Err(e) = taskgate_common::grpc::probe(&url, service).await {
+            let mtls = cli.settings.mtls.load()?;
+            if let Err(e) = taskgate_common::grpc::probe_with(&url, service, mtls.as_ref()).await {
                 eprintln!("unhealthy: {e:#}");
                 std::process::exit(1);
             }
@@ -51,6 +59,13 @@ async fn main() -> anyhow::Result<()> {
         Command::RotateKeys => {
             let kid = auth_service::rotate_keys(&cli.settings).await?;
             println!("new signing key {kid}");
+            Ok(())
+        }
+        Command::RevokeKey { kid } => {
+            match auth_service::revoke_key(&cli.settings, &kid).await? {
+                Some(new) => println!("withdrew signing key {kid}; {new} signs from now on"),
+                None => println!("withdrew signing key {kid}"),
+            }
             Ok(())
         }
     }

@@ -59,13 +59,16 @@ fn timestamp_ms(ms: i64) -> prost_types::Timestamp {
     }
 }
 
-/// The caller's address: `x-client-ip` set by the gateway, else the peer.
-/// A header that is not an IP address is ignored, so it cannot smuggle
+/// The caller's address: `x-client-ip` set by the gateway (believed only
+/// from the gateway, see [`taskgate_common::mtls::from_gateway`]), else the
+/// peer. A header that is not an IP address is ignored, so it cannot smuggle
 /// arbitrary text into Redis keys or session records.
 fn client_ip<T>(request: &Request<T>) -> String {
+    let from_gateway = taskgate_common::mtls::from_gateway(request);
     request
         .metadata()
         .get("x-client-ip")
+        .filter(|_| from_gateway)
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.trim().parse::<std::net::IpAddr>().ok())
         .or_else(|| request.remote_addr().map(|a| a.ip()))
@@ -355,18 +358,32 @@ impl AuthService for AuthApi {
 mod tests {
     use super::*;
 
-    fn with_client_ip(value: &str) -> Request<()> {
+    /// A request from `peer` (plain HTTP) carrying `x-client-ip: value`.
+    fn from_peer_with_client_ip(peer: &str, value: &str) -> Request<()> {
         let mut request = Request::new(());
         request.metadata_mut().insert("x-client-ip", value.parse().expect("ascii"));
+        let remote_addr = Some(peer.parse().expect("a socket address"));
+        request.extensions_mut().insert(tonic::transport::server::TcpConnectInfo { local_addr: None, remote_addr });
         request
+    }
+
+    fn with_client_ip(value: &str) -> Request<()> {
+        from_peer_with_client_ip("127.0.0.1:40000", value)
     }
 
     #[test]
     fn the_client_ip_header_is_used_only_when_it_is_an_address() {
         assert_eq!(client_ip(&with_client_ip(" 203.0.113.7 ")), "203.0.113.7");
         assert_eq!(client_ip(&with_client_ip("2001:db8::1")), "2001:db8::1");
-        assert_eq!(client_ip(&with_client_ip("evil:key")), "");
+        assert_eq!(client_ip(&with_client_ip("evil:key")), "127.0.0.1");
         assert_eq!(client_ip(&Request::new(())), "");
+    }
+
+    #[test]
+    fn the_client_ip_header_is_believed_only_from_the_gateway() {
+        // Without mutual TLS only a loopback peer can be the gateway.
+        let request = from_peer_with_client_ip("198.51.100.7:40000", "203.0.113.7");
+        assert_eq!(client_ip(&request), "198.51.100.7");
     }
 
     #[test]

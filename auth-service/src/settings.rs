@@ -14,8 +14,10 @@ use taskgate_common::telemetry::LogFormat;
 #[derive(Clone, Debug, clap::Parser)]
 #[command(name = "auth-service", about = "taskgate's accounts, tokens and sessions")]
 pub struct Settings {
-    /// Address the gRPC server listens on.
-    #[arg(long, env = "AUTH_LISTEN_ADDR", default_value = "0.0.0.0:50051")]
+    /// Address the gRPC server listens on: loopback by default, since only the
+    /// gateway and the task service call it; set an internal interface (with
+    /// MTLS_* set) to reach it from other hosts.
+    #[arg(long, env = "AUTH_LISTEN_ADDR", default_value = "127.0.0.1:50051")]
     pub listen_addr: SocketAddr,
 
     /// PostgreSQL URL; the service uses the `auth` schema in it.
@@ -66,6 +68,11 @@ pub struct Settings {
     #[arg(long, env = "SIGNING_KEY_FILE")]
     pub signing_key_file: Option<PathBuf>,
 
+    /// 32 bytes (base64 or hex) that seal the private signing keys stored in
+    /// Postgres (ChaCha20-Poly1305); without it they are stored in the clear.
+    #[arg(long, env = "KEY_ENCRYPTION_KEY", hide_env_values = true, value_parser = parse_secret)]
+    pub key_encryption_key: Option<SecretString>,
+
     /// Seconds between publishing a new key (rotate-keys) and signing with it,
     /// so every verifier and replica has it first.
     #[arg(long = "key-publish-delay-seconds", env = "KEY_PUBLISH_DELAY_SECONDS", default_value = "600", value_parser = parse_seconds)]
@@ -109,6 +116,10 @@ pub struct Settings {
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
+
+    /// Mutual TLS with the gateway and the task service.
+    #[command(flatten)]
+    pub mtls: taskgate_common::mtls::MtlsSettings,
 }
 
 impl Settings {
@@ -130,6 +141,7 @@ impl Settings {
             jwt_issuer: "taskgate".into(),
             jwt_audience: "taskgate".into(),
             signing_key_file: None,
+            key_encryption_key: None,
             key_publish_delay: Duration::ZERO,
             key_reload_interval: Duration::from_secs(60),
             admin_username: None,
@@ -140,6 +152,7 @@ impl Settings {
             login_failure_window: Duration::from_secs(900),
             login_delay_step: Duration::ZERO,
             log_format: LogFormat::Pretty,
+            mtls: taskgate_common::mtls::MtlsSettings::default(),
         }
     }
 

@@ -7,7 +7,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use secrecy::ExposeSecret as _;
 use sqlx::PgPool;
-use taskgate_common::db;
+use taskgate_common::{db, mtls::Mtls};
 use taskgate_proto::{auth::v1::auth_service_server::AuthServiceServer, service_names};
 use taskgate_tokens::{RevocationCheck, RevocationPolicy, Verifier, VerifierConfig};
 use tonic::transport::server::TcpIncoming;
@@ -17,7 +17,7 @@ use crate::{
     domain::{Email, LoginName, Password, Username},
     error::AuthError,
     issuer::TokenIssuer,
-    keys::{KeyStore, KeyStoreSource},
+    keys::{KeyCipher, KeyStore, KeyStoreSource},
     password::{PasswordHasher, Verified},
     service::AuthApi,
     sessions::SessionStore,
@@ -29,8 +29,6 @@ use crate::{
 const DATABASE_PATIENCE: Duration = Duration::from_secs(30);
 /// Longest any RPC may run.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Most calls in flight on one HTTP/2 connection.
-const CONCURRENCY_PER_CONNECTION: usize = 256;
 /// Redis clients in the pool.
 const REDIS_POOL_SIZE: usize = 4;
 /// Added to the access-token lifetime for the revocation record's TTL: the
@@ -51,6 +49,8 @@ pub struct Application {
     key_reload_interval: Duration,
     /// The Postgres pool, for tests that look at rows.
     pool: PgPool,
+    /// Mutual TLS material, when MTLS_* is set.
+    mtls: Option<Mtls>,
 }
 
 /// Applies the `auth` schema's migrations (the `migrate` command).
@@ -66,9 +66,25 @@ pub async fn rotate_keys(settings: &Settings) -> anyhow::Result<String> {
     anyhow::ensure!(settings.signing_key_file.is_none(), "SIGNING_KEY_FILE is set: rotate by replacing the file");
     let pool = db::pool(settings.database_url.expose_secret(), db::AUTH_SCHEMA, 2)?;
     db::migrate_when_ready(&pool, db::AUTH_SCHEMA, &db::AUTH_MIGRATOR, DATABASE_PATIENCE).await?;
-    let kid = crate::keys::rotate(&pool, settings.key_publish_delay).await?;
+    let cipher = KeyCipher::from_setting(settings.key_encryption_key.as_ref())?;
+    let kid = crate::keys::rotate(&pool, settings.key_publish_delay, cipher.as_ref()).await?;
     pool.close().await;
     Ok(kid)
+}
+
+/// Withdraws signing key `kid` at once (the `revoke-key` command); returns
+/// the kid of the key that replaced it, if it was the one signing.
+pub async fn revoke_key(settings: &Settings, kid: &str) -> anyhow::Result<Option<String>> {
+    anyhow::ensure!(
+        settings.signing_key_file.is_none(),
+        "SIGNING_KEY_FILE is set: replace the file to withdraw its key"
+    );
+    let pool = db::pool(settings.database_url.expose_secret(), db::AUTH_SCHEMA, 2)?;
+    db::migrate_when_ready(&pool, db::AUTH_SCHEMA, &db::AUTH_MIGRATOR, DATABASE_PATIENCE).await?;
+    let cipher = KeyCipher::from_setting(settings.key_encryption_key.as_ref())?;
+    let replacement = crate::keys::revoke(&pool, kid, cipher.as_ref()).await?;
+    pool.close().await;
+    Ok(replacement)
 }
 
 /// Creates the admin named by ADMIN_USERNAME / ADMIN_EMAIL / ADMIN_PASSWORD
@@ -130,17 +146,14 @@ async fn bootstrap_admin(settings: &Settings, users: &Users, hasher: &PasswordHa
     Ok(())
 }
 
-/// The server and the limits every call runs under, one per line.
-fn server() -> tonic::transport::Server {
-    tonic::transport::Server::builder()
+/// The server and the limits every call runs under: the shared backend
+/// limits and mutual TLS ([`taskgate_common::grpc::server`]), plus this
+/// service's own, one per line.
+fn server(mtls: Option<&Mtls>) -> anyhow::Result<tonic::transport::Server> {
+    Ok(taskgate_common::grpc::server(mtls)?
         // A call stuck on a store must not hold its stream for ever; the
         // stores' own timeouts (3 s Postgres acquire, 0.5 s Redis) come first.
-        .timeout(REQUEST_TIMEOUT)
-        // One client cannot queue unbounded work on its connection; argon2
-        // calls beyond the hashing permits wait in the hasher's semaphore.
-        .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
-        // Notice dead peers behind NATs and load balancers.
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .timeout(REQUEST_TIMEOUT))
 }
 
 impl Application {
@@ -154,16 +167,25 @@ impl Application {
         let keys = match &settings.signing_key_file {
             Some(path) => KeyStore::from_file(path)?,
             None => {
-                KeyStore::from_database(pool.clone(), settings.key_publish_delay, settings.longest_token_lifetime())
-                    .await?
+                let cipher = KeyCipher::from_setting(settings.key_encryption_key.as_ref())?;
+                KeyStore::from_database(
+                    pool.clone(),
+                    settings.key_publish_delay,
+                    settings.longest_token_lifetime(),
+                    cipher,
+                )
+                .await?
             }
         };
+        let mtls = settings.mtls.load()?;
         let hasher = PasswordHasher::new().await?;
         let users = Users::new(pool.clone());
         bootstrap_admin(&settings, &users, &hasher).await?;
 
         let mut verifier_config = VerifierConfig::new(settings.jwt_issuer.clone(), settings.jwt_audience.clone());
         verifier_config.leeway = VERIFIER_LEEWAY;
+        // Its own key set comes from Postgres: follow the reloads.
+        verifier_config.refresh_interval = Some(settings.key_reload_interval.max(Duration::from_secs(1)));
         let verifier = Verifier::new(Arc::new(KeyStoreSource(keys.clone())), verifier_config);
         let sessions = SessionStore::new(
             redis.clone(),
@@ -205,7 +227,15 @@ impl Application {
             .await
             .with_context(|| format!("binding AUTH_LISTEN_ADDR {}", settings.listen_addr))?;
         let local_addr = listener.local_addr().context("reading the bound address")?;
-        Ok(Application { listener, local_addr, api, keys, key_reload_interval: settings.key_reload_interval, pool })
+        Ok(Application {
+            listener,
+            local_addr,
+            api,
+            keys,
+            key_reload_interval: settings.key_reload_interval,
+            pool,
+            mtls,
+        })
     }
 
     /// The address the server listens on.
@@ -248,11 +278,13 @@ impl Application {
         });
 
         tracing::info!(addr = %self.local_addr, "auth service listening");
-        let result = server()
+        let result = server(self.mtls.as_ref())?
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(AuthServiceServer::new(self.api))
+            .add_service(
+                AuthServiceServer::new(self.api).max_decoding_message_size(taskgate_common::grpc::MAX_MESSAGE_BYTES),
+            )
             .serve_with_incoming_shutdown(TcpIncoming::from(self.listener).with_nodelay(Some(true)), shutdown)
             .await
             .context("serving gRPC");

@@ -14,6 +14,34 @@ use tonic_health::{
     server::HealthReporter,
 };
 
+/// Largest gRPC message a backend decodes: the largest valid request is a
+/// few tens of KB (a task description is at most 10,000 characters).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// A backend's server with the limits every taskgate backend listens under,
+/// one per line; the caller adds its timeout, layers and services.
+pub fn server(mtls: Option<&crate::mtls::Mtls>) -> anyhow::Result<tonic::transport::Server> {
+    let server = tonic::transport::Server::builder()
+        // One client cannot queue unbounded work on its connection; past the
+        // limit calls are refused at once (UNAVAILABLE) rather than queued.
+        .concurrency_limit_per_connection(256)
+        .load_shed(true)
+        // HTTP/2 streams one connection may open, and the header block size:
+        // far above what the gateway sends, far below what could hurt.
+        .max_concurrent_streams(Some(256))
+        .http2_max_header_list_size(Some(16 * 1024))
+        // Notice dead peers behind NATs and load balancers, and drop them.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .tcp_nodelay(true);
+    match mtls {
+        // Only peers with a certificate from the private CA get a connection.
+        Some(mtls) => server.tls_config(mtls.server()).context("mutual TLS settings"),
+        None => Ok(server),
+    }
+}
+
 /// A health reporter with `services` (and the overall "" service) marked
 /// SERVING, and the gRPC service that answers health checks.
 pub async fn health(services: &[&str]) -> (HealthReporter, HealthServer<impl Health>) {
@@ -47,13 +75,21 @@ pub fn reflection() -> anyhow::Result<(
 /// Asks the grpc.health.v1 service at `url` (such as `http://127.0.0.1:50051`)
 /// whether `service` is SERVING; used by container health checks.
 pub async fn probe(url: &str, service: &str) -> anyhow::Result<()> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+    probe_with(url, service, None).await
+}
+
+/// [`probe`], over mutual TLS when `mtls` is given (a backend with
+/// `MTLS_*` set answers nothing else).
+pub async fn probe_with(url: &str, service: &str, mtls: Option<&crate::mtls::Mtls>) -> anyhow::Result<()> {
+    let url = crate::mtls::backend_url(url, mtls);
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())
         .with_context(|| format!("invalid health-check url {url}"))?
         .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(2))
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
+        .timeout(Duration::from_secs(2));
+    if let Some(mtls) = mtls {
+        endpoint = endpoint.tls_config(mtls.client()).context("mutual TLS settings")?;
+    }
+    let channel = endpoint.connect().await.with_context(|| format!("connecting to {url}"))?;
     let response = HealthClient::new(channel)
         .check(HealthCheckRequest { service: service.to_owned() })
         .await

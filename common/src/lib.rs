@@ -7,12 +7,14 @@
 //! - [`grpc`]: grpc.health.v1 and server reflection, and a health probe client.
 //! - [`db`]: Postgres pools (one schema per service) and migrations.
 //! - [`redis`]: a fred Redis pool that reconnects by itself.
+//! - [`mtls`]: mutual TLS between the services, and who may speak for a client.
 //! - [`keys`]: the Redis key layout (per-user hash tags for Redis Cluster).
 //! - [`status`]: `tonic::Status` builders carrying google.rpc error details.
 
 pub mod db;
 pub mod grpc;
 pub mod keys;
+pub mod mtls;
 pub mod redis;
 pub mod shutdown;
 pub mod status;

@@ -40,3 +40,11 @@ pub async fn connect(url: &str, size: usize) -> anyhow::Result<Pool> {
 pub fn is_up(pool: &Pool) -> bool {
     pool.clients().iter().any(|c| c.is_connected())
 }
+
+/// Per-command options for calls on a request path: fail at once (a
+/// cancelled command) when the connection is down or drops, instead of
+/// waiting in fred's buffer for a reconnection until the command timeout, so
+/// "Redis is unreachable" is told apart from "Redis is slow".
+pub fn fail_fast() -> Options {
+    Options { fail_fast: true, ..Default::default() }
+}

@@ -240,6 +240,8 @@ impl Stack {
         let mut settings = gateway::Settings::for_tests(auth_url, format!("http://{task_addr}"), redis_url, prefix);
         // The bench measures the forwarding path, not the limit.
         settings.rate_limit_per_minute = u32::MAX;
+        // Still checked on every signed-in request (in memory), never reached.
+        settings.rate_limit_per_address_per_minute = u32::MAX;
         let gateway = gateway::Application::build(settings).await?;
         let gateway_addr = gateway.local_addr();
         tokio::spawn(gateway.run_until_stopped(std::future::pending()));

@@ -2,9 +2,11 @@
 //!
 //! On the way in, every header through which a client could claim an identity
 //! is removed and `x-client-ip` is set from the connection's real peer. Then
-//! the access token (from `Authorization: Bearer` or the `tg_access` cookie) is
-//! verified with the shared [`Verifier`] (signature against the cached JWKS,
-//! type, issuer, audience, expiry). A verified request carries
+//! the access token (from `Authorization: Bearer` or the access cookie, see
+//! [`CookiePolicy`]) is verified with the shared [`Verifier`] (signature
+//! against the cached JWKS, type, issuer, audience, expiry). A
+//! cookie-authenticated write must carry the CSRF token of the cookie's own
+//! session. A verified request carries
 //! `authorization: Bearer <token>` to the backends, whichever way the token
 //! came, and its [`Claims`] in the request extensions. Revocation is checked
 //! by the rate-limit layer, in the same Redis round trip as the limit.
@@ -17,18 +19,14 @@ use axum::{
     response::Response,
 };
 use http::{HeaderMap, HeaderValue, Method, header::AUTHORIZATION};
-use subtle::ConstantTimeEq as _;
 use taskgate_tokens::{Claims, TokenKind, Verifier, VerifyError};
 use tonic::Status;
 
-use crate::protocol::{ClientAddr, ClientIp, Protocol, reject};
+use crate::{
+    protocol::{ClientAddr, ClientIp, Protocol, reject},
+    rest::cookies::CookiePolicy,
+};
 
-/// The cookie that may carry the access token instead of the header.
-pub const ACCESS_COOKIE: &str = "tg_access";
-/// The double-submit CSRF cookie; its value must be repeated in [`CSRF_HEADER`].
-pub const CSRF_COOKIE: &str = "tg_csrf";
-/// The header a cookie-authenticated write must carry, equal to [`CSRF_COOKIE`].
-pub const CSRF_HEADER: &str = "x-csrf-token";
 /// The header the gateway sets to the client's real address.
 pub const CLIENT_IP_HEADER: &str = "x-client-ip";
 
@@ -72,24 +70,44 @@ pub struct EdgeAuth {
     verified: VerifiedTokens,
     /// Peers (load balancers) whose `X-Forwarded-For` is believed (`TRUSTED_PROXIES`).
     trusted_proxies: Vec<IpAddr>,
+    /// Cookie names and CSRF tokens.
+    cookies: CookiePolicy,
 }
 
 impl EdgeAuth {
-    /// Authentication with `verifier`, believing `X-Forwarded-For` from `trusted_proxies` only.
-    pub fn new(verifier: Verifier, trusted_proxies: Vec<IpAddr>) -> EdgeAuth {
-        EdgeAuth { verifier, verified: VerifiedTokens::new(VERIFIED_TOKENS), trusted_proxies }
+    /// Authentication with `verifier`, believing `X-Forwarded-For` from
+    /// `trusted_proxies` only, reading cookies as `cookies` says.
+    pub fn new(verifier: Verifier, trusted_proxies: Vec<IpAddr>, cookies: CookiePolicy) -> EdgeAuth {
+        EdgeAuth { verifier, verified: VerifiedTokens::new(VERIFIED_TOKENS), trusted_proxies, cookies }
     }
 
-    /// The claims of `token` if it is a valid access token.
-    pub async fn verify(&self, token: &str) -> Result<Claims, VerifyError> {
+    /// The claims of `token` if it is a valid token of `kind`.
+    pub async fn verify(&self, token: &str, kind: TokenKind) -> Result<Claims, VerifyError> {
         let now = unix_now();
-        if let Some(claims) = self.verified.get(token, now) {
+        if kind == TokenKind::Access
+            && let Some((claims, kid)) = self.verified.get(token, now)
+            // A key withdrawn since (dropped from the JWKS) ends its tokens here too.
+            && self.verifier.knows(&kid)
+        {
             return Ok(claims);
         }
-        let claims = self.verifier.verify(token, TokenKind::Access).await?;
-        self.verified.put(token, &claims, now);
+        let claims = self.verifier.verify(token, kind).await?;
+        if kind == TokenKind::Access
+            && let Some(kid) = jsonwebtoken_kid(token)
+        {
+            self.verified.put(token, &claims, kid, now);
+        }
         Ok(claims)
     }
+}
+
+/// The `kid` in a token's header (already verified by the caller).
+fn jsonwebtoken_kid(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let header = token.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    value.get("kid")?.as_str().map(str::to_owned)
 }
 
 /// How many verified tokens are remembered per replica (about 0.5 KiB each).
@@ -98,12 +116,12 @@ const VERIFIED_TOKENS: usize = 10_000;
 /// Verified access tokens and their claims, until their `exp`.
 ///
 /// A hit skips only the signature and claim checks, which cannot change for
-/// the same token bytes before `exp` (the verifier's own key cache keeps a
-/// withdrawn key for as long anyway); revocation is checked on every request
-/// by the rate-limit script.
+/// the same token bytes before `exp`, as long as the signing key is still
+/// in the verifier's key set (the caller checks the `kid` kept here);
+/// revocation is checked on every request by the rate-limit script.
 pub struct VerifiedTokens {
-    /// Token → claims.
-    entries: std::sync::Mutex<HashMap<String, Claims>>,
+    /// Token → claims and the `kid` that signed it.
+    entries: std::sync::Mutex<HashMap<String, (Claims, String)>>,
     /// Most entries kept; when full, expired ones go, then all.
     capacity: usize,
 }
@@ -114,22 +132,23 @@ impl VerifiedTokens {
         VerifiedTokens { entries: std::sync::Mutex::new(HashMap::new()), capacity }
     }
 
-    /// The claims of `token` if it was verified and has not expired at `now` (Unix seconds).
-    pub fn get(&self, token: &str, now: i64) -> Option<Claims> {
+    /// The claims and `kid` of `token` if it was verified and has not
+    /// expired at `now` (Unix seconds).
+    pub fn get(&self, token: &str, now: i64) -> Option<(Claims, String)> {
         let entries = self.entries.lock().ok()?;
-        entries.get(token).filter(|c| c.exp > now).cloned()
+        entries.get(token).filter(|(c, _)| c.exp > now).cloned()
     }
 
-    /// Remembers a verified `token`.
-    pub fn put(&self, token: &str, claims: &Claims, now: i64) {
+    /// Remembers a verified `token`, signed by key `kid`.
+    pub fn put(&self, token: &str, claims: &Claims, kid: String, now: i64) {
         let Ok(mut entries) = self.entries.lock() else { return };
         if entries.len() >= self.capacity {
-            entries.retain(|_, c| c.exp > now);
+            entries.retain(|_, (c, _)| c.exp > now);
             if entries.len() >= self.capacity {
                 entries.clear();
             }
         }
-        entries.insert(token.to_owned(), claims.clone());
+        entries.insert(token.to_owned(), (claims.clone(), kid));
     }
 }
 
@@ -177,8 +196,11 @@ pub fn is_public(path: &str) -> bool {
 
 /// The client's address: `peer`, unless `peer` is a trusted proxy; then the
 /// right-most `X-Forwarded-For` entry that is not itself a trusted proxy
-/// (entries left of it could have been written by the client).
+/// (entries left of it could have been written by the client). Entries may
+/// carry a port (`1.2.3.4:5678`, `[2001:db8::1]:443`); IPv4-mapped IPv6
+/// addresses come out as IPv4.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted_proxies: &[IpAddr]) -> IpAddr {
+    let peer = peer.to_canonical();
     if !trusted_proxies.contains(&peer) {
         return peer;
     }
@@ -190,14 +212,25 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted_proxies: &[IpAddr]) 
         .map(str::trim)
         .collect();
     for entry in forwarded.iter().rev() {
-        match entry.parse::<IpAddr>() {
-            Ok(ip) if trusted_proxies.contains(&ip) => continue,
-            Ok(ip) => return ip,
+        match forwarded_ip(entry) {
+            Some(ip) if trusted_proxies.contains(&ip) => continue,
+            Some(ip) => return ip,
             // Garbage from here leftwards cannot be trusted.
-            Err(_) => return peer,
+            None => return peer,
         }
     }
     peer
+}
+
+/// One `X-Forwarded-For` entry as an address: bare, `ip:port`, `[v6]` or
+/// `[v6]:port`, canonical (IPv4-mapped IPv6 as IPv4).
+fn forwarded_ip(entry: &str) -> Option<IpAddr> {
+    let ip = entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| entry.strip_prefix('[')?.strip_suffix(']')?.parse().ok())?;
+    Some(ip.to_canonical())
 }
 
 /// Removes every client-supplied identity header and sets `x-client-ip`.
@@ -216,21 +249,8 @@ pub fn strip_identity_headers(headers: &mut HeaderMap, client: Option<IpAddr>) {
     }
 }
 
-/// The value of cookie `name` in the request's `Cookie` headers.
-pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim().trim_matches('"'))
-        .filter(|v| !v.is_empty())
-}
-
 /// The token the request presents; the header wins over the cookie.
-fn credential(headers: &HeaderMap) -> Option<Credential<'_>> {
+fn credential<'a>(headers: &'a HeaderMap, cookies: &CookiePolicy) -> Option<Credential<'a>> {
     if let Some(value) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok())
         && let Some((scheme, token)) = value.split_once(' ')
         && scheme.eq_ignore_ascii_case("bearer")
@@ -238,16 +258,7 @@ fn credential(headers: &HeaderMap) -> Option<Credential<'_>> {
     {
         return Some(Credential::Bearer(token.trim()));
     }
-    cookie(headers, ACCESS_COOKIE).map(Credential::Cookie)
-}
-
-/// True when the double-submit check passes: header and cookie present and equal.
-fn csrf_ok(headers: &HeaderMap) -> bool {
-    let header = headers.get(CSRF_HEADER).map(HeaderValue::as_bytes);
-    match (header, cookie(headers, CSRF_COOKIE)) {
-        (Some(h), Some(c)) if !h.is_empty() => bool::from(h.ct_eq(c.as_bytes())),
-        _ => false,
-    }
+    cookies.access_token(headers).map(Credential::Cookie)
 }
 
 /// Writes are the methods a cross-site form or script could trigger with cookies.
@@ -274,19 +285,25 @@ pub async fn authenticate(State(auth): State<Arc<EdgeAuth>>, mut request: Reques
     }
     let protocol = Protocol::of(request.headers());
     let public = is_public(request.uri().path());
+    if is_refresh(request.uri().path()) {
+        request = match charge_refresh_to_its_user(&auth, request, protocol).await {
+            Ok(request) => request,
+            Err(response) => return *response,
+        };
+    }
 
-    let (token, via_cookie) = match credential(request.headers()) {
+    let (token, via_cookie) = match credential(request.headers(), &auth.cookies) {
         None if public => return next.run(request).await,
         None => return reject(protocol, &Status::unauthenticated("missing bearer token")),
         Some(Credential::Bearer(t)) => (t.to_owned(), false),
         Some(Credential::Cookie(t)) => (t.to_owned(), true),
     };
-    let claims = match auth.verify(&token).await {
+    let claims = match auth.verify(&token, TokenKind::Access).await {
         Ok(claims) => claims,
         Err(_) if public => return next.run(anonymous(request, via_cookie)).await,
         Err(e) => return reject(protocol, &Status::from(e)),
     };
-    if via_cookie && is_unsafe(request.method()) && !csrf_ok(request.headers()) {
+    if via_cookie && is_unsafe(request.method()) && !auth.cookies.csrf_ok(request.headers(), &claims.sid) {
         if public {
             return next.run(anonymous(request, via_cookie)).await;
         }
@@ -300,6 +317,70 @@ pub async fn authenticate(State(auth): State<Arc<EdgeAuth>>, mut request: Reques
     }
     request.extensions_mut().insert(claims);
     next.run(request).await
+}
+
+/// The user a refresh call is charged to: the `sub` of its refresh token,
+/// once the token's signature verifies. Set by the authentication layer on
+/// Refresh calls, read by the rate limit, so that refreshes are charged to
+/// the token's user and not to everyone behind the caller's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshOf(pub String);
+
+/// Whether `path` is the Refresh RPC, in gRPC or REST form (the REST path
+/// from the contract's `google.api.http` rule).
+fn is_refresh(path: &str) -> bool {
+    static REST: std::sync::LazyLock<Option<&'static str>> = std::sync::LazyLock::new(|| {
+        taskgate_proto::HTTP_RULES
+            .iter()
+            .find(|r| r.service == taskgate_proto::service_names::AUTH && r.method == "Refresh")
+            .map(|r| r.path)
+    });
+    let grpc = path
+        .strip_prefix('/')
+        .and_then(|p| p.strip_prefix(taskgate_proto::service_names::AUTH))
+        .is_some_and(|m| m == "/Refresh");
+    grpc || *REST == Some(path)
+}
+
+/// Reads a Refresh call's refresh token (gRPC or gRPC-web message, JSON
+/// body, or the refresh cookie) and, if its signature verifies, marks the
+/// request [`RefreshOf`] its user. The body (a few hundred bytes) is read
+/// into memory and put back; one larger than any valid message is refused.
+async fn charge_refresh_to_its_user(
+    auth: &EdgeAuth,
+    request: Request,
+    protocol: Protocol,
+) -> Result<Request, Box<Response>> {
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, taskgate_common::grpc::MAX_MESSAGE_BYTES)
+        .await
+        .map_err(|_| Box::new(reject(protocol, &Status::invalid_argument("request body too large"))))?;
+    let token = match protocol {
+        Protocol::Grpc | Protocol::GrpcWeb => grpc_refresh_token(&bytes),
+        Protocol::Rest => serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("refresh_token")?.as_str().map(str::to_owned))
+            .or_else(|| auth.cookies.refresh_token(&parts.headers).map(str::to_owned)),
+    };
+    let mut request = Request::from_parts(parts, axum::body::Body::from(bytes));
+    if let Some(token) = token
+        && let Ok(claims) = auth.verify(&token, TokenKind::Refresh).await
+    {
+        request.extensions_mut().insert(RefreshOf(claims.sub));
+    }
+    Ok(request)
+}
+
+/// The refresh token in the first message of a (binary) gRPC or gRPC-web
+/// RefreshRequest body.
+fn grpc_refresh_token(body: &[u8]) -> Option<String> {
+    use prost::Message as _;
+    let (&flag, rest) = body.split_first()?;
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let message = rest.get(4..4 + len)?;
+    (flag == 0).then_some(())?;
+    let request = taskgate_proto::auth::v1::RefreshRequest::decode(message).ok()?;
+    Some(request.refresh_token).filter(|t| !t.is_empty())
 }
 
 /// The request without the credential that failed: an unverified Bearer
@@ -350,34 +431,29 @@ mod tests {
         assert_eq!(client_ip(lb, &h, &[lb]), client, "the right-most entry the proxy added");
         let h = headers(&[("x-forwarded-for", "198.51.100.7, 10.0.0.2")]);
         assert_eq!(client_ip(lb, &h, &[lb]), client, "trusted hops are skipped");
+        let h = headers(&[("x-forwarded-for", "203.0.113.66, 198.51.100.7:4711")]);
+        assert_eq!(client_ip(lb, &h, &[lb]), client, "a port is not part of the address");
+        let h = headers(&[("x-forwarded-for", "[2001:db8::7]:443")]);
+        assert_eq!(client_ip(lb, &h, &[lb]), "2001:db8::7".parse::<IpAddr>().expect("ip"));
+        let h = headers(&[("x-forwarded-for", "::ffff:198.51.100.7")]);
+        assert_eq!(client_ip(lb, &h, &[lb]), client, "IPv4-mapped addresses are IPv4");
+        let mapped: IpAddr = "::ffff:198.51.100.7".parse().expect("ip");
+        assert_eq!(client_ip(mapped, &HeaderMap::new(), &[]), client);
         let h = headers(&[("x-forwarded-for", "junk")]);
         assert_eq!(client_ip(lb, &h, &[lb]), lb);
         assert_eq!(client_ip(lb, &HeaderMap::new(), &[lb]), lb);
     }
 
     #[test]
-    fn cookies_are_found_among_several_headers() {
-        let h = headers(&[("cookie", "a=1; tg_access=abc"), ("cookie", "tg_csrf=xyz")]);
-        assert_eq!(cookie(&h, ACCESS_COOKIE), Some("abc"));
-        assert_eq!(cookie(&h, CSRF_COOKIE), Some("xyz"));
-        assert_eq!(cookie(&h, "missing"), None);
-    }
-
-    #[test]
     fn the_header_wins_over_the_cookie() {
-        let h = headers(&[("authorization", "Bearer hdr"), ("cookie", "tg_access=ck")]);
-        assert_eq!(credential(&h), Some(Credential::Bearer("hdr")));
-        let h = headers(&[("authorization", "Basic xyz"), ("cookie", "tg_access=ck")]);
-        assert_eq!(credential(&h), Some(Credential::Cookie("ck")));
-        assert_eq!(credential(&HeaderMap::new()), None);
-    }
-
-    #[test]
-    fn csrf_needs_the_header_to_equal_the_cookie() {
-        assert!(csrf_ok(&headers(&[("cookie", "tg_csrf=t1"), ("x-csrf-token", "t1")])));
-        assert!(!csrf_ok(&headers(&[("cookie", "tg_csrf=t1"), ("x-csrf-token", "t2")])));
-        assert!(!csrf_ok(&headers(&[("cookie", "tg_csrf=t1")])));
-        assert!(!csrf_ok(&headers(&[("x-csrf-token", "t1")])));
+        let policy = CookiePolicy::new(true, None);
+        let h = headers(&[("authorization", "Bearer hdr"), ("cookie", "__Host-tg_access=ck")]);
+        assert_eq!(credential(&h, &policy), Some(Credential::Bearer("hdr")));
+        let h = headers(&[("authorization", "Basic xyz"), ("cookie", "__Host-tg_access=ck")]);
+        assert_eq!(credential(&h, &policy), Some(Credential::Cookie("ck")));
+        let h = headers(&[("cookie", "tg_access=planted-by-a-sibling")]);
+        assert_eq!(credential(&h, &policy), None, "secure cookies are read by their prefixed names only");
+        assert_eq!(credential(&HeaderMap::new(), &policy), None);
     }
 
     #[test]
@@ -393,13 +469,13 @@ mod tests {
             jti: "j".into(),
             sid: "s".into(),
         };
-        cache.put("t1", &claims(100), 10);
-        assert_eq!(cache.get("t1", 50).map(|c| c.sub), Some("u1".into()));
+        cache.put("t1", &claims(100), "k1".into(), 10);
+        assert_eq!(cache.get("t1", 50).map(|(c, kid)| (c.sub, kid)), Some(("u1".into(), "k1".into())));
         assert_eq!(cache.get("t1", 100), None, "expired");
         assert_eq!(cache.get("t2", 50), None);
-        cache.put("t2", &claims(20), 10);
+        cache.put("t2", &claims(20), "k1".into(), 10);
         // Full: the expired entry goes first, the live one stays.
-        cache.put("t3", &claims(100), 30);
+        cache.put("t3", &claims(100), "k1".into(), 30);
         assert!(cache.get("t1", 30).is_some());
         assert!(cache.get("t3", 30).is_some());
         assert!(cache.get("t2", 30).is_none());

@@ -1,10 +1,11 @@
 //! The gateway's own plain-HTTP endpoints and small middlewares: `/healthz`,
-//! `/readyz`, the optional `/demo` page, request ids and the request timeout.
+//! `/readyz`, the optional `/demo` page, request ids, load shedding and the
+//! request timeout.
 
 use std::{
     path::{Component, Path, PathBuf},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -26,15 +27,48 @@ use crate::protocol::{Protocol, reject};
 /// The header carrying the request id in both directions.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-/// What `/readyz` asks.
-#[derive(Clone)]
+/// What `/readyz` asks, and its last answer.
 pub struct Readiness {
     /// The pooled channel to the auth service.
-    pub auth: Channel,
+    auth: Channel,
     /// The pooled channel to the task service.
-    pub task: Channel,
+    task: Channel,
     /// The shared Redis pool.
-    pub redis: Pool,
+    redis: Pool,
+    /// The last answer and when it was made; held across one round of
+    /// probes (at most [`PROBE_TIMEOUT`]) so concurrent callers share it.
+    last: tokio::sync::Mutex<Option<(Instant, Probes)>>,
+}
+
+/// Whether (auth, task, redis) answered a round of readiness probes.
+type Probes = (bool, bool, bool);
+
+/// How long a `/readyz` answer is reused: however often it is called, the
+/// backends and Redis are probed at most once per this period.
+pub const READINESS_CACHE: Duration = Duration::from_secs(1);
+
+impl Readiness {
+    /// Probes of `auth`, `task` and `redis`.
+    pub fn new(auth: Channel, task: Channel, redis: Pool) -> Readiness {
+        Readiness { auth, task, redis, last: tokio::sync::Mutex::new(None) }
+    }
+
+    /// (auth, task, redis) up, probed at most once per [`READINESS_CACHE`].
+    async fn probe(&self) -> Probes {
+        let mut last = self.last.lock().await;
+        if let Some((at, answer)) = *last
+            && at.elapsed() < READINESS_CACHE
+        {
+            return answer;
+        }
+        let answer = tokio::join!(
+            backend_serving(self.auth.clone()),
+            backend_serving(self.task.clone()),
+            redis_answers(&self.redis)
+        );
+        *last = Some((Instant::now(), answer));
+        answer
+    }
 }
 
 /// How long each readiness probe may take.
@@ -46,13 +80,9 @@ pub async fn healthz() -> &'static str {
 }
 
 /// `GET /readyz`: 200 when both backends report SERVING and Redis answers a
-/// PING, 503 naming what is down otherwise.
+/// PING, 503 naming what is down otherwise; cached for [`READINESS_CACHE`].
 pub async fn readyz(State(ready): State<Arc<Readiness>>) -> Response {
-    let (auth, task, redis) = tokio::join!(
-        backend_serving(ready.auth.clone()),
-        backend_serving(ready.task.clone()),
-        redis_answers(&ready.redis)
-    );
+    let (auth, task, redis) = ready.probe().await;
     let body = serde_json::json!({"auth": auth, "task": task, "redis": redis});
     let status = if auth && task && redis { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(body)).into_response()
@@ -135,6 +165,47 @@ pub async fn timeout(State(limit): State<Duration>, request: Request, next: Next
         Ok(response) => response,
         Err(_) => reject(protocol, &Status::deadline_exceeded("the gateway gave up waiting for the backend")),
     }
+}
+
+/// The concurrency limit of the load-shedding layer.
+pub struct Shedder {
+    /// One permit per request in progress (`GATEWAY_MAX_IN_FLIGHT`).
+    permits: Arc<tokio::sync::Semaphore>,
+    /// Where refusals are counted.
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Shedder {
+    /// At most `max_in_flight` requests at once.
+    pub fn new(max_in_flight: usize, metrics: Arc<crate::metrics::Metrics>) -> Shedder {
+        Shedder { permits: Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1))), metrics }
+    }
+}
+
+/// Load shedding (tower's `ConcurrencyLimit` + `LoadShed`, answered in the
+/// request's protocol): a request that finds every permit taken gets
+/// RESOURCE_EXHAUSTED / 503 with `Retry-After: 1` at once. `/healthz` is
+/// never shed, so an overloaded replica is not also declared dead.
+pub async fn shed(State(shedder): State<Arc<Shedder>>, request: Request, next: Next) -> Response {
+    if request.uri().path() == "/healthz" {
+        return next.run(request).await;
+    }
+    let Ok(_permit) = shedder.permits.clone().try_acquire_owned() else {
+        let protocol = Protocol::of(request.headers());
+        shedder.metrics.shed(protocol);
+        let status = taskgate_common::status::retry_after(
+            "the gateway is at its limit of requests in progress; retry shortly",
+            Duration::from_secs(1),
+        );
+        let mut response = reject(protocol, &status);
+        if protocol == Protocol::Rest {
+            // 429 is for a client over its own limit; this is the server's.
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        response.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(1));
+        return response;
+    };
+    next.run(request).await
 }
 
 /// Answers gRPC and gRPC-web calls to paths no service serves with

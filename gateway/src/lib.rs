@@ -4,7 +4,8 @@
 //!
 //! # Layout
 //! - [`settings`]: configuration from the environment.
-//! - [`startup`]: [`Application`]: building everything and serving one port.
+//! - [`startup`]: [`Application`]: building everything and serving it.
+//! - [`serve`]: the public port's connection loop and its bounds.
 //! - [`stack`]: the middleware stack, in order.
 //! - [`auth`]: identity-header stripping, token verification, cookies and CSRF.
 //! - [`ratelimit`]: the Redis sliding-window limit with revocation check, and
@@ -24,6 +25,7 @@ pub mod protocol;
 pub mod proxy;
 pub mod ratelimit;
 pub mod rest;
+pub mod serve;
 pub mod settings;
 pub mod stack;
 pub mod startup;

@@ -13,9 +13,18 @@
 //!   (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED, UNKNOWN, INTERNAL).
 //! - `taskgate_gateway_ratelimit_fallback_active` (gauge) and
 //!   `taskgate_gateway_ratelimit_fallback_decisions_total`: the local limiter in use.
+//! - `taskgate_gateway_shed_total{protocol}`: requests refused by load shedding.
+//!
+//! Label values come only from fixed sets: a gRPC route is a method some
+//! served service declares (read from the descriptor sets), a REST route is a
+//! `google.api.http` template or one of the gateway's own endpoints, and
+//! anything else is `other`; on top of that, [`MAX_SERIES`] caps every map.
+//! `/metrics` copies each map under its lock and formats the copy after
+//! letting go, so a scrape never holds a lock the request path needs for
+//! longer than a copy of a few hundred entries.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fmt::Write as _,
     pin::Pin,
     sync::{
@@ -25,6 +34,8 @@ use std::{
     task::{Context, Poll},
     time::Instant,
 };
+
+use prost::Message as _;
 
 use axum::{
     body::Body,
@@ -67,13 +78,38 @@ impl Histogram {
     }
 }
 
+/// Most label sets one metric map holds; past it, new ones are counted
+/// under route `other`. The fixed label sets make this unreachable in
+/// practice (a few hundred at most); it is the backstop.
+pub const MAX_SERIES: usize = 2_000;
+
+/// A response code label: the gRPC code name, or the HTTP status for REST.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CodeLabel {
+    /// A gRPC status code name (`OK`, `NOT_FOUND`).
+    Grpc(&'static str),
+    /// An HTTP status code.
+    Http(u16),
+}
+
+impl std::fmt::Display for CodeLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CodeLabel::Grpc(name) => f.write_str(name),
+            CodeLabel::Http(status) => write!(f, "{status}"),
+        }
+    }
+}
+
 /// Every metric the gateway exports. Shared by all requests of a replica.
 #[derive(Default)]
 pub struct Metrics {
-    /// Responses by (protocol, route, code).
-    requests: Mutex<HashMap<(&'static str, String, String), u64>>,
-    /// Latency by (protocol, route).
-    latency: Mutex<HashMap<(&'static str, String), Histogram>>,
+    /// Responses by (protocol, route, code); at most [`MAX_SERIES`] entries.
+    requests: Mutex<HashMap<(&'static str, &'static str, CodeLabel), u64>>,
+    /// Latency by (protocol, route); at most [`MAX_SERIES`] entries.
+    latency: Mutex<HashMap<(&'static str, &'static str), Histogram>>,
+    /// Requests refused by load shedding, by protocol.
+    shed: Mutex<HashMap<&'static str, u64>>,
     /// Rate-limit refusals by protocol.
     rate_limited: Mutex<HashMap<&'static str, u64>>,
     /// Proxied calls by (service, method, code).
@@ -91,12 +127,27 @@ impl Metrics {
     }
 
     /// Counts one finished request.
-    pub fn request(&self, protocol: Protocol, route: String, code: String, seconds: f64) {
+    pub fn request(&self, protocol: Protocol, route: &'static str, code: CodeLabel, seconds: f64) {
         if let Ok(mut map) = self.latency.lock() {
-            map.entry((protocol.as_str(), route.clone())).or_default().observe(seconds);
+            let mut key = (protocol.as_str(), route);
+            if map.len() >= MAX_SERIES && !map.contains_key(&key) {
+                key.1 = "other";
+            }
+            map.entry(key).or_default().observe(seconds);
         }
         if let Ok(mut map) = self.requests.lock() {
-            *map.entry((protocol.as_str(), route, code)).or_default() += 1;
+            let mut key = (protocol.as_str(), route, code);
+            if map.len() >= MAX_SERIES && !map.contains_key(&key) {
+                key = (protocol.as_str(), "other", CodeLabel::Grpc("OTHER"));
+            }
+            *map.entry(key).or_default() += 1;
+        }
+    }
+
+    /// Counts one request refused by load shedding.
+    pub fn shed(&self, protocol: Protocol) {
+        if let Ok(mut map) = self.shed.lock() {
+            *map.entry(protocol.as_str()).or_default() += 1;
         }
     }
 
@@ -129,24 +180,23 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         out.push_str("# HELP taskgate_gateway_requests_total Responses by protocol, route and code.\n");
         out.push_str("# TYPE taskgate_gateway_requests_total counter\n");
-        if let Ok(map) = self.requests.lock() {
-            let mut rows: Vec<_> = map.iter().collect();
-            rows.sort();
-            for ((protocol, route, code), n) in rows {
-                let _ = writeln!(
-                    out,
-                    "taskgate_gateway_requests_total{{protocol=\"{protocol}\",route=\"{}\",code=\"{code}\"}} {n}",
-                    escape(route)
-                );
-            }
+        // Copies under the lock, sorts and formats after letting go.
+        let mut rows: Vec<_> = snapshot(&self.requests);
+        rows.sort();
+        for ((protocol, route, code), n) in rows {
+            let _ = writeln!(
+                out,
+                "taskgate_gateway_requests_total{{protocol=\"{protocol}\",route=\"{}\",code=\"{code}\"}} {n}",
+                escape(route)
+            );
         }
         out.push_str(
             "# HELP taskgate_gateway_request_duration_seconds Time from receipt to the end of the response.\n",
         );
         out.push_str("# TYPE taskgate_gateway_request_duration_seconds histogram\n");
-        if let Ok(map) = self.latency.lock() {
-            let mut rows: Vec<_> = map.iter().collect();
-            rows.sort_by(|a, b| a.0.cmp(b.0));
+        {
+            let mut rows: Vec<_> = snapshot(&self.latency);
+            rows.sort_by(|a, b| a.0.cmp(&b.0));
             for ((protocol, route), h) in rows {
                 let labels = format!("protocol=\"{protocol}\",route=\"{}\"", escape(route));
                 let mut cumulative = 0;
@@ -168,19 +218,21 @@ impl Metrics {
         }
         out.push_str("# HELP taskgate_gateway_rate_limited_total Requests refused by the rate limit.\n");
         out.push_str("# TYPE taskgate_gateway_rate_limited_total counter\n");
-        if let Ok(map) = self.rate_limited.lock() {
-            for protocol in ["grpc", "grpc-web", "rest"] {
-                let n = map.get(protocol).copied().unwrap_or(0);
-                let _ = writeln!(out, "taskgate_gateway_rate_limited_total{{protocol=\"{protocol}\"}} {n}");
-            }
+        let limited: HashMap<_, _> = snapshot(&self.rate_limited).into_iter().collect();
+        for protocol in ["grpc", "grpc-web", "rest"] {
+            let n = limited.get(protocol).copied().unwrap_or(0);
+            let _ = writeln!(out, "taskgate_gateway_rate_limited_total{{protocol=\"{protocol}\"}} {n}");
+        }
+        out.push_str("# HELP taskgate_gateway_shed_total Requests refused because too many were in flight.\n");
+        out.push_str("# TYPE taskgate_gateway_shed_total counter\n");
+        let shed: HashMap<_, _> = snapshot(&self.shed).into_iter().collect();
+        for protocol in ["grpc", "grpc-web", "rest"] {
+            let n = shed.get(protocol).copied().unwrap_or(0);
+            let _ = writeln!(out, "taskgate_gateway_shed_total{{protocol=\"{protocol}\"}} {n}");
         }
         out.push_str("# HELP taskgate_gateway_upstream_requests_total Calls the gRPC proxy made to the backends.\n");
         out.push_str("# TYPE taskgate_gateway_upstream_requests_total counter\n");
-        let upstream: Vec<_> = match self.upstream.lock() {
-            Ok(map) => map.iter().map(|((s, m, c), n)| (*s, *m, *c, *n)).collect(),
-            Err(_) => Vec::new(),
-        };
-        let mut upstream = upstream;
+        let mut upstream: Vec<_> = snapshot(&self.upstream).into_iter().map(|((s, m, c), n)| (s, m, c, n)).collect();
         upstream.sort_by_key(|(s, m, c, _)| (*s, *m, *c as i32));
         for (service, method, code, n) in &upstream {
             let _ = writeln!(
@@ -210,6 +262,11 @@ impl Metrics {
         let _ = writeln!(out, "taskgate_gateway_ratelimit_fallback_decisions_total {n}");
         out
     }
+}
+
+/// The entries of `map`, copied while its lock is held (briefly).
+fn snapshot<K: Clone, V: Clone>(map: &Mutex<HashMap<K, V>>) -> Vec<(K, V)> {
+    map.lock().map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default()
 }
 
 /// Codes that mean the backend could not be reached or did not answer in time.
@@ -245,27 +302,51 @@ fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-/// The route label of a request: the gRPC method path, the REST path
-/// template from the `google.api.http` rules, a fixed endpoint, or `other`
-/// (so unknown paths cannot blow up the label set).
-pub fn route_label(protocol: Protocol, method: &http::Method, path: &str) -> String {
+/// Every gRPC method the gateway serves, as `/<package>.<Service>/<Method>`:
+/// read once from the descriptor sets of taskgate's protos, grpc.health.v1
+/// and server reflection (v1 and v1alpha), so no list is written by hand.
+static GRPC_METHODS: std::sync::LazyLock<HashSet<String>> = std::sync::LazyLock::new(|| {
+    let sets = [
+        taskgate_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ];
+    let mut methods = HashSet::new();
+    for bytes in sets {
+        let Ok(set) = prost_types::FileDescriptorSet::decode(bytes) else { continue };
+        for file in set.file {
+            let package = file.package().to_owned();
+            for service in file.service {
+                for method in &service.method {
+                    methods.insert(format!("/{package}.{}/{}", service.name(), method.name()));
+                }
+            }
+        }
+    }
+    methods
+});
+
+/// The route label of a request: a gRPC method the gateway serves, the REST
+/// path template from the `google.api.http` rules, a fixed endpoint, or
+/// `other`. Always a `'static` string from a fixed set, so no client can add
+/// a label value.
+pub fn route_label(protocol: Protocol, method: &http::Method, path: &str) -> &'static str {
     if protocol.is_grpc() {
-        let known = HTTP_RULES.iter().any(|r| {
-            path.strip_prefix('/')
-                .and_then(|p| p.split_once('/'))
-                .is_some_and(|(service, m)| service == r.service && m == r.method)
-        }) || path.starts_with("/grpc.health.v1.Health/")
-            || path.starts_with("/grpc.reflection.");
-        return if known { path.to_owned() } else { "other".to_owned() };
+        return GRPC_METHODS.get(path).map_or("other", String::as_str);
     }
     if let Some(rule) = HTTP_RULES.iter().find(|r| r.verb == method.as_str() && template_matches(r.path, path)) {
-        return rule.path.to_owned();
+        return rule.path;
     }
     match path {
-        "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/docs" => path.to_owned(),
-        p if p.starts_with("/docs/") => "/docs/*".to_owned(),
-        p if p == "/demo" || p.starts_with("/demo/") => "/demo/*".to_owned(),
-        _ => "other".to_owned(),
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        "/metrics" => "/metrics",
+        "/openapi.json" => "/openapi.json",
+        "/docs" => "/docs",
+        p if p.starts_with("/docs/") => "/docs/*",
+        p if p == "/demo" || p.starts_with("/demo/") => "/demo/*",
+        _ => "other",
     }
 }
 
@@ -292,9 +373,9 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, mut request: Request, ne
     let route = route_label(protocol, request.method(), request.uri().path());
     let response = next.run(request).await;
     let code = if protocol.is_grpc() {
-        grpc_status(response.headers()).map(str::to_owned)
+        grpc_status(response.headers()).map(CodeLabel::Grpc)
     } else {
-        Some(response.status().as_u16().to_string())
+        Some(CodeLabel::Http(response.status().as_u16()))
     };
     let record = Record { metrics, protocol, route, start, code };
     if response.body().is_end_stream() {
@@ -316,17 +397,16 @@ fn grpc_status(headers: &HeaderMap) -> Option<&'static str> {
 struct Record {
     metrics: Arc<Metrics>,
     protocol: Protocol,
-    route: String,
+    route: &'static str,
     start: Instant,
     /// The code, once known.
-    code: Option<String>,
+    code: Option<CodeLabel>,
 }
 
 impl Drop for Record {
     fn drop(&mut self) {
-        let code = self.code.take().unwrap_or_else(|| "UNKNOWN".to_owned());
-        let route = std::mem::take(&mut self.route);
-        self.metrics.request(self.protocol, route, code, self.start.elapsed().as_secs_f64());
+        let code = self.code.take().unwrap_or(CodeLabel::Grpc("UNKNOWN"));
+        self.metrics.request(self.protocol, self.route, code, self.start.elapsed().as_secs_f64());
     }
 }
 
@@ -364,7 +444,7 @@ impl http_body::Body for Observed {
             Poll::Pending => {}
         }
         if let (Some(code), Some(record)) = (code, self.record.as_mut()) {
-            record.code = Some(code.to_owned());
+            record.code = Some(CodeLabel::Grpc(code));
         }
         if self.inner.is_end_stream() {
             self.record.take();
@@ -418,12 +498,29 @@ mod tests {
             "/taskgate.task.v1.TaskService/ListTasks"
         );
         assert_eq!(route_label(Protocol::Grpc, &m, "/taskgate.task.v1.TaskService/Nope"), "other");
+        assert_eq!(route_label(Protocol::Grpc, &m, "/grpc.health.v1.Health/Check"), "/grpc.health.v1.Health/Check");
+        assert_eq!(
+            route_label(Protocol::Grpc, &m, "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+        );
+        assert_eq!(route_label(Protocol::Grpc, &m, "/grpc.reflection.deadbeef"), "other");
+        assert_eq!(route_label(Protocol::Grpc, &m, "/grpc.health.v1.Health/Nope"), "other");
+    }
+
+    #[test]
+    fn the_label_sets_are_capped() {
+        let m = Metrics::new();
+        for i in 0..(MAX_SERIES + 500) {
+            let code = CodeLabel::Http(u16::try_from(i % 60_000).unwrap_or(0));
+            m.request(Protocol::Rest, "/api/v1/tasks", code, 0.001);
+        }
+        assert!(m.requests.lock().map(|r| r.len()).unwrap_or(0) <= MAX_SERIES + 1);
     }
 
     #[test]
     fn the_exposition_has_counters_and_histograms() {
         let m = Metrics::new();
-        m.request(Protocol::Rest, "/api/v1/tasks".into(), "200".into(), 0.003);
+        m.request(Protocol::Rest, "/api/v1/tasks", CodeLabel::Http(200), 0.003);
         m.rate_limited(Protocol::Grpc);
         m.upstream("task", "ListTasks", Code::Unavailable);
         let text = m.render();

@@ -64,6 +64,22 @@ pub struct ClientAddr(pub SocketAddr);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
 
+impl ClientIp {
+    /// The rate-limit subject of this address: an IPv4 address, or the /64
+    /// of an IPv6 one (`2001:db8:1:2::/64`), since one subscriber usually
+    /// holds a whole /64 and could otherwise rotate through it.
+    pub fn subject(self) -> String {
+        match self.0.to_canonical() {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => {
+                let s = v6.segments();
+                let net = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
+                format!("{net}/64")
+            }
+        }
+    }
+}
+
 /// When the gateway received a request; deadlines forwarded to the backends
 /// are shortened by the time already spent at the gateway.
 #[derive(Debug, Clone, Copy)]
@@ -111,6 +127,16 @@ mod tests {
         assert_eq!(Protocol::of(&headers("application/grpc-web-text")), Protocol::GrpcWeb);
         assert_eq!(Protocol::of(&headers("application/json")), Protocol::Rest);
         assert_eq!(Protocol::of(&HeaderMap::new()), Protocol::Rest);
+    }
+
+    #[test]
+    fn addresses_are_keyed_by_ipv4_address_or_ipv6_slash_64() {
+        let subject = |ip: &str| ClientIp(ip.parse().expect("ip")).subject();
+        assert_eq!(subject("198.51.100.7"), "198.51.100.7");
+        assert_eq!(subject("::ffff:198.51.100.7"), "198.51.100.7");
+        assert_eq!(subject("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::/64");
+        assert_eq!(subject("2001:db8:1:2::1"), subject("2001:db8:1:2:ffff::9"));
+        assert_ne!(subject("2001:db8:1:2::1"), subject("2001:db8:1:3::1"));
     }
 
     #[test]

@@ -6,11 +6,26 @@
 //! sliding-window log (a ZSET of request times, using Redis' own clock so all
 //! replicas agree) decides whether the request is one of the subject's
 //! `RATE_LIMIT_PER_MINUTE` in the last 60 seconds. The subject is `user:<sub>`
-//! for a verified token and `ip:<peer address>` otherwise.
+//! for a verified access token or (Refresh) a verified refresh token, and
+//! `ip:<address>` otherwise, where the address is an IPv4 address or the /64
+//! of an IPv6 one ([`ClientIp::subject`]).
 //!
-//! When Redis is unreachable the gateway falls back to an in-process
-//! `governor` limiter with the same quota, per replica, and lets verified
-//! tokens through without the revocation check (see the README for why).
+//! Signed-in traffic also meets a per-address ceiling
+//! (`RATE_LIMIT_PER_ADDRESS_PER_MINUTE`), so free accounts made from one
+//! address do not multiply the per-user limit. It lives in another Redis
+//! Cluster slot than the user's window, and a second Redis call per request
+//! is not worth it: each replica enforces it in memory with a keyed
+//! `governor` limiter (so N replicas allow up to N times the ceiling).
+//!
+//! Redis failures are classified by [`taskgate_tokens::redis_failure`], the
+//! same function every revocation check uses. Only while Redis is
+//! unreachable (connection refused or lost, no client connected) does the
+//! gateway fall back to an in-process limiter with the same quota, per
+//! replica, and let verified tokens through without the revocation check
+//! (see the README for why). Any other Redis error (timeout, OOM, BUSY,
+//! READONLY, CROSSSLOT, NOSCRIPT after a failed reload...) fails closed:
+//! the request is answered UNAVAILABLE / 503, because a client that can make
+//! Redis slow or full must not revive its revoked tokens that way.
 
 use std::{
     num::NonZeroU32,
@@ -35,10 +50,11 @@ use governor::{
 };
 use http::{HeaderMap, HeaderValue, header::RETRY_AFTER};
 use taskgate_common::keys;
-use taskgate_tokens::{Claims, session_revocation_key};
+use taskgate_tokens::{Claims, RedisFailure, redis_failure, session_revocation_key};
 use tonic::Status;
 
 use crate::{
+    auth::RefreshOf,
     metrics::Metrics,
     protocol::{ClientAddr, ClientIp, Protocol, reject},
 };
@@ -52,6 +68,73 @@ pub const WINDOW: Duration = Duration::from_secs(60);
 type LocalLimiter =
     governor::RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
 
+/// Most keys either in-process limiter holds; idle keys are dropped every
+/// minute, and when a flood of addresses fills it anyway, it is emptied
+/// (each key restarts with a full budget, which only errs towards letting
+/// a request through).
+pub const MAX_LOCAL_KEYS: usize = 100_000;
+
+/// A keyed in-process limiter of at most [`MAX_LOCAL_KEYS`] keys.
+struct Local {
+    /// Requests per key per [`WINDOW`].
+    quota: Quota,
+    /// The limiter; swapped for an empty one when full of busy keys.
+    limiter: std::sync::RwLock<Arc<LocalLimiter>>,
+    /// Checks so far; the key count is looked at every 1,024th, since
+    /// counting visits every shard of the map.
+    checks: std::sync::atomic::AtomicU64,
+}
+
+impl Local {
+    fn new(per_minute: u32) -> Local {
+        let quota = Quota::per_minute(NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN));
+        Local {
+            quota,
+            limiter: std::sync::RwLock::new(Arc::new(Local::fresh(quota))),
+            checks: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn fresh(quota: Quota) -> LocalLimiter {
+        governor::RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>()
+    }
+
+    /// Ok(remaining) or Err(time until a request is allowed) for `key`.
+    fn check(&self, key: &str) -> Result<u32, Duration> {
+        let Ok(limiter) = self.limiter.read().map(|l| Arc::clone(&l)) else { return Ok(0) };
+        if self.checks.fetch_add(1, Ordering::Relaxed).is_multiple_of(1024) && limiter.len() >= MAX_LOCAL_KEYS {
+            limiter.retain_recent();
+            if limiter.len() >= MAX_LOCAL_KEYS
+                && let Ok(mut slot) = self.limiter.write()
+            {
+                tracing::warn!(keys = MAX_LOCAL_KEYS, "in-process rate limiter full: starting it afresh");
+                *slot = Arc::new(Local::fresh(self.quota));
+            }
+        }
+        match limiter.check_key(&key.to_owned()) {
+            Ok(snapshot) => Ok(snapshot.remaining_burst_capacity()),
+            Err(not_until) => Err(not_until.wait_time_from(limiter.clock().now())),
+        }
+    }
+
+    /// Drops idle keys.
+    fn tidy(&self) {
+        if let Ok(limiter) = self.limiter.read() {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+}
+
+/// The configured quotas.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `RATE_LIMIT_PER_MINUTE`: requests per subject (user or address), fleet-wide.
+    pub per_subject: u32,
+    /// `RATE_LIMIT_PER_ADDRESS_PER_MINUTE`: signed-in requests per address, per replica.
+    pub per_address: u32,
+}
+
 /// What the limiter decided for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -61,6 +144,9 @@ pub enum Outcome {
     Limited,
     /// The token's session has been revoked; answer 401 / UNAUTHENTICATED.
     Revoked,
+    /// Redis answered with an error other than being unreachable; neither
+    /// the limit nor revocation could be checked: answer 503 / UNAVAILABLE.
+    Unavailable,
 }
 
 /// A decision with what the `RateLimit` headers report.
@@ -85,7 +171,11 @@ pub struct RateLimiter {
     /// SHA1 of the loaded script; empty until the first successful `SCRIPT LOAD`.
     sha: std::sync::RwLock<String>,
     /// The per-replica fallback used while Redis is unreachable.
-    local: LocalLimiter,
+    local: Local,
+    /// The per-replica ceiling of signed-in requests per address.
+    per_address: Local,
+    /// Its quota per [`WINDOW`].
+    per_address_limit: u32,
     /// True while in fallback mode, so the switch is logged once per outage.
     degraded: AtomicBool,
     /// Where rejections and fallback use are counted.
@@ -95,15 +185,16 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// A limiter of `limit` requests per minute per subject on `redis`. Loads
     /// the script if Redis answers; otherwise it is loaded on first use.
-    pub async fn new(redis: Pool, prefix: String, limit: u32, metrics: Arc<Metrics>) -> Arc<RateLimiter> {
-        let limit = limit.max(1);
-        let quota = Quota::per_minute(NonZeroU32::new(limit).unwrap_or(NonZeroU32::MIN));
+    pub async fn new(redis: Pool, prefix: String, limits: Limits, metrics: Arc<Metrics>) -> Arc<RateLimiter> {
+        let limit = limits.per_subject.max(1);
         let limiter = Arc::new(RateLimiter {
             redis,
             prefix,
             limit,
             sha: std::sync::RwLock::new(String::new()),
-            local: governor::RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>(),
+            local: Local::new(limit),
+            per_address: Local::new(limits.per_address.max(1)),
+            per_address_limit: limits.per_address.max(1),
             degraded: AtomicBool::new(false),
             metrics,
         });
@@ -125,7 +216,8 @@ impl RateLimiter {
     /// id) for revocation.
     pub async fn check(&self, subject: &str, session: Option<(&str, &str)>) -> Decision {
         if taskgate_common::redis::is_up(&self.redis) {
-            match self.check_redis(subject, session).await {
+            let client = self.redis.next();
+            match self.check_redis(client, subject, session).await {
                 Ok(decision) => {
                     if self.degraded.swap(false, Ordering::Relaxed) {
                         self.metrics.set_fallback_active(false);
@@ -133,12 +225,23 @@ impl RateLimiter {
                     }
                     return decision;
                 }
-                Err(e) => self.degrade(&e.to_string()),
+                Err(e) if redis_failure(client, &e) == RedisFailure::Unreachable => self.degrade(&e.to_string()),
+                Err(e) => {
+                    // Fail closed: see the module documentation.
+                    tracing::warn!(error = %e, "rate-limit script failed: refusing the request");
+                    return Decision { outcome: Outcome::Unavailable, remaining: 0, reset: Duration::from_secs(1) };
+                }
             }
         } else {
             self.degrade("redis is not connected");
         }
         self.check_local(subject)
+    }
+
+    /// The per-address ceiling of signed-in traffic: Ok, or Err(time until
+    /// a request is allowed again). In memory, this replica only.
+    pub fn check_address(&self, address: &str) -> Result<(), Duration> {
+        self.per_address.check(address).map(|_| ())
     }
 
     /// Switches to the local limiter, logging and counting the first switch of an outage.
@@ -154,7 +257,12 @@ impl RateLimiter {
     }
 
     /// One `EVALSHA`, reloading the script when Redis has forgotten it.
-    async fn check_redis(&self, subject: &str, session: Option<(&str, &str)>) -> Result<Decision, fred::error::Error> {
+    async fn check_redis(
+        &self,
+        client: &Client,
+        subject: &str,
+        session: Option<(&str, &str)>,
+    ) -> Result<Decision, fred::error::Error> {
         let mut keys = vec![window_key(&self.prefix, subject)];
         if let Some((uid, sid)) = session {
             keys.push(session_revocation_key(&self.prefix, uid, sid));
@@ -165,14 +273,15 @@ impl RateLimiter {
             uuid::Uuid::new_v4().simple().to_string(),
         ];
         let sha = self.sha.read().map(|s| s.clone()).unwrap_or_default();
+        let redis = client.with_options(&taskgate_common::redis::fail_fast());
         let reply: Vec<i64> = if sha.is_empty() {
             let sha = self.load_script().await?;
-            self.redis.evalsha(sha, keys, args).await?
+            redis.evalsha(sha, keys, args).await?
         } else {
-            match self.redis.evalsha(sha, keys.clone(), args.clone()).await {
+            match redis.evalsha(sha, keys.clone(), args.clone()).await {
                 Err(e) if e.details().starts_with("NOSCRIPT") => {
                     let sha = self.load_script().await?;
-                    self.redis.evalsha(sha, keys, args).await?
+                    redis.evalsha(sha, keys, args).await?
                 }
                 other => other?,
             }
@@ -210,15 +319,9 @@ impl RateLimiter {
     /// The in-process decision: same quota, this replica only, no revocation check.
     fn check_local(&self, subject: &str) -> Decision {
         let period = WINDOW / self.limit;
-        match self.local.check_key(&subject.to_owned()) {
-            Ok(snapshot) => {
-                Decision { outcome: Outcome::Allowed, remaining: snapshot.remaining_burst_capacity(), reset: period }
-            }
-            Err(not_until) => Decision {
-                outcome: Outcome::Limited,
-                remaining: 0,
-                reset: not_until.wait_time_from(self.local.clock().now()),
-            },
+        match self.local.check(subject) {
+            Ok(remaining) => Decision { outcome: Outcome::Allowed, remaining, reset: period },
+            Err(wait) => Decision { outcome: Outcome::Limited, remaining: 0, reset: wait },
         }
     }
 
@@ -229,7 +332,7 @@ impl RateLimiter {
     }
 }
 
-/// Forgets idle keys of the fallback limiter once a minute, for as long as the limiter lives.
+/// Forgets idle keys of the in-process limiters once a minute, for as long as the limiter lives.
 fn spawn_local_cleanup(limiter: Weak<RateLimiter>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(WINDOW);
@@ -237,8 +340,8 @@ fn spawn_local_cleanup(limiter: Weak<RateLimiter>) {
         loop {
             tick.tick().await;
             let Some(limiter) = limiter.upgrade() else { break };
-            limiter.local.retain_recent();
-            limiter.local.shrink_to_fit();
+            limiter.local.tidy();
+            limiter.per_address.tidy();
         }
     });
 }
@@ -281,32 +384,55 @@ pub async fn limit(State(limiter): State<Arc<RateLimiter>>, request: Request, ne
     }
     let protocol = Protocol::of(request.headers());
     let claims = request.extensions().get::<Claims>();
-    let subject = match claims {
-        Some(c) => format!("user:{}", c.sub),
-        None => match (request.extensions().get::<ClientIp>(), request.extensions().get::<ClientAddr>()) {
-            (Some(ClientIp(ip)), _) => format!("ip:{ip}"),
-            (None, Some(ClientAddr(addr))) => format!("ip:{}", addr.ip()),
-            (None, None) => "ip:unknown".to_owned(),
-        },
+    let address = match (request.extensions().get::<ClientIp>(), request.extensions().get::<ClientAddr>()) {
+        (Some(ip), _) => ip.subject(),
+        (None, Some(ClientAddr(addr))) => ClientIp(addr.ip()).subject(),
+        (None, None) => "unknown".to_owned(),
+    };
+    let user = claims.map(|c| c.sub.as_str()).or(request.extensions().get::<RefreshOf>().map(|r| r.0.as_str()));
+    if user.is_some()
+        && let Err(wait) = limiter.check_address(&address)
+    {
+        limiter.metrics.rate_limited(protocol);
+        let decision = Decision { outcome: Outcome::Limited, remaining: 0, reset: wait };
+        let message =
+            format!("signed-in requests from one address are limited to {} per minute", limiter.per_address_limit);
+        return limited(protocol, &limiter, &decision, message);
+    }
+    let subject = match user {
+        Some(uid) => format!("user:{uid}"),
+        None => format!("ip:{address}"),
     };
     let session = claims.map(|c| (c.sub.as_str(), c.sid.as_str()));
     let decision = limiter.check(&subject, session).await;
     let mut response = match decision.outcome {
         Outcome::Allowed => next.run(request).await,
         Outcome::Revoked => return reject(protocol, &Status::unauthenticated("session has been revoked")),
+        Outcome::Unavailable => {
+            let status = Status::unavailable("the rate limit and revocation store is failing; retry shortly");
+            let mut response = reject(protocol, &status);
+            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(1));
+            return response;
+        }
         Outcome::Limited => {
             limiter.metrics.rate_limited(protocol);
-            let seconds = ceil_secs(decision.reset).max(1);
-            let status = taskgate_common::status::retry_after(
-                format!("rate limit of {} requests per minute exceeded; retry in {seconds}s", limiter.limit),
-                Duration::from_secs(seconds),
-            );
-            let mut response = reject(protocol, &status);
-            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
-            response
+            let message = format!("rate limit of {} requests per minute exceeded", limiter.limit);
+            return limited(protocol, &limiter, &decision, message);
         }
     };
     set_headers(response.headers_mut(), &limiter, &decision);
+    response
+}
+
+/// The RESOURCE_EXHAUSTED / 429 answer for `decision`, with `Retry-After`
+/// and the `RateLimit` headers.
+fn limited(protocol: Protocol, limiter: &RateLimiter, decision: &Decision, message: String) -> Response {
+    let seconds = ceil_secs(decision.reset).max(1);
+    let status =
+        taskgate_common::status::retry_after(format!("{message}; retry in {seconds}s"), Duration::from_secs(seconds));
+    let mut response = reject(protocol, &status);
+    response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
+    set_headers(response.headers_mut(), limiter, decision);
     response
 }
 

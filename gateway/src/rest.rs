@@ -12,11 +12,11 @@
 //! - `routes`: the handlers and the registry tying them to the annotations.
 //! - `extract`: reading bodies, queries and path ids, with JSON rejections.
 //! - `json`: the JSON forms of users, tokens, sessions, keys and tasks.
-//! - `cookies`: the browser session cookies (`?cookies=true`).
+//! - [`cookies`]: the browser session cookies (`?cookies=true`) and CSRF tokens.
 //! - [`openapi`]: the OpenAPI 3.1 document at `/openapi.json`.
 //! - `docs`: Swagger UI at `/docs`, vendored and embedded.
 
-mod cookies;
+pub mod cookies;
 mod docs;
 pub mod error;
 mod extract;
@@ -30,7 +30,6 @@ use taskgate_proto::{
 };
 use tonic::transport::Channel;
 
-pub use crate::rest::cookies::InsecureCookies;
 use crate::rest::routes::{Backends, axum_path, binding_for, method_filter};
 
 /// The REST routes, forwarding to `auth` and `task` over their pooled channels.
@@ -43,10 +42,13 @@ use crate::rest::routes::{Backends, axum_path, binding_for, method_filter};
 /// a known path with another method), so callers should `merge` it last or
 /// `fallback_service` to it rather than add fallbacks of their own.
 ///
-/// Session cookies (`?cookies=true`) are `Secure` unless the server inserts
-/// the [`InsecureCookies`] request extension, for plain-HTTP development
-/// (`COOKIE_SECURE=false`): `Router::layer(Extension(InsecureCookies))`.
-pub fn router(auth: AuthServiceClient<Channel>, task: TaskServiceClient<Channel>) -> Router {
+/// Session cookies (`?cookies=true`) are named, set and CSRF-checked as
+/// `cookies` says (the same policy the authentication layer reads them with).
+pub fn router(
+    auth: AuthServiceClient<Channel>,
+    task: TaskServiceClient<Channel>,
+    cookies: cookies::CookiePolicy,
+) -> Router {
     let mut router = Router::new();
     for rule in HTTP_RULES {
         let (Some(binding), Some(filter)) = (binding_for(rule), method_filter(rule.verb)) else {
@@ -72,6 +74,7 @@ pub fn router(auth: AuthServiceClient<Channel>, task: TaskServiceClient<Channel>
         .method_not_allowed_fallback(routes::method_not_allowed)
         .fallback(routes::not_found)
         .with_state(Backends { auth, task })
+        .layer(axum::Extension(cookies))
 }
 
 #[cfg(test)]
@@ -89,7 +92,11 @@ mod tests {
         let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9")
             .connect_timeout(std::time::Duration::from_millis(200))
             .connect_lazy();
-        router(AuthServiceClient::new(channel.clone()), TaskServiceClient::new(channel))
+        router(
+            AuthServiceClient::new(channel.clone()),
+            TaskServiceClient::new(channel),
+            cookies::CookiePolicy::new(true, None),
+        )
     }
 
     /// Sends one request; returns the status, headers and body (as JSON when

@@ -81,6 +81,52 @@ pub struct Settings {
     /// Folder of the browser demo, served under `/demo` when it exists.
     #[arg(long, env = "DEMO_DIR", default_value = "clients/web/dist")]
     pub demo_dir: PathBuf,
+
+    /// Address of the admin listener serving `/metrics` (keep it off the
+    /// public interface; `/metrics` is not served on the public port).
+    #[arg(long, env = "GATEWAY_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
+    pub admin_addr: SocketAddr,
+
+    /// Most open client connections; further clients wait in the kernel's
+    /// accept queue until one closes.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 8192, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Most requests in progress at once; past it requests are shed at once
+    /// with RESOURCE_EXHAUSTED / 503 and `Retry-After: 1` instead of queuing.
+    #[arg(long, env = "GATEWAY_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: u32,
+
+    /// Time a new connection has to send its first bytes (or finish its TLS
+    /// handshake), and an HTTP/1.1 client to send a request head, in milliseconds.
+    #[arg(long, env = "GATEWAY_HEADER_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_ms: u64,
+
+    /// Time a connection (HTTP/1.1 keep-alive or HTTP/2) may stay open with no
+    /// request in progress before the gateway closes it, in milliseconds.
+    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_ms: u64,
+
+    /// Accepted signed-in requests per client address per minute, counted by
+    /// each replica on its own (in memory, no Redis call), so many accounts
+    /// from one address cannot multiply `RATE_LIMIT_PER_MINUTE`.
+    #[arg(long, env = "RATE_LIMIT_PER_ADDRESS_PER_MINUTE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_per_address_per_minute: u32,
+
+    /// How often the JWKS is fetched again so that a withdrawn key stops
+    /// being trusted, in seconds.
+    #[arg(long, env = "JWKS_REFRESH_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub jwks_refresh_seconds: u64,
+
+    /// Key of the CSRF tokens (an HMAC of the session id); every replica
+    /// must have the same one. Without it a random key is made at start-up,
+    /// which is only right for a single replica.
+    #[arg(long, env = "CSRF_SECRET")]
+    pub csrf_secret: Option<secrecy::SecretString>,
+
+    /// Mutual TLS to the backends.
+    #[command(flatten)]
+    pub mtls: taskgate_common::mtls::MtlsSettings,
 }
 
 impl Settings {
@@ -104,7 +150,26 @@ impl Settings {
             log_format: LogFormat::Pretty,
             request_timeout_seconds: 30,
             demo_dir: PathBuf::from("clients/web/dist"),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            max_connections: 8192,
+            max_in_flight: 1024,
+            header_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            rate_limit_per_address_per_minute: 1000,
+            jwks_refresh_seconds: 300,
+            csrf_secret: Some(secrecy::SecretString::from("taskgate test csrf secret")),
+            mtls: taskgate_common::mtls::MtlsSettings::default(),
         }
+    }
+
+    /// [`Self::header_timeout_ms`] as a duration.
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
+    }
+
+    /// [`Self::idle_timeout_ms`] as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
     }
 
     /// [`Self::request_timeout_seconds`] as a duration.

@@ -34,13 +34,18 @@ pub struct Parts {
     pub cors_allowed_origins: String,
     /// `REQUEST_TIMEOUT_SECONDS`.
     pub request_timeout: Duration,
+    /// `GATEWAY_MAX_IN_FLIGHT`.
+    pub max_in_flight: usize,
 }
 
 /// Wraps every route of `router` in the stack, outermost layer first.
 pub fn apply(router: Router, parts: Parts) -> Router {
     let stack = ServiceBuilder::new()
         // Outermost, so every response is counted, the refusals of the layers below included.
-        .layer(from_fn_with_state(parts.metrics, metrics::track))
+        .layer(from_fn_with_state(parts.metrics.clone(), metrics::track))
+        // Load shedding before any work is spent on a request: past the in-flight
+        // limit, RESOURCE_EXHAUSTED / 503 with Retry-After at once, never a queue.
+        .layer(from_fn_with_state(Arc::new(edge::Shedder::new(parts.max_in_flight, parts.metrics)), edge::shed))
         // Before anything logs, so every log line and every backend call carries the id.
         .layer(from_fn(edge::request_id))
         // One span per request, with the id, around everything that can log; one

@@ -1,15 +1,12 @@
 //! Building the gateway (channels, Redis, verifier, routes, the middleware
-//! stack) and serving it on one port: HTTP/1.1 and HTTP/2 (h2c prior
-//! knowledge, or ALPN under TLS) on the same listener.
+//! stack) and serving it: the public port through [`crate::serve`], and
+//! `/metrics` on a separate admin listener.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use axum::{Router, routing::get};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
-};
+use taskgate_common::mtls::Mtls;
 use taskgate_proto::{
     auth::v1::{auth_service_client::AuthServiceClient, auth_service_server::AuthServiceServer},
     service_names,
@@ -23,68 +20,81 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 use tonic_health::server::HealthReporter;
-use tower::{Layer as _, ServiceExt as _};
+use tower::Layer as _;
 
 use crate::{
     Settings,
     auth::EdgeAuth,
     edge::{self, Demo, Readiness},
     metrics::{self, Metrics},
-    protocol::ClientAddr,
     proxy::{auth::AuthProxy, task::TaskProxy},
-    ratelimit::RateLimiter,
-    rest, stack, tls,
+    ratelimit::{Limits, RateLimiter},
+    rest::{self, cookies::CookiePolicy},
+    serve::{self, ConnectionLimits},
+    stack, tls,
 };
 
 /// Redis clients in the pool; each multiplexes many commands.
 const REDIS_POOL_SIZE: usize = 4;
 /// How long shutdown waits for in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client may take to send an HTTP/1.1 request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a TLS handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A built gateway, bound to its port and ready to serve.
+/// A built gateway, bound to its ports and ready to serve.
 pub struct Application {
     /// The bound public listener.
     listener: TcpListener,
     /// Its address (the real port when port 0 was asked for).
     local_addr: SocketAddr,
-    /// Every route behind the middleware stack.
+    /// The bound admin listener (`/metrics`).
+    admin_listener: TcpListener,
+    /// Its address.
+    admin_addr: SocketAddr,
+    /// Every public route behind the middleware stack.
     app: Router,
+    /// The admin routes.
+    admin: Router,
     /// Present when TLS is configured.
     tls: Option<TlsAcceptor>,
+    /// Connection bounds of the public port.
+    limits: ConnectionLimits,
 }
 
 impl Application {
-    /// Binds the port and builds everything; backends and Redis need not be up
-    /// yet (channels connect lazily, Redis reconnects by itself).
+    /// Binds the ports and builds everything; backends and Redis need not be
+    /// up yet (channels connect lazily, Redis reconnects by itself).
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         let listener = TcpListener::bind(settings.listen_addr)
             .await
             .with_context(|| format!("binding GATEWAY_LISTEN_ADDR {}", settings.listen_addr))?;
         let local_addr = listener.local_addr().context("reading the bound address")?;
+        let admin_listener = TcpListener::bind(settings.admin_addr)
+            .await
+            .with_context(|| format!("binding GATEWAY_ADMIN_ADDR {}", settings.admin_addr))?;
+        let admin_addr = admin_listener.local_addr().context("reading the bound admin address")?;
         let tls = match (&settings.tls_cert_file, &settings.tls_key_file) {
             (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
             _ => None,
         };
 
-        let auth_channel = channel(&settings.auth_url).context("AUTH_SERVICE_URL")?;
-        let task_channel = channel(&settings.task_url).context("TASK_SERVICE_URL")?;
+        let mtls = settings.mtls.load()?;
+        let auth_channel = channel(&settings.auth_url, mtls.as_ref()).context("AUTH_SERVICE_URL")?;
+        let task_channel = channel(&settings.task_url, mtls.as_ref()).context("TASK_SERVICE_URL")?;
         let redis = taskgate_common::redis::connect(&settings.redis_url, REDIS_POOL_SIZE).await?;
         let metrics = Metrics::new();
-        let verifier = Verifier::new(
-            Arc::new(GrpcKeySource::new(auth_channel.clone())),
-            VerifierConfig::new(settings.jwt_issuer.clone(), settings.jwt_audience.clone()),
-        );
+        let mut verifier_config = VerifierConfig::new(settings.jwt_issuer.clone(), settings.jwt_audience.clone());
+        verifier_config.refresh_interval = Some(Duration::from_secs(settings.jwks_refresh_seconds));
+        let verifier = Verifier::new(Arc::new(GrpcKeySource::new(auth_channel.clone())), verifier_config);
         let limiter = RateLimiter::new(
             redis.clone(),
             settings.redis_prefix.clone(),
-            settings.rate_limit_per_minute,
+            Limits {
+                per_subject: settings.rate_limit_per_minute,
+                per_address: settings.rate_limit_per_address_per_minute,
+            },
             metrics.clone(),
         )
         .await;
+        let cookies = CookiePolicy::new(settings.cookie_secure, settings.csrf_secret.as_ref());
 
         let auth_client = AuthServiceClient::new(auth_channel.clone());
         let task_client = TaskServiceClient::new(task_channel.clone());
@@ -94,11 +104,10 @@ impl Application {
         )
         .await?;
         edge::spawn_backend_health(health, auth_channel.clone(), task_channel.clone());
-        let readiness = Arc::new(Readiness { auth: auth_channel, task: task_channel, redis });
+        let readiness = Arc::new(Readiness::new(auth_channel, task_channel, redis));
         let mut routes = Router::new()
             .route("/healthz", get(edge::healthz))
-            .route("/readyz", get(edge::readyz).with_state(readiness))
-            .route("/metrics", get(metrics::render).with_state(metrics.clone()));
+            .route("/readyz", get(edge::readyz).with_state(readiness));
         if let Some(demo) = Demo::choose(&settings.demo_dir) {
             let demo = Arc::new(demo);
             routes = routes
@@ -106,25 +115,28 @@ impl Application {
                 .route("/demo/", get(edge::demo).with_state(demo.clone()))
                 .route("/demo/{*path}", get(edge::demo).with_state(demo));
         }
-        let mut rest_routes = rest::router(auth_client, task_client);
-        if !settings.cookie_secure {
-            // COOKIE_SECURE=false: plain-HTTP development, where browsers drop `Secure` cookies.
-            rest_routes = rest_routes.layer(axum::Extension(rest::InsecureCookies));
-        }
+        let rest_routes = rest::router(auth_client, task_client, cookies.clone());
         let routes = routes.merge(grpc).merge(rest_routes);
 
         let app = stack::apply(
             routes,
             stack::Parts {
-                metrics,
-                auth: Arc::new(EdgeAuth::new(verifier, settings.trusted_proxies.clone())),
+                metrics: metrics.clone(),
+                auth: Arc::new(EdgeAuth::new(verifier, settings.trusted_proxies.clone(), cookies)),
                 limiter,
                 cors_allowed_origins: settings.cors_allowed_origins.clone(),
                 request_timeout: settings.request_timeout(),
+                max_in_flight: settings.max_in_flight as usize,
             },
         );
-        tracing::info!(%local_addr, tls = tls.is_some(), "gateway listening");
-        Ok(Application { listener, local_addr, app, tls })
+        let admin = Router::new().route("/metrics", get(metrics::render).with_state(metrics));
+        let limits = ConnectionLimits {
+            max_connections: settings.max_connections as usize,
+            header_timeout: settings.header_timeout(),
+            idle_timeout: settings.idle_timeout(),
+        };
+        tracing::info!(%local_addr, %admin_addr, tls = tls.is_some(), mtls = mtls.is_some(), "gateway listening");
+        Ok(Application { listener, local_addr, admin_listener, admin_addr, app, admin, tls, limits })
     }
 
     /// The address the gateway listens on.
@@ -132,83 +144,42 @@ impl Application {
         self.local_addr
     }
 
+    /// The address of the admin listener (`/metrics`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
     /// Serves until `shutdown` completes, then stops accepting and gives
     /// in-flight requests up to 10 s to finish.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
-        let Application { listener, app, tls, .. } = self;
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        // A client gets 10 s to send its request head (slowloris); idle h2
-        // connections are pinged so dead peers are noticed.
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-        builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
-        let graceful = GracefulShutdown::new();
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = &mut shutdown => break,
-            };
-            let _ = stream.set_nodelay(true);
-            let app = app.clone();
-            let service = hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(ClientAddr(peer));
-                app.clone().oneshot(request.map(axum::body::Body::new))
-            });
-            match &tls {
-                None => {
-                    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                    let connection = graceful.watch(connection);
-                    tokio::spawn(async move {
-                        if let Err(e) = connection.await {
-                            tracing::debug!(error = %e, %peer, "connection ended with an error");
-                        }
-                    });
-                }
-                Some(acceptor) => {
-                    let acceptor = acceptor.clone();
-                    let builder = builder.clone();
-                    let watcher = graceful.watcher();
-                    tokio::spawn(async move {
-                        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                            Ok(Ok(stream)) => stream,
-                            Ok(Err(e)) => return tracing::debug!(error = %e, %peer, "tls handshake failed"),
-                            Err(_) => return tracing::debug!(%peer, "tls handshake timed out"),
-                        };
-                        let connection =
-                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                        if let Err(e) = watcher.watch(connection).await {
-                            tracing::debug!(error = %e, %peer, "connection ended with an error");
-                        }
-                    });
-                }
+        let Application { listener, admin_listener, app, admin, tls, limits, .. } = self;
+        // The admin port is for the operator's scraper only: plain HTTP, no stack.
+        let admin = tokio::spawn(async move {
+            if let Err(e) = axum::serve(admin_listener, admin).await {
+                tracing::error!(error = %e, "the admin listener failed");
             }
-        }
-        drop(listener);
-        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
-            tracing::warn!("some connections were still busy after the drain timeout");
-        }
+        });
+        serve::run(listener, app, tls, limits, DRAIN_TIMEOUT, shutdown).await;
+        admin.abort();
         Ok(())
     }
 }
 
-/// A lazily connecting, pooled HTTP/2 channel to a backend.
-fn channel(url: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(url.to_owned())
+/// A lazily connecting, pooled HTTP/2 channel to a backend, over mutual TLS
+/// when `mtls` is given.
+fn channel(url: &str, mtls: Option<&Mtls>) -> anyhow::Result<Channel> {
+    let url = taskgate_common::mtls::backend_url(url, mtls);
+    let mut endpoint = Endpoint::from_shared(url.clone())
         .with_context(|| format!("invalid backend url {url}"))?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+        .keep_alive_while_idle(true);
+    if let Some(mtls) = mtls {
+        endpoint = endpoint.tls_config(mtls.client()).context("mutual TLS to a backend")?;
+    }
+    Ok(endpoint.connect_lazy())
 }
 
 /// The path pattern tonic serves a named service under.
@@ -221,8 +192,8 @@ fn service_path<S: NamedService>(_: &S) -> String {
 /// Also returns the health reporter, whose per-service status follows the backends.
 async fn grpc_routes(auth: AuthProxy, task: TaskProxy) -> anyhow::Result<(Router, HealthReporter)> {
     let web = tonic_web::GrpcWebLayer::new();
-    let auth = AuthServiceServer::new(auth);
-    let task = TaskServiceServer::new(task);
+    let auth = AuthServiceServer::new(auth).max_decoding_message_size(taskgate_common::grpc::MAX_MESSAGE_BYTES);
+    let task = TaskServiceServer::new(task).max_decoding_message_size(taskgate_common::grpc::MAX_MESSAGE_BYTES);
     let (reporter, health) = taskgate_common::grpc::health(&[service_names::AUTH, service_names::TASK]).await;
     let (reflection_v1, reflection_v1alpha) = taskgate_common::grpc::reflection()?;
     let router = Router::new()

@@ -50,7 +50,8 @@ async fn main() -> anyhow::Result<()> {
             if addr.ip().is_unspecified() {
                 addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }
-            grpc::probe(&format!("http://{addr}"), taskgate_proto::service_names::TASK).await
+            let mtls = settings.mtls.load()?;
+            grpc::probe_with(&format!("http://{addr}"), taskgate_proto::service_names::TASK, mtls.as_ref()).await
         }
     }
 }

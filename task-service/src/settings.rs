@@ -10,8 +10,10 @@ use taskgate_common::telemetry::LogFormat;
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "task-service", about = "taskgate task service (gRPC)")]
 pub struct Settings {
-    /// Address the gRPC server listens on.
-    #[arg(long, env = "TASK_LISTEN_ADDR", default_value = "0.0.0.0:50052")]
+    /// Address the gRPC server listens on: loopback by default, since only the
+    /// gateway calls it; set an internal interface (with MTLS_* set) to reach
+    /// it from other hosts.
+    #[arg(long, env = "TASK_LISTEN_ADDR", default_value = "127.0.0.1:50052")]
     pub listen_addr: SocketAddr,
     /// PostgreSQL URL; the service uses (and migrates) the `task` schema in it.
     #[arg(long, env = "DATABASE_URL", value_parser = secret)]
@@ -41,6 +43,13 @@ pub struct Settings {
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t)]
     pub log_format: LogFormat,
+    /// How often the JWKS is fetched again so that a withdrawn key stops
+    /// being trusted, in seconds.
+    #[arg(long, env = "JWKS_REFRESH_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub jwks_refresh_seconds: u64,
+    /// Mutual TLS with the gateway and the auth service.
+    #[command(flatten)]
+    pub mtls: taskgate_common::mtls::MtlsSettings,
     /// Test hook, never set in production: a pause between loading a list
     /// from Postgres and offering it to the cache, which widens the race the
     /// cache's check-and-set closes so tests can show it is closed.
@@ -71,6 +80,8 @@ impl Settings {
             jwt_audience: "taskgate".into(),
             cache_ttl_seconds: 300,
             log_format: LogFormat::Pretty,
+            jwks_refresh_seconds: 300,
+            mtls: taskgate_common::mtls::MtlsSettings::default(),
             cache_fill_delay: Duration::ZERO,
             cache_invalidate_delay: Duration::ZERO,
         }
@@ -91,7 +102,7 @@ mod tests {
     #[test]
     fn defaults_match_the_documented_ones() {
         let s = Settings::try_parse_from(["task-service", "--database-url", "postgres://x/y"]).expect("parse");
-        assert_eq!(s.listen_addr.port(), 50052);
+        assert_eq!(s.listen_addr, SocketAddr::from(([127, 0, 0, 1], 50052)));
         assert_eq!(s.redis_prefix, "taskgate:");
         assert_eq!(s.cache_ttl_seconds, 300);
         assert_eq!(s.auth_url, "http://127.0.0.1:50051");

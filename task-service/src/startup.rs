@@ -5,7 +5,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use secrecy::ExposeSecret as _;
-use taskgate_common::{db, grpc};
+use taskgate_common::{db, grpc, mtls::Mtls};
 use taskgate_proto::{service_names, task::v1::task_service_server::TaskServiceServer};
 use taskgate_tokens::{GrpcKeySource, RevocationCheck, RevocationPolicy, Verifier, VerifierConfig};
 use tokio::net::TcpListener;
@@ -27,22 +27,17 @@ const MIGRATION_PATIENCE: Duration = Duration::from_secs(30);
 const REDIS_POOL_SIZE: usize = 4;
 /// Longest a single RPC may run before the server gives up on it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
-/// Calls one connection may have in progress at once.
-const CONCURRENCY_PER_CONNECTION: usize = 256;
 
-/// The server and the layers every call runs through, one per line.
-fn server() -> Server<Layers> {
-    Server::builder()
+/// The server and the layers every call runs through: the shared backend
+/// limits and mutual TLS ([`grpc::server`]), plus this service's own, one per line.
+fn server(mtls: Option<&Mtls>) -> anyhow::Result<Server<Layers>> {
+    Ok(grpc::server(mtls)?
         // A call stuck on a store must not hold its stream for ever; the
         // stores' own limits (3 s Postgres acquire, 0.5 s Redis) come first.
         .timeout(REQUEST_TIMEOUT)
-        // One client cannot queue unbounded work on its connection.
-        .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
-        // Notice dead peers behind NATs and load balancers.
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
         // Outermost: one span per call carrying the gateway's request id, so
         // every log line of the call (an unexpected error's too) names it.
-        .layer(TraceLayer::new_for_grpc().make_span_with(request_span as MakeSpan))
+        .layer(TraceLayer::new_for_grpc().make_span_with(request_span as MakeSpan)))
 }
 
 /// The layer stack [`server`] builds.
@@ -67,6 +62,8 @@ pub struct Application {
     api: TaskApi,
     /// Counters shared with the service, for tests.
     metrics: Arc<Metrics>,
+    /// Mutual TLS material, when MTLS_* is set.
+    mtls: Option<Mtls>,
 }
 
 impl Application {
@@ -79,15 +76,19 @@ impl Application {
 
         // One channel to the auth service for the life of the process; it
         // connects on first use and reconnects by itself.
-        let auth_channel = Endpoint::from_shared(settings.auth_url.clone())
-            .context("AUTH_SERVICE_URL is not a valid url")?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(5))
-            .connect_lazy();
-        let verifier = Verifier::new(
-            Arc::new(GrpcKeySource::new(auth_channel)),
-            VerifierConfig::new(settings.jwt_issuer.clone(), settings.jwt_audience.clone()),
-        );
+        let mtls = settings.mtls.load()?;
+        let mut auth_endpoint =
+            Endpoint::from_shared(taskgate_common::mtls::backend_url(&settings.auth_url, mtls.as_ref()))
+                .context("AUTH_SERVICE_URL is not a valid url")?
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(5));
+        if let Some(mtls) = &mtls {
+            auth_endpoint = auth_endpoint.tls_config(mtls.client()).context("mutual TLS to the auth service")?;
+        }
+        let auth_channel = auth_endpoint.connect_lazy();
+        let mut verifier_config = VerifierConfig::new(settings.jwt_issuer.clone(), settings.jwt_audience.clone());
+        verifier_config.refresh_interval = Some(Duration::from_secs(settings.jwks_refresh_seconds));
+        let verifier = Verifier::new(Arc::new(GrpcKeySource::new(auth_channel)), verifier_config);
         let revocation = RevocationCheck::new(redis.clone(), settings.redis_prefix.clone(), RevocationPolicy::FailOpen);
         let auth = Authenticator::new(verifier, revocation, redis.clone());
 
@@ -104,7 +105,7 @@ impl Application {
             .await
             .with_context(|| format!("binding TASK_LISTEN_ADDR {}", settings.listen_addr))?;
         let local_addr = listener.local_addr().context("reading the bound address")?;
-        Ok(Application { listener, local_addr, api: TaskApi::new(auth, store), metrics })
+        Ok(Application { listener, local_addr, api: TaskApi::new(auth, store), metrics, mtls })
     }
 
     /// The address the server listens on.
@@ -129,11 +130,11 @@ impl Application {
         // Covers invalidations other replicas could not deliver to Redis.
         let sweeper = tokio::spawn(self.api.store().clone().sweep_forever());
         tracing::info!(addr = %self.local_addr, "task service listening");
-        let result = server()
+        let result = server(self.mtls.as_ref())?
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(TaskServiceServer::new(self.api))
+            .add_service(TaskServiceServer::new(self.api).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES))
             .serve_with_incoming_shutdown(TcpIncoming::from(self.listener).with_nodelay(Some(true)), shutdown)
             .await
             .context("serving gRPC");

@@ -190,6 +190,31 @@ pub fn init_test_logging() {
     }
 }
 
+/// A private CA and certificates for `gateway`, `auth` and `task` in a
+/// temporary folder, for stacks whose services talk over mutual TLS.
+pub struct TestCerts {
+    /// The files; `bundle.settings("auth")` are the auth service's settings.
+    pub bundle: taskgate_common::mtls::generate::Bundle,
+    /// Holds the folder until the test ends.
+    _dir: tempfile::TempDir,
+}
+
+impl TestCerts {
+    /// Generates the CA and the three service certificates.
+    pub fn new() -> TestCerts {
+        let dir = tempfile::tempdir().expect("temp dir for certificates");
+        let bundle = taskgate_common::mtls::generate::write(dir.path(), &["gateway", "auth", "task"])
+            .expect("generating test certificates");
+        TestCerts { bundle, _dir: dir }
+    }
+}
+
+impl Default for TestCerts {
+    fn default() -> Self {
+        TestCerts::new()
+    }
+}
+
 /// A Redis server of the test's own, for tests that stop it mid-way.
 pub struct PrivateRedis {
     /// The running server; stopped on drop.

@@ -19,5 +19,5 @@ pub mod verify;
 pub use claims::{Claims, TokenKind};
 pub use error::VerifyError;
 pub use jwks::{GrpcKeySource, KeySource, StaticKeySource};
-pub use revocation::{RevocationCheck, RevocationPolicy, session_revocation_key};
+pub use revocation::{RedisFailure, RevocationCheck, RevocationPolicy, redis_failure, session_revocation_key};
 pub use verify::{Verifier, VerifierConfig, bearer_token};

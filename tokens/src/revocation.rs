@@ -22,14 +22,48 @@ pub fn session_revocation_key(prefix: &str, uid: &str, sid: &str) -> String {
 /// What to do when Redis cannot answer the revocation check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RevocationPolicy {
-    /// Reject the request with UNAVAILABLE (the auth service's choice: its
-    /// own calls need Redis anyway).
+    /// Reject the request with UNAVAILABLE on any Redis failure (the auth
+    /// service's choice: its own calls need Redis anyway).
     FailClosed,
-    /// Accept the token on its signature alone and log the outage; for the
-    /// task service, which must keep working without Redis. (The gateway
-    /// folds the check into its rate-limit script and makes the same choice
-    /// when Redis is down.)
+    /// Accept the token on its signature alone, but only while Redis is
+    /// unreachable (see [`redis_failure`]); any other Redis error still
+    /// rejects with UNAVAILABLE. For the task service, which must keep
+    /// working through a Redis outage. (The gateway folds the check into its
+    /// rate-limit script and classifies its errors the same way.)
     FailOpen,
+}
+
+/// What a failed Redis call means for a revocation check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisFailure {
+    /// Redis cannot be reached at all: connection refused, the connection
+    /// dropped (commands cancelled), or no client of the pool is connected.
+    /// The only failure a fail-open verifier may answer by accepting a token
+    /// on its signature, because nobody can be making Redis fail this way
+    /// on purpose from the request path.
+    Unreachable,
+    /// Redis is there but did not answer the check: a timeout, OOM, BUSY,
+    /// READONLY, CROSSSLOT, NOSCRIPT after a failed reload, a protocol or
+    /// parse error... A client can provoke some of these (a slow Redis, a
+    /// full one), so accepting a token here would let it revive a revoked
+    /// session: every verifier fails closed with UNAVAILABLE.
+    Failed,
+}
+
+/// The one classification of Redis errors used by every revocation check,
+/// the gateway's included: I/O errors, cancelled commands and routing
+/// failures (the connection is gone) count as [`RedisFailure::Unreachable`],
+/// and so does any error after which `client`, the client that ran the
+/// command, is no longer connected (a command caught by the server's death).
+/// Everything else, a timeout on a live connection included, is
+/// [`RedisFailure::Failed`].
+pub fn redis_failure(client: &impl ClientLike, error: &fred::error::Error) -> RedisFailure {
+    use fred::error::ErrorKind;
+    match error.kind() {
+        ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Routing => RedisFailure::Unreachable,
+        _ if !client.is_connected() => RedisFailure::Unreachable,
+        _ => RedisFailure::Failed,
+    }
 }
 
 /// Checks tokens against the revocation records in Redis.
@@ -51,20 +85,42 @@ impl RevocationCheck {
 
     /// Err([`VerifyError::Revoked`]) if the token's session was revoked.
     pub async fn check(&self, claims: &Claims) -> Result<(), VerifyError> {
+        if self.policy == RevocationPolicy::FailOpen && !taskgate_common::redis::is_up(&self.redis) {
+            tracing::debug!("revocation check skipped: redis is not connected");
+            return Ok(());
+        }
         let key = session_revocation_key(&self.prefix, &claims.sub, &claims.sid);
-        match self.redis.exists::<i64, _>(key).await {
+        let client = self.redis.next();
+        let redis = client.with_options(&taskgate_common::redis::fail_fast());
+        match redis.exists::<i64, _>(key).await {
             Ok(0) => Ok(()),
             Ok(_) => Err(VerifyError::Revoked),
-            Err(e) => match self.policy {
-                RevocationPolicy::FailClosed => {
-                    tracing::warn!(error = %e, "revocation check failed: redis unavailable");
-                    Err(VerifyError::Unavailable)
-                }
-                RevocationPolicy::FailOpen => {
-                    tracing::debug!(error = %e, "revocation check skipped: redis unavailable");
+            Err(e) => match (self.policy, redis_failure(client, &e)) {
+                (RevocationPolicy::FailOpen, RedisFailure::Unreachable) => {
+                    tracing::debug!(error = %e, "revocation check skipped: redis unreachable");
                     Ok(())
+                }
+                _ => {
+                    tracing::warn!(error = %e, "revocation check failed: refusing the token");
+                    Err(VerifyError::Unavailable)
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fred::error::{Error, ErrorKind};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn only_a_lost_connection_counts_as_unreachable() {
+        // A client that is not connected counts as unreachable whatever the error.
+        let down = fred::types::Builder::default_centralized().build().expect("a client");
+        assert_eq!(redis_failure(&down, &Error::new(ErrorKind::Timeout, "timed out")), RedisFailure::Unreachable);
+        assert_eq!(redis_failure(&down, &Error::new(ErrorKind::IO, "refused")), RedisFailure::Unreachable);
+        assert_eq!(redis_failure(&down, &Error::new(ErrorKind::Canceled, "closed")), RedisFailure::Unreachable);
     }
 }

@@ -2,7 +2,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
 
@@ -15,7 +15,7 @@ use crate::{
     jwks::{KeySource, decoding_keys},
 };
 
-/// What a verifier accepts.
+/// What a verifier accepts, and how it keeps its key set current.
 #[derive(Debug, Clone)]
 pub struct VerifierConfig {
     /// The only accepted `iss`.
@@ -27,16 +27,34 @@ pub struct VerifierConfig {
     /// Least time between two JWKS fetches caused by unknown `kid`s, so a
     /// flood of forged tokens cannot turn into a flood of fetches.
     pub min_refetch_interval: Duration,
+    /// How often the key set is fetched again even when every `kid` is known,
+    /// so a key withdrawn at the auth service (`auth-service revoke-key`)
+    /// stops being trusted by this verifier within this time. `None` turns
+    /// the timer off (then only an unknown `kid` refetches).
+    pub refresh_interval: Option<Duration>,
+    /// Longest one JWKS fetch may take; a fetch that takes longer counts as failed.
+    pub fetch_timeout: Duration,
+    /// Longest pause between attempts after failed fetches (the pause
+    /// doubles from `min_refetch_interval` with each failure up to this).
+    pub max_backoff: Duration,
 }
 
+/// The default of [`VerifierConfig::refresh_interval`]: five minutes.
+pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
+
 impl VerifierConfig {
-    /// Defaults for `issuer` and `audience`: 5 s leeway, refetch at most once a second.
+    /// Defaults for `issuer` and `audience`: 5 s leeway, refetch on unknown
+    /// `kid`s at most once a second, the whole set every five minutes, 2 s
+    /// per fetch, back-off up to 30 s.
     pub fn new(issuer: impl Into<String>, audience: impl Into<String>) -> Self {
         VerifierConfig {
             issuer: issuer.into(),
             audience: audience.into(),
             leeway: Duration::from_secs(5),
             min_refetch_interval: Duration::from_secs(1),
+            refresh_interval: Some(DEFAULT_REFRESH_INTERVAL),
+            fetch_timeout: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(30),
         }
     }
 }
@@ -45,7 +63,10 @@ impl VerifierConfig {
 ///
 /// Cheap to clone; clones share the cache. Verification is in memory except
 /// when a token names a `kid` the cache does not know, which triggers one
-/// (rate-limited) refetch from the [`KeySource`].
+/// (rate-limited) refetch from the [`KeySource`]. A background task (started
+/// by [`Verifier::new`] inside a Tokio runtime when
+/// [`VerifierConfig::refresh_interval`] is set) also refetches the whole set
+/// on a timer, so withdrawn keys drop out.
 #[derive(Clone)]
 pub struct Verifier {
     inner: Arc<Inner>,
@@ -56,15 +77,30 @@ struct Inner {
     source: Arc<dyn KeySource>,
     /// Decoding keys by `kid`; replaced whole after each fetch.
     keys: RwLock<Arc<HashMap<String, DecodingKey>>>,
-    /// When the last fetch happened, for `min_refetch_interval`.
-    last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    /// Held only while one fetch runs (at most `fetch_timeout`), so callers
+    /// that find a fetch under way wait for its result instead of starting
+    /// another; never held across anything else.
+    fetching: tokio::sync::Mutex<()>,
+    /// When the next fetch caused by an unknown `kid` may start, and whether
+    /// the last fetch failed; a short-held std mutex, never held across an await.
+    schedule: Mutex<Schedule>,
     /// Claim checks shared by both token types.
     validation: Validation,
     config: VerifierConfig,
 }
 
+/// The fetch schedule: success waits `min_refetch_interval`, failures back off.
+#[derive(Debug, Default)]
+struct Schedule {
+    /// No fetch for an unknown `kid` before this instant.
+    not_before: Option<Instant>,
+    /// Failed fetches in a row (0 after a success).
+    failures: u32,
+}
+
 impl Verifier {
-    /// A verifier with an empty cache; keys are fetched on first use.
+    /// A verifier with an empty cache; keys are fetched on first use, and on
+    /// the refresh timer when one is configured and a Tokio runtime is running.
     pub fn new(source: Arc<dyn KeySource>, config: VerifierConfig) -> Self {
         let mut validation = Validation::new(ALGORITHM);
         validation.algorithms = vec![ALGORITHM];
@@ -75,15 +111,22 @@ impl Verifier {
         validation.validate_nbf = true;
         validation.validate_aud = true;
         validation.leeway = config.leeway.as_secs();
-        Verifier {
+        let verifier = Verifier {
             inner: Arc::new(Inner {
                 source,
                 keys: RwLock::new(Arc::new(HashMap::new())),
-                last_fetch: tokio::sync::Mutex::new(None),
+                fetching: tokio::sync::Mutex::new(()),
+                schedule: Mutex::new(Schedule::default()),
                 validation,
                 config,
             }),
+        };
+        if let (Some(every), Ok(runtime)) =
+            (verifier.inner.config.refresh_interval, tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(refresh_forever(Arc::downgrade(&verifier.inner), every));
         }
+        verifier
     }
 
     /// The configuration this verifier checks against.
@@ -134,22 +177,96 @@ impl Verifier {
         self.inner.keys.read().ok().and_then(|keys| keys.get(kid).cloned())
     }
 
-    /// Fetches the key set unless another fetch happened within
-    /// `min_refetch_interval` (then the cache stays as it is).
+    /// Whether `kid` is in the key set right now (callers that cache verified
+    /// tokens ask this so a withdrawn key's tokens stop being accepted).
+    pub fn knows(&self, kid: &str) -> bool {
+        self.inner.keys.read().is_ok_and(|keys| keys.contains_key(kid))
+    }
+
+    /// Fetches the key set unless the schedule says not yet: within
+    /// `min_refetch_interval` of a success the cache stays as it is; during
+    /// the back-off after failures the answer is UNAVAILABLE without a fetch.
     pub async fn refetch(&self) -> Result<(), VerifyError> {
-        let mut last = self.inner.last_fetch.lock().await;
-        if let Some(at) = *last
-            && at.elapsed() < self.inner.config.min_refetch_interval
-        {
+        if !self.inner.due()? {
             return Ok(());
         }
-        let jwks = self.inner.source.fetch().await?;
-        let keys = Arc::new(decoding_keys(&jwks));
-        if let Ok(mut guard) = self.inner.keys.write() {
-            *guard = keys;
+        let _one_at_a_time = self.inner.fetching.lock().await;
+        // Another caller may have fetched while this one waited.
+        if !self.inner.due()? {
+            return Ok(());
         }
-        *last = Some(Instant::now());
-        Ok(())
+        self.inner.fetch_now().await
+    }
+}
+
+impl Inner {
+    /// Whether a fetch for an unknown `kid` may start now: Ok(false) right
+    /// after a success (the cache is fresh), Err(Unavailable) while backing
+    /// off after failures.
+    fn due(&self) -> Result<bool, VerifyError> {
+        let schedule = self.schedule.lock().map_err(|_| VerifyError::Unavailable)?;
+        match schedule.not_before {
+            Some(at) if Instant::now() < at && schedule.failures > 0 => Err(VerifyError::Unavailable),
+            Some(at) if Instant::now() < at => Ok(false),
+            _ => Ok(true),
+        }
+    }
+
+    /// One fetch within `fetch_timeout`; replaces the key set on success and
+    /// moves the schedule either way.
+    async fn fetch_now(&self) -> Result<(), VerifyError> {
+        let fetched = tokio::time::timeout(self.config.fetch_timeout, self.source.fetch()).await;
+        let result = match fetched {
+            Ok(Ok(jwks)) => {
+                let keys = Arc::new(decoding_keys(&jwks));
+                if let Ok(mut guard) = self.keys.write() {
+                    *guard = keys;
+                }
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => {
+                tracing::warn!(timeout = ?self.config.fetch_timeout, "fetching the JWKS timed out");
+                Err(VerifyError::Unavailable)
+            }
+        };
+        if let Ok(mut schedule) = self.schedule.lock() {
+            schedule.failures = if result.is_ok() { 0 } else { schedule.failures.saturating_add(1) };
+            schedule.not_before = Some(Instant::now() + self.pause(schedule.failures));
+        }
+        result
+    }
+
+    /// The pause after a fetch: `min_refetch_interval` after a success,
+    /// doubling with each failure in a row up to `max_backoff`.
+    fn pause(&self, failures: u32) -> Duration {
+        let base = self.config.min_refetch_interval;
+        if failures == 0 {
+            return base;
+        }
+        let factor = 1_u32.checked_shl(failures.min(16)).unwrap_or(u32::MAX);
+        base.saturating_mul(factor).min(self.config.max_backoff.max(base))
+    }
+}
+
+/// The refresh timer: fetches the whole key set every `every` (sooner, on
+/// the back-off schedule, after a failure), for as long as the verifier lives.
+async fn refresh_forever(inner: std::sync::Weak<Inner>, every: Duration) {
+    let mut wait = every;
+    loop {
+        tokio::time::sleep(wait).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let result = {
+            let _one_at_a_time = inner.fetching.lock().await;
+            inner.fetch_now().await
+        };
+        wait = match result {
+            Ok(()) => every,
+            Err(_) => {
+                let failures = inner.schedule.lock().map(|s| s.failures).unwrap_or(1);
+                inner.pause(failures).min(every)
+            }
+        };
     }
 }
 
@@ -341,6 +458,67 @@ mod tests {
             v.verify(&sign(&key("k3"), "at+jwt", &claims()), TokenKind::Access).await,
             Err(VerifyError::UnknownKey)
         );
+    }
+
+    #[tokio::test]
+    async fn a_key_withdrawn_at_the_source_stops_verifying_after_the_refresh_interval() {
+        let k = key("k1");
+        let source = StaticKeySource::new(vec![k.jwk.clone()]);
+        let mut config = VerifierConfig::new("taskgate", "taskgate");
+        config.refresh_interval = Some(Duration::from_millis(100));
+        let v = Verifier::new(Arc::new(source.clone()), config);
+        let token = sign(&k, "at+jwt", &claims());
+        assert!(v.verify(&token, TokenKind::Access).await.is_ok());
+        source.set(Vec::new());
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(!v.knows("k1"));
+        assert!(v.verify(&token, TokenKind::Access).await.is_err());
+    }
+
+    /// A key source that always fails and counts its calls.
+    struct Failing(std::sync::atomic::AtomicUsize);
+
+    impl KeySource for Failing {
+        fn fetch(&self) -> crate::jwks::BoxFuture<'_, Result<Vec<Jwk>, VerifyError>> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Box::pin(async { Err(VerifyError::Unavailable) })
+        }
+    }
+
+    #[tokio::test]
+    async fn failed_fetches_back_off_instead_of_retrying_on_every_request() {
+        let source = Arc::new(Failing(std::sync::atomic::AtomicUsize::new(0)));
+        let mut config = VerifierConfig::new("taskgate", "taskgate");
+        config.refresh_interval = None;
+        let v = Verifier::new(source.clone(), config);
+        let token = sign(&key("k1"), "at+jwt", &claims());
+        for _ in 0..50 {
+            assert_eq!(v.verify(&token, TokenKind::Access).await, Err(VerifyError::Unavailable));
+        }
+        assert_eq!(source.0.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn callers_that_wait_for_a_fetch_in_progress_use_its_keys() {
+        let k = key("k1");
+        let v = verifier(vec![k.jwk.clone()]);
+        let token = sign(&k, "at+jwt", &claims());
+        let results = futures_join(&v, &token).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+    }
+
+    /// Twenty concurrent verifications of `token` on a cold cache.
+    async fn futures_join(v: &Verifier, token: &str) -> Vec<Result<Claims, VerifyError>> {
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let (v, token) = (v.clone(), token.to_owned());
+            tasks.push(tokio::spawn(async move { v.verify(&token, TokenKind::Access).await }));
+        }
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.unwrap_or(Err(VerifyError::Unavailable)));
+        }
+        results
     }
 
     #[test]

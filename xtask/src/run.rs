@@ -35,16 +35,45 @@ pub fn run(profile: Profile) -> Result {
     profile.build(&SERVICES.map(|s| s.name))?;
     let stores = Stores::from_env_or_local()?;
 
+    let mtls = mutual_tls()?;
+
     // Declared after `stores`, so on an early return the services stop before the stores do.
     let mut fleet = Fleet::default();
     for service in SERVICES {
-        fleet.start(profile, service, &stores.database_url, &stores.redis_url, &[])?;
+        let overrides = mtls.as_ref().map(|bundle| mtls_settings(bundle, service.name)).unwrap_or_default();
+        fleet.start(profile, service, &stores.database_url, &stores.redis_url, &overrides)?;
     }
     println!("{}", status_table(&stores, &fleet));
     let outcome = fleet.watch();
     fleet.stop();
     stores.stop();
     outcome
+}
+
+/// A fresh private CA and a certificate per service under `.local/mtls`, so
+/// the services talk over mutual TLS as a deployment should; `None` when the
+/// user set `MTLS_CA_FILE` (their own CA and certificates are used as given).
+fn mutual_tls() -> Result<Option<taskgate_common::mtls::generate::Bundle>> {
+    if crate::cmd::env_is_set("MTLS_CA_FILE") {
+        return Ok(None);
+    }
+    let dir = cmd::project_root().join(".local").join("mtls");
+    let names = SERVICES.map(|s| s.name);
+    let bundle = taskgate_common::mtls::generate::write(&dir, &names)
+        .map_err(|e| Error::new(format!("making the private CA in {}: {e:#}", dir.display())))?;
+    devstack::say(&format!("xtask: mutual TLS between the services, private CA in {}", dir.display()));
+    Ok(Some(bundle))
+}
+
+/// The `MTLS_*` settings of service `name` from `bundle`.
+fn mtls_settings(bundle: &taskgate_common::mtls::generate::Bundle, name: &str) -> Vec<(&'static str, String)> {
+    let settings = bundle.settings(name);
+    let show = |p: Option<std::path::PathBuf>| p.map(|p| p.display().to_string()).unwrap_or_default();
+    vec![
+        ("MTLS_CA_FILE", show(settings.mtls_ca_file)),
+        ("MTLS_CERT_FILE", show(settings.mtls_cert_file)),
+        ("MTLS_KEY_FILE", show(settings.mtls_key_file)),
+    ]
 }
 
 /// A service process we started.

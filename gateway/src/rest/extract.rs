@@ -197,18 +197,6 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
     }
 }
 
-/// The value of cookie `name` in the request's `cookie` headers.
-pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v.trim_matches('"').to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,14 +232,6 @@ mod tests {
         assert!(is_json_content_type("Application/JSON; charset=utf-8"));
         assert!(is_json_content_type("application/merge-patch+json"));
         assert!(!is_json_content_type("text/plain"));
-    }
-
-    #[test]
-    fn cookies_are_found_by_name() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::COOKIE, "a=1; tg_refresh=abc.def; b=2".parse().expect("a header value"));
-        assert_eq!(cookie(&headers, "tg_refresh").as_deref(), Some("abc.def"));
-        assert_eq!(cookie(&headers, "missing"), None);
     }
 
     #[test]

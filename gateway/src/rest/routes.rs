@@ -30,9 +30,9 @@ use taskgate_proto::{
 use tonic::{Status, transport::Channel};
 
 use crate::rest::{
-    cookies::{self, InsecureCookies},
+    cookies::CookiePolicy,
     error::RestError,
-    extract::{JsonBody, PathId, QueryParams, cookie, grpc_request},
+    extract::{JsonBody, PathId, QueryParams, grpc_request},
     json,
 };
 
@@ -202,9 +202,9 @@ fn required<T>(field: Option<T>, name: &str) -> Result<T, RestError> {
     field.ok_or_else(|| Status::internal(format!("backend response has no {name}")).into())
 }
 
-/// Whether session cookies get `Secure`: always, unless the server marked
-/// the request with [`InsecureCookies`].
-type CookieMode = Option<Extension<InsecureCookies>>;
+/// How session cookies are named, set and CSRF-checked (a request extension
+/// [`crate::rest::router`] adds).
+type CookieMode = Extension<CookiePolicy>;
 
 /// A token pair response, with the session cookies when asked for. Tokens
 /// are never cached (RFC 6749 section 5.1).
@@ -213,7 +213,7 @@ fn tokens_reply(tokens: &TokenPair, with_cookies: bool, mode: CookieMode) -> Res
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if with_cookies {
-        cookies::set_session(headers, tokens, mode.is_none());
+        mode.set_session(headers, tokens);
     }
     response
 }
@@ -221,7 +221,7 @@ fn tokens_reply(tokens: &TokenPair, with_cookies: bool, mode: CookieMode) -> Res
 /// A 204 that also deletes the session cookies.
 fn cleared_reply(mode: CookieMode) -> Response {
     let mut response = StatusCode::NO_CONTENT.into_response();
-    cookies::clear_session(response.headers_mut(), mode.is_none());
+    mode.clear_session(response.headers_mut());
     response
 }
 
@@ -287,11 +287,12 @@ async fn refresh(
     let refresh_token = match from_body {
         Some(token) => token,
         None if with_cookies => {
-            let token = cookie(&headers, cookies::REFRESH).filter(|t| !t.is_empty());
+            let token = mode.refresh_token(&headers).map(str::to_owned);
             let token = token.ok_or_else(|| RestError::from(invalid_field("refresh_token", "is required")))?;
             // The cookie is sent by the browser on its own, so a refresh
-            // through it must prove it comes from our page (double submit).
-            if !cookies::csrf_matches(&headers) {
+            // through it must prove it comes from our page: the CSRF token
+            // of the cookie's own session.
+            if !mode.csrf_ok_for_token(&headers, &token) {
                 return Err(Status::permission_denied("a cookie refresh needs a matching x-csrf-token").into());
             }
             token
@@ -311,13 +312,24 @@ async fn logout(State(b): State<Backends>, mode: CookieMode, headers: HeaderMap,
     let mut body = body.or_empty();
     let from_body = body.take_string("refresh_token")?;
     body.finish()?;
-    let refresh_token = from_body.or_else(|| cookie(&headers, cookies::REFRESH)).unwrap_or_default();
+    let refresh_token = match from_body {
+        Some(token) => token,
+        None => match mode.refresh_token(&headers) {
+            // Like a cookie refresh, a logout through the cookie is a write the
+            // browser would send for any page: it needs the session's CSRF token.
+            Some(token) if !mode.csrf_ok_for_token(&headers, token) => {
+                return Err(Status::permission_denied("a cookie logout needs a matching x-csrf-token").into());
+            }
+            Some(token) => token.to_owned(),
+            None => String::new(),
+        },
+    };
     let request = LogoutRequest { refresh_token };
     match b.auth.clone().logout(grpc_request(&headers, request)).await {
         Ok(_) => Ok(cleared_reply(mode)),
         Err(status) => {
             let mut response = RestError::from(status).into_response();
-            cookies::clear_session(response.headers_mut(), mode.is_none());
+            mode.clear_session(response.headers_mut());
             Ok(response)
         }
     }

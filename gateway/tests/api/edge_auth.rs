@@ -129,7 +129,25 @@ async fn missing_or_invalid_tokens_are_refused_before_any_backend() {
 async fn cookie_sessions_work_and_cookie_writes_need_the_csrf_token() {
     let stack = spawn_stack().await;
     let alice = stack.user().await;
-    let cookies = format!("tg_access={}; tg_csrf=csrf-123", alice.access());
+    let login = stack
+        .http
+        .post(stack.url_a("/api/v1/auth/login?cookies=true"))
+        .json(&serde_json::json!({"login": alice.username, "password": crate::helpers::PASSWORD}))
+        .send()
+        .await
+        .expect("cookie login");
+    let cookie = |name: &str| {
+        login
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|c| c.strip_prefix(&format!("{name}=")).and_then(|v| v.split(';').next()))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("a {name} cookie"))
+    };
+    let (access, csrf) = (cookie("__Host-tg_access"), cookie("__Host-tg_csrf"));
+    let cookies = format!("__Host-tg_access={access}; __Host-tg_csrf={csrf}");
 
     let response =
         stack.http.get(stack.url_a("/api/v1/tasks")).header("cookie", &cookies).send().await.expect("cookie read");
@@ -151,7 +169,7 @@ async fn cookie_sessions_work_and_cookie_writes_need_the_csrf_token() {
     let body: Value = response.json().await.expect("json error");
     assert_eq!(body["code"], 7);
     assert_eq!(create(Some("wrong")).await.expect("wrong csrf").status(), StatusCode::FORBIDDEN);
-    assert_eq!(create(Some("csrf-123")).await.expect("right csrf").status(), StatusCode::CREATED);
+    assert_eq!(create(Some(&csrf)).await.expect("right csrf").status(), StatusCode::CREATED);
 
     // A Bearer header needs no CSRF token: no browser adds it on its own.
     let response = stack
@@ -179,7 +197,7 @@ async fn a_stale_token_on_a_public_route_is_dropped_not_refused() {
         .http
         .get(stack.url_b("/.well-known/jwks.json"))
         .bearer_auth("junk")
-        .header("cookie", "tg_access=junk")
+        .header("cookie", "__Host-tg_access=junk")
         .send()
         .await
         .expect("JWKS");

@@ -34,6 +34,13 @@ pub struct StackOptions {
     pub cors_allowed_origins: String,
     /// `COOKIE_SECURE` of both gateways.
     pub cookie_secure: bool,
+    /// Whether the services talk over mutual TLS with a private CA.
+    pub mtls: bool,
+    /// `JWKS_REFRESH_SECONDS` of the gateways and the task service, and
+    /// `KEY_RELOAD_SECONDS` of the auth service.
+    pub key_refresh_seconds: u64,
+    /// Any other change to both gateways' settings.
+    pub gateway: fn(&mut gateway::Settings),
 }
 
 impl Default for StackOptions {
@@ -44,6 +51,9 @@ impl Default for StackOptions {
             rate_limit_per_minute: 100,
             cors_allowed_origins: "*".into(),
             cookie_secure: true,
+            mtls: false,
+            key_refresh_seconds: 300,
+            gateway: |_| {},
         }
     }
 }
@@ -54,6 +64,14 @@ pub struct TestStack {
     pub gateway_a: SocketAddr,
     /// Gateway replica B (same Redis, same prefix).
     pub gateway_b: SocketAddr,
+    /// Gateway A's admin listener (`/metrics`).
+    pub admin_a: SocketAddr,
+    /// The auth service's settings (for its commands, such as `revoke-key`).
+    #[allow(dead_code)] // for modules that run auth-service commands
+    pub auth_settings: auth_service::Settings,
+    /// The certificates, when the stack uses mutual TLS.
+    #[allow(dead_code)] // for modules that call backends over mutual TLS
+    pub certs: Option<std::sync::Arc<taskgate_test_support::TestCerts>>,
     /// The auth service, for direct calls.
     #[allow(dead_code)] // for modules that call the auth service directly
     pub auth_addr: SocketAddr,
@@ -125,30 +143,31 @@ pub async fn spawn_stack_with(options: StackOptions) -> TestStack {
     let prefix = taskgate_test_support::unique_prefix();
     let mut stop = Vec::new();
 
-    let auth = auth_service::Application::build(auth_service::Settings::for_tests(
-        database_url.clone(),
-        redis_url.clone(),
-        prefix.clone(),
-    ))
-    .await
-    .expect("building the auth service");
+    let certs = options.mtls.then(|| std::sync::Arc::new(taskgate_test_support::TestCerts::new()));
+    let mtls = |name: &str| certs.as_ref().map(|c| c.bundle.settings(name)).unwrap_or_default();
+    let mut auth_settings = auth_service::Settings::for_tests(database_url.clone(), redis_url.clone(), prefix.clone());
+    auth_settings.mtls = mtls("auth");
+    auth_settings.key_reload_interval = Duration::from_secs(options.key_refresh_seconds);
+    let auth = auth_service::Application::build(auth_settings.clone()).await.expect("building the auth service");
     let auth_addr = auth.local_addr();
     stop.push(serve(|s| auth.run_until_stopped(s)));
 
-    let task = task_service::Application::build(task_service::Settings::for_tests(
+    let mut task_settings = task_service::Settings::for_tests(
         database_url,
         redis_url.clone(),
         prefix.clone(),
         format!("http://{auth_addr}"),
-    ))
-    .await
-    .expect("building the task service");
+    );
+    task_settings.mtls = mtls("task");
+    task_settings.jwks_refresh_seconds = options.key_refresh_seconds;
+    let task = task_service::Application::build(task_settings).await.expect("building the task service");
     let task_addr = task.local_addr();
     stop.push(serve(|s| task.run_until_stopped(s)));
 
     let gateway_redis = options.gateway_redis_url.clone().unwrap_or(redis_url);
     let task_url = options.task_url.clone().unwrap_or_else(|| format!("http://{task_addr}"));
     let mut gateways = Vec::new();
+    let mut admins = Vec::new();
     for _ in 0..2 {
         let mut settings = gateway::Settings::for_tests(
             format!("http://{auth_addr}"),
@@ -159,8 +178,12 @@ pub async fn spawn_stack_with(options: StackOptions) -> TestStack {
         settings.rate_limit_per_minute = options.rate_limit_per_minute;
         settings.cors_allowed_origins = options.cors_allowed_origins.clone();
         settings.cookie_secure = options.cookie_secure;
+        settings.mtls = mtls("gateway");
+        settings.jwks_refresh_seconds = options.key_refresh_seconds;
+        (options.gateway)(&mut settings);
         let app = gateway::Application::build(settings).await.expect("building a gateway");
         gateways.push(app.local_addr());
+        admins.push(app.admin_addr());
         stop.push(serve(|s| app.run_until_stopped(s)));
     }
     let (gateway_a, gateway_b) = (gateways[0], gateways[1]);
@@ -168,6 +191,9 @@ pub async fn spawn_stack_with(options: StackOptions) -> TestStack {
     TestStack {
         gateway_a,
         gateway_b,
+        admin_a: admins[0],
+        auth_settings,
+        certs,
         auth_addr,
         task_addr,
         redis_prefix: prefix,
@@ -186,6 +212,23 @@ pub async fn spawn_stack_with(options: StackOptions) -> TestStack {
 pub async fn spawn_gateway(
     tweak: impl FnOnce(&mut gateway::Settings),
 ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let lone = spawn_lone_gateway(tweak).await;
+    (lone.addr, lone.stop)
+}
+
+/// A gateway started by [`spawn_lone_gateway`].
+pub struct LoneGateway {
+    /// Its public port.
+    pub addr: SocketAddr,
+    /// Its admin port (`/metrics`).
+    #[allow(dead_code)] // for modules that scrape metrics
+    pub admin: SocketAddr,
+    /// Stops it when dropped.
+    pub stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Like [`spawn_gateway`], also telling the admin address.
+pub async fn spawn_lone_gateway(tweak: impl FnOnce(&mut gateway::Settings)) -> LoneGateway {
     taskgate_test_support::init_test_logging();
     let mut settings = gateway::Settings::for_tests(
         "http://127.0.0.1:9".into(),
@@ -195,8 +238,8 @@ pub async fn spawn_gateway(
     );
     tweak(&mut settings);
     let app = gateway::Application::build(settings).await.expect("building a gateway");
-    let addr = app.local_addr();
-    (addr, serve(|s| app.run_until_stopped(s)))
+    let (addr, admin) = (app.local_addr(), app.admin_addr());
+    LoneGateway { addr, admin, stop: serve(|s| app.run_until_stopped(s)) }
 }
 
 /// A plaintext HTTP/2 channel to `addr`.
@@ -227,9 +270,10 @@ impl TestStack {
         TestUser { user, username, tokens }
     }
 
-    /// The `/metrics` text of gateway A.
+    /// The `/metrics` text of gateway A (from its admin listener).
     pub async fn metrics_a(&self) -> String {
-        self.http.get(self.url_a("/metrics")).send().await.expect("GET /metrics").text().await.expect("metrics text")
+        let url = format!("http://{}/metrics", self.admin_a);
+        self.http.get(url).send().await.expect("GET /metrics").text().await.expect("metrics text")
     }
 }
 

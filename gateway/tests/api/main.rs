@@ -2,8 +2,10 @@
 //! and two gateway replicas, all in-process (see `helpers::spawn_stack`).
 //!
 //! One module per feature: native gRPC forwarding, gRPC-web, authentication
-//! at the edge, the fleet-wide rate limit, the plain HTTP endpoints, TLS.
+//! at the edge, the fleet-wide rate limit, the plain HTTP endpoints, TLS,
+//! and the attacks the public port must hold against (`abuse`).
 
+mod abuse;
 mod edge_auth;
 mod every_rpc;
 mod grpc;

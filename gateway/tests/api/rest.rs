@@ -545,18 +545,18 @@ async fn a_browser_session_lives_in_cookies_and_logout_clears_them() {
     assert_eq!(login.status, StatusCode::OK, "{}", login.body);
     let cookies = login.set_cookies();
     assert_eq!(cookies.len(), 3, "{cookies:?}");
-    let access = login.cookie("tg_access").expect("tg_access");
-    let refresh = login.cookie("tg_refresh").expect("tg_refresh");
-    let csrf = login.cookie("tg_csrf").expect("tg_csrf");
+    let access = login.cookie("__Host-tg_access").expect("__Host-tg_access");
+    let refresh = login.cookie("__Secure-tg_refresh").expect("__Secure-tg_refresh");
+    let csrf = login.cookie("__Host-tg_csrf").expect("__Host-tg_csrf");
     assert_eq!(access, login.body["access_token"].as_str().expect("token"));
-    let refresh_cookie = cookies.iter().find(|c| c.starts_with("tg_refresh=")).expect("refresh cookie");
+    let refresh_cookie = cookies.iter().find(|c| c.starts_with("__Secure-tg_refresh=")).expect("refresh cookie");
     assert!(refresh_cookie.contains("Path=/api/v1/auth") && refresh_cookie.contains("HttpOnly"));
     assert!(refresh_cookie.contains("SameSite=Strict"));
     assert!(cookies.iter().all(|c| c.contains("; Secure")), "COOKIE_SECURE defaults to on: {cookies:?}");
-    let csrf_cookie = cookies.iter().find(|c| c.starts_with("tg_csrf=")).expect("csrf cookie");
-    assert!(!csrf_cookie.contains("HttpOnly"), "JavaScript must be able to read tg_csrf");
+    let csrf_cookie = cookies.iter().find(|c| c.starts_with("__Host-tg_csrf=")).expect("csrf cookie");
+    assert!(!csrf_cookie.contains("HttpOnly"), "JavaScript must be able to read __Host-tg_csrf");
 
-    let jar = format!("tg_access={access}; tg_csrf={csrf}");
+    let jar = format!("__Host-tg_access={access}; __Host-tg_csrf={csrf}");
     let me = api.call(Method::GET, "/api/v1/users/me").header("cookie", &jar).send().await;
     assert_eq!(me.status, StatusCode::OK, "{}", me.body);
     assert_eq!(me.body["username"], json!(username));
@@ -577,25 +577,25 @@ async fn a_browser_session_lives_in_cookies_and_logout_clears_them() {
     // Refresh reads the refresh cookie and sets new cookies.
     let refreshed = api
         .call(Method::POST, "/api/v1/auth/refresh?cookies=true")
-        .header("cookie", &format!("tg_refresh={refresh}; tg_csrf={csrf}"))
+        .header("cookie", &format!("__Secure-tg_refresh={refresh}; __Host-tg_csrf={csrf}"))
         .header("x-csrf-token", &csrf)
         .send()
         .await;
     assert_eq!(refreshed.status, StatusCode::OK, "{}", refreshed.body);
-    let new_refresh = refreshed.cookie("tg_refresh").expect("a new tg_refresh");
+    let new_refresh = refreshed.cookie("__Secure-tg_refresh").expect("a new __Secure-tg_refresh");
     assert_ne!(new_refresh, refresh);
-    let new_csrf = refreshed.cookie("tg_csrf").expect("a new tg_csrf");
+    let new_csrf = refreshed.cookie("__Host-tg_csrf").expect("a new __Host-tg_csrf");
 
     let logout = api
         .call(Method::POST, "/api/v1/auth/logout")
-        .header("cookie", &format!("tg_refresh={new_refresh}; tg_csrf={new_csrf}"))
+        .header("cookie", &format!("__Secure-tg_refresh={new_refresh}; __Host-tg_csrf={new_csrf}"))
         .header("x-csrf-token", &new_csrf)
         .send()
         .await;
     assert_eq!(logout.status, StatusCode::NO_CONTENT, "{}", logout.body);
     let cleared = logout.set_cookies();
     assert_eq!(cleared.len(), 3, "{cleared:?}");
-    for name in ["tg_access=;", "tg_refresh=;", "tg_csrf=;"] {
+    for name in ["__Host-tg_access=;", "__Secure-tg_refresh=;", "__Host-tg_csrf=;"] {
         let cookie = cleared.iter().find(|c| c.starts_with(name)).expect("a clearing cookie");
         assert!(cookie.contains("Max-Age=0"), "{cookie}");
     }
@@ -608,11 +608,11 @@ async fn a_cookie_refresh_without_the_csrf_header_is_refused() {
     api!(stack, api);
     let (username, _) = api.register().await;
     let login = api.login_with_cookies(&username).await;
-    let refresh = login.cookie("tg_refresh").expect("tg_refresh");
-    let csrf = login.cookie("tg_csrf").expect("tg_csrf");
+    let refresh = login.cookie("__Secure-tg_refresh").expect("__Secure-tg_refresh");
+    let csrf = login.cookie("__Host-tg_csrf").expect("__Host-tg_csrf");
     let reply = api
         .call(Method::POST, "/api/v1/auth/refresh?cookies=true")
-        .header("cookie", &format!("tg_refresh={refresh}; tg_csrf={csrf}"))
+        .header("cookie", &format!("__Secure-tg_refresh={refresh}; __Host-tg_csrf={csrf}"))
         .send()
         .await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.body);
@@ -676,6 +676,7 @@ async fn router_with_an_admin(admin: &str) -> (Api, tokio::sync::oneshot::Sender
     let router = gateway::rest::router(
         taskgate_proto::auth::v1::auth_service_client::AuthServiceClient::new(channel.clone()),
         taskgate_proto::task::v1::task_service_client::TaskServiceClient::new(channel),
+        gateway::rest::cookies::CookiePolicy::new(true, None),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding the REST router");
     let addr = listener.local_addr().expect("a local address");
