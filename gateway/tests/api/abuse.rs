@@ -407,34 +407,15 @@ async fn a_revoked_keys_tokens_are_refused_by_every_verifier_within_the_refetch_
 #[tokio::test]
 async fn a_planted_cookie_pair_from_another_session_fails_the_csrf_check() {
     let stack = spawn_stack_with(StackOptions::default()).await;
-    let login = |name: String| {
-        let http = stack.http.clone();
-        let url = stack.url_a("/api/v1/auth/login?cookies=true");
-        async move {
-            let response = http
-                .post(url)
-                .json(&serde_json::json!({"login": name, "password": PASSWORD}))
-                .send()
-                .await
-                .expect("login");
-            assert_eq!(response.status(), StatusCode::OK);
-            let cookie = |name: &str| {
-                response
-                    .headers()
-                    .get_all("set-cookie")
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .find_map(|c| c.strip_prefix(&format!("{name}=")).and_then(|v| v.split(';').next()))
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| panic!("a {name} cookie"))
-            };
-            (cookie("__Host-tg_access"), cookie("__Secure-tg_refresh"), cookie("__Host-tg_csrf"))
-        }
-    };
     let victim = stack.user().await;
     let attacker = stack.user().await;
-    let (access, refresh, csrf) = login(victim.username.clone()).await;
-    let (_, _, attacker_csrf) = login(attacker.username.clone()).await;
+    let victim_jar = stack.cookie_login(&victim.username).await;
+    let (access, refresh, csrf) = (
+        victim_jar["__Host-tg_access"].clone(),
+        victim_jar["__Secure-tg_refresh"].clone(),
+        victim_jar["__Host-tg_csrf"].clone(),
+    );
+    let attacker_csrf = stack.cookie_login(&attacker.username).await["__Host-tg_csrf"].clone();
     let create = |jar: String, csrf: String| {
         let call = stack
             .http

@@ -129,24 +129,8 @@ async fn missing_or_invalid_tokens_are_refused_before_any_backend() {
 async fn cookie_sessions_work_and_cookie_writes_need_the_csrf_token() {
     let stack = spawn_stack().await;
     let alice = stack.user().await;
-    let login = stack
-        .http
-        .post(stack.url_a("/api/v1/auth/login?cookies=true"))
-        .json(&serde_json::json!({"login": alice.username, "password": crate::helpers::PASSWORD}))
-        .send()
-        .await
-        .expect("cookie login");
-    let cookie = |name: &str| {
-        login
-            .headers()
-            .get_all("set-cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find_map(|c| c.strip_prefix(&format!("{name}=")).and_then(|v| v.split(';').next()))
-            .map(str::to_owned)
-            .unwrap_or_else(|| panic!("a {name} cookie"))
-    };
-    let (access, csrf) = (cookie("__Host-tg_access"), cookie("__Host-tg_csrf"));
+    let jar = stack.cookie_login(&alice.username).await;
+    let (access, csrf) = (&jar["__Host-tg_access"], jar["__Host-tg_csrf"].clone());
     let cookies = format!("__Host-tg_access={access}; __Host-tg_csrf={csrf}");
 
     let response =

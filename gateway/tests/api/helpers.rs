@@ -270,6 +270,28 @@ impl TestStack {
         TestUser { user, username, tokens }
     }
 
+    /// Logs `username` in over REST with `?cookies=true` through gateway A;
+    /// returns the value of every cookie the answer sets, by name.
+    #[allow(dead_code)] // for modules that test browser sessions
+    pub async fn cookie_login(&self, username: &str) -> std::collections::HashMap<String, String> {
+        let response = self
+            .http
+            .post(self.url_a("/api/v1/auth/login?cookies=true"))
+            .json(&serde_json::json!({"login": username, "password": PASSWORD}))
+            .send()
+            .await
+            .expect("cookie login");
+        assert_eq!(response.status(), reqwest::StatusCode::OK);
+        response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|c| c.split(';').next()?.split_once('='))
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .collect()
+    }
+
     /// The `/metrics` text of gateway A (from its admin listener).
     pub async fn metrics_a(&self) -> String {
         let url = format!("http://{}/metrics", self.admin_a);
