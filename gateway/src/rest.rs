@@ -47,6 +47,18 @@ use crate::rest::routes::{Backends, axum_path, binding_for, method_filter};
 /// the [`InsecureCookies`] request extension, for plain-HTTP development
 /// (`COOKIE_SECURE=false`): `Router::layer(Extension(InsecureCookies))`.
 pub fn router(auth: AuthServiceClient<Channel>, task: TaskServiceClient<Channel>) -> Router {
+    router_with_hashing_client(auth.clone(), auth, task)
+}
+
+/// [`router`], with Register, Login and ChangePassword (the calls that hash
+/// a password) sent over `auth_hashing`, a connection of their own, so a
+/// flood of them never queues cheap auth calls behind it on one HTTP/2
+/// connection.
+pub fn router_with_hashing_client(
+    auth: AuthServiceClient<Channel>,
+    auth_hashing: AuthServiceClient<Channel>,
+    task: TaskServiceClient<Channel>,
+) -> Router {
     let mut router = Router::new();
     for rule in HTTP_RULES {
         let (Some(binding), Some(filter)) = (binding_for(rule), method_filter(rule.verb)) else {
@@ -71,7 +83,7 @@ pub fn router(auth: AuthServiceClient<Channel>, task: TaskServiceClient<Channel>
         // Must follow every `route`: it only applies to routes already added.
         .method_not_allowed_fallback(routes::method_not_allowed)
         .fallback(routes::not_found)
-        .with_state(Backends { auth, task })
+        .with_state(Backends { auth, auth_hashing, task })
 }
 
 #[cfg(test)]

@@ -71,6 +71,10 @@ impl Application {
         };
 
         let auth_channel = channel(&settings.auth_url).context("AUTH_SERVICE_URL")?;
+        // Calls that hash a password (Register, Login, ChangePassword) get a
+        // connection of their own: a flood of them must not queue Refresh,
+        // Logout or GetMe behind it on one HTTP/2 connection.
+        let auth_hashing = AuthServiceClient::new(channel(&settings.auth_url).context("AUTH_SERVICE_URL")?);
         let task_channel = channel(&settings.task_url).context("TASK_SERVICE_URL")?;
         let redis = taskgate_common::redis::connect(&settings.redis_url, REDIS_POOL_SIZE).await?;
         let metrics = Metrics::new();
@@ -89,7 +93,7 @@ impl Application {
         let auth_client = AuthServiceClient::new(auth_channel.clone());
         let task_client = TaskServiceClient::new(task_channel.clone());
         let (grpc, health) = grpc_routes(
-            AuthProxy::new(auth_client.clone(), metrics.clone()),
+            AuthProxy::new(auth_client.clone(), auth_hashing.clone(), metrics.clone()),
             TaskProxy::new(task_client.clone(), metrics.clone()),
         )
         .await?;
@@ -106,7 +110,7 @@ impl Application {
                 .route("/demo/", get(edge::demo).with_state(demo.clone()))
                 .route("/demo/{*path}", get(edge::demo).with_state(demo));
         }
-        let mut rest_routes = rest::router(auth_client, task_client);
+        let mut rest_routes = rest::router_with_hashing_client(auth_client, auth_hashing, task_client);
         if !settings.cookie_secure {
             // COOKIE_SECURE=false: plain-HTTP development, where browsers drop `Secure` cookies.
             rest_routes = rest_routes.layer(axum::Extension(rest::InsecureCookies));

@@ -86,6 +86,28 @@ class TaskgateClient:
         resp = self.auth.GetMe(auth_pb2.GetMeRequest(), metadata=self._metadata(access_token), timeout=self._timeout)
         return resp.user
 
+    def change_password(self, current_password: str, new_password: str) -> auth_pb2.TokenPair:
+        """Changes the caller's password: every session of the user ends, and the
+        returned pair (of a new session) is kept for later calls."""
+        req = auth_pb2.ChangePasswordRequest(current_password=current_password, new_password=new_password)
+        resp = self.auth.ChangePassword(req, metadata=self._metadata(), timeout=self._timeout)
+        self.tokens = resp.tokens
+        return resp.tokens
+
+    def disable_user(self, user_id: str) -> auth_pb2.User:
+        """Disables a user and ends their sessions (admin only)."""
+        resp = self.auth.DisableUser(
+            auth_pb2.DisableUserRequest(id=user_id), metadata=self._metadata(), timeout=self._timeout
+        )
+        return resp.user
+
+    def enable_user(self, user_id: str) -> auth_pb2.User:
+        """Re-enables a disabled user (admin only)."""
+        resp = self.auth.EnableUser(
+            auth_pb2.EnableUserRequest(id=user_id), metadata=self._metadata(), timeout=self._timeout
+        )
+        return resp.user
+
     # TaskService.
 
     def create_task(

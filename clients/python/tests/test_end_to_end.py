@@ -106,6 +106,24 @@ def test_register_login_refresh_and_logout(client: TaskgateClient) -> None:
     assert_code(err, grpc.StatusCode.UNAUTHENTICATED)
 
 
+def test_change_password_ends_the_other_sessions_and_keeps_the_caller_signed_in(client: TaskgateClient) -> None:
+    username, password = new_credentials()
+    client.register(username, password)
+    other = client.login(username, password)
+    client.login(username, password)
+    new_password = password + "-renewed"
+    fresh = client.change_password(password, new_password)
+    assert client.tokens == fresh
+    assert client.me().username == username
+    with pytest.raises(grpc.RpcError) as err:
+        client.me(other.access_token)
+    assert_code(err, grpc.StatusCode.UNAUTHENTICATED)
+    with pytest.raises(grpc.RpcError) as err:
+        client.login(username, password)
+    assert_code(err, grpc.StatusCode.UNAUTHENTICATED)
+    client.login(username, new_password)
+
+
 def test_wrong_password_and_missing_token_are_unauthenticated(client: TaskgateClient) -> None:
     username, password = new_credentials()
     client.register(username, password)

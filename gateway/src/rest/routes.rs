@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use taskgate_common::status::invalid_field;
 use taskgate_proto::{
     auth::v1::{
-        DisableUserRequest, GetJwksRequest, GetMeRequest, ListSessionsRequest, LoginRequest, LogoutAllRequest,
+        ChangePasswordRequest, DisableUserRequest, EnableUserRequest, GetJwksRequest, GetMeRequest, ListSessionsRequest, LoginRequest, LogoutAllRequest,
         LogoutRequest, RefreshRequest, RegisterRequest, RevokeSessionRequest, TokenPair, User,
         auth_service_client::AuthServiceClient,
     },
@@ -42,6 +42,9 @@ use crate::rest::{
 pub struct Backends {
     /// The auth service, over its pooled channel.
     pub auth: AuthServiceClient<Channel>,
+    /// The auth service over a second channel, for the calls that hash a
+    /// password (Register, Login, ChangePassword).
+    pub auth_hashing: AuthServiceClient<Channel>,
     /// The task service, over its pooled channel.
     pub task: TaskServiceClient<Channel>,
 }
@@ -116,6 +119,20 @@ pub const BINDINGS: &[Binding] = &[
         verb: "POST",
         path: "/api/v1/admin/users/{id}/disable",
         route: |f| on(f, disable_user),
+    },
+    Binding {
+        service: AUTH,
+        method: "ChangePassword",
+        verb: "POST",
+        path: "/api/v1/auth/change-password",
+        route: |f| on(f, change_password),
+    },
+    Binding {
+        service: AUTH,
+        method: "EnableUser",
+        verb: "POST",
+        path: "/api/v1/admin/users/{id}/enable",
+        route: |f| on(f, enable_user),
     },
     Binding { service: TASK, method: "CreateTask", verb: "POST", path: "/api/v1/tasks", route: |f| on(f, create_task) },
     Binding { service: TASK, method: "GetTask", verb: "GET", path: "/api/v1/tasks/{id}", route: |f| on(f, get_task) },
@@ -245,7 +262,7 @@ async fn register(State(b): State<Backends>, headers: HeaderMap, body: JsonBody)
         password: body.require_string("password")?,
     };
     body.finish()?;
-    let response = b.auth.clone().register(grpc_request(&headers, request)).await?.into_inner();
+    let response = b.auth_hashing.clone().register(grpc_request(&headers, request)).await?.into_inner();
     user_reply(StatusCode::CREATED, response.user)
 }
 
@@ -267,7 +284,7 @@ async fn login(
     let password = body.require_string("password")?;
     body.finish()?;
     let request = LoginRequest { login: login.unwrap_or_default(), password, username: username.unwrap_or_default() };
-    let response = b.auth.clone().login(grpc_request(&headers, request)).await?.into_inner();
+    let response = b.auth_hashing.clone().login(grpc_request(&headers, request)).await?.into_inner();
     Ok(tokens_reply(&required(response.tokens, "tokens")?, with_cookies, mode))
 }
 
@@ -364,6 +381,32 @@ async fn get_jwks(State(b): State<Backends>, headers: HeaderMap) -> Reply {
 async fn disable_user(State(b): State<Backends>, headers: HeaderMap, PathId(id): PathId, body: JsonBody) -> Reply {
     body.or_empty().finish()?;
     let response = b.auth.clone().disable_user(grpc_request(&headers, DisableUserRequest { id })).await?.into_inner();
+    user_reply(StatusCode::OK, response.user)
+}
+
+/// `POST /api/v1/auth/change-password[?cookies=true]` → 200 and the token
+/// pair of the caller's new session (every earlier session ended).
+async fn change_password(
+    State(b): State<Backends>,
+    mode: CookieMode,
+    headers: HeaderMap,
+    query: QueryParams,
+    body: JsonBody,
+) -> Reply {
+    let with_cookies = query.flag("cookies")?;
+    let mut body = body.required()?;
+    let current_password = body.require_string("current_password")?;
+    let new_password = body.require_string("new_password")?;
+    body.finish()?;
+    let request = ChangePasswordRequest { current_password, new_password };
+    let response = b.auth_hashing.clone().change_password(grpc_request(&headers, request)).await?.into_inner();
+    Ok(tokens_reply(&required(response.tokens, "tokens")?, with_cookies, mode))
+}
+
+/// `POST /api/v1/admin/users/{id}/enable` → 200 and the enabled user.
+async fn enable_user(State(b): State<Backends>, headers: HeaderMap, PathId(id): PathId, body: JsonBody) -> Reply {
+    body.or_empty().finish()?;
+    let response = b.auth.clone().enable_user(grpc_request(&headers, EnableUserRequest { id })).await?.into_inner();
     user_reply(StatusCode::OK, response.user)
 }
 
