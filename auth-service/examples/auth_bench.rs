@@ -93,7 +93,13 @@ async fn main() -> anyhow::Result<()> {
 
     let mut token = tokens.refresh_token;
     for _ in 0..50 {
-        token = client.refresh(RefreshRequest { refresh_token: token }).await?.into_inner().tokens.expect("t").refresh_token;
+        token = client
+            .refresh(RefreshRequest { refresh_token: token })
+            .await?
+            .into_inner()
+            .tokens
+            .expect("t")
+            .refresh_token;
     }
     token = measure(&mut client, token, "idle").await?;
 

@@ -15,9 +15,13 @@
 //!   at once with RESOURCE_EXHAUSTED and a RetryInfo of about the time the
 //!   queue takes to drain, instead of piling up (and holding database
 //!   connections the cheap calls need) until every caller times out.
-//! - **Off the async workers.** No hash runs on a tokio worker, and no cheap
-//!   call (Refresh, Logout, GetMe, JWKS) ever needs a hashing thread, so
-//!   they never wait behind a flood of logins or registrations.
+//! - **Off the async workers, and behind them.** No hash runs on a tokio
+//!   worker, and no cheap call (Refresh, Logout, GetMe, JWKS) ever needs a
+//!   hashing thread. The hashing threads also run at a lower scheduling
+//!   priority (SCHED_BATCH, nice about 9): when the cores are busy hashing, a
+//!   cheap call's worker still gets a core at once, so a login flood costs
+//!   the cheap calls little latency. With idle cores hashing runs at full
+//!   speed.
 
 use std::{
     sync::{
@@ -184,10 +188,31 @@ fn verify_with(memory: &mut Memory, password: &[u8], stored: &str) -> anyhow::Re
     if is_current(&hash) { Ok(Verified::Yes) } else { Ok(Verified::YesRehashed(hash_with(memory, password)?)) }
 }
 
+/// Lowers the calling thread's scheduling priority (Linux: SCHED_BATCH with
+/// niceness about 9; elsewhere the platform's equivalent, best effort).
+fn lower_priority() {
+    use thread_priority::{
+        NormalThreadSchedulePolicy, ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy,
+        set_thread_priority_and_policy, thread_native_id,
+    };
+    // 23 of 0-99 maps to niceness 9: about 1/8 of a nice-0 thread's share
+    // when both want the core.
+    let Ok(value) = ThreadPriorityValue::try_from(23u8) else { return };
+    let outcome = set_thread_priority_and_policy(
+        thread_native_id(),
+        ThreadPriority::Crossplatform(value),
+        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch),
+    );
+    if let Err(e) = outcome {
+        tracing::debug!(error = ?e, "could not lower the priority of a hashing thread");
+    }
+}
+
 /// One hashing thread: takes jobs until every sender is gone, running each
 /// with the thread's own argon2 memory (allocated on the first job, reused
 /// after).
 fn worker(jobs: Arc<Mutex<Receiver<Job>>>) {
+    lower_priority();
     let mut memory: Memory = Vec::new();
     loop {
         let job = {

@@ -6,10 +6,10 @@ use std::{sync::Arc, time::Duration};
 
 use taskgate_proto::auth::v1::{
     ChangePasswordRequest, ChangePasswordResponse, DisableUserRequest, DisableUserResponse, EnableUserRequest,
-    EnableUserResponse, GetJwksRequest, GetJwksResponse, GetMeRequest, GetMeResponse,
-    ListSessionsRequest, ListSessionsResponse, LoginRequest, LoginResponse, LogoutAllRequest, LogoutAllResponse,
-    LogoutRequest, LogoutResponse, RefreshRequest, RefreshResponse, RegisterRequest, RegisterResponse,
-    RevokeSessionRequest, RevokeSessionResponse, Session, TokenPair, auth_service_server::AuthService,
+    EnableUserResponse, GetJwksRequest, GetJwksResponse, GetMeRequest, GetMeResponse, ListSessionsRequest,
+    ListSessionsResponse, LoginRequest, LoginResponse, LogoutAllRequest, LogoutAllResponse, LogoutRequest,
+    LogoutResponse, RefreshRequest, RefreshResponse, RegisterRequest, RegisterResponse, RevokeSessionRequest,
+    RevokeSessionResponse, Session, TokenPair, auth_service_server::AuthService,
 };
 use taskgate_tokens::{Claims, RevocationCheck, TokenKind, Verifier, VerifyError, bearer_token};
 use tokio::sync::Semaphore;
@@ -230,10 +230,9 @@ impl AuthApi {
         let subject = match (&user, &name) {
             (Some(user), _) => Subject::Account(user.id),
             (None, Some(n)) => Subject::UnknownName(n.throttle_key()),
-            (None, None) => Subject::UnknownName(format!(
-                "raw:{}",
-                raw.trim().to_lowercase().chars().take(128).collect::<String>()
-            )),
+            (None, None) => {
+                Subject::UnknownName(format!("raw:{}", raw.trim().to_lowercase().chars().take(128).collect::<String>()))
+            }
         };
         let reservation = self.throttle.reserve_login(&subject, ip).await?;
 
@@ -448,7 +447,11 @@ impl AuthApi {
         Ok(DisableUserResponse { user: Some(user.to_proto()) })
     }
 
-    async fn enable_user(&self, metadata: &MetadataMap, req: EnableUserRequest) -> Result<EnableUserResponse, AuthError> {
+    async fn enable_user(
+        &self,
+        metadata: &MetadataMap,
+        req: EnableUserRequest,
+    ) -> Result<EnableUserResponse, AuthError> {
         let admin_id = self.admin(metadata).await?;
         let target = parse_uuid("id", &req.id)?;
         let user = self.users.enable(target).await?.ok_or(AuthError::NotFound("user"))?;

@@ -180,15 +180,21 @@ impl LoginThrottle {
 
     /// Reserves one attempt in `key`'s window: Ok(earlier attempts) or
     /// Err(wait in ms) when it is full.
-    async fn reserve(&self, key: &str, window: Duration, limit: u32, member: &str) -> Result<Result<u32, i64>, AuthError> {
+    async fn reserve(
+        &self,
+        key: &str,
+        window: Duration,
+        limit: u32,
+        member: &str,
+    ) -> Result<Result<u32, i64>, AuthError> {
         let reply: Vec<i64> = self
             .scripts
             .0
-            .run(&self.redis, vec![key.to_owned()], vec![
-                window.as_millis().to_string(),
-                limit.to_string(),
-                member.to_owned(),
-            ])
+            .run(
+                &self.redis,
+                vec![key.to_owned()],
+                vec![window.as_millis().to_string(), limit.to_string(), member.to_owned()],
+            )
             .await?;
         match reply.as_slice() {
             [0, earlier] => Ok(Ok(u32::try_from(*earlier).unwrap_or(u32::MAX))),
@@ -215,8 +221,7 @@ impl LoginThrottle {
         if let Err(wait) = self.reserve(&address_key, self.config.window, self.config.max_per_ip, &member).await? {
             return Err(AuthError::Throttled { retry_after: retry(wait) });
         }
-        let refused = match self.reserve(&account_key, self.config.window, self.config.max_per_account, &member).await
-        {
+        let refused = match self.reserve(&account_key, self.config.window, self.config.max_per_account, &member).await {
             Ok(Ok(earlier)) => {
                 if earlier > 0 && !self.config.delay_step.is_zero() {
                     tokio::time::sleep(self.config.delay_step.saturating_mul(earlier).min(MAX_DELAY)).await;
@@ -260,10 +265,7 @@ impl LoginThrottle {
     pub async fn reserve_registration(&self, ip: &str) -> Result<(), AuthError> {
         let key = keys::addr_key(&self.prefix, normalised_address(ip), "register");
         let member = Uuid::new_v4().simple().to_string();
-        match self
-            .reserve(&key, self.config.register_window, self.config.max_registrations_per_ip, &member)
-            .await?
-        {
+        match self.reserve(&key, self.config.register_window, self.config.max_registrations_per_ip, &member).await? {
             Ok(_) => Ok(()),
             Err(wait) => Err(AuthError::RegistrationsThrottled { retry_after: retry(wait) }),
         }

@@ -162,12 +162,11 @@ impl Users {
         .await?;
         let Some(target) = target else { return Ok(None) };
         if target.is_admin && target.disabled_at.is_none() {
-            let others: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM users WHERE is_admin AND disabled_at IS NULL AND id <> $1",
-            )
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
+            let others: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM users WHERE is_admin AND disabled_at IS NULL AND id <> $1")
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
             if others == 0 {
                 return Err(AuthError::FailedPrecondition("the last active admin cannot be disabled"));
             }

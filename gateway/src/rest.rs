@@ -136,6 +136,7 @@ mod tests {
                 "Register" => r#"{"username": "alice", "password": "correct horse"}"#,
                 "Login" => r#"{"login": "alice", "password": "correct horse"}"#,
                 "Refresh" => r#"{"refresh_token": "x"}"#,
+                "ChangePassword" => r#"{"current_password": "a", "new_password": "b"}"#,
                 _ => "",
             };
             let (status, _, json) = send(request(rule.verb, &path, body)).await;

@@ -120,8 +120,7 @@ async fn the_owner_still_logs_in_from_a_fresh_address_while_an_attacking_address
     let mut client = app.client.clone();
     let mut throttled = 0;
     for i in 0..documented.login_max_failures_per_account + 5 {
-        let status =
-            client.login(login_from(&name, &format!("guess {i}"), "192.0.2.66")).await.expect_err("attacker");
+        let status = client.login(login_from(&name, &format!("guess {i}"), "192.0.2.66")).await.expect_err("attacker");
         if status.code() == Code::ResourceExhausted {
             throttled += 1;
         }

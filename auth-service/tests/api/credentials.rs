@@ -101,7 +101,10 @@ async fn an_admin_enables_a_disabled_user_who_can_then_log_in_again() {
     let name = username();
     let user = app.register(&name).await;
     let mut client = app.client.clone();
-    client.disable_user(bearer(DisableUserRequest { id: user.id.clone() }, &admin.access_token)).await.expect("disable");
+    client
+        .disable_user(bearer(DisableUserRequest { id: user.id.clone() }, &admin.access_token))
+        .await
+        .expect("disable");
     assert_eq!(login_with(&app, &name, PASSWORD).await.expect_err("disabled").code(), Code::Unauthenticated);
 
     // Only an admin may enable.
@@ -147,7 +150,11 @@ async fn the_last_active_admin_cannot_be_disabled() {
     // With a second active admin, the first may go.
     let second = username();
     app.register(&second).await;
-    sqlx::query("UPDATE users SET is_admin = true WHERE username = $1").bind(&second).execute(&app.db).await.expect("promote");
+    sqlx::query("UPDATE users SET is_admin = true WHERE username = $1")
+        .bind(&second)
+        .execute(&app.db)
+        .await
+        .expect("promote");
     client
         .disable_user(bearer(DisableUserRequest { id: admin_id.to_string() }, &admin.access_token))
         .await
@@ -227,10 +234,7 @@ async fn a_login_in_flight_when_its_user_is_disabled_gets_no_usable_token() {
         let client = app.client.clone();
         let victim = victim.clone();
         tokio::spawn(async move {
-            client
-                .clone()
-                .login(LoginRequest { login: victim, password: PASSWORD.into(), ..Default::default() })
-                .await
+            client.clone().login(LoginRequest { login: victim, password: PASSWORD.into(), ..Default::default() }).await
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -243,7 +247,8 @@ async fn a_login_in_flight_when_its_user_is_disabled_gets_no_usable_token() {
         Err(status) => assert_eq!(status.code(), Code::Unauthenticated),
         Ok(reply) => {
             let tokens = reply.into_inner().tokens.expect("tokens");
-            let status = get_me(&app, &tokens.access_token).await.expect_err("a token minted for a disabled user works");
+            let status =
+                get_me(&app, &tokens.access_token).await.expect_err("a token minted for a disabled user works");
             assert_eq!(status.code(), Code::Unauthenticated);
         }
     }

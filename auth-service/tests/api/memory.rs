@@ -59,7 +59,9 @@ async fn the_auth_service_resident_memory_after_fifty_logins_stays_within_the_ha
     let client = loop {
         match AuthServiceClient::connect(url.clone()).await {
             Ok(client) => break client,
-            Err(_) if started.elapsed() < Duration::from_secs(30) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(_) if started.elapsed() < Duration::from_secs(30) => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
             Err(e) => panic!("the service did not start: {e}"),
         }
     };
@@ -82,6 +84,16 @@ async fn the_auth_service_resident_memory_after_fifty_logins_stays_within_the_ha
     }
     let after = resident(pid);
     let bound = idle + 2 * HASH_THREADS * MEMORY_PER_THREAD;
-    eprintln!("auth-service RSS: idle {} MiB, after 50 logins {} MiB, bound {} MiB", idle >> 20, after >> 20, bound >> 20);
-    assert!(after <= bound, "RSS after 50 logins {} MiB > idle {} MiB + 2 x {HASH_THREADS} x 19 MiB", after >> 20, idle >> 20);
+    eprintln!(
+        "auth-service RSS: idle {} MiB, after 50 logins {} MiB, bound {} MiB",
+        idle >> 20,
+        after >> 20,
+        bound >> 20
+    );
+    assert!(
+        after <= bound,
+        "RSS after 50 logins {} MiB > idle {} MiB + 2 x {HASH_THREADS} x 19 MiB",
+        after >> 20,
+        idle >> 20
+    );
 }

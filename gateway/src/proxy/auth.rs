@@ -4,11 +4,10 @@ use std::sync::Arc;
 
 use taskgate_proto::auth::v1::{
     ChangePasswordRequest, ChangePasswordResponse, DisableUserRequest, DisableUserResponse, EnableUserRequest,
-    EnableUserResponse, GetJwksRequest, GetJwksResponse, GetMeRequest, GetMeResponse,
-    ListSessionsRequest, ListSessionsResponse, LoginRequest, LoginResponse, LogoutAllRequest, LogoutAllResponse,
-    LogoutRequest, LogoutResponse, RefreshRequest, RefreshResponse, RegisterRequest, RegisterResponse,
-    RevokeSessionRequest, RevokeSessionResponse, auth_service_client::AuthServiceClient,
-    auth_service_server::AuthService,
+    EnableUserResponse, GetJwksRequest, GetJwksResponse, GetMeRequest, GetMeResponse, ListSessionsRequest,
+    ListSessionsResponse, LoginRequest, LoginResponse, LogoutAllRequest, LogoutAllResponse, LogoutRequest,
+    LogoutResponse, RefreshRequest, RefreshResponse, RegisterRequest, RegisterResponse, RevokeSessionRequest,
+    RevokeSessionResponse, auth_service_client::AuthServiceClient, auth_service_server::AuthService,
 };
 use tonic::{Request, Response, Status, transport::Channel};
 

@@ -17,9 +17,9 @@ use serde_json::{Value, json};
 use taskgate_common::status::invalid_field;
 use taskgate_proto::{
     auth::v1::{
-        ChangePasswordRequest, DisableUserRequest, EnableUserRequest, GetJwksRequest, GetMeRequest, ListSessionsRequest, LoginRequest, LogoutAllRequest,
-        LogoutRequest, RefreshRequest, RegisterRequest, RevokeSessionRequest, TokenPair, User,
-        auth_service_client::AuthServiceClient,
+        ChangePasswordRequest, DisableUserRequest, EnableUserRequest, GetJwksRequest, GetMeRequest,
+        ListSessionsRequest, LoginRequest, LogoutAllRequest, LogoutRequest, RefreshRequest, RegisterRequest,
+        RevokeSessionRequest, TokenPair, User, auth_service_client::AuthServiceClient,
     },
     service_names::{AUTH, TASK},
     task::v1::{

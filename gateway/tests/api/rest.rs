@@ -752,7 +752,8 @@ async fn change_password_answers_a_new_pair_and_ends_every_other_session() {
     let me = api.call(Method::GET, "/api/v1/users/me").bearer(&fresh).send().await;
     assert_eq!(me.status, StatusCode::OK, "{}", me.body);
     for old in [&other, &here] {
-        let me = api.call(Method::GET, "/api/v1/users/me").bearer(old["access_token"].as_str().expect("t")).send().await;
+        let me =
+            api.call(Method::GET, "/api/v1/users/me").bearer(old["access_token"].as_str().expect("t")).send().await;
         assert_eq!(me.status, StatusCode::UNAUTHORIZED, "{}", me.body);
     }
     let weak = api
@@ -773,7 +774,8 @@ async fn an_admin_enables_a_disabled_user_over_rest() {
     let admin_token = admin["access_token"].as_str().expect("an admin token");
     let (victim_name, victim) = api.register().await;
     let id = victim["id"].as_str().expect("an id");
-    let disabled = api.call(Method::POST, &format!("/api/v1/admin/users/{id}/disable")).bearer(admin_token).send().await;
+    let disabled =
+        api.call(Method::POST, &format!("/api/v1/admin/users/{id}/disable")).bearer(admin_token).send().await;
     assert_eq!(disabled.status, StatusCode::OK, "{}", disabled.body);
     let enabled = api.call(Method::POST, &format!("/api/v1/admin/users/{id}/enable")).bearer(admin_token).send().await;
     assert_eq!(enabled.status, StatusCode::OK, "{}", enabled.body);
