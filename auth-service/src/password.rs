@@ -166,8 +166,8 @@ fn verify_with(memory: &mut Memory, password: &[u8], stored: &str) -> anyhow::Re
         let algorithm = Algorithm::try_from(hash.algorithm.as_str()).ok()?;
         let version = Version::try_from(hash.version.unwrap_or(0x13)).ok()?;
         let params = Params::try_from(&hash).ok()?;
-        let expected = hash.hash.clone()?;
-        let salt = hash.salt.clone()?;
+        let expected = hash.hash?;
+        let salt = hash.salt?;
         Some((hash, algorithm, version, params, expected, salt))
     })();
     let Some((hash, algorithm, version, params, expected, salt)) = parsed else {

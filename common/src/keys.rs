@@ -74,6 +74,6 @@ mod tests {
     #[test]
     fn a_prefix_with_braces_is_refused() {
         assert!(validate_prefix("taskgate:").is_ok());
-        assert!(validate_prefix("a{b}:").unwrap_err().contains("REDIS_PREFIX"));
+        assert!(validate_prefix("a{b}:").expect_err("braces are refused").contains("REDIS_PREFIX"));
     }
 }

@@ -456,6 +456,12 @@ impl auth::auth_service_server::AuthService for JwksOnly {
     async fn disable_user(&self, _: Request<auth::DisableUserRequest>) -> Answer<auth::DisableUserResponse> {
         Err(Status::unimplemented("test jwks server"))
     }
+    async fn change_password(&self, _: Request<auth::ChangePasswordRequest>) -> Answer<auth::ChangePasswordResponse> {
+        Err(Status::unimplemented("test jwks server"))
+    }
+    async fn enable_user(&self, _: Request<auth::EnableUserRequest>) -> Answer<auth::EnableUserResponse> {
+        Err(Status::unimplemented("test jwks server"))
+    }
 }
 
 /// A TCP proxy in front of Redis that a test can cut and restore: a network
