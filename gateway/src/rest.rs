@@ -15,6 +15,7 @@
 //! - `cookies`: the browser session cookies (`?cookies=true`).
 //! - [`openapi`]: the OpenAPI 3.1 document at `/openapi.json`.
 //! - `docs`: Swagger UI at `/docs`, vendored and embedded.
+//! - [`watch`]: WatchTasks as Server-Sent Events.
 
 mod cookies;
 mod docs;
@@ -23,6 +24,7 @@ mod extract;
 mod json;
 pub mod openapi;
 mod routes;
+pub mod watch;
 
 use axum::{Router, routing::get};
 use taskgate_proto::{
@@ -31,7 +33,10 @@ use taskgate_proto::{
 use tonic::transport::Channel;
 
 pub use crate::rest::cookies::InsecureCookies;
-use crate::rest::routes::{Backends, axum_path, binding_for, method_filter};
+use crate::{
+    rest::routes::{Backends, axum_path, binding_for, method_filter},
+    watch::WatchSlots,
+};
 
 /// The REST routes, forwarding to `auth` and `task` over their pooled channels.
 ///
@@ -46,8 +51,11 @@ use crate::rest::routes::{Backends, axum_path, binding_for, method_filter};
 /// Session cookies (`?cookies=true`) are `Secure` unless the server inserts
 /// the [`InsecureCookies`] request extension, for plain-HTTP development
 /// (`COOKIE_SECURE=false`): `Router::layer(Extension(InsecureCookies))`.
-pub fn router(auth: AuthServiceClient<Channel>, task: TaskServiceClient<Channel>) -> Router {
-    router_with_hashing_client(auth.clone(), auth, task)
+///
+/// `watch` bounds the WatchTasks streams this replica serves, together with
+/// the gRPC proxy's.
+pub fn router(auth: AuthServiceClient<Channel>, task: TaskServiceClient<Channel>, watch: WatchSlots) -> Router {
+    router_with_hashing_client(auth.clone(), auth, task, watch)
 }
 
 /// [`router`], with Register, Login and ChangePassword (the calls that hash
@@ -58,6 +66,7 @@ pub fn router_with_hashing_client(
     auth: AuthServiceClient<Channel>,
     auth_hashing: AuthServiceClient<Channel>,
     task: TaskServiceClient<Channel>,
+    watch: WatchSlots,
 ) -> Router {
     let mut router = Router::new();
     for rule in HTTP_RULES {
@@ -83,7 +92,7 @@ pub fn router_with_hashing_client(
         // Must follow every `route`: it only applies to routes already added.
         .method_not_allowed_fallback(routes::method_not_allowed)
         .fallback(routes::not_found)
-        .with_state(Backends { auth, auth_hashing, task })
+        .with_state(Backends { auth, auth_hashing, task, watch })
 }
 
 #[cfg(test)]
@@ -101,7 +110,7 @@ mod tests {
         let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9")
             .connect_timeout(std::time::Duration::from_millis(200))
             .connect_lazy();
-        router(AuthServiceClient::new(channel.clone()), TaskServiceClient::new(channel))
+        router(AuthServiceClient::new(channel.clone()), TaskServiceClient::new(channel), WatchSlots::new(10))
     }
 
     /// Sends one request; returns the status, headers and body (as JSON when

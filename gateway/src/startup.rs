@@ -34,6 +34,7 @@ use crate::{
     proxy::{auth::AuthProxy, task::TaskProxy},
     ratelimit::RateLimiter,
     rest, stack, tls,
+    watch::WatchSlots,
 };
 
 /// Redis clients in the pool; each multiplexes many commands.
@@ -92,9 +93,10 @@ impl Application {
 
         let auth_client = AuthServiceClient::new(auth_channel.clone());
         let task_client = TaskServiceClient::new(task_channel.clone());
+        let watch = WatchSlots::new(settings.max_watch_streams as usize);
         let (grpc, health) = grpc_routes(
             AuthProxy::new(auth_client.clone(), auth_hashing.clone(), metrics.clone()),
-            TaskProxy::new(task_client.clone(), metrics.clone()),
+            TaskProxy::new(task_client.clone(), metrics.clone(), watch.clone()),
         )
         .await?;
         edge::spawn_backend_health(health, auth_channel.clone(), task_channel.clone());
@@ -110,7 +112,7 @@ impl Application {
                 .route("/demo/", get(edge::demo).with_state(demo.clone()))
                 .route("/demo/{*path}", get(edge::demo).with_state(demo));
         }
-        let mut rest_routes = rest::router_with_hashing_client(auth_client, auth_hashing, task_client);
+        let mut rest_routes = rest::router_with_hashing_client(auth_client, auth_hashing, task_client, watch);
         if !settings.cookie_secure {
             // COOKIE_SECURE=false: plain-HTTP development, where browsers drop `Secure` cookies.
             rest_routes = rest_routes.layer(axum::Extension(rest::InsecureCookies));

@@ -29,7 +29,7 @@ async fn native_grpc_reaches_both_services_through_either_replica() {
         .task_a
         .clone()
         .create_task(bearer(
-            CreateTaskRequest { task: Some(Task { title: "buy milk".into(), ..Default::default() }) },
+            CreateTaskRequest { task: Some(Task { title: "buy milk".into(), ..Default::default() }), ..Default::default() },
             alice.access(),
         ))
         .await
@@ -62,7 +62,7 @@ async fn native_grpc_reaches_both_services_through_either_replica() {
 async fn backend_errors_and_their_details_pass_through_unchanged() {
     let stack = spawn_stack().await;
     let alice = stack.user().await;
-    let empty = || CreateTaskRequest { task: Some(Task { title: "   ".into(), ..Default::default() }) };
+    let empty = || CreateTaskRequest { task: Some(Task { title: "   ".into(), ..Default::default() }), ..Default::default() };
     let via_gateway =
         stack.task_a.clone().create_task(bearer(empty(), alice.access())).await.expect_err("an empty title");
     let direct = stack.task_direct().create_task(bearer(empty(), alice.access())).await.expect_err("an empty title");

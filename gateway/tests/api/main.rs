@@ -14,3 +14,4 @@ mod openapi;
 mod ratelimit;
 mod rest;
 mod tls;
+mod watch;

@@ -676,6 +676,7 @@ async fn router_with_an_admin(admin: &str) -> (Api, tokio::sync::oneshot::Sender
     let router = gateway::rest::router(
         taskgate_proto::auth::v1::auth_service_client::AuthServiceClient::new(channel.clone()),
         taskgate_proto::task::v1::task_service_client::TaskServiceClient::new(channel),
+        gateway::watch::WatchSlots::new(10),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding the REST router");
     let addr = listener.local_addr().expect("a local address");

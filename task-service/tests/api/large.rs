@@ -78,15 +78,15 @@ async fn ten_thousand_tasks_are_paged_through_at_a_flat_cost_with_a_bounded_cach
     app.first_page(&user, 0).await;
     let redis = app.redis().await;
     let entry: String =
-        redis.hget(format!("{}tasks:{}:pages", app.redis_prefix, user.id), "all:500").await.expect("cached entry");
+        redis.hget(taskgate_common::keys::user_key(&app.redis_prefix, user.id, "tasks:pages"), "all:500").await.expect("cached entry");
     let cached: CachedPage = serde_json::from_str(&entry).expect("entry json");
     assert_eq!(cached.tasks.len(), 500);
     assert!(cached.more);
     let entry: String =
-        redis.hget(format!("{}tasks:{}:pages", app.redis_prefix, user.id), "all:50").await.expect("cached entry");
+        redis.hget(taskgate_common::keys::user_key(&app.redis_prefix, user.id, "tasks:pages"), "all:50").await.expect("cached entry");
     let cached: CachedPage = serde_json::from_str(&entry).expect("entry json");
     assert_eq!(cached.tasks.len(), 50);
     let fields: Vec<String> =
-        redis.hkeys(format!("{}tasks:{}:pages", app.redis_prefix, user.id)).await.expect("fields");
+        redis.hkeys(taskgate_common::keys::user_key(&app.redis_prefix, user.id, "tasks:pages")).await.expect("fields");
     assert_eq!(fields.len(), 2, "{fields:?}");
 }
