@@ -33,7 +33,8 @@ use std::{
 use taskgate_proto::{
     auth::v1::{LoginRequest, RegisterRequest, auth_service_client::AuthServiceClient},
     task::v1::{
-        CreateTaskRequest, ListTasksRequest, Task, TaskEventType, WatchTasksRequest, task_service_client::TaskServiceClient,
+        CreateTaskRequest, ListTasksRequest, Task, TaskEventType, WatchTasksRequest,
+        task_service_client::TaskServiceClient,
     },
 };
 use tonic::{Request, transport::Channel};
@@ -103,7 +104,10 @@ async fn main() -> anyhow::Result<()> {
     let mut acks = Vec::with_capacity(writes);
     for i in 0..writes {
         let token = &tokens[i % users];
-        let request = CreateTaskRequest { task: Some(Task { title: format!("w{i}"), ..Default::default() }), ..Default::default() };
+        let request = CreateTaskRequest {
+            task: Some(Task { title: format!("w{i}"), ..Default::default() }),
+            ..Default::default()
+        };
         let task = writer.create_task(authed(token, request)?).await?.into_inner().task.unwrap_or_default();
         acks.push((task.id, Instant::now()));
     }
@@ -123,7 +127,12 @@ async fn main() -> anyhow::Result<()> {
         })
         .collect();
     latencies.sort_by(f64::total_cmp);
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(f64::NAN);
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
     println!(
         "delivery (ack -> event): {} of {expected} events, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         latencies.len(),
@@ -150,9 +159,14 @@ async fn channel(url: &str) -> anyhow::Result<Channel> {
 async fn sign_in(auth: &mut AuthServiceClient<Channel>, i: usize) -> anyhow::Result<String> {
     let username = format!("watch{i}x{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let password = "correct horse battery staple".to_owned();
-    auth.register(RegisterRequest { username: Some(username.clone()), password: password.clone(), ..Default::default() })
-        .await?;
-    let tokens = auth.login(LoginRequest { login: username, password, ..Default::default() }).await?.into_inner().tokens;
+    auth.register(RegisterRequest {
+        username: Some(username.clone()),
+        password: password.clone(),
+        ..Default::default()
+    })
+    .await?;
+    let tokens =
+        auth.login(LoginRequest { login: username, password, ..Default::default() }).await?.into_inner().tokens;
     tokens.map(|t| t.access_token).ok_or_else(|| anyhow::anyhow!("login returned no tokens"))
 }
 

@@ -45,8 +45,7 @@ impl Authenticator {
         if taskgate_common::redis::is_up(&self.redis) {
             self.revocation.check(&claims).await?;
         }
-        let owner =
-            Uuid::parse_str(&claims.sub).map_err(|_| TaskError::Unauthenticated(VerifyError::InvalidClaims))?;
+        let owner = Uuid::parse_str(&claims.sub).map_err(|_| TaskError::Unauthenticated(VerifyError::InvalidClaims))?;
         Ok((owner, claims))
     }
 }

@@ -65,8 +65,8 @@ use fred::{
     interfaces::{KeysInterface as _, LuaInterface as _},
     prelude::{Pool, Value},
 };
-use taskgate_common::keys;
 use serde::{Deserialize, Serialize};
+use taskgate_common::keys;
 use uuid::Uuid;
 
 use crate::{Metrics, domain::TaskStatus, repository::Task};
@@ -226,13 +226,7 @@ pub struct ListCache {
 impl ListCache {
     /// A cache in `redis` under `prefix`, with entries living `ttl`. It starts
     /// dirty: the first use gives the cache a new epoch.
-    pub fn new(
-        redis: Pool,
-        prefix: impl Into<String>,
-        ttl: Duration,
-        log_length: u64,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(redis: Pool, prefix: impl Into<String>, ttl: Duration, log_length: u64, metrics: Arc<Metrics>) -> Self {
         ListCache {
             redis,
             prefix: prefix.into(),
@@ -332,12 +326,7 @@ impl ListCache {
             }
         };
         let keys = vec![self.key(owner, "ver"), self.key(owner, "pages")];
-        let args = vec![
-            shape.field(),
-            page.stamp.version.to_string(),
-            entry,
-            self.ttl.as_secs().max(1).to_string(),
-        ];
+        let args = vec![shape.field(), page.stamp.version.to_string(), entry, self.ttl.as_secs().max(1).to_string()];
         match self.redis.next_connected().eval::<i64, _, _, _>(FILL_SCRIPT, keys, args).await {
             Ok(stored) => {
                 self.came_up();

@@ -306,11 +306,12 @@ impl Repository {
         if expected.is_none() {
             return TaskError::NotFound;
         }
-        let exists = sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND owner_id = $2)")
-            .bind(id)
-            .bind(owner)
-            .fetch_one(&self.pool)
-            .await;
+        let exists =
+            sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND owner_id = $2)")
+                .bind(id)
+                .bind(owner)
+                .fetch_one(&self.pool)
+                .await;
         match self.observe(exists, "checking a task after a conditional write") {
             Ok(true) => TaskError::EtagMismatch,
             Ok(false) => TaskError::NotFound,
@@ -321,14 +322,13 @@ impl Repository {
     /// Deletes task `id` if `owner` owns it (and, with `expected`, only if
     /// its version is still that one).
     pub async fn delete(&self, owner: Uuid, id: Uuid, expected: Option<i64>) -> Result<(), TaskError> {
-        let done = sqlx::query(
-            "DELETE FROM tasks WHERE id = $1 AND owner_id = $2 AND ($3::bigint IS NULL OR version = $3)",
-        )
-        .bind(id)
-        .bind(owner)
-        .bind(expected)
-        .execute(&self.pool)
-        .await;
+        let done =
+            sqlx::query("DELETE FROM tasks WHERE id = $1 AND owner_id = $2 AND ($3::bigint IS NULL OR version = $3)")
+                .bind(id)
+                .bind(owner)
+                .bind(expected)
+                .execute(&self.pool)
+                .await;
         let done = self.observe(done, "deleting a task")?;
         if done.rows_affected() == 0 { Err(self.missing_or_changed(owner, id, expected).await) } else { Ok(()) }
     }

@@ -18,8 +18,7 @@ use tower_http::{
 
 use crate::{
     Metrics, Settings, auth::Authenticator, cache::ListCache, repository::Repository, service::TaskApi,
-    store::TaskStore,
-    watch::Hub,
+    store::TaskStore, watch::Hub,
 };
 
 /// How long start-up waits for Postgres to accept the migrations.
@@ -103,14 +102,9 @@ impl Application {
         ));
         // Start clean: covers writes a previous process could not announce.
         cache.settle().await;
-        let hub = Hub::start(
-            &settings.redis_url,
-            redis,
-            settings.redis_prefix.clone(),
-            settings.watch(),
-            metrics.clone(),
-        )
-        .await?;
+        let hub =
+            Hub::start(&settings.redis_url, redis, settings.redis_prefix.clone(), settings.watch(), metrics.clone())
+                .await?;
         let store = TaskStore::new(Repository::new(pool, metrics.clone()), cache, hub.clone(), metrics.clone())
             .with_fill_delay(settings.cache_fill_delay)
             .with_invalidate_delay(settings.cache_invalidate_delay);

@@ -70,11 +70,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tonic::Status;
 use uuid::Uuid;
 
-use crate::{
-    Metrics, TaskError,
-    cache::VERSION_TTL,
-    repository::Task,
-};
+use crate::{Metrics, TaskError, cache::VERSION_TTL, repository::Task};
 
 /// Events buffered per stream before a slow reader is noticed.
 pub const BUFFER: usize = 32;
@@ -424,14 +420,10 @@ struct Watcher {
 
 impl Watcher {
     async fn run(mut self, replay: bool) {
-        let end = self.serve(replay).await;
-        match end {
-            End::Gone => {}
-            End::Status(status) => {
-                // The buffer may be full; do not wait long for a reader that
-                // may never come.
-                let _ = tokio::time::timeout(self.hub.config.send_timeout, self.sender.send(Err(status))).await;
-            }
+        if let End::Status(status) = self.serve(replay).await {
+            // The buffer may be full; do not wait long for a reader that may
+            // never come.
+            let _ = tokio::time::timeout(self.hub.config.send_timeout, self.sender.send(Err(status))).await;
         }
         self.hub.metrics.watch_closed();
         let redis = self.hub.redis.clone();
@@ -535,7 +527,8 @@ impl Watcher {
     /// The periodic check: lease, revocation, and events a lost wake-up hid.
     async fn check(&mut self) -> Result<(), End> {
         let lease = self.hub.config.check_interval.max(LEASE);
-        let keys = vec![self.hub.key(self.owner, "watchers"), self.revocation_key.clone(), self.hub.key(self.owner, "ver")];
+        let keys =
+            vec![self.hub.key(self.owner, "watchers"), self.revocation_key.clone(), self.hub.key(self.owner, "ver")];
         let args =
             vec![self.member.clone(), (now_ms() + lease.as_millis() as i64).to_string(), lease.as_millis().to_string()];
         let reply: Value = match self.hub.redis.next_connected().eval(CHECK_SCRIPT, keys, args).await {

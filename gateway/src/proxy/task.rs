@@ -61,17 +61,15 @@ impl TaskService for TaskProxy {
     /// The backend's stream, passed through message by message (so the
     /// client's flow control reaches the task service, which ends streams
     /// whose reader falls behind), holding one of this replica's slots.
-    async fn watch_tasks(&self, request: Request<WatchTasksRequest>) -> Result<Response<Self::WatchTasksStream>, Status> {
+    async fn watch_tasks(
+        &self,
+        request: Request<WatchTasksRequest>,
+    ) -> Result<Response<Self::WatchTasksStream>, Status> {
         let permit = self.watch.acquire()?;
         let (request, _deadline) = crate::proxy::outbound(request)?;
-        let response = crate::proxy::finish(
-            &self.metrics,
-            "task",
-            "WatchTasks",
-            None,
-            self.client.clone().watch_tasks(request),
-        )
-        .await?;
+        let response =
+            crate::proxy::finish(&self.metrics, "task", "WatchTasks", None, self.client.clone().watch_tasks(request))
+                .await?;
         let (metadata, stream, extensions) = response.into_parts();
         Ok(Response::from_parts(metadata, Held::new(stream, permit), extensions))
     }

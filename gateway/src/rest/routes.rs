@@ -429,7 +429,7 @@ fn task_reply_with_etag(status: StatusCode, task: Option<Task>) -> Reply {
 }
 
 /// A header's text, if present and readable.
-fn header_text<'h>(headers: &'h HeaderMap, name: header::HeaderName) -> Option<&'h str> {
+fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
 }
 
@@ -439,9 +439,7 @@ fn header_text<'h>(headers: &'h HeaderMap, name: header::HeaderName) -> Option<&
 fn if_match(headers: &HeaderMap, from_body: String) -> Result<String, RestError> {
     match header_text(headers, header::IF_MATCH) {
         None | Some("*") => Ok(from_body),
-        Some(text) if text.contains(',') => {
-            Err(invalid_field("If-Match", "must be a single etag (or *)").into())
-        }
+        Some(text) if text.contains(',') => Err(invalid_field("If-Match", "must be a single etag (or *)").into()),
         Some(text) => Ok(text.to_owned()),
     }
 }
@@ -481,7 +479,10 @@ async fn get_task(State(b): State<Backends>, headers: HeaderMap, PathId(id): Pat
     if let Some(wanted) = header_text(&headers, header::IF_NONE_MATCH) {
         let current = task.etag.as_str();
         let matches = wanted == "*"
-            || wanted.split(',').map(str::trim).any(|tag| tag.strip_prefix("W/").unwrap_or(tag).trim_matches('"') == current);
+            || wanted
+                .split(',')
+                .map(str::trim)
+                .any(|tag| tag.strip_prefix("W/").unwrap_or(tag).trim_matches('"') == current);
         if matches {
             let mut response = StatusCode::NOT_MODIFIED.into_response();
             if let Ok(etag) = HeaderValue::from_str(&format!("\"{current}\"")) {

@@ -34,7 +34,11 @@ use crate::{
 
 /// `GET /api/v1/tasks:watch[?since=]` with optional `Last-Event-ID` → 200
 /// `text/event-stream`.
-pub async fn watch_tasks(State(b): State<Backends>, headers: HeaderMap, query: QueryParams) -> Result<Response, RestError> {
+pub async fn watch_tasks(
+    State(b): State<Backends>,
+    headers: HeaderMap,
+    query: QueryParams,
+) -> Result<Response, RestError> {
     let since = since(&headers, &query)?;
     let permit = b.watch.acquire()?;
     let response = b.task.clone().watch_tasks(grpc_request(&headers, WatchTasksRequest { since })).await?;
@@ -87,7 +91,10 @@ fn sse_event(event: &WatchTasksResponse) -> Event {
     if kind == TaskEventType::Heartbeat {
         return Event::default().comment(format!("heartbeat {}", event.version));
     }
-    Event::default().id(event.version.to_string()).event(json::event_name(kind)).data(json::watch_event(event).to_string())
+    Event::default()
+        .id(event.version.to_string())
+        .event(json::event_name(kind))
+        .data(json::watch_event(event).to_string())
 }
 
 #[cfg(test)]

@@ -154,7 +154,10 @@ async fn every_rpc(via: Via) {
         c.call::<_, CreateTaskResponse>(CREATE_TASK, empty, Some(&token)).await.expect_err("no title"),
         Code::InvalidArgument
     );
-    let create = CreateTaskRequest { task: Some(Task { title: "write tests".into(), ..Default::default() }), ..Default::default() };
+    let create = CreateTaskRequest {
+        task: Some(Task { title: "write tests".into(), ..Default::default() }),
+        ..Default::default()
+    };
     let task = c.call::<_, CreateTaskResponse>(CREATE_TASK, create, Some(&token)).await.expect("create").task;
     let task = task.expect("a task");
     let got = c.call::<_, GetTaskResponse>(GET_TASK, GetTaskRequest { id: task.id.clone() }, Some(&token)).await;

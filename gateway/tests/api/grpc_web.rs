@@ -31,7 +31,10 @@ async fn login_and_list_tasks_work_over_grpc_web() {
         &stack.http,
         &stack.url_a(""),
         "/taskgate.task.v1.TaskService/CreateTask",
-        &CreateTaskRequest { task: Some(Task { title: "web task".into(), ..Default::default() }), ..Default::default() },
+        &CreateTaskRequest {
+            task: Some(Task { title: "web task".into(), ..Default::default() }),
+            ..Default::default()
+        },
         &[("authorization", &auth)],
     )
     .await;

@@ -27,8 +27,17 @@ async fn next_event(stream: &mut Streaming<WatchTasksResponse>) -> WatchTasksRes
 }
 
 async fn create_via_b(stack: &TestStack, user: &TestUser, title: &str) -> Task {
-    let request = CreateTaskRequest { task: Some(Task { title: title.into(), ..Default::default() }), ..Default::default() };
-    stack.task_b.clone().create_task(bearer(request, user.access())).await.expect("create").into_inner().task.expect("task")
+    let request =
+        CreateTaskRequest { task: Some(Task { title: title.into(), ..Default::default() }), ..Default::default() };
+    stack
+        .task_b
+        .clone()
+        .create_task(bearer(request, user.access()))
+        .await
+        .expect("create")
+        .into_inner()
+        .task
+        .expect("task")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,12 +46,25 @@ async fn two_task_service_replicas_and_two_gateways_deliver_across_each_other() 
     let user = stack.user().await;
     // Watching through gateway A (task replica 1), writing through gateway B
     // (task replica 2), and the other way round.
-    let mut on_a =
-        stack.task_a.clone().watch_tasks(bearer(WatchTasksRequest { since: 0 }, user.access())).await.expect("watch a").into_inner();
-    let mut on_b =
-        stack.task_b.clone().watch_tasks(bearer(WatchTasksRequest { since: 0 }, user.access())).await.expect("watch b").into_inner();
+    let mut on_a = stack
+        .task_a
+        .clone()
+        .watch_tasks(bearer(WatchTasksRequest { since: 0 }, user.access()))
+        .await
+        .expect("watch a")
+        .into_inner();
+    let mut on_b = stack
+        .task_b
+        .clone()
+        .watch_tasks(bearer(WatchTasksRequest { since: 0 }, user.access()))
+        .await
+        .expect("watch b")
+        .into_inner();
     let written = create_via_b(&stack, &user, "through b").await;
-    let request = CreateTaskRequest { task: Some(Task { title: "through a".into(), ..Default::default() }), ..Default::default() };
+    let request = CreateTaskRequest {
+        task: Some(Task { title: "through a".into(), ..Default::default() }),
+        ..Default::default()
+    };
     stack.task_a.clone().create_task(bearer(request, user.access())).await.expect("create through a");
     for stream in [&mut on_a, &mut on_b] {
         let first = next_event(stream).await;
@@ -89,8 +111,16 @@ async fn server_sent_events_deliver_changes_and_resume_with_last_event_id() {
     let stack = spawn_stack().await;
     let user = stack.user().await;
     let auth = format!("Bearer {}", user.access());
-    let listed: Value =
-        stack.http.get(stack.url_a("/api/v1/tasks")).header("authorization", &auth).send().await.expect("list").json().await.expect("json");
+    let listed: Value = stack
+        .http
+        .get(stack.url_a("/api/v1/tasks"))
+        .header("authorization", &auth)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
     let version = listed["version"].as_str().expect("a version string").to_owned();
 
     let response = stack
@@ -143,15 +173,21 @@ async fn server_sent_events_deliver_changes_and_resume_with_last_event_id() {
 async fn opening_a_stream_counts_once_against_the_rate_limit() {
     let stack = spawn_stack_with(StackOptions { rate_limit_per_minute: 4, ..Default::default() }).await;
     let user = stack.user().await; // register + login are anonymous requests
-    let mut stream =
-        stack.task_a.clone().watch_tasks(bearer(WatchTasksRequest { since: 0 }, user.access())).await.expect("watch").into_inner();
+    let mut stream = stack
+        .task_a
+        .clone()
+        .watch_tasks(bearer(WatchTasksRequest { since: 0 }, user.access()))
+        .await
+        .expect("watch")
+        .into_inner();
     for i in 0..3 {
         create_via_b(&stack, &user, &format!("t{i}")).await;
     }
     for _ in 0..3 {
         next_event(&mut stream).await; // delivered events cost nothing
     }
-    let request = CreateTaskRequest { task: Some(Task { title: "fifth".into(), ..Default::default() }), ..Default::default() };
+    let request =
+        CreateTaskRequest { task: Some(Task { title: "fifth".into(), ..Default::default() }), ..Default::default() };
     let refused = stack.task_b.clone().create_task(bearer(request, user.access())).await.expect_err("over the limit");
     assert_eq!(refused.code(), Code::ResourceExhausted, "the stream was the 1st request, the creates the 2nd-4th");
 }
@@ -162,8 +198,12 @@ async fn a_gateway_refuses_streams_beyond_its_replica_limit_on_every_protocol() 
     let (alice, bob) = (stack.user().await, stack.user().await);
     let _open =
         stack.task_a.clone().watch_tasks(bearer(WatchTasksRequest { since: 0 }, alice.access())).await.expect("first");
-    let refused =
-        stack.task_a.clone().watch_tasks(bearer(WatchTasksRequest { since: 0 }, bob.access())).await.expect_err("second");
+    let refused = stack
+        .task_a
+        .clone()
+        .watch_tasks(bearer(WatchTasksRequest { since: 0 }, bob.access()))
+        .await
+        .expect_err("second");
     assert_eq!(refused.code(), Code::ResourceExhausted);
     let sse = stack
         .http
@@ -196,7 +236,8 @@ async fn rest_etags_give_412_on_a_stale_if_match_and_304_on_a_current_if_none_ma
     assert_eq!(etag, format!("\"{}\"", task["etag"].as_str().expect("etag field")));
     let url = stack.url_a(&format!("/api/v1/tasks/{}", task["id"].as_str().expect("id")));
 
-    let not_modified = stack.http.get(&url).header("authorization", &auth).header("if-none-match", &etag).send().await.expect("get");
+    let not_modified =
+        stack.http.get(&url).header("authorization", &auth).header("if-none-match", &etag).send().await.expect("get");
     assert_eq!(not_modified.status(), StatusCode::NOT_MODIFIED);
 
     let first = stack
@@ -232,11 +273,20 @@ async fn rest_etags_give_412_on_a_stale_if_match_and_304_on_a_current_if_none_ma
         .await
         .expect("patch with etag field");
     assert_eq!(stale_field.status(), StatusCode::PRECONDITION_FAILED);
-    let stale_delete = stack.http.delete(&url).header("authorization", &auth).header("if-match", &etag).send().await.expect("delete");
+    let stale_delete =
+        stack.http.delete(&url).header("authorization", &auth).header("if-match", &etag).send().await.expect("delete");
     assert_eq!(stale_delete.status(), StatusCode::PRECONDITION_FAILED);
-    let changed = stack.http.get(&url).header("authorization", &auth).header("if-none-match", &etag).send().await.expect("get");
+    let changed =
+        stack.http.get(&url).header("authorization", &auth).header("if-none-match", &etag).send().await.expect("get");
     assert_eq!(changed.status(), StatusCode::OK);
-    let delete = stack.http.delete(&url).header("authorization", &auth).header("if-match", &new_etag).send().await.expect("delete");
+    let delete = stack
+        .http
+        .delete(&url)
+        .header("authorization", &auth)
+        .header("if-match", &new_etag)
+        .send()
+        .await
+        .expect("delete");
     assert_eq!(delete.status(), StatusCode::NO_CONTENT);
 }
 
@@ -259,7 +309,15 @@ async fn an_idempotency_key_makes_a_retried_rest_create_return_the_first_task() 
     assert_eq!(first["id"], second["id"]);
     let other = post("different").await.expect("other payload");
     assert_eq!(other.status(), StatusCode::BAD_REQUEST);
-    let list: Value =
-        stack.http.get(stack.url_a("/api/v1/tasks")).header("authorization", &auth).send().await.expect("list").json().await.expect("json");
+    let list: Value = stack
+        .http
+        .get(stack.url_a("/api/v1/tasks"))
+        .header("authorization", &auth)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(list["tasks"].as_array().map(Vec::len), Some(1));
 }

@@ -27,12 +27,14 @@ async fn two_concurrent_updates_with_the_same_etag_give_exactly_one_success_and_
     let created = app.create(&user, "shared").await;
     for round in 0..5 {
         let current = app.get(&user, &created.id).await.expect("get");
-        let edit = |title: String| Task { id: created.id.clone(), title, etag: current.etag.clone(), ..Default::default() };
+        let edit =
+            |title: String| Task { id: created.id.clone(), title, etag: current.etag.clone(), ..Default::default() };
         let (one, two) = tokio::join!(
             app.update(&user, edit(format!("laptop {round}")), Some(&["title"])),
             app.update(&user, edit(format!("phone {round}")), Some(&["title"])),
         );
-        let codes: Vec<Code> = [&one, &two].iter().map(|r| r.as_ref().map_or_else(|s| s.code(), |_| Code::Ok)).collect();
+        let codes: Vec<Code> =
+            [&one, &two].iter().map(|r| r.as_ref().map_or_else(|s| s.code(), |_| Code::Ok)).collect();
         assert_eq!(codes.iter().filter(|c| **c == Code::Ok).count(), 1, "round {round}: {codes:?}");
         assert_eq!(codes.iter().filter(|c| **c == Code::Aborted).count(), 1, "round {round}: {codes:?}");
         let winner = one.or(two).expect("one succeeded");

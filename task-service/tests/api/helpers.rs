@@ -135,18 +135,7 @@ async fn start(
     }));
     let client = TaskServiceClient::connect(format!("http://{addr}")).await.expect("connecting to the task service");
     let db = taskgate_common::db::pool(&database_url, taskgate_common::db::TASK_SCHEMA, 4).expect("test pool");
-    TestApp {
-        addr,
-        client,
-        metrics,
-        db,
-        redis_prefix,
-        redis_url,
-        tokens,
-        database_url,
-        auth_url,
-        _stop: vec![stop],
-    }
+    TestApp { addr, client, metrics, db, redis_prefix, redis_url, tokens, database_url, auth_url, _stop: vec![stop] }
 }
 
 /// `request` with `token` as its bearer token.
@@ -223,8 +212,11 @@ impl TestApp {
 
     /// CreateTask with a whole task.
     pub async fn try_create(&self, user: &TestUser, task: Task) -> Result<Task, Status> {
-        let response =
-            self.client.clone().create_task(authed(&user.token, CreateTaskRequest { task: Some(task), ..Default::default() })).await?;
+        let response = self
+            .client
+            .clone()
+            .create_task(authed(&user.token, CreateTaskRequest { task: Some(task), ..Default::default() }))
+            .await?;
         Ok(response.into_inner().task.expect("created task in response"))
     }
 
@@ -245,7 +237,11 @@ impl TestApp {
 
     /// DeleteTask.
     pub async fn delete(&self, user: &TestUser, id: &str) -> Result<(), Status> {
-        self.client.clone().delete_task(authed(&user.token, DeleteTaskRequest { id: id.into(), ..Default::default() })).await.map(|_| ())
+        self.client
+            .clone()
+            .delete_task(authed(&user.token, DeleteTaskRequest { id: id.into(), ..Default::default() }))
+            .await
+            .map(|_| ())
     }
 
     /// ListTasks.
@@ -315,7 +311,8 @@ impl TestApp {
 /// The next event of `stream` that is not a heartbeat, within 5 seconds.
 pub async fn next_event(stream: &mut Streaming<WatchTasksResponse>) -> Result<WatchTasksResponse, Status> {
     loop {
-        let next = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.expect("an event within 5 s")?;
+        let next =
+            tokio::time::timeout(Duration::from_secs(5), stream.message()).await.expect("an event within 5 s")?;
         let event = next.ok_or_else(|| Status::unknown("the stream ended without a status"))?;
         if event.r#type != TaskEventType::Heartbeat as i32 {
             return Ok(event);

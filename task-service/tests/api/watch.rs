@@ -89,11 +89,9 @@ async fn a_watcher_that_reconnects_with_since_misses_nothing_written_while_it_wa
 
 #[tokio::test]
 async fn a_since_older_than_the_log_asks_the_client_to_list_again() {
-    let app = spawn_app_with(
-        taskgate_test_support::fresh_database().await,
-        taskgate_test_support::redis_url(),
-        |s| s.watch_event_log_length = 10,
-    )
+    let app = spawn_app_with(taskgate_test_support::fresh_database().await, taskgate_test_support::redis_url(), |s| {
+        s.watch_event_log_length = 10
+    })
     .await;
     let user = app.user().await;
     let listed = app.list(&user, ListTasksRequest::default()).await.expect("list");
@@ -131,11 +129,9 @@ async fn two_task_service_replicas_deliver_across_each_other() {
 
 #[tokio::test]
 async fn logout_elsewhere_ends_the_stream_with_unauthenticated() {
-    let app = spawn_app_with(
-        taskgate_test_support::fresh_database().await,
-        taskgate_test_support::redis_url(),
-        |s| s.watch_check_seconds = 1,
-    )
+    let app = spawn_app_with(taskgate_test_support::fresh_database().await, taskgate_test_support::redis_url(), |s| {
+        s.watch_check_seconds = 1
+    })
     .await;
     let name = taskgate_test_support::username();
     let auth = app.auth();
@@ -179,17 +175,16 @@ async fn the_sixth_stream_of_a_user_is_refused_and_a_closed_one_frees_its_place(
     assert!(a.watch(&other, 0).await.is_ok());
 
     drop(open.pop());
-    let reopened = crate::helpers::eventually(Duration::from_secs(5), || async { a.watch(&user, 0).await.is_ok() }).await;
+    let reopened =
+        crate::helpers::eventually(Duration::from_secs(5), || async { a.watch(&user, 0).await.is_ok() }).await;
     assert!(reopened, "a closed stream's place is freed");
 }
 
 #[tokio::test]
 async fn a_reader_that_stops_reading_is_disconnected_and_the_servers_buffer_stays_bounded() {
-    let app = spawn_app_with(
-        taskgate_test_support::fresh_database().await,
-        taskgate_test_support::redis_url(),
-        |s| s.watch_send_timeout_seconds = 1,
-    )
+    let app = spawn_app_with(taskgate_test_support::fresh_database().await, taskgate_test_support::redis_url(), |s| {
+        s.watch_send_timeout_seconds = 1
+    })
     .await;
     let user = app.user().await;
     // A client with small HTTP/2 windows, so its not reading pushes back
