@@ -93,13 +93,24 @@ impl Phone {
     }
 }
 
-/// A password fit to be set: 8-128 characters and not a common password.
-/// Deliberately not `Debug`, so it cannot end up in a log line.
+/// A password fit to be set: 8-128 characters, not on the common-password
+/// list, and not easy to guess by zxcvbn's estimate. Deliberately not
+/// `Debug`, so it cannot end up in a log line.
 pub struct Password(String);
 
+/// The zxcvbn score a new password needs (0-4): 3 is "safely unguessable:
+/// moderate protection from an offline slow-hash attack" (about 10^8
+/// guesses or more).
+pub const MIN_PASSWORD_SCORE: zxcvbn::Score = zxcvbn::Score::Three;
+
 impl Password {
-    /// Validates a new password.
-    pub fn parse(raw: &str) -> Result<Self, AuthError> {
+    /// Validates a new password. `related` are the account's own login
+    /// names: a password built from them is easy to guess.
+    ///
+    /// The strength estimate costs up to a few milliseconds of CPU for a long
+    /// password: call it off the async workers (the service runs it on the
+    /// blocking pool).
+    pub fn parse(raw: &str, related: &[&str]) -> Result<Self, AuthError> {
         let len = raw.chars().count();
         if len < 8 {
             return Err(AuthError::invalid("password", "must be at least 8 characters long"));
@@ -108,7 +119,24 @@ impl Password {
             return Err(AuthError::invalid("password", "must be at most 128 characters long"));
         }
         if is_common_password(raw) {
-            return Err(AuthError::invalid("password", "is too common; choose a less guessable password"));
+            return Err(AuthError::invalid(
+                "password",
+                "is one of the most commonly used passwords, which attackers try first; choose another",
+            ));
+        }
+        let estimate = zxcvbn::zxcvbn(raw, related);
+        if estimate.score() < MIN_PASSWORD_SCORE {
+            let mut reason = String::from("is too easy to guess");
+            if let Some(feedback) = estimate.feedback() {
+                if let Some(warning) = feedback.warning() {
+                    reason.push_str(&format!(": {}", warning.to_string().trim_end_matches('.').to_lowercase()));
+                }
+                if let Some(suggestion) = feedback.suggestions().first() {
+                    reason.push_str(&format!("; {}", suggestion.to_string().trim_end_matches('.').to_lowercase()));
+                }
+            }
+            reason.push_str("; a few unrelated words make a strong password");
+            return Err(AuthError::invalid("password", reason));
         }
         Ok(Password(raw.to_owned()))
     }
@@ -119,13 +147,17 @@ impl Password {
     }
 }
 
+/// The shipped list, parsed once.
+fn common_passwords() -> &'static HashSet<&'static str> {
+    static LIST: OnceLock<HashSet<&'static str>> = OnceLock::new();
+    LIST.get_or_init(|| {
+        COMMON_PASSWORDS.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect()
+    })
+}
+
 /// True when `password` (compared lowercase) is on the shipped list.
 pub fn is_common_password(password: &str) -> bool {
-    static LIST: OnceLock<HashSet<&'static str>> = OnceLock::new();
-    let list = LIST.get_or_init(|| {
-        COMMON_PASSWORDS.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect()
-    });
-    list.contains(password.to_lowercase().as_str())
+    common_passwords().contains(password.to_lowercase().as_str())
 }
 
 /// What a login name given to Login is: told apart by its shape.
@@ -193,19 +225,30 @@ mod tests {
         assert!(Phone::parse("+44abc5550100").is_err());
     }
 
-    #[test]
-    fn passwords_are_checked_for_length_and_commonness() {
-        assert!(Password::parse("short").is_err());
-        assert!(Password::parse(&"x".repeat(129)).is_err());
-        assert!(Password::parse("Password1").is_err());
-        assert!(Password::parse("QWERTY123").is_err());
-        assert!(Password::parse("correct horse battery staple").is_ok());
+    fn reason(e: AuthError) -> String {
+        match e {
+            AuthError::InvalidArgument { field, reason } => format!("{field} {reason}"),
+            other => panic!("expected an invalid argument, got {other:?}"),
+        }
     }
 
     #[test]
-    fn the_common_password_list_has_a_few_hundred_entries() {
-        let n = COMMON_PASSWORDS.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).count();
-        assert!(n >= 200, "only {n} common passwords");
+    fn passwords_are_checked_for_length_commonness_and_strength() {
+        assert!(Password::parse("short", &[]).is_err());
+        assert!(Password::parse(&"x".repeat(129), &[]).is_err());
+        assert!(reason(Password::parse("Password1", &[]).err().expect("common")).contains("most commonly used"));
+        assert!(Password::parse("QWERTY123", &[]).is_err());
+        assert!(reason(Password::parse("aaaaaaaaaaaa", &[]).err().expect("weak")).starts_with("password is too easy"));
+        assert!(Password::parse("alice1990!", &["alice"]).is_err());
+        for good in ["correct horse battery staple", "an admin passphrase 42", "latency-is-a-feature-7"] {
+            assert!(Password::parse(good, &[]).is_ok(), "{good} refused");
+        }
+    }
+
+    #[test]
+    fn the_common_password_list_has_at_least_ten_thousand_entries() {
+        assert!(common_passwords().len() >= 10_000, "only {} common passwords", common_passwords().len());
+        assert!(is_common_password("trustno1") && is_common_password("Dragon"));
     }
 
     #[test]

@@ -43,6 +43,23 @@ pub enum AuthError {
         /// When the sliding window lets the next attempt through.
         retry_after: Duration,
     },
+    /// Too many registrations from one address; try again after `retry_after`.
+    #[error("too many registrations from this address, try again later")]
+    RegistrationsThrottled {
+        /// When the address's window lets the next registration through.
+        retry_after: Duration,
+    },
+    /// Every password hashing thread is busy and the queue is full; try again
+    /// after `retry_after` (about the time the queue takes to drain).
+    #[error("the server is busy checking passwords, try again shortly")]
+    Busy {
+        /// About when the queue has room again.
+        retry_after: Duration,
+    },
+    /// The call would break a rule about the system's state (for example,
+    /// disabling the last active admin); the message says which.
+    #[error("{0}")]
+    FailedPrecondition(&'static str),
     /// A backing store is down; names which (a fixed, safe message).
     #[error("{0}")]
     Unavailable(&'static str),
@@ -110,7 +127,10 @@ impl From<AuthError> for Status {
             AuthError::TokenInvalid(v) => Status::from(v),
             AuthError::PermissionDenied => Status::permission_denied(e.to_string()),
             AuthError::NotFound(_) => Status::not_found(e.to_string()),
-            AuthError::Throttled { retry_after } => status::retry_after(e.to_string(), retry_after),
+            AuthError::Throttled { retry_after }
+            | AuthError::RegistrationsThrottled { retry_after }
+            | AuthError::Busy { retry_after } => status::retry_after(e.to_string(), retry_after),
+            AuthError::FailedPrecondition(message) => Status::failed_precondition(message),
             AuthError::Unavailable(message) => Status::unavailable(message),
             AuthError::Unexpected(inner) => {
                 tracing::error!(error = ?inner, "unexpected error");

@@ -2,15 +2,17 @@
 //! domain types, does its work through the stores, and returns an
 //! [`AuthError`] that becomes a status in one place.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use taskgate_proto::auth::v1::{
-    DisableUserRequest, DisableUserResponse, GetJwksRequest, GetJwksResponse, GetMeRequest, GetMeResponse,
-    ListSessionsRequest, ListSessionsResponse, LoginRequest, LoginResponse, LogoutAllRequest, LogoutAllResponse,
-    LogoutRequest, LogoutResponse, RefreshRequest, RefreshResponse, RegisterRequest, RegisterResponse,
-    RevokeSessionRequest, RevokeSessionResponse, Session, auth_service_server::AuthService,
+    ChangePasswordRequest, ChangePasswordResponse, DisableUserRequest, DisableUserResponse, EnableUserRequest,
+    EnableUserResponse, GetJwksRequest, GetJwksResponse, GetMeRequest, GetMeResponse, ListSessionsRequest,
+    ListSessionsResponse, LoginRequest, LoginResponse, LogoutAllRequest, LogoutAllResponse, LogoutRequest,
+    LogoutResponse, RefreshRequest, RefreshResponse, RegisterRequest, RegisterResponse, RevokeSessionRequest,
+    RevokeSessionResponse, Session, TokenPair, auth_service_server::AuthService,
 };
 use taskgate_tokens::{Claims, RevocationCheck, TokenKind, Verifier, VerifyError, bearer_token};
+use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 use uuid::Uuid;
 
@@ -21,8 +23,8 @@ use crate::{
     keys::KeyStore,
     password::{PasswordHasher, Verified},
     sessions::{NewSession, RefreshOutcome, SessionStore},
-    throttle::LoginThrottle,
-    users::{NewUser, Users},
+    throttle::{LoginThrottle, Subject},
+    users::{NewUser, UserRow, Users},
 };
 
 /// Longest password accepted at login, in bytes: hashing megabytes of input
@@ -34,7 +36,7 @@ const MAX_LOGIN_PASSWORD_BYTES: usize = 1024;
 pub struct AuthApi {
     /// Accounts in Postgres.
     pub(crate) users: Users,
-    /// argon2id on the bounded blocking pool.
+    /// argon2id on the fixed hashing threads, behind a bounded queue.
     pub(crate) hasher: PasswordHasher,
     /// Signs token pairs.
     pub(crate) issuer: TokenIssuer,
@@ -42,7 +44,7 @@ pub struct AuthApi {
     pub(crate) keys: KeyStore,
     /// Sessions in Redis.
     pub(crate) sessions: SessionStore,
-    /// Failed-login windows in Redis.
+    /// Login and registration windows in Redis.
     pub(crate) throttle: LoginThrottle,
     /// Verifies tokens with this service's own keys.
     pub(crate) verifier: Verifier,
@@ -50,6 +52,10 @@ pub struct AuthApi {
     pub(crate) revocation: RevocationCheck,
     /// Absolute session lifetime.
     pub(crate) session_lifetime: Duration,
+    /// One permit per hashing thread: password strength estimates (CPU work
+    /// on the blocking pool) run at most this many at once, so a flood of
+    /// registrations cannot take the cores from the cheap calls.
+    pub(crate) strength_checks: Arc<Semaphore>,
 }
 
 fn timestamp_ms(ms: i64) -> prost_types::Timestamp {
@@ -98,15 +104,70 @@ impl AuthApi {
         Ok(claims)
     }
 
-    async fn register(&self, req: RegisterRequest) -> Result<RegisterResponse, AuthError> {
+    /// Validates a new password off the async workers (the strength estimate
+    /// costs up to milliseconds of CPU), at most one per hashing thread at a
+    /// time; errors name `field`.
+    async fn new_password(
+        &self,
+        field: &'static str,
+        raw: String,
+        related: Vec<String>,
+    ) -> Result<Password, AuthError> {
+        let _permit = self.strength_checks.acquire().await.map_err(|e| AuthError::Unexpected(e.into()))?;
+        let checked = tokio::task::spawn_blocking(move || {
+            let related: Vec<&str> = related.iter().map(String::as_str).collect();
+            Password::parse(&raw, &related)
+        })
+        .await
+        .map_err(|e| AuthError::Unexpected(anyhow::anyhow!("password check panicked: {e}")))?;
+        checked.map_err(|e| match e {
+            AuthError::InvalidArgument { reason, .. } => AuthError::InvalidArgument { field, reason },
+            other => other,
+        })
+    }
+
+    async fn register(&self, req: RegisterRequest, ip: &str) -> Result<RegisterResponse, AuthError> {
         let username = given(req.username).map(|s| Username::parse(&s)).transpose()?;
         let email = given(req.email).map(|s| Email::parse(&s)).transpose()?;
         let phone = given(req.phone).map(|s| Phone::parse(&s)).transpose()?;
         if username.is_none() && email.is_none() && phone.is_none() {
             return Err(AuthError::invalid("username", "give at least one of username, email or phone"));
         }
-        let password = Password::parse(&req.password)?;
-        let hash = self.hasher.hash(&password).await?;
+        let related: Vec<String> = username
+            .iter()
+            .map(|u| u.as_str().to_owned())
+            .chain(email.iter().flat_map(|e| e.as_str().split('@').map(str::to_owned)))
+            .collect();
+        // A slot on the hashing threads first: a flood is refused here,
+        // before it costs CPU, a database connection or a Redis call.
+        let slot = self.hasher.slot()?;
+        let password = self.new_password("password", req.password, related).await?;
+        // Counted per address before anything is hashed. Registration needs
+        // only Postgres: with Redis down the per-address limit is skipped
+        // (the hashing slots still bound the load).
+        match self.throttle.reserve_registration(ip).await {
+            Err(AuthError::Unavailable(_)) => tracing::warn!("registration throttle skipped: redis unavailable"),
+            other => other?,
+        }
+        // A taken name is answered without hashing, after about as long as a
+        // hash takes, so the answer time does not tell more than the answer.
+        let names = username
+            .clone()
+            .map(LoginName::Username)
+            .into_iter()
+            .chain(email.clone().map(LoginName::Email))
+            .chain(phone.clone().map(LoginName::Phone));
+        for name in names {
+            if self.users.find_by_login(&name).await?.is_some() {
+                tokio::time::sleep(self.hasher.typical_hash_time()).await;
+                return Err(AuthError::AlreadyExists(match name {
+                    LoginName::Username(_) => "username",
+                    LoginName::Email(_) => "email",
+                    LoginName::Phone(_) => "phone",
+                }));
+            }
+        }
+        let hash = self.hasher.hash(slot, &password).await?;
         let user = self
             .users
             .insert(NewUser {
@@ -121,6 +182,37 @@ impl AuthApi {
         Ok(RegisterResponse { user: Some(user.to_proto()) })
     }
 
+    /// Starts a session for `user` and mints its first pair. The user's
+    /// state is read once more after the session exists: a DisableUser that
+    /// committed before that read has ended it or will (its LogoutAll runs
+    /// after its commit and sees the session), one that commits after it
+    /// finds the session in the index. Either way no token of a disabled
+    /// user outlives the disable.
+    async fn start_session(&self, user: &UserRow, user_agent: &str, ip: &str) -> Result<TokenPair, AuthError> {
+        let iat = now_secs();
+        let lifetime = i64::try_from(self.session_lifetime.as_secs()).unwrap_or(i64::MAX);
+        let spec = PairSpec {
+            sub: user.id.to_string(),
+            sid: Uuid::new_v4().to_string(),
+            access_jti: Uuid::new_v4().to_string(),
+            refresh_jti: Uuid::new_v4().to_string(),
+            iat,
+            session_exp: iat.saturating_add(lifetime),
+        };
+        self.sessions.create(NewSession { spec: &spec, user_agent, ip }).await?;
+        match self.users.get(user.id).await? {
+            Some(now) if now.disabled_at.is_none() => {}
+            _ => {
+                self.sessions.revoke(&spec.sub, &spec.sid, false).await?;
+                tracing::info!(user_id = %user.id, "login refused: user disabled while it was checked");
+                return Err(AuthError::InvalidCredentials);
+            }
+        }
+        let tokens = self.issuer.mint(&spec)?;
+        tracing::info!(user_id = %user.id, session_id = %spec.sid, "session started");
+        Ok(tokens)
+    }
+
     async fn login(&self, req: LoginRequest, user_agent: &str, ip: &str) -> Result<LoginResponse, AuthError> {
         let raw = if req.login.trim().is_empty() { req.username } else { req.login };
         if raw.trim().is_empty() {
@@ -129,19 +221,33 @@ impl AuthApi {
         if req.password.len() > MAX_LOGIN_PASSWORD_BYTES {
             return Err(AuthError::invalid("password", "is too long"));
         }
+        // A slot on the hashing threads first: a flood is refused here,
+        // before it costs a database connection or a Redis call.
+        let slot = self.hasher.slot()?;
         let name = LoginName::parse(&raw);
-        let account = match &name {
-            Some(n) => n.throttle_key(),
-            None => format!("raw:{}", raw.trim().to_lowercase().chars().take(128).collect::<String>()),
-        };
-        self.throttle.before_attempt(&account, ip).await?;
-
         let user = match &name {
             Some(n) => self.users.find_by_login(n).await?,
             None => None,
         };
+        // One budget per account, whichever of its names was typed.
+        let subject = match (&user, &name) {
+            (Some(user), _) => Subject::Account(user.id),
+            (None, Some(n)) => Subject::UnknownName(n.throttle_key()),
+            (None, None) => {
+                Subject::UnknownName(format!("raw:{}", raw.trim().to_lowercase().chars().take(128).collect::<String>()))
+            }
+        };
+        let reservation = self.throttle.reserve_login(&subject, ip).await?;
+
         // Unknown logins are checked against a dummy hash: same work, same time.
-        let verified = self.hasher.verify(&req.password, user.as_ref().map(|u| u.password_hash.as_str())).await?;
+        let verified =
+            match self.hasher.verify(slot, &req.password, user.as_ref().map(|u| u.password_hash.as_str())).await {
+                Ok(verified) => verified,
+                Err(e) => {
+                    self.throttle.cancel(reservation).await;
+                    return Err(e);
+                }
+            };
         let user = match (user, verified) {
             (Some(user), Verified::Yes | Verified::YesRehashed(_)) if user.disabled_at.is_some() => {
                 tracing::info!(user_id = %user.id, "login refused: user disabled");
@@ -160,25 +266,68 @@ impl AuthApi {
             _ => None,
         };
         let Some(user) = user else {
-            self.throttle.failed(&account, ip).await?;
+            self.throttle.failed(reservation);
             return Err(AuthError::InvalidCredentials);
         };
-        self.throttle.succeeded(&account).await?;
-
-        let iat = now_secs();
-        let lifetime = i64::try_from(self.session_lifetime.as_secs()).unwrap_or(i64::MAX);
-        let spec = PairSpec {
-            sub: user.id.to_string(),
-            sid: Uuid::new_v4().to_string(),
-            access_jti: Uuid::new_v4().to_string(),
-            refresh_jti: Uuid::new_v4().to_string(),
-            iat,
-            session_exp: iat.saturating_add(lifetime),
-        };
-        self.sessions.create(NewSession { spec: &spec, user_agent, ip }).await?;
-        let tokens = self.issuer.mint(&spec)?;
-        tracing::info!(user_id = %user.id, session_id = %spec.sid, "login");
+        self.throttle.succeeded(reservation).await?;
+        let tokens = self.start_session(&user, user_agent, ip).await?;
+        tracing::info!(user_id = %user.id, "login");
         Ok(LoginResponse { tokens: Some(tokens) })
+    }
+
+    async fn change_password(
+        &self,
+        metadata: &MetadataMap,
+        req: ChangePasswordRequest,
+        user_agent: &str,
+        ip: &str,
+    ) -> Result<ChangePasswordResponse, AuthError> {
+        let claims = self.caller(metadata).await?;
+        let uid = Uuid::parse_str(&claims.sub).map_err(|_| VerifyError::InvalidClaims)?;
+        let user = match self.users.get(uid).await? {
+            Some(user) if user.disabled_at.is_none() => user,
+            _ => return Err(AuthError::SessionRevoked),
+        };
+        if req.current_password.is_empty() {
+            return Err(AuthError::invalid("current_password", "is required"));
+        }
+        if req.current_password.len() > MAX_LOGIN_PASSWORD_BYTES {
+            return Err(AuthError::invalid("current_password", "is too long"));
+        }
+        if req.new_password == req.current_password {
+            return Err(AuthError::invalid("new_password", "must differ from the current password"));
+        }
+        let related: Vec<String> = user
+            .username
+            .iter()
+            .cloned()
+            .chain(user.email.iter().flat_map(|e| e.split('@').map(str::to_owned)))
+            .collect();
+        let slot = self.hasher.slot()?;
+        let new_password = self.new_password("new_password", req.new_password, related).await?;
+        // Guessing the current password with a stolen access token spends the
+        // account's login budget like any other guess.
+        let reservation = self.throttle.reserve_login(&Subject::Account(uid), ip).await?;
+        let verified = match self.hasher.verify(slot, &req.current_password, Some(&user.password_hash)).await {
+            Ok(verified) => verified,
+            Err(e) => {
+                self.throttle.cancel(reservation).await;
+                return Err(e);
+            }
+        };
+        if verified == Verified::No {
+            self.throttle.failed(reservation);
+            return Err(AuthError::invalid("current_password", "is not your current password"));
+        }
+        self.throttle.succeeded(reservation).await?;
+        let hash = self.hasher.hash(self.hasher.slot()?, &new_password).await?;
+        self.users.set_password_hash(uid, &hash).await?;
+        let ended = self.sessions.revoke_all(&claims.sub).await?;
+        // The caller's own session may have been missing from the index.
+        self.sessions.revoke(&claims.sub, &claims.sid, false).await?;
+        let tokens = self.start_session(&user, user_agent, ip).await?;
+        tracing::info!(user_id = %uid, sessions = ended, "password changed, every earlier session ended");
+        Ok(ChangePasswordResponse { tokens: Some(tokens) })
     }
 
     async fn refresh(&self, req: RefreshRequest) -> Result<RefreshResponse, AuthError> {
@@ -278,29 +427,47 @@ impl AuthApi {
         Ok(RevokeSessionResponse {})
     }
 
+    /// The caller's id, if the caller is an active admin.
+    async fn admin(&self, metadata: &MetadataMap) -> Result<Uuid, AuthError> {
+        let claims = self.caller(metadata).await?;
+        let caller_id = Uuid::parse_str(&claims.sub).map_err(|_| VerifyError::InvalidClaims)?;
+        match self.users.get(caller_id).await? {
+            Some(admin) if admin.is_admin && admin.disabled_at.is_none() => Ok(caller_id),
+            _ => Err(AuthError::PermissionDenied),
+        }
+    }
+
     async fn disable_user(
         &self,
         metadata: &MetadataMap,
         req: DisableUserRequest,
     ) -> Result<DisableUserResponse, AuthError> {
-        let claims = self.caller(metadata).await?;
-        let caller_id = Uuid::parse_str(&claims.sub).map_err(|_| VerifyError::InvalidClaims)?;
-        match self.users.get(caller_id).await? {
-            Some(admin) if admin.is_admin && admin.disabled_at.is_none() => {}
-            _ => return Err(AuthError::PermissionDenied),
-        }
+        let admin_id = self.admin(metadata).await?;
         let target = parse_uuid("id", &req.id)?;
         let user = self.users.disable(target).await?.ok_or(AuthError::NotFound("user"))?;
         let n = self.sessions.revoke_all(&user.id.to_string()).await?;
-        tracing::info!(admin_id = %caller_id, user_id = %user.id, sessions = n, "user disabled");
+        tracing::info!(%admin_id, user_id = %user.id, sessions = n, "user disabled");
         Ok(DisableUserResponse { user: Some(user.to_proto()) })
+    }
+
+    async fn enable_user(
+        &self,
+        metadata: &MetadataMap,
+        req: EnableUserRequest,
+    ) -> Result<EnableUserResponse, AuthError> {
+        let admin_id = self.admin(metadata).await?;
+        let target = parse_uuid("id", &req.id)?;
+        let user = self.users.enable(target).await?.ok_or(AuthError::NotFound("user"))?;
+        tracing::info!(%admin_id, user_id = %user.id, "user enabled");
+        Ok(EnableUserResponse { user: Some(user.to_proto()) })
     }
 }
 
 #[tonic::async_trait]
 impl AuthService for AuthApi {
     async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
-        Ok(Response::new(AuthApi::register(self, request.into_inner()).await?))
+        let ip = client_ip(&request);
+        Ok(Response::new(AuthApi::register(self, request.into_inner(), &ip).await?))
     }
 
     async fn login(&self, request: Request<LoginRequest>) -> Result<Response<LoginResponse>, Status> {
@@ -351,6 +518,21 @@ impl AuthService for AuthApi {
     ) -> Result<Response<DisableUserResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
         Ok(Response::new(AuthApi::disable_user(self, &metadata, req).await?))
+    }
+
+    async fn change_password(
+        &self,
+        request: Request<ChangePasswordRequest>,
+    ) -> Result<Response<ChangePasswordResponse>, Status> {
+        let ip = client_ip(&request);
+        let (metadata, _, req) = request.into_parts();
+        let ua = user_agent(&metadata);
+        Ok(Response::new(AuthApi::change_password(self, &metadata, req, &ua, &ip).await?))
+    }
+
+    async fn enable_user(&self, request: Request<EnableUserRequest>) -> Result<Response<EnableUserResponse>, Status> {
+        let (metadata, _, req) = request.into_parts();
+        Ok(Response::new(AuthApi::enable_user(self, &metadata, req).await?))
     }
 }
 

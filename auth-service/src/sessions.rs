@@ -10,8 +10,11 @@
 //!   window can mint it again, `created_ms`, `last_refresh_ms`, `ua`, `ip`
 //!   and `abs_exp` (absolute end, epoch seconds). TTL: until the current
 //!   refresh token or the session expires, whichever is first.
-//! - `{u:<uid>}:sessions`: set of the user's session ids. TTL: the latest
-//!   session end among them.
+//! - `{u:<uid>}:sessions`: sorted set of the user's session ids scored by
+//!   creation time (ms), at most `MAX_SESSIONS_PER_USER` of them (a new
+//!   session ends the oldest). TTL: the latest session end among them.
+//!   Scripts that walk it do a bounded page per call, with every key in
+//!   KEYS.
 //! - `{u:<uid>}:revoked:<sid>` ([`taskgate_tokens::session_revocation_key`]):
 //!   written when a session ends, so verifiers reject its access tokens at
 //!   once. TTL: the access-token lifetime plus the verifiers' leeway.
@@ -27,20 +30,26 @@ use taskgate_tokens::session_revocation_key;
 
 use crate::{error::AuthError, error::SESSIONS_UNAVAILABLE, issuer::PairSpec};
 
-/// Creates a session. KEYS: session, user set. ARGV: uid, refresh jti,
-/// access jti, iat, user agent, ip, abs_exp, key TTL, set TTL, sid.
+/// Creates a session. KEYS: session, user index. ARGV: uid, refresh jti,
+/// access jti, iat, user agent, ip, abs_exp, key TTL, index TTL, sid, the
+/// per-user cap. Returns the ids of the oldest sessions beyond the cap, which
+/// the caller then ends with REVOKE_MANY (their keys must be in KEYS).
 const CREATE: &str = r#"
 local t = redis.call('TIME')
-local now_ms = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HSET', KEYS[1], 'uid', ARGV[1], 'cur', ARGV[2], 'prev', '', 'rotated_at_ms', '0',
-  'succ_ajti', ARGV[3], 'succ_iat', ARGV[4], 'created_ms', now_ms, 'last_refresh_ms', '0',
+  'succ_ajti', ARGV[3], 'succ_iat', ARGV[4], 'created_ms', string.format('%.0f', now_ms), 'last_refresh_ms', '0',
   'ua', ARGV[5], 'ip', ARGV[6], 'abs_exp', ARGV[7])
 redis.call('EXPIRE', KEYS[1], ARGV[8])
-redis.call('SADD', KEYS[2], ARGV[10])
+redis.call('ZADD', KEYS[2], now_ms, ARGV[10])
 if redis.call('TTL', KEYS[2]) < tonumber(ARGV[9]) then
   redis.call('EXPIRE', KEYS[2], ARGV[9])
 end
-return 1
+local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[11])
+if over > 0 then
+  return redis.call('ZRANGE', KEYS[2], 0, over - 1)
+end
+return {}
 "#;
 
 /// Check-and-rotate, the heart of refresh. KEYS: session, user set,
@@ -59,7 +68,7 @@ local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local left = tonumber(f[7]) - tonumber(t[1])
 if left <= 0 then
   redis.call('DEL', KEYS[1])
-  redis.call('SREM', KEYS[2], ARGV[7])
+  redis.call('ZREM', KEYS[2], ARGV[7])
   return {'missing'}
 end
 if ARGV[1] == f[2] then
@@ -72,7 +81,7 @@ if f[3] and f[3] ~= '' and ARGV[1] == f[3] and now_ms - tonumber(f[4]) <= tonumb
   return {'grace', f[2], f[5], f[6], f[7]}
 end
 redis.call('DEL', KEYS[1])
-redis.call('SREM', KEYS[2], ARGV[7])
+redis.call('ZREM', KEYS[2], ARGV[7])
 redis.call('SET', KEYS[3], '1', 'EX', ARGV[6])
 return {'reuse'}
 "#;
@@ -84,42 +93,57 @@ const REVOKE: &str = r#"
 local uid = redis.call('HGET', KEYS[1], 'uid')
 if ARGV[3] ~= '' and uid ~= ARGV[3] then return 0 end
 redis.call('DEL', KEYS[1])
-redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('SET', KEYS[3], '1', 'EX', ARGV[2])
 if uid then return 1 else return 0 end
 "#;
 
-/// Ends every session of a user. KEYS: user set. ARGV: the user's key prefix
-/// (`{prefix}{u:<uid>}:`, so every key built here shares the set's hash tag),
-/// revocation TTL. Returns how many live sessions ended.
-const REVOKE_ALL: &str = r#"
-local sids = redis.call('SMEMBERS', KEYS[1])
+/// Ends a page of a user's sessions. KEYS: user index, then for each session
+/// its session key and its revocation record. ARGV: revocation TTL, then the
+/// session ids in the same order. Returns how many were live.
+const REVOKE_MANY: &str = r#"
 local n = 0
-for _, sid in ipairs(sids) do
-  n = n + redis.call('DEL', ARGV[1] .. 'sess:' .. sid)
-  redis.call('SET', ARGV[1] .. 'revoked:' .. sid, '1', 'EX', ARGV[2])
+for i = 2, #ARGV do
+  local k = 2 * (i - 1)
+  n = n + redis.call('DEL', KEYS[k])
+  redis.call('SET', KEYS[k + 1], '1', 'EX', ARGV[1])
+  redis.call('ZREM', KEYS[1], ARGV[i])
 end
-redis.call('DEL', KEYS[1])
 return n
 "#;
 
-/// Lists a user's live sessions, dropping ids whose session expired. KEYS:
-/// user set. ARGV: the user's key prefix (`{prefix}{u:<uid>}:`). Returns
-/// flat groups of six strings.
+/// A page of a user's session ids. KEYS: user index. ARGV: how many, and
+/// `new` for newest first or `old` for oldest first.
+const PAGE: &str = r#"
+if ARGV[2] == 'new' then
+  return redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'REV')
+end
+return redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+"#;
+
+/// Reads a page of sessions, dropping ids whose session expired. KEYS: user
+/// index, then each session key. ARGV: the session ids in the same order.
+/// Returns flat groups of six strings.
 const LIST: &str = r#"
-local sids = redis.call('SMEMBERS', KEYS[1])
 local out = {}
-for _, sid in ipairs(sids) do
-  local f = redis.call('HMGET', ARGV[1] .. 'sess:' .. sid, 'created_ms', 'last_refresh_ms', 'ua', 'ip', 'abs_exp')
+for i, sid in ipairs(ARGV) do
+  local f = redis.call('HMGET', KEYS[i + 1], 'created_ms', 'last_refresh_ms', 'ua', 'ip', 'abs_exp')
   if f[1] then
     table.insert(out, sid)
-    for i = 1, 5 do table.insert(out, f[i] or '') end
+    for j = 1, 5 do table.insert(out, f[j] or '') end
   else
-    redis.call('SREM', KEYS[1], sid)
+    redis.call('ZREM', KEYS[1], sid)
   end
 end
 return out
 "#;
+
+/// Most sessions one script call ends or reads: each call's work is bounded,
+/// whatever the user did.
+pub const PAGE_SIZE: usize = 100;
+/// Most pages LogoutAll / DisableUser walk in one call (sessions created
+/// while it runs could otherwise keep it going).
+const MAX_PAGES: usize = 50;
 
 /// A Lua script run with EVALSHA, falling back to EVAL when the server does
 /// not have it cached (first use, or after a Redis restart).
@@ -220,6 +244,10 @@ pub struct SessionStore {
     grace: Duration,
     /// Refresh-token lifetime, bounding how long an idle session lives.
     refresh_ttl: Duration,
+    /// Most live sessions per user (`MAX_SESSIONS_PER_USER`); a new one
+    /// beyond it ends the oldest.
+    max_sessions: u32,
+    /// The Lua scripts, hashed once.
     scripts: std::sync::Arc<Scripts>,
 }
 
@@ -227,7 +255,8 @@ struct Scripts {
     create: Script,
     refresh: Script,
     revoke: Script,
-    revoke_all: Script,
+    revoke_many: Script,
+    page: Script,
     list: Script,
 }
 
@@ -237,18 +266,27 @@ fn secs(d: Duration) -> String {
 
 impl SessionStore {
     /// A store on `redis` under `prefix`.
-    pub fn new(redis: Pool, prefix: String, revocation_ttl: Duration, grace: Duration, refresh_ttl: Duration) -> Self {
+    pub fn new(
+        redis: Pool,
+        prefix: String,
+        revocation_ttl: Duration,
+        grace: Duration,
+        refresh_ttl: Duration,
+        max_sessions: u32,
+    ) -> Self {
         SessionStore {
             redis,
             prefix,
             revocation_ttl,
             grace,
             refresh_ttl,
+            max_sessions: max_sessions.max(1),
             scripts: std::sync::Arc::new(Scripts {
                 create: Script::new(CREATE),
                 refresh: Script::new(REFRESH),
                 revoke: Script::new(REVOKE),
-                revoke_all: Script::new(REVOKE_ALL),
+                revoke_many: Script::new(REVOKE_MANY),
+                page: Script::new(PAGE),
                 list: Script::new(LIST),
             }),
         }
@@ -260,7 +298,8 @@ impl SessionStore {
             &self.scripts.create,
             &self.scripts.refresh,
             &self.scripts.revoke,
-            &self.scripts.revoke_all,
+            &self.scripts.revoke_many,
+            &self.scripts.page,
             &self.scripts.list,
         ] {
             s.load(&self.redis).await;
@@ -275,12 +314,6 @@ impl SessionStore {
         keys::user_key(&self.prefix, uid, "sessions")
     }
 
-    /// `{prefix}{u:<uid>}:`, which the scripts that walk a user's sessions
-    /// extend with `sess:<sid>` and `revoked:<sid>`.
-    fn user_key_prefix(&self, uid: &str) -> String {
-        keys::user_key(&self.prefix, uid, "")
-    }
-
     /// Seconds the session key should live from `now`: until the refresh
     /// token or the session expires.
     fn key_ttl(&self, now: i64, session_exp: i64) -> String {
@@ -288,11 +321,12 @@ impl SessionStore {
         secs(Duration::from_secs(left).min(self.refresh_ttl))
     }
 
-    /// Stores a new session.
+    /// Stores a new session; when the user then has more than
+    /// `MAX_SESSIONS_PER_USER`, ends the oldest ones.
     pub async fn create(&self, s: NewSession<'_>) -> Result<(), AuthError> {
         let spec = s.spec;
         let left = u64::try_from(spec.session_exp - spec.iat).unwrap_or(1);
-        let _: i64 = self
+        let evict: Vec<String> = self
             .scripts
             .create
             .run(
@@ -309,9 +343,14 @@ impl SessionStore {
                     self.key_ttl(spec.iat, spec.session_exp),
                     left.max(1).to_string(),
                     spec.sid.clone(),
+                    self.max_sessions.to_string(),
                 ],
             )
             .await?;
+        if !evict.is_empty() {
+            let n = self.revoke_many(&spec.sub, &evict).await?;
+            tracing::info!(user_id = %spec.sub, sessions = n, "oldest sessions ended: MAX_SESSIONS_PER_USER reached");
+        }
         Ok(())
     }
 
@@ -385,18 +424,50 @@ impl SessionStore {
         Ok(n > 0)
     }
 
-    /// Ends every session of `uid`; returns how many were live.
-    pub async fn revoke_all(&self, uid: &str) -> Result<i64, AuthError> {
-        self.scripts
-            .revoke_all
-            .run(&self.redis, vec![self.user_key(uid)], vec![self.user_key_prefix(uid), secs(self.revocation_ttl)])
-            .await
+    /// Ends the sessions `sids` of `uid` in one script call (at most
+    /// [`PAGE_SIZE`] of them); returns how many were live.
+    async fn revoke_many(&self, uid: &str, sids: &[String]) -> Result<i64, AuthError> {
+        let mut keys = vec![self.user_key(uid)];
+        for sid in sids {
+            keys.push(self.session_key(uid, sid));
+            keys.push(session_revocation_key(&self.prefix, uid, sid));
+        }
+        let mut args = vec![secs(self.revocation_ttl)];
+        args.extend(sids.iter().cloned());
+        self.scripts.revoke_many.run(&self.redis, keys, args).await
     }
 
-    /// The live sessions of `uid`, newest first.
+    /// Up to `n` session ids of `uid`, newest or oldest first.
+    async fn page(&self, uid: &str, n: usize, newest_first: bool) -> Result<Vec<String>, AuthError> {
+        let order = if newest_first { "new" } else { "old" };
+        self.scripts.page.run(&self.redis, vec![self.user_key(uid)], vec![n.to_string(), order.to_owned()]).await
+    }
+
+    /// Ends every session of `uid`, a page of [`PAGE_SIZE`] per script call;
+    /// returns how many were live.
+    pub async fn revoke_all(&self, uid: &str) -> Result<i64, AuthError> {
+        let mut ended = 0;
+        for _ in 0..MAX_PAGES {
+            let sids = self.page(uid, PAGE_SIZE, false).await?;
+            if sids.is_empty() {
+                break;
+            }
+            ended += self.revoke_many(uid, &sids).await?;
+        }
+        Ok(ended)
+    }
+
+    /// The live sessions of `uid`, newest first (at most
+    /// `MAX_SESSIONS_PER_USER`, read in one bounded script call).
     pub async fn list(&self, uid: &str) -> Result<Vec<SessionInfo>, AuthError> {
-        let flat: Vec<String> =
-            self.scripts.list.run(&self.redis, vec![self.user_key(uid)], vec![self.user_key_prefix(uid)]).await?;
+        let n = usize::try_from(self.max_sessions).unwrap_or(PAGE_SIZE).min(PAGE_SIZE);
+        let sids = self.page(uid, n, true).await?;
+        if sids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut keys = vec![self.user_key(uid)];
+        keys.extend(sids.iter().map(|sid| self.session_key(uid, sid)));
+        let flat: Vec<String> = self.scripts.list.run(&self.redis, keys, sids).await?;
         let mut sessions: Vec<SessionInfo> = flat
             .chunks_exact(6)
             .map(|c| SessionInfo {
@@ -418,10 +489,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scripts_build_revocation_keys_like_the_tokens_crate() {
-        // REVOKE_ALL builds `{prefix}{u:<uid>}:revoked:<sid>` from the user's key prefix.
-        assert_eq!(session_revocation_key("p:", "u1", "s1"), "p:{u:u1}:revoked:s1");
-        assert_eq!(keys::user_key("p:", "u1", ""), "p:{u:u1}:");
-        assert!(REVOKE_ALL.contains("ARGV[1] .. 'revoked:' .. sid"));
+    fn no_script_builds_a_key_name() {
+        // Every key a script touches comes from KEYS (Redis Cluster).
+        for lua in [CREATE, REFRESH, REVOKE, REVOKE_MANY, PAGE, LIST] {
+            assert!(!lua.contains(".. 'sess:'") && !lua.contains(".. 'revoked:'"), "{lua}");
+            assert!(!lua.contains("ARGV[1] .."), "{lua}");
+        }
     }
 }

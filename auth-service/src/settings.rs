@@ -96,12 +96,15 @@ pub struct Settings {
     #[arg(long, env = "ADMIN_PASSWORD", hide_env_values = true, value_parser = parse_secret)]
     pub admin_password: Option<SecretString>,
 
-    /// Failed logins per account allowed within the throttle window.
-    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_ACCOUNT", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Failed logins per account (all of its login names together) allowed
+    /// within the throttle window; attempts in flight count as failures.
+    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_ACCOUNT", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub login_max_failures_per_account: u32,
 
-    /// Failed logins per client address allowed within the throttle window.
-    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_IP", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Failed logins per client address (IPv4, or IPv6 /64) allowed within
+    /// the throttle window. Kept below the per-account limit, so one
+    /// attacking address runs out before the account it attacks does.
+    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_IP", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub login_max_failures_per_ip: u32,
 
     /// Length of the sliding window failed logins are counted in, in seconds.
@@ -112,6 +115,28 @@ pub struct Settings {
     /// at 2 s), before the hard limit answers RESOURCE_EXHAUSTED.
     #[arg(long = "login-delay-step-ms", env = "LOGIN_DELAY_STEP_MS", default_value = "250", value_parser = parse_millis)]
     pub login_delay_step: Duration,
+
+    /// Registrations per client address allowed within the registration window.
+    #[arg(long, env = "REGISTER_MAX_PER_IP", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub register_max_per_ip: u32,
+
+    /// Length of the sliding window registrations are counted in, in seconds.
+    #[arg(long = "register-window-seconds", env = "REGISTER_WINDOW_SECONDS", default_value = "3600", value_parser = parse_positive_seconds)]
+    pub register_window: Duration,
+
+    /// Most live sessions per user; a login beyond it ends the user's oldest session.
+    #[arg(long, env = "MAX_SESSIONS_PER_USER", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_sessions_per_user: u32,
+
+    /// Password hashing threads (= hashes that may run at once), each keeping
+    /// one 19 MiB argon2 memory block; 0 means one per core.
+    #[arg(long, env = "HASH_THREADS", default_value_t = 0)]
+    pub hash_threads: usize,
+
+    /// Most password hashes that may wait for a thread; one more is refused
+    /// at once with RESOURCE_EXHAUSTED and a retry time.
+    #[arg(long, env = "HASH_QUEUE_CAPACITY", default_value_t = 32)]
+    pub hash_queue_capacity: usize,
 
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
@@ -151,8 +176,21 @@ impl Settings {
             login_max_failures_per_ip: 1000,
             login_failure_window: Duration::from_secs(900),
             login_delay_step: Duration::ZERO,
+            register_max_per_ip: 1000,
+            register_window: Duration::from_secs(3600),
+            max_sessions_per_user: 50,
+            hash_threads: 0,
+            hash_queue_capacity: 64,
             log_format: LogFormat::Pretty,
             mtls: taskgate_common::mtls::MtlsSettings::default(),
+        }
+    }
+
+    /// Hashing threads to start: `HASH_THREADS`, or one per core when 0.
+    pub fn hashing_threads(&self) -> usize {
+        match self.hash_threads {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n => n,
         }
     }
 
@@ -206,6 +244,10 @@ mod tests {
         assert_eq!(s.session_max_lifetime, Duration::from_secs(43200 * 60));
         assert_eq!(s.refresh_grace, Duration::from_secs(5));
         assert_eq!(s.redis_prefix, "taskgate:");
+        assert_eq!(s.max_sessions_per_user, 50);
+        assert_eq!((s.login_max_failures_per_account, s.login_max_failures_per_ip), (10, 5));
+        assert!(s.login_max_failures_per_ip < s.login_max_failures_per_account);
+        assert_eq!((s.hash_threads, s.hash_queue_capacity), (0, 32));
     }
 
     #[test]

@@ -88,12 +88,22 @@ pub async fn revoke_key(settings: &Settings, kid: &str) -> anyhow::Result<Option
 }
 
 /// Creates the admin named by ADMIN_USERNAME / ADMIN_EMAIL / ADMIN_PASSWORD
-/// if it does not exist (like `createsuperuser`).
-///
-/// An existing account of that name is promoted only if ADMIN_PASSWORD is
-/// its password: otherwise whoever registered the name first would become
-/// admin when the operator configures it.
-async fn bootstrap_admin(settings: &Settings, users: &Users, hasher: &PasswordHasher) -> anyhow::Result<()> {
+/// if it does not exist (like `createsuperuser`), and keeps it following
+/// ADMIN_PASSWORD:
+/// - an existing admin of that name whose password is no longer
+///   ADMIN_PASSWORD gets it (rehashed) and every session of it ends, so a
+///   rotated secret really replaces the old one;
+/// - an existing non-admin account of that name is promoted only if
+///   ADMIN_PASSWORD is its password: otherwise whoever registered the name
+///   first would become admin. If it is not, the service logs one error that
+///   names the variable and starts without a bootstrap admin (it does not
+///   exit, which would only restart into the same error for ever).
+async fn bootstrap_admin(
+    settings: &Settings,
+    users: &Users,
+    hasher: &PasswordHasher,
+    sessions: &SessionStore,
+) -> anyhow::Result<()> {
     let username = settings.admin_username.as_deref().filter(|s| !s.is_empty());
     let email = settings.admin_email.as_deref().filter(|s| !s.is_empty());
     if username.is_none() && email.is_none() {
@@ -101,33 +111,57 @@ async fn bootstrap_admin(settings: &Settings, users: &Users, hasher: &PasswordHa
     }
     let username = username.map(Username::parse).transpose().map_err(|e| anyhow::anyhow!("ADMIN_USERNAME: {e}"))?;
     let email = email.map(Email::parse).transpose().map_err(|e| anyhow::anyhow!("ADMIN_EMAIL: {e}"))?;
-    let password = settings
+    let raw_password = settings
         .admin_password
         .as_ref()
         .map(|p| p.expose_secret().to_owned())
         .context("ADMIN_PASSWORD is required with ADMIN_USERNAME or ADMIN_EMAIL")?;
-    let names = username.clone().map(LoginName::Username).into_iter().chain(email.clone().map(LoginName::Email));
-    for name in names {
+    let related: Vec<&str> = username.iter().map(Username::as_str).chain(email.iter().map(Email::as_str)).collect();
+    let password = Password::parse(&raw_password, &related).map_err(|e| anyhow::anyhow!("ADMIN_PASSWORD: {e}"))?;
+    let names = username
+        .clone()
+        .map(|u| ("ADMIN_USERNAME", LoginName::Username(u)))
+        .into_iter()
+        .chain(email.clone().map(|e| ("ADMIN_EMAIL", LoginName::Email(e))));
+    for (variable, name) in names {
         let existing =
             users.find_by_login(&name).await.map_err(|e| anyhow::anyhow!("looking up the admin account: {e}"))?;
         let Some(user) = existing else { continue };
-        if user.is_admin {
-            return Ok(());
-        }
         let verified = hasher
-            .verify(&password, Some(&user.password_hash))
+            .verify(hasher.slot()?, &raw_password, Some(&user.password_hash))
             .await
             .map_err(|e| anyhow::anyhow!("checking the admin password: {e}"))?;
-        anyhow::ensure!(
-            verified != Verified::No,
-            "ADMIN_USERNAME/ADMIN_EMAIL names an existing account whose password is not ADMIN_PASSWORD; refusing to make it admin"
-        );
+        if user.is_admin {
+            if verified == Verified::No {
+                let hash = hasher
+                    .hash(hasher.slot()?, &password)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("hashing the admin password: {e}"))?;
+                users
+                    .set_password_hash(user.id, &hash)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("storing the admin password: {e}"))?;
+                let ended = sessions
+                    .revoke_all(&user.id.to_string())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("ending the admin's sessions after a password change: {e}"))?;
+                tracing::info!(user_id = %user.id, sessions = ended, "ADMIN_PASSWORD changed: the bootstrap admin's password follows it, its sessions ended");
+            }
+            return Ok(());
+        }
+        if verified == Verified::No {
+            tracing::error!(
+                "{variable} names an existing non-admin account whose password is not ADMIN_PASSWORD; \
+                 it was not made admin and no bootstrap admin exists: choose another {variable}"
+            );
+            return Ok(());
+        }
         users.make_admin(user.id).await.map_err(|e| anyhow::anyhow!("promoting the admin account: {e}"))?;
         tracing::info!(user_id = %user.id, "made an existing account admin");
         return Ok(());
     }
-    let password = Password::parse(&password).map_err(|e| anyhow::anyhow!("ADMIN_PASSWORD: {e}"))?;
-    let hash = hasher.hash(&password).await.map_err(|e| anyhow::anyhow!("hashing the admin password: {e}"))?;
+    let hash =
+        hasher.hash(hasher.slot()?, &password).await.map_err(|e| anyhow::anyhow!("hashing the admin password: {e}"))?;
     match users
         .insert(NewUser {
             username: username.as_ref(),
@@ -178,9 +212,8 @@ impl Application {
             }
         };
         let mtls = settings.mtls.load()?;
-        let hasher = PasswordHasher::new().await?;
+        let hasher = PasswordHasher::new(settings.hashing_threads(), settings.hash_queue_capacity).await?;
         let users = Users::new(pool.clone());
-        bootstrap_admin(&settings, &users, &hasher).await?;
 
         let mut verifier_config = VerifierConfig::new(settings.jwt_issuer.clone(), settings.jwt_audience.clone());
         verifier_config.leeway = VERIFIER_LEEWAY;
@@ -193,8 +226,10 @@ impl Application {
             settings.access_token_ttl + VERIFIER_LEEWAY,
             settings.refresh_grace,
             settings.refresh_token_ttl,
+            settings.max_sessions_per_user,
         );
         sessions.load_scripts().await;
+        bootstrap_admin(&settings, &users, &hasher, &sessions).await?;
         let throttle = LoginThrottle::new(
             redis.clone(),
             settings.redis_prefix.clone(),
@@ -203,8 +238,11 @@ impl Application {
                 max_per_ip: settings.login_max_failures_per_ip,
                 window: settings.login_failure_window,
                 delay_step: settings.login_delay_step,
+                max_registrations_per_ip: settings.register_max_per_ip,
+                register_window: settings.register_window,
             },
         );
+        throttle.load_scripts().await;
         let api = AuthApi {
             users,
             hasher,
@@ -221,6 +259,7 @@ impl Application {
             verifier,
             revocation: RevocationCheck::new(redis, settings.redis_prefix.clone(), RevocationPolicy::FailClosed),
             session_lifetime: settings.session_max_lifetime,
+            strength_checks: Arc::new(tokio::sync::Semaphore::new(settings.hashing_threads())),
         };
 
         let listener = tokio::net::TcpListener::bind(settings.listen_addr)

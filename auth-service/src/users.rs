@@ -135,7 +135,7 @@ impl Users {
         .await?)
     }
 
-    /// Replaces a user's password hash (rehash on login).
+    /// Replaces a user's password hash (rehash on login, password change).
     pub async fn set_password_hash(&self, id: Uuid, hash: &str) -> Result<(), AuthError> {
         sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
             .bind(id)
@@ -145,10 +145,48 @@ impl Users {
         Ok(())
     }
 
-    /// Marks a user disabled (keeps the first disable time); returns the row.
+    /// Marks a user disabled (keeps the first disable time); returns the row,
+    /// or `None` if there is no such user. The last active admin cannot be
+    /// disabled: [`AuthError::FailedPrecondition`].
     pub async fn disable(&self, id: Uuid) -> Result<Option<UserRow>, AuthError> {
-        Ok(sqlx::query_as::<_, UserRow>(
+        let mut tx = self.pool.begin().await?;
+        // Admin changes take turns, so two admins disabling each other at
+        // the same moment cannot both succeed and leave no admin.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('taskgate.auth.admins'))").execute(&mut *tx).await?;
+        let target = sqlx::query_as::<_, UserRow>(
+            "SELECT id, username, email, phone, password_hash, is_admin, disabled_at, created_at \
+             FROM users WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(target) = target else { return Ok(None) };
+        if target.is_admin && target.disabled_at.is_none() {
+            let others: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM users WHERE is_admin AND disabled_at IS NULL AND id <> $1")
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if others == 0 {
+                return Err(AuthError::FailedPrecondition("the last active admin cannot be disabled"));
+            }
+        }
+        let row = sqlx::query_as::<_, UserRow>(
             "UPDATE users SET disabled_at = coalesce(disabled_at, now()) WHERE id = $1 \
+             RETURNING id, username, email, phone, password_hash, is_admin, disabled_at, created_at",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    /// Clears a user's disabled mark; returns the row, or `None` if there is
+    /// no such user.
+    pub async fn enable(&self, id: Uuid) -> Result<Option<UserRow>, AuthError> {
+        Ok(sqlx::query_as::<_, UserRow>(
+            "UPDATE users SET disabled_at = NULL WHERE id = $1 \
              RETURNING id, username, email, phone, password_hash, is_admin, disabled_at, created_at",
         )
         .bind(id)

@@ -7,6 +7,9 @@
 //! # Layout
 //! - [`Postgres`]: an `initdb` cluster under a folder, run with `pg_ctl`.
 //! - [`Redis`]: a `redis-server` with no persistence.
+//! - [`RedisCluster`]: a Redis Cluster of `redis-server --cluster-enabled yes`
+//!   nodes (3 primaries and 3 replicas by default) built with
+//!   `redis-cli --cluster create`.
 //! - [`free_port`]: asks the kernel for an unused loopback port.
 //!
 //! Both servers stop when dropped, so a panicking caller leaves no strays.
@@ -185,6 +188,18 @@ pub struct Redis {
     child: Option<Child>,
     /// Where the server's log goes.
     log: PathBuf,
+    /// Set for a cluster node; `None` for a stand-alone server.
+    cluster: Option<ClusterNode>,
+}
+
+/// What a cluster node needs besides its client port.
+#[derive(Debug)]
+struct ClusterNode {
+    /// The folder of its `nodes.conf`, which keeps its identity across a restart.
+    dir: PathBuf,
+    /// The cluster bus port (asked for explicitly: the default, port + 10000,
+    /// may be out of range for a port from the kernel's ephemeral range).
+    bus_port: u16,
 }
 
 impl Redis {
@@ -196,7 +211,7 @@ impl Redis {
             Some(p) => p,
             None => free_port()?,
         };
-        let mut redis = Redis { port, child: None, log: dir.join("redis.log") };
+        let mut redis = Redis { port, child: None, log: dir.join("redis.log"), cluster: None };
         redis.start_again()?;
         Ok(redis)
     }
@@ -206,13 +221,23 @@ impl Redis {
         let bin =
             which("redis-server").ok_or_else(|| io::Error::other("redis-server not found: install redis-server"))?;
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let child = Command::new(bin)
+        let mut command = Command::new(bin);
+        command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--daemonize", "no", "--maxclients", "2000"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
+            .args(["--daemonize", "no", "--maxclients", "2000"]);
+        if let Some(ClusterNode { dir, bus_port }) = &self.cluster {
+            command
+                .args(["--cluster-enabled", "yes", "--cluster-port", &bus_port.to_string(), "--cluster-config-file"])
+                .arg(dir.join("nodes.conf"))
+                .args(["--cluster-node-timeout", &CLUSTER_NODE_TIMEOUT_MS.to_string()])
+                // Healthy primaries keep serving their slots while another is down.
+                .args(["--cluster-require-full-coverage", "no"])
+                // A replica may always take over, however long its primary was silent.
+                .args(["--cluster-replica-validity-factor", "0"])
+                .arg("--dir")
+                .arg(dir);
+        }
+        let child = command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).spawn()?;
         self.child = Some(child);
         wait_for_port(self.port, Duration::from_secs(10))
     }
@@ -240,6 +265,159 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         let _ = self.stop();
+    }
+}
+
+/// How long a cluster node may be unreachable before its replica takes over.
+/// Short, so a test that kills a primary sees the failover within seconds.
+const CLUSTER_NODE_TIMEOUT_MS: u32 = 1000;
+
+/// A local Redis Cluster owned by this process: `primaries` primaries with
+/// `replicas` replicas each, every node a `redis-server --cluster-enabled yes`
+/// on its own free loopback port, joined by `redis-cli --cluster create`.
+///
+/// The cluster keeps serving the slots of healthy primaries while one is down
+/// (`cluster-require-full-coverage no`), and a replica takes over a dead
+/// primary after [`CLUSTER_NODE_TIMEOUT_MS`].
+#[derive(Debug)]
+pub struct RedisCluster {
+    /// The nodes, in creation order (primaries first, as `--cluster create` assigns them).
+    nodes: Vec<Redis>,
+    /// Where the nodes keep their `nodes.conf` and logs.
+    dir: PathBuf,
+}
+
+impl RedisCluster {
+    /// Starts `primaries * (1 + replicas)` nodes under `dir` and joins them into
+    /// one cluster; returns once every node reports `cluster_state:ok`.
+    pub fn start(dir: &Path, primaries: usize, replicas: usize) -> io::Result<Self> {
+        let cli = which("redis-cli").ok_or_else(|| io::Error::other("redis-cli not found: install redis-server"))?;
+        fs::create_dir_all(dir)?;
+        let mut nodes = Vec::new();
+        for _ in 0..primaries * (1 + replicas) {
+            let port = free_port()?;
+            let node_dir = dir.join(format!("node-{port}"));
+            fs::create_dir_all(&node_dir)?;
+            let bus_port = free_port()?;
+            let mut node = Redis {
+                port,
+                child: None,
+                log: node_dir.join("redis.log"),
+                cluster: Some(ClusterNode { dir: node_dir, bus_port }),
+            };
+            node.start_again()?;
+            nodes.push(node);
+        }
+        let cluster = RedisCluster { nodes, dir: dir.to_owned() };
+        let mut create = Command::new(&cli);
+        create.arg("--cluster").arg("create");
+        create.args(cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)));
+        create.args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"]);
+        run(&mut create)?;
+        cluster.wait_until_healthy(Duration::from_secs(30))?;
+        Ok(cluster)
+    }
+
+    /// Waits until every running node reports `cluster_state:ok` and knows
+    /// every slot's owner.
+    pub fn wait_until_healthy(&self, timeout: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let healthy = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+                cli(n.port, &["cluster", "info"])
+                    .map(|info| info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384"))
+                    .unwrap_or(false)
+            });
+            if healthy {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!(
+                    "redis cluster under {} not healthy after {timeout:?}",
+                    self.dir.display()
+                )));
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A `redis-cluster://` URL naming every node (fred's form: the first node,
+    /// then `?node=host:port&node=...`).
+    pub fn url(&self) -> String {
+        let mut ports = self.nodes.iter().map(|n| n.port);
+        let first = ports.next().unwrap_or_default();
+        let rest: Vec<String> = ports.map(|p| format!("node=127.0.0.1:{p}")).collect();
+        if rest.is_empty() {
+            format!("redis-cluster://127.0.0.1:{first}")
+        } else {
+            format!("redis-cluster://127.0.0.1:{first}?{}", rest.join("&"))
+        }
+    }
+
+    /// A `redis-cluster://` URL with one seed node only (the client discovers the rest).
+    pub fn seed_url(&self) -> String {
+        format!("redis-cluster://127.0.0.1:{}", self.nodes.first().map(|n| n.port).unwrap_or_default())
+    }
+
+    /// The ports of every node, in creation order.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
+    }
+
+    /// The index (into [`Self::ports`]) of the running primary that serves `key`'s slot.
+    pub fn primary_for(&self, key: &str) -> io::Result<usize> {
+        let alive = self.nodes.iter().find(|n| n.child.is_some()).ok_or_else(|| io::Error::other("no node runs"))?;
+        let slot: u16 = cli(alive.port, &["cluster", "keyslot", key])?
+            .trim()
+            .parse()
+            .map_err(|e| io::Error::other(format!("cluster keyslot answered garbage: {e}")))?;
+        // `cluster nodes` lines: id host:port@bus flags master ping pong epoch state slots...
+        let table = cli(alive.port, &["cluster", "nodes"])?;
+        for line in table.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let owns = fields[8..].iter().any(|range| match range.split_once('-') {
+                Some((a, b)) => a.parse::<u16>().is_ok_and(|a| a <= slot) && b.parse::<u16>().is_ok_and(|b| slot <= b),
+                None => range.parse::<u16>().is_ok_and(|s| s == slot),
+            });
+            let port =
+                fields[1].split(['@', ',']).next().and_then(|a| a.rsplit(':').next()).and_then(|p| p.parse().ok());
+            if let (true, Some(port)) = (owns, port) {
+                return self
+                    .nodes
+                    .iter()
+                    .position(|n| n.port == port)
+                    .ok_or_else(|| io::Error::other(format!("slot {slot} is served by unknown port {port}")));
+            }
+        }
+        Err(io::Error::other(format!("no healthy primary serves slot {slot}")))
+    }
+
+    /// Kills node `index` (as a crash would: no shutdown, no failover hand-off).
+    pub fn kill(&mut self, index: usize) -> io::Result<()> {
+        self.nodes.get_mut(index).ok_or_else(|| io::Error::other("no such node"))?.stop()
+    }
+
+    /// Starts node `index` again; it rejoins the cluster (as a replica when it was failed over).
+    pub fn restart(&mut self, index: usize) -> io::Result<()> {
+        self.nodes.get_mut(index).ok_or_else(|| io::Error::other("no such node"))?.start_again()
+    }
+}
+
+/// Runs `redis-cli -p <port> <args>` and returns what it printed.
+fn cli(port: u16, args: &[&str]) -> io::Result<String> {
+    let bin = which("redis-cli").ok_or_else(|| io::Error::other("redis-cli not found"))?;
+    let out = Command::new(bin)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()))
     }
 }
 
@@ -273,5 +451,30 @@ mod tests {
     fn free_port_is_bindable() {
         let port = free_port().expect("a free port");
         assert!(TcpListener::bind(("127.0.0.1", port)).is_ok());
+    }
+
+    #[test]
+    fn a_cluster_serves_every_slot_and_fails_a_dead_primary_over_to_its_replica() {
+        let dir = std::env::temp_dir().join(format!("devstack-cluster-test-{}", std::process::id()));
+        let mut cluster = RedisCluster::start(&dir, 3, 1).expect("a redis cluster");
+        assert_eq!(cluster.ports().len(), 6);
+        assert!(cluster.url().starts_with("redis-cluster://127.0.0.1:"));
+        assert_eq!(cluster.url().matches("node=").count(), 5);
+        let primary = cluster.primary_for("{u:1}:x").expect("an owner of the slot");
+        assert!(primary < 3, "--cluster create makes the first nodes primaries");
+        cluster.kill(primary).expect("kill the primary");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let new_primary = loop {
+            match cluster.primary_for("{u:1}:x") {
+                Ok(i) if i != primary => break i,
+                _ if Instant::now() < deadline => thread::sleep(Duration::from_millis(100)),
+                other => panic!("no failover after 20 s: {other:?}"),
+            }
+        };
+        assert!(new_primary >= 3, "a replica took over");
+        cluster.restart(primary).expect("restart the old primary");
+        cluster.wait_until_healthy(Duration::from_secs(20)).expect("healthy again");
+        drop(cluster);
+        let _ = fs::remove_dir_all(dir);
     }
 }

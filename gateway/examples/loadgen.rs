@@ -268,6 +268,7 @@ impl Stack {
         for i in 0..count {
             let mut request = Request::new(CreateTaskRequest {
                 task: Some(Task { title: format!("task {i}"), ..Default::default() }),
+                ..Default::default()
             });
             request.metadata_mut().insert("authorization", format!("Bearer {token}").parse()?);
             tasks.create_task(request).await?;

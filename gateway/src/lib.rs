@@ -17,6 +17,7 @@
 //! - [`metrics`]: Prometheus counters and histograms, `/metrics`.
 //! - [`protocol`]: telling the protocols apart and answering errors in each.
 //! - [`tls`]: the optional rustls acceptor.
+//! - [`watch`]: the per-replica bound on open WatchTasks streams.
 
 pub mod auth;
 pub mod edge;
@@ -30,6 +31,7 @@ pub mod settings;
 pub mod stack;
 pub mod startup;
 pub mod tls;
+pub mod watch;
 
 pub use settings::Settings;
 pub use startup::Application;

@@ -15,6 +15,7 @@
 //! - [`cookies`]: the browser session cookies (`?cookies=true`) and CSRF tokens.
 //! - [`openapi`]: the OpenAPI 3.1 document at `/openapi.json`.
 //! - `docs`: Swagger UI at `/docs`, vendored and embedded.
+//! - [`watch`]: WatchTasks as Server-Sent Events.
 
 pub mod cookies;
 mod docs;
@@ -23,6 +24,7 @@ mod extract;
 mod json;
 pub mod openapi;
 mod routes;
+pub mod watch;
 
 use axum::{Router, routing::get};
 use taskgate_proto::{
@@ -30,7 +32,10 @@ use taskgate_proto::{
 };
 use tonic::transport::Channel;
 
-use crate::rest::routes::{Backends, axum_path, binding_for, method_filter};
+use crate::{
+    rest::routes::{Backends, axum_path, binding_for, method_filter},
+    watch::WatchSlots,
+};
 
 /// The REST routes, forwarding to `auth` and `task` over their pooled channels.
 ///
@@ -44,10 +49,28 @@ use crate::rest::routes::{Backends, axum_path, binding_for, method_filter};
 ///
 /// Session cookies (`?cookies=true`) are named, set and CSRF-checked as
 /// `cookies` says (the same policy the authentication layer reads them with).
+///
+/// `watch` bounds the WatchTasks streams this replica serves, together with
+/// the gRPC proxy's.
 pub fn router(
     auth: AuthServiceClient<Channel>,
     task: TaskServiceClient<Channel>,
     cookies: cookies::CookiePolicy,
+    watch: WatchSlots,
+) -> Router {
+    router_with_hashing_client(auth.clone(), auth, task, cookies, watch)
+}
+
+/// [`router`], with Register, Login and ChangePassword (the calls that hash
+/// a password) sent over `auth_hashing`, a connection of their own, so a
+/// flood of them never queues cheap auth calls behind it on one HTTP/2
+/// connection.
+pub fn router_with_hashing_client(
+    auth: AuthServiceClient<Channel>,
+    auth_hashing: AuthServiceClient<Channel>,
+    task: TaskServiceClient<Channel>,
+    cookies: cookies::CookiePolicy,
+    watch: WatchSlots,
 ) -> Router {
     let mut router = Router::new();
     for rule in HTTP_RULES {
@@ -73,7 +96,7 @@ pub fn router(
         // Must follow every `route`: it only applies to routes already added.
         .method_not_allowed_fallback(routes::method_not_allowed)
         .fallback(routes::not_found)
-        .with_state(Backends { auth, task })
+        .with_state(Backends { auth, auth_hashing, task, watch })
         .layer(axum::Extension(cookies))
 }
 
@@ -96,6 +119,7 @@ mod tests {
             AuthServiceClient::new(channel.clone()),
             TaskServiceClient::new(channel),
             cookies::CookiePolicy::new(true, None),
+            WatchSlots::new(10),
         )
     }
 
@@ -131,6 +155,7 @@ mod tests {
                 "Register" => r#"{"username": "alice", "password": "correct horse"}"#,
                 "Login" => r#"{"login": "alice", "password": "correct horse"}"#,
                 "Refresh" => r#"{"refresh_token": "x"}"#,
+                "ChangePassword" => r#"{"current_password": "a", "new_password": "b"}"#,
                 _ => "",
             };
             let (status, _, json) = send(request(rule.verb, &path, body)).await;

@@ -69,6 +69,11 @@ pub struct Settings {
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<IpAddr>,
 
+    /// Most WatchTasks streams (gRPC, gRPC-web and SSE together) this replica
+    /// serves at once; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "GATEWAY_MAX_WATCH_STREAMS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_watch_streams: u32,
+
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
@@ -149,6 +154,7 @@ impl Settings {
             trusted_proxies: Vec::new(),
             log_format: LogFormat::Pretty,
             request_timeout_seconds: 30,
+            max_watch_streams: 10_000,
             demo_dir: PathBuf::from("clients/web/dist"),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             max_connections: 8192,

@@ -32,6 +32,7 @@ use crate::{
     rest::{self, cookies::CookiePolicy},
     serve::{self, ConnectionLimits},
     stack, tls,
+    watch::WatchSlots,
 };
 
 /// Redis clients in the pool; each multiplexes many commands.
@@ -78,6 +79,11 @@ impl Application {
 
         let mtls = settings.mtls.load()?;
         let auth_channel = channel(&settings.auth_url, mtls.as_ref()).context("AUTH_SERVICE_URL")?;
+        // Calls that hash a password (Register, Login, ChangePassword) get a
+        // connection of their own: a flood of them must not queue Refresh,
+        // Logout or GetMe behind it on one HTTP/2 connection.
+        let auth_hashing =
+            AuthServiceClient::new(channel(&settings.auth_url, mtls.as_ref()).context("AUTH_SERVICE_URL")?);
         let task_channel = channel(&settings.task_url, mtls.as_ref()).context("TASK_SERVICE_URL")?;
         let redis = taskgate_common::redis::connect(&settings.redis_url, REDIS_POOL_SIZE).await?;
         let metrics = Metrics::new();
@@ -98,9 +104,10 @@ impl Application {
 
         let auth_client = AuthServiceClient::new(auth_channel.clone());
         let task_client = TaskServiceClient::new(task_channel.clone());
+        let watch = WatchSlots::new(settings.max_watch_streams as usize);
         let (grpc, health) = grpc_routes(
-            AuthProxy::new(auth_client.clone(), metrics.clone()),
-            TaskProxy::new(task_client.clone(), metrics.clone()),
+            AuthProxy::new(auth_client.clone(), auth_hashing.clone(), metrics.clone()),
+            TaskProxy::new(task_client.clone(), metrics.clone(), watch.clone()),
         )
         .await?;
         edge::spawn_backend_health(health, auth_channel.clone(), task_channel.clone());
@@ -115,7 +122,7 @@ impl Application {
                 .route("/demo/", get(edge::demo).with_state(demo.clone()))
                 .route("/demo/{*path}", get(edge::demo).with_state(demo));
         }
-        let rest_routes = rest::router(auth_client, task_client, cookies.clone());
+        let rest_routes = rest::router_with_hashing_client(auth_client, auth_hashing, task_client, cookies.clone(), watch);
         let routes = routes.merge(grpc).merge(rest_routes);
 
         let app = stack::apply(

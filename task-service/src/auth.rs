@@ -2,7 +2,7 @@
 //! itself (defence in depth behind the gateway) and takes the owner id from
 //! its `sub`, never from anything else in the request.
 
-use taskgate_tokens::{RevocationCheck, TokenKind, Verifier, VerifyError, bearer_token};
+use taskgate_tokens::{Claims, RevocationCheck, TokenKind, Verifier, VerifyError, bearer_token};
 use tonic::metadata::MetadataMap;
 use uuid::Uuid;
 
@@ -32,6 +32,12 @@ impl Authenticator {
 
     /// The id of the user whose valid, unrevoked access token is in `metadata`.
     pub async fn owner(&self, metadata: &MetadataMap) -> Result<Uuid, TaskError> {
+        Ok(self.caller(metadata).await?.0)
+    }
+
+    /// Like [`Authenticator::owner`], with the token's claims (a watch
+    /// stream needs its session and expiry).
+    pub async fn caller(&self, metadata: &MetadataMap) -> Result<(Uuid, Claims), TaskError> {
         let token = bearer_token(metadata).ok_or(VerifyError::Missing)?;
         let claims = self.verifier.verify(token, TokenKind::Access).await?;
         // Fail-open either way; checking `is_up` first only spares each
@@ -39,6 +45,7 @@ impl Authenticator {
         if taskgate_common::redis::is_up(&self.redis) {
             self.revocation.check(&claims).await?;
         }
-        Uuid::parse_str(&claims.sub).map_err(|_| TaskError::Unauthenticated(VerifyError::InvalidClaims))
+        let owner = Uuid::parse_str(&claims.sub).map_err(|_| TaskError::Unauthenticated(VerifyError::InvalidClaims))?;
+        Ok((owner, claims))
     }
 }

@@ -1,60 +1,72 @@
-//! The Redis list cache, and why it is never stale.
+//! The Redis list cache and event log, and why the cache is never stale.
 //!
-//! # Keys (all under `REDIS_PREFIX`)
-//! - `tasks:{owner}:pages`: a hash with one field per [`Shape`]: a status
+//! # Keys (docs/redis-keys.md; every one under the user's hash tag, so each
+//! script below touches one Redis Cluster slot)
+//! - `P{u:<uid>}:tasks:pages`: a hash with one field per [`Shape`]: a status
 //!   filter (`all`, `todo`, `in_progress`, `done`) and a depth (50, the
 //!   default page, or 500, the largest). Each holds the user's newest tasks
 //!   of that shape as JSON, with the stamp they were filled at. Any first page
 //!   is cut from the shallowest entry deep enough for it; later pages are not
 //!   cached. So the cache holds at most 4 x (50 + 500) tasks per user, and a
 //!   default page does not pay for reading 500.
-//! - `tasks:{owner}:ver`: the user's list version.
-//! - `tasks:epoch`: the global epoch.
-//! - `tasks:seq`: the counter new versions and epochs are drawn from, so no
-//!   value ever repeats (not even after a key expires or Redis loses its
-//!   data, since a missing counter restarts from the current time in
-//!   microseconds). A stamp that matches therefore means "nothing changed".
+//! - `P{u:<uid>}:tasks:ver`: the user's list version. It never repeats: a
+//!   missing counter restarts from Redis' clock in microseconds (far above any
+//!   earlier value), and every write adds exactly one.
+//! - `P{u:<uid>}:tasks:events`: the user's event log, a stream capped at
+//!   `WATCH_EVENT_LOG_LENGTH` entries whose ids are `<version>-0`, appended
+//!   by the same script that bumps the version (see [`crate::watch`]).
+//! - `P{u:<uid>}:tasks:notify`: the sharded pub/sub channel that script
+//!   publishes the new version on, waking the user's watchers on every
+//!   replica.
+//! - `P{g}:tasks:epoch`: the fleet-wide epoch. No request-path script reads
+//!   it: each replica holds it in memory, stamps it into the entries it
+//!   fills, refreshes it every [`crate::store::SWEEP_INTERVAL`], and changes
+//!   it (INCR) only when recovering from an outage.
 //!
 //! # Read-your-writes
 //! A write commits in Postgres, *then* gives the user a new version (and
-//! drops their pages) before it answers. A reader fetches the epoch, the
-//! version and the entry in one script; it uses the entry only if the entry
-//! was filled at that very `(epoch, version)`. On a miss it queries Postgres
-//! *after* having read the stamp, and stores the result with a script that
-//! writes only if the stamp is still current. A reader that loaded the old
-//! list before a write therefore cannot store it after the write's bump: its
-//! check-and-set fails.
+//! drops their pages, and appends its event) before it answers. A reader
+//! fetches the version and the entry in one script; it uses the entry only if
+//! the entry was filled at that very `(epoch, version)`. On a miss it queries
+//! Postgres *after* having read the stamp, and stores the result with a
+//! script that writes only if the version is still current. A reader that
+//! loaded the old list before a write therefore cannot store it after the
+//! write's bump: its check-and-set fails.
 //!
 //! # Redis outages
 //! While Redis is down, reads and writes go straight to Postgres. A write
 //! then cannot bump its user's version, so when Redis returns, entries filled
 //! before the write could be served. Such a failed bump marks this process
-//! *dirty*: it serves nothing from Redis until it has given the whole cache a
-//! new epoch, which makes every older entry a miss. Start-up begins dirty too,
-//! so a process that crashed while dirty is covered by its successor. The
-//! outage is logged once when it starts and once when the cache recovers.
+//! *dirty*: it serves nothing from Redis until it has changed the fleet-wide
+//! epoch, which makes every entry stamped with an older epoch a miss.
+//! Start-up begins dirty too, so a process that crashed while dirty is
+//! covered by its successor. The outage is logged once when it starts and
+//! once when the cache recovers.
 //!
 //! Other replicas learn of such a write through Postgres: the writer also
-//! records it in `cache_invalidations`, and every replica sweeps that table
-//! (every [`crate::store::SWEEP_INTERVAL`]); one that can reach Redis changes
-//! the epoch and deletes the records. The remaining gap: until that sweep, a
-//! replica that *can* reach Redis may still serve an entry older than the
-//! write (about one sweep interval, instead of a TTL).
+//! records it (with its owner) in `cache_invalidations`, and every replica
+//! sweeps that table (every [`crate::store::SWEEP_INTERVAL`]); one that can
+//! reach Redis bumps each named user's version with a `reset` event (which
+//! tells their watchers to list again), changes the epoch and deletes the
+//! records. Every replica also re-reads the epoch on each sweep. The
+//! remaining gap: until the next sweep, a replica that *can* reach Redis may
+//! still serve an entry older than the write (about one sweep interval,
+//! instead of a TTL).
 
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
     },
     time::Duration,
 };
 
-use chrono::Utc;
 use fred::{
-    interfaces::LuaInterface as _,
+    interfaces::{KeysInterface as _, LuaInterface as _},
     prelude::{Pool, Value},
 };
 use serde::{Deserialize, Serialize};
+use taskgate_common::keys;
 use uuid::Uuid;
 
 use crate::{Metrics, domain::TaskStatus, repository::Task};
@@ -84,70 +96,80 @@ impl Shape {
     }
 }
 
-/// How long a user's version key lives without writes. Any value is safe
-/// (versions never repeat); it only bounds the keys idle users leave behind.
-const VERSION_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long a user's version key and event log live without writes. Any
+/// value is safe (versions never repeat); it only bounds the keys idle users
+/// leave behind.
+pub const VERSION_TTL: Duration = Duration::from_secs(24 * 3600);
 
 // Values travel as strings: Lua numbers are doubles and print as `1.7e+15`.
+// A missing version starts from Redis' own clock (`TIME`, in microseconds),
+// not a replica's, so replicas with skewed clocks cannot make it repeat.
 
-/// Reads epoch, version and one entry in one round trip, creating a fresh
-/// epoch or version when missing.
-/// KEYS: epoch, seq, version, pages. ARGV: field, now micros, version TTL.
+/// Reads the version and one entry in one round trip, creating a fresh
+/// version when missing. KEYS: version, pages. ARGV: field, version TTL.
 const READ_SCRIPT: &str = r"
-local function fresh()
-  if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[2], ARGV[2]) end
-  redis.call('INCR', KEYS[2])
-  return redis.call('GET', KEYS[2])
-end
-local epoch = redis.call('GET', KEYS[1])
-if not epoch then
-  epoch = fresh()
-  redis.call('SET', KEYS[1], epoch)
-end
-local ver = redis.call('GET', KEYS[3])
+local ver = redis.call('GET', KEYS[1])
 if not ver then
-  ver = fresh()
-  redis.call('SET', KEYS[3], ver, 'EX', ARGV[3])
+  local t = redis.call('TIME')
+  ver = t[1] .. string.format('%06d', tonumber(t[2]))
+  redis.call('SET', KEYS[1], ver, 'EX', ARGV[2])
 end
-local entry = redis.call('HGET', KEYS[4], ARGV[1])
-return {epoch, ver, entry or ''}
+local entry = redis.call('HGET', KEYS[2], ARGV[1])
+return {ver, entry or ''}
 ";
 
-/// Stores an entry only if epoch and version are still those it was loaded
-/// under. KEYS: epoch, version, pages. ARGV: field, epoch, version, entry, TTL.
+/// Stores an entry only if the version is still the one it was loaded
+/// under. KEYS: version, pages. ARGV: field, version, entry, TTL.
 const FILL_SCRIPT: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[2] or redis.call('GET', KEYS[2]) ~= ARGV[3] then
+if redis.call('GET', KEYS[1]) ~= ARGV[2] then
   return 0
 end
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
-redis.call('EXPIRE', KEYS[3], ARGV[5])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
 return 1
 ";
 
-/// Gives a user a new version and drops their entries.
-/// KEYS: seq, version, pages. ARGV: now micros, version TTL.
+/// After a write: gives the user a new version, drops their entries,
+/// appends the write's event under the new version and publishes the
+/// version to the user's watchers, all in one round trip. An append that
+/// Redis refuses (a log left ahead of a lost version counter) starts the log
+/// afresh: watchers then find a gap and list again.
+/// KEYS: version, pages, events, notify. ARGV: TTL, log length, event type,
+/// event payload.
 const BUMP_SCRIPT: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], ARGV[1]) end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local t = redis.call('TIME')
+  redis.call('SET', KEYS[1], t[1] .. string.format('%06d', tonumber(t[2])))
+end
 redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
 local v = redis.call('GET', KEYS[1])
-redis.call('SET', KEYS[2], v, 'EX', ARGV[2])
-redis.call('DEL', KEYS[3])
+redis.call('DEL', KEYS[2])
+local added = redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], v .. '-0', 'type', ARGV[3], 'data', ARGV[4])
+if type(added) == 'table' and added.err then
+  redis.call('DEL', KEYS[3])
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], v .. '-0', 'type', ARGV[3], 'data', ARGV[4])
+end
+redis.call('EXPIRE', KEYS[3], ARGV[1])
+redis.call('SPUBLISH', KEYS[4], v)
 return v
 ";
 
-/// Gives the whole cache a new epoch. KEYS: seq, epoch. ARGV: now micros.
-const EPOCH_SCRIPT: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], ARGV[1]) end
-redis.call('INCR', KEYS[1])
-local v = redis.call('GET', KEYS[1])
-redis.call('SET', KEYS[2], v)
-return v
-";
+/// One change of a user's list, as the event log records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// `created`, `updated`, `deleted` or `reset` (events may have been lost:
+    /// list again).
+    pub kind: &'static str,
+    /// The task after the change as JSON (only `{"id": ...}` for `deleted`;
+    /// empty for `reset`).
+    pub data: String,
+}
 
 /// The state of the cache an entry was filled at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Stamp {
-    /// The global epoch.
+    /// The fleet-wide epoch, as this replica knew it.
     pub epoch: i64,
     /// The user's list version.
     pub version: i64,
@@ -183,6 +205,10 @@ pub struct ListCache {
     prefix: String,
     /// How long entries live.
     ttl: Duration,
+    /// How many events each user's log keeps (`WATCH_EVENT_LOG_LENGTH`).
+    log_length: u64,
+    /// The fleet-wide epoch as last read or set; 0 until known.
+    epoch: AtomicI64,
     /// Whether Redis worked last time we tried; flips are logged, so an
     /// outage is logged once however many requests it fails.
     up: AtomicBool,
@@ -200,11 +226,13 @@ pub struct ListCache {
 impl ListCache {
     /// A cache in `redis` under `prefix`, with entries living `ttl`. It starts
     /// dirty: the first use gives the cache a new epoch.
-    pub fn new(redis: Pool, prefix: impl Into<String>, ttl: Duration, metrics: Arc<Metrics>) -> Self {
+    pub fn new(redis: Pool, prefix: impl Into<String>, ttl: Duration, log_length: u64, metrics: Arc<Metrics>) -> Self {
         ListCache {
             redis,
             prefix: prefix.into(),
             ttl,
+            log_length: log_length.max(1),
+            epoch: AtomicI64::new(0),
             up: AtomicBool::new(true),
             failed_bumps: AtomicU64::new(1),
             covered_bumps: AtomicU64::new(0),
@@ -213,12 +241,19 @@ impl ListCache {
         }
     }
 
-    fn key(&self, owner: Uuid, what: &str) -> String {
-        format!("{}tasks:{owner}:{what}", self.prefix)
+    /// `P{u:<owner>}:tasks:<what>`.
+    pub fn key(&self, owner: Uuid, what: &str) -> String {
+        keys::user_key(&self.prefix, owner, &format!("tasks:{what}"))
     }
 
-    fn global(&self, what: &str) -> String {
-        format!("{}tasks:{what}", self.prefix)
+    /// `P{g}:tasks:epoch`.
+    fn epoch_key(&self) -> String {
+        keys::global_key(&self.prefix, "tasks:epoch")
+    }
+
+    /// The fleet-wide epoch as this replica knows it (0: not known yet).
+    pub fn epoch(&self) -> i64 {
+        self.epoch.load(Ordering::SeqCst)
     }
 
     /// Whether Redis may be used now: connected, and no failed bump left
@@ -248,8 +283,9 @@ impl ListCache {
         if !self.usable().await {
             return Lookup::Bypass;
         }
-        let keys = vec![self.global("epoch"), self.global("seq"), self.key(owner, "ver"), self.key(owner, "pages")];
-        let args = vec![shape.field(), now_micros().to_string(), VERSION_TTL.as_secs().to_string()];
+        let epoch = self.epoch();
+        let keys = vec![self.key(owner, "ver"), self.key(owner, "pages")];
+        let args = vec![shape.field(), VERSION_TTL.as_secs().to_string()];
         let reply = match self.redis.next_connected().eval::<Value, _, _, _>(READ_SCRIPT, keys, args).await {
             Ok(reply) => reply,
             Err(e) => {
@@ -259,9 +295,7 @@ impl ListCache {
         };
         self.came_up();
         let mut parts = reply.into_array().into_iter();
-        let (Some(epoch), Some(version)) =
-            (parts.next().and_then(|v| v.as_i64()), parts.next().and_then(|v| v.as_i64()))
-        else {
+        let Some(version) = parts.next().and_then(|v| v.as_i64()) else {
             tracing::error!("unexpected reply from the cache read script");
             return Lookup::Bypass;
         };
@@ -291,14 +325,8 @@ impl ListCache {
                 return false;
             }
         };
-        let keys = vec![self.global("epoch"), self.key(owner, "ver"), self.key(owner, "pages")];
-        let args = vec![
-            shape.field(),
-            page.stamp.epoch.to_string(),
-            page.stamp.version.to_string(),
-            entry,
-            self.ttl.as_secs().max(1).to_string(),
-        ];
+        let keys = vec![self.key(owner, "ver"), self.key(owner, "pages")];
+        let args = vec![shape.field(), page.stamp.version.to_string(), entry, self.ttl.as_secs().max(1).to_string()];
         match self.redis.next_connected().eval::<i64, _, _, _>(FILL_SCRIPT, keys, args).await {
             Ok(stored) => {
                 self.came_up();
@@ -312,19 +340,32 @@ impl ListCache {
     }
 
     /// Called after a write to `owner`'s tasks has committed, before it is
-    /// acknowledged: gives the user a new version. If Redis cannot be told,
-    /// the process turns dirty (see the module docs), which is just as safe.
+    /// acknowledged: gives the user a new version and appends `change` to
+    /// their event log (one script). If Redis cannot be told, the process
+    /// turns dirty (see the module docs), which is just as safe for the
+    /// cache; the caller must then tell the user's watchers to list again.
     ///
-    /// Returns false when Redis could not be told; the caller then records
-    /// the miss where other replicas see it (see [`ListCache::new_epoch`]).
-    pub async fn invalidate(&self, owner: Uuid) -> bool {
+    /// Returns the new version, or `None` when Redis could not be told; the
+    /// caller then records the miss where other replicas see it (see
+    /// [`ListCache::new_epoch`]).
+    pub async fn publish(&self, owner: Uuid, change: &Change) -> Option<i64> {
         if taskgate_common::redis::is_up(&self.redis) {
-            let keys = vec![self.global("seq"), self.key(owner, "ver"), self.key(owner, "pages")];
-            let args = vec![now_micros(), VERSION_TTL.as_secs() as i64];
+            let keys = vec![
+                self.key(owner, "ver"),
+                self.key(owner, "pages"),
+                self.key(owner, "events"),
+                self.key(owner, "notify"),
+            ];
+            let args = vec![
+                VERSION_TTL.as_secs().to_string(),
+                self.log_length.to_string(),
+                change.kind.to_owned(),
+                change.data.clone(),
+            ];
             match self.redis.next_connected().eval::<i64, _, _, _>(BUMP_SCRIPT, keys, args).await {
-                Ok(_) => {
+                Ok(version) => {
                     self.came_up();
-                    return true;
+                    return Some(version);
                 }
                 Err(e) => self.went_down(&e.to_string()),
             }
@@ -332,7 +373,7 @@ impl ListCache {
             self.went_down("not connected");
         }
         self.failed_bumps.fetch_add(1, Ordering::SeqCst);
-        false
+        None
     }
 
     /// Changes the epoch now if the cache is dirty and Redis is reachable;
@@ -349,14 +390,35 @@ impl ListCache {
         if !taskgate_common::redis::is_up(&self.redis) {
             return false;
         }
-        let keys = vec![self.global("seq"), self.global("epoch")];
-        match self.redis.next_connected().eval::<i64, _, _, _>(EPOCH_SCRIPT, keys, vec![now_micros()]).await {
-            Ok(_) => {
+        match self.redis.next_connected().incr::<i64, _>(self.epoch_key()).await {
+            Ok(epoch) => {
                 self.came_up();
+                self.epoch.fetch_max(epoch, Ordering::SeqCst);
                 true
             }
             Err(e) => {
                 self.went_down(&e.to_string());
+                false
+            }
+        }
+    }
+
+    /// Re-reads the fleet-wide epoch (another replica may have changed it).
+    /// Returns true when it moved since the last read.
+    pub async fn refresh_epoch(&self) -> bool {
+        if !taskgate_common::redis::is_up(&self.redis) {
+            return false;
+        }
+        match self.redis.next_connected().get::<Option<i64>, _>(self.epoch_key()).await {
+            Ok(Some(epoch)) => {
+                let before = self.epoch.fetch_max(epoch, Ordering::SeqCst);
+                before != 0 && epoch > before
+            }
+            // Lost with Redis' data: start a new one, which also covers
+            // anything filled before the loss.
+            Ok(None) => self.new_epoch().await,
+            Err(e) => {
+                tracing::debug!(error = %e, "reading the cache epoch");
                 false
             }
         }
@@ -374,11 +436,6 @@ impl ListCache {
             tracing::info!("task cache recovered");
         }
     }
-}
-
-/// The current time in microseconds, where a lost counter restarts.
-fn now_micros() -> i64 {
-    Utc::now().timestamp_micros()
 }
 
 #[cfg(test)]

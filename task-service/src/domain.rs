@@ -44,6 +44,60 @@ impl TaskTitle {
     }
 }
 
+/// A create's idempotency key (AIP-155): 1 to 128 visible ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(String);
+
+impl RequestId {
+    /// The longest request id accepted.
+    pub const MAX_LEN: usize = 128;
+
+    /// Checks `raw`; an empty string means "no request id".
+    pub fn parse(raw: &str) -> Result<Option<Self>, String> {
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        if raw.len() > Self::MAX_LEN {
+            return Err(format!("must be at most {} characters", Self::MAX_LEN));
+        }
+        if !raw.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("must be visible ASCII characters (a UUID is a good choice)".into());
+        }
+        Ok(Some(RequestId(raw.to_owned())))
+    }
+
+    /// The id text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An etag (AIP-154) as the service hands it out: the task's version in
+/// decimal. Quotes and a weak `W/` prefix, as HTTP writes them, are accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Etag(pub i64);
+
+impl Etag {
+    /// Parses `raw`; an empty string means "unconditional".
+    pub fn parse(raw: &str) -> Result<Option<Self>, String> {
+        let text = raw.trim();
+        let text = text.strip_prefix("W/").unwrap_or(text);
+        let text = text.trim_matches('"');
+        if text.is_empty() {
+            return if raw.trim().is_empty() { Ok(None) } else { Err("is not an etag this service issued".into()) };
+        }
+        match text.parse::<i64>() {
+            Ok(version) if version > 0 => Ok(Some(Etag(version))),
+            _ => Err("is not an etag this service issued".into()),
+        }
+    }
+
+    /// The etag text for a task at `version`.
+    pub fn render(version: i64) -> String {
+        version.to_string()
+    }
+}
+
 /// A task description: at most 10,000 characters, no NUL; may be empty.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TaskDescription(String);
@@ -264,6 +318,25 @@ impl ListQuery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn etags_parse_with_or_without_http_quoting() {
+        assert_eq!(Etag::parse("").expect("empty"), None);
+        assert_eq!(Etag::parse("7").expect("bare"), Some(Etag(7)));
+        assert_eq!(Etag::parse("\"7\"").expect("quoted"), Some(Etag(7)));
+        assert_eq!(Etag::parse("W/\"7\"").expect("weak"), Some(Etag(7)));
+        assert!(Etag::parse("abc").is_err());
+        assert!(Etag::parse("0").is_err());
+        assert!(Etag::parse("\"\"").is_err());
+    }
+
+    #[test]
+    fn request_ids_are_short_visible_ascii() {
+        assert_eq!(RequestId::parse("").expect("empty"), None);
+        assert!(RequestId::parse("6f1d0b5e-8c1a-4a53-9d7e-2b8e0d8c1a11").expect("uuid").is_some());
+        assert!(RequestId::parse("has space").is_err());
+        assert!(RequestId::parse(&"x".repeat(129)).is_err());
+    }
 
     #[test]
     fn titles_are_trimmed_and_bounded() {

@@ -1,8 +1,17 @@
 //! [`TaskError`]: everything a task call can fail with, and the one table
 //! that turns it into a gRPC status.
 
+use std::collections::HashMap;
+
 use taskgate_tokens::VerifyError;
-use tonic::Status;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
+
+/// The google.rpc.ErrorInfo reason of a watch that must list again.
+pub const LIST_AGAIN: &str = "LIST_AGAIN";
+
+/// The google.rpc.ErrorInfo domain of the task service's errors.
+pub const ERROR_DOMAIN: &str = "tasks.taskgate";
 
 /// Why a task call failed.
 #[derive(Debug, thiserror::Error)]
@@ -16,9 +25,28 @@ pub enum TaskError {
     /// The caller's token is missing, invalid, expired or revoked.
     #[error(transparent)]
     Unauthenticated(#[from] VerifyError),
+    /// A conditional write named an etag the task no longer has (AIP-154).
+    #[error("the task changed since its etag was read")]
+    EtagMismatch,
+    /// A create's request id matched an earlier create whose task has since
+    /// been deleted, so the original answer cannot be repeated.
+    #[error("the task created with this request_id has been deleted")]
+    RequestDeleted,
+    /// A watcher cannot be brought up to date from the event log (it does
+    /// not reach back far enough, or events may have been lost): the client
+    /// must list again and watch from the new version.
+    #[error("list again: {0}")]
+    ListAgain(&'static str),
+    /// The caller already has as many open watch streams as allowed.
+    #[error("too many open watch streams")]
+    TooManyStreams(u32),
     /// Postgres cannot be reached right now.
     #[error("database unavailable")]
     Unavailable,
+    /// Redis (the event log) cannot be reached right now; only WatchTasks
+    /// needs it.
+    #[error("event log unavailable")]
+    EventsUnavailable,
     /// Anything else; logged, never shown to the client.
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
@@ -63,7 +91,12 @@ impl TaskError {
             TaskError::InvalidArgument(v) => TaskError::InvalidArgument(v.clone()),
             TaskError::NotFound => TaskError::NotFound,
             TaskError::Unauthenticated(e) => TaskError::Unexpected(anyhow::anyhow!("{e}")),
+            TaskError::EtagMismatch => TaskError::EtagMismatch,
+            TaskError::RequestDeleted => TaskError::RequestDeleted,
+            TaskError::ListAgain(why) => TaskError::ListAgain(why),
+            TaskError::TooManyStreams(n) => TaskError::TooManyStreams(*n),
             TaskError::Unavailable => TaskError::Unavailable,
+            TaskError::EventsUnavailable => TaskError::EventsUnavailable,
             TaskError::Unexpected(e) => TaskError::Unexpected(anyhow::anyhow!("{e:#}")),
         }
     }
@@ -77,7 +110,22 @@ impl From<TaskError> for Status {
             ),
             TaskError::NotFound => Status::not_found("task not found"),
             TaskError::Unauthenticated(e) => e.into(),
+            TaskError::EtagMismatch => {
+                Status::aborted("the task changed since its etag was read: read it again and retry")
+            }
+            TaskError::RequestDeleted => {
+                Status::failed_precondition("the task created with this request_id has been deleted")
+            }
+            TaskError::ListAgain(why) => Status::with_error_details(
+                Code::FailedPrecondition,
+                format!("list again, then watch from the new version: {why}"),
+                ErrorDetails::with_error_info(LIST_AGAIN, ERROR_DOMAIN, HashMap::new()),
+            ),
+            TaskError::TooManyStreams(limit) => {
+                Status::resource_exhausted(format!("at most {limit} watch streams may be open per user"))
+            }
             TaskError::Unavailable => Status::unavailable("database unavailable"),
+            TaskError::EventsUnavailable => Status::unavailable("event log unavailable"),
             TaskError::Unexpected(e) => {
                 tracing::error!(error = %format!("{e:#}"), "unexpected error in the task service");
                 Status::internal("internal error")
@@ -88,8 +136,6 @@ impl From<TaskError> for Status {
 
 #[cfg(test)]
 mod tests {
-    use tonic::Code;
-
     use super::*;
 
     #[test]
@@ -100,6 +146,11 @@ mod tests {
         let unavailable = Status::from(TaskError::Unavailable);
         assert_eq!(unavailable.code(), Code::Unavailable);
         assert_eq!(unavailable.message(), "database unavailable");
+        assert_eq!(Status::from(TaskError::EtagMismatch).code(), Code::Aborted);
+        let relist = Status::from(TaskError::ListAgain("trimmed"));
+        assert_eq!(relist.code(), Code::FailedPrecondition);
+        assert_eq!(relist.get_error_details().error_info().map(|i| i.reason.as_str()), Some(LIST_AGAIN));
+        assert_eq!(Status::from(TaskError::TooManyStreams(5)).code(), Code::ResourceExhausted);
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //! - [`cache`]: the Redis list cache: versions, epochs, outage handling.
 //! - [`store`]: reads and writes that keep Postgres and the cache consistent,
 //!   with single-flight loading of cold lists.
+//! - [`watch`]: WatchTasks: the per-user event log, its live tail across
+//!   replicas, and the limits on open streams.
 //! - [`service`]: the `TaskService` gRPC implementation.
 //! - [`metrics`]: counters tests and operators read (queries, cache hits).
 
@@ -29,6 +31,7 @@ pub mod service;
 pub mod settings;
 pub mod startup;
 pub mod store;
+pub mod watch;
 
 pub use error::TaskError;
 pub use metrics::Metrics;

@@ -17,6 +17,10 @@ pub struct Metrics {
     cache_outages: AtomicU64,
     /// Postgres outages noticed (each logged once, when it starts).
     database_outages: AtomicU64,
+    /// WatchTasks streams open now.
+    watch_streams: AtomicU64,
+    /// WatchTasks streams ended because their reader fell behind.
+    watch_slow_readers: AtomicU64,
 }
 
 impl Metrics {
@@ -48,6 +52,28 @@ impl Metrics {
     /// Postgres outages noticed so far; each was logged once.
     pub fn database_outages(&self) -> u64 {
         self.database_outages.load(Ordering::Relaxed)
+    }
+
+    /// WatchTasks streams open on this replica now.
+    pub fn watch_streams(&self) -> u64 {
+        self.watch_streams.load(Ordering::Relaxed)
+    }
+
+    /// WatchTasks streams ended so far because their reader fell behind.
+    pub fn watch_slow_readers(&self) -> u64 {
+        self.watch_slow_readers.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn watch_opened(&self) {
+        self.watch_streams.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn watch_closed(&self) {
+        self.watch_streams.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn watch_slow_reader(&self) {
+        self.watch_slow_readers.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn cache_outage(&self) {

@@ -1,10 +1,12 @@
 //! The `taskgate.task.v1.TaskService` gRPC implementation: authenticate,
 //! parse the request into domain types, call the store, convert back.
 
+use std::sync::Arc;
+
 use prost_types::{FieldMask, Timestamp};
 use taskgate_proto::task::v1::{
     self as pb, CreateTaskRequest, CreateTaskResponse, DeleteTaskRequest, DeleteTaskResponse, GetTaskRequest,
-    GetTaskResponse, ListTasksRequest, ListTasksResponse, UpdateTaskRequest, UpdateTaskResponse,
+    GetTaskResponse, ListTasksRequest, ListTasksResponse, UpdateTaskRequest, UpdateTaskResponse, WatchTasksRequest,
     task_service_server::TaskService,
 };
 use tonic::{Request, Response, Status};
@@ -12,9 +14,10 @@ use tonic::{Request, Response, Status};
 use crate::{
     TaskError,
     auth::Authenticator,
-    domain::{ListQuery, TaskDescription, TaskId, TaskStatus, TaskTitle},
-    repository::{Task, TaskChanges},
+    domain::{Etag, ListQuery, RequestId, TaskDescription, TaskId, TaskStatus, TaskTitle},
+    repository::{NewTask, Task, TaskChanges},
     store::TaskStore,
+    watch::{Hub, WatchStream},
 };
 
 /// The gRPC service.
@@ -24,12 +27,19 @@ pub struct TaskApi {
     auth: Authenticator,
     /// Where tasks live.
     store: TaskStore,
+    /// This replica's watch streams.
+    hub: Arc<Hub>,
 }
 
 impl TaskApi {
-    /// A service over `store`, authenticating with `auth`.
-    pub fn new(auth: Authenticator, store: TaskStore) -> Self {
-        TaskApi { auth, store }
+    /// A service over `store` and `hub`, authenticating with `auth`.
+    pub fn new(auth: Authenticator, store: TaskStore, hub: Arc<Hub>) -> Self {
+        TaskApi { auth, store, hub }
+    }
+
+    /// This replica's watch streams.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
     }
 
     /// The data layer behind it.
@@ -40,11 +50,16 @@ impl TaskApi {
 
 #[tonic::async_trait]
 impl TaskService for TaskApi {
+    type WatchTasksStream = WatchStream;
+
     async fn create_task(&self, request: Request<CreateTaskRequest>) -> Result<Response<CreateTaskResponse>, Status> {
         let owner = self.auth.owner(request.metadata()).await?;
-        let input = request.into_inner().task.unwrap_or_default();
+        let CreateTaskRequest { task, request_id } = request.into_inner();
+        let input = task.unwrap_or_default();
         let (title, description, status) = parse_fields(&input)?;
-        let task = self.store.create(owner, &title, &description, status.unwrap_or_default()).await?;
+        let request_id = RequestId::parse(&request_id).map_err(|e| TaskError::invalid("request_id", e))?;
+        let new = NewTask { title, description, status: status.unwrap_or_default() };
+        let task = self.store.create(owner, new, request_id).await?;
         Ok(Response::new(CreateTaskResponse { task: Some(to_proto(&task)) }))
     }
 
@@ -63,22 +78,32 @@ impl TaskService for TaskApi {
         Ok(Response::new(ListTasksResponse {
             tasks: page.tasks.iter().map(to_proto).collect(),
             next_page_token: page.next.map(|t| t.encode()).unwrap_or_default(),
+            version: page.version,
         }))
     }
 
     async fn update_task(&self, request: Request<UpdateTaskRequest>) -> Result<Response<UpdateTaskResponse>, Status> {
         let owner = self.auth.owner(request.metadata()).await?;
         let UpdateTaskRequest { task, update_mask } = request.into_inner();
+        let etag = task.as_ref().map(|t| t.etag.as_str()).unwrap_or_default();
+        let expected = Etag::parse(etag).map_err(|e| TaskError::invalid("etag", e))?;
         let (id, changes) = parse_update(task, update_mask)?;
-        let task = self.store.update(owner, id.0, &changes).await?;
+        let task = self.store.update(owner, id.0, &changes, expected.map(|e| e.0)).await?;
         Ok(Response::new(UpdateTaskResponse { task: Some(to_proto(&task)) }))
     }
 
     async fn delete_task(&self, request: Request<DeleteTaskRequest>) -> Result<Response<DeleteTaskResponse>, Status> {
         let owner = self.auth.owner(request.metadata()).await?;
         let id = TaskId::parse(&request.get_ref().id).map_err(|e| TaskError::invalid("id", e))?;
-        self.store.delete(owner, id.0).await?;
+        let expected = Etag::parse(&request.get_ref().etag).map_err(|e| TaskError::invalid("etag", e))?;
+        self.store.delete(owner, id.0, expected.map(|e| e.0)).await?;
         Ok(Response::new(DeleteTaskResponse {}))
+    }
+
+    async fn watch_tasks(&self, request: Request<WatchTasksRequest>) -> Result<Response<WatchStream>, Status> {
+        let (owner, claims) = self.auth.caller(request.metadata()).await?;
+        let stream = self.hub.open(owner, claims, request.get_ref().since).await?;
+        Ok(Response::new(stream))
     }
 }
 
@@ -150,6 +175,7 @@ pub fn to_proto(task: &Task) -> pb::Task {
         status: task.status.to_proto(),
         created_at: Some(timestamp(task.created_at)),
         updated_at: Some(timestamp(task.updated_at)),
+        etag: Etag::render(task.version),
     }
 }
 

@@ -40,6 +40,24 @@ pub struct Settings {
     /// How long a cached list page lives in Redis, in seconds.
     #[arg(long, env = "TASK_CACHE_TTL_SECONDS", default_value_t = 300)]
     pub cache_ttl_seconds: u64,
+    /// Open WatchTasks streams allowed per user, across every replica.
+    #[arg(long, env = "WATCH_MAX_STREAMS_PER_USER", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub watch_max_streams_per_user: u32,
+    /// Seconds between heartbeat events on an idle WatchTasks stream.
+    #[arg(long, env = "WATCH_HEARTBEAT_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    pub watch_heartbeat_seconds: u64,
+    /// Seconds between a stream's checks for a revoked session (and for
+    /// wake-ups lost with a Redis reconnect).
+    #[arg(long, env = "WATCH_CHECK_SECONDS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    pub watch_check_seconds: u64,
+    /// Seconds a stream whose buffer is full waits for its reader before it
+    /// is ended with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "WATCH_SEND_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub watch_send_timeout_seconds: u64,
+    /// Events kept per user for WatchTasks resume (approximately: Redis trims
+    /// whole blocks).
+    #[arg(long, env = "WATCH_EVENT_LOG_LENGTH", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub watch_event_log_length: u64,
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t)]
     pub log_format: LogFormat,
@@ -79,11 +97,26 @@ impl Settings {
             jwt_issuer: "taskgate".into(),
             jwt_audience: "taskgate".into(),
             cache_ttl_seconds: 300,
+            watch_max_streams_per_user: 5,
+            watch_heartbeat_seconds: 15,
+            watch_check_seconds: 2,
+            watch_send_timeout_seconds: 10,
+            watch_event_log_length: 1000,
             log_format: LogFormat::Pretty,
             jwks_refresh_seconds: 300,
             mtls: taskgate_common::mtls::MtlsSettings::default(),
             cache_fill_delay: Duration::ZERO,
             cache_invalidate_delay: Duration::ZERO,
+        }
+    }
+
+    /// The WatchTasks limits.
+    pub fn watch(&self) -> crate::watch::WatchConfig {
+        crate::watch::WatchConfig {
+            max_streams_per_user: self.watch_max_streams_per_user,
+            heartbeat: Duration::from_secs(self.watch_heartbeat_seconds),
+            check_interval: Duration::from_secs(self.watch_check_seconds),
+            send_timeout: Duration::from_secs(self.watch_send_timeout_seconds),
         }
     }
 
@@ -106,6 +139,8 @@ mod tests {
         assert_eq!(s.redis_prefix, "taskgate:");
         assert_eq!(s.cache_ttl_seconds, 300);
         assert_eq!(s.auth_url, "http://127.0.0.1:50051");
+        assert_eq!(s.watch_max_streams_per_user, 5);
+        assert_eq!(s.watch_event_log_length, 1000);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tower_http::{
 
 use crate::{
     Metrics, Settings, auth::Authenticator, cache::ListCache, repository::Repository, service::TaskApi,
-    store::TaskStore,
+    store::TaskStore, watch::Hub,
 };
 
 /// How long start-up waits for Postgres to accept the migrations.
@@ -93,11 +93,20 @@ impl Application {
         let auth = Authenticator::new(verifier, revocation, redis.clone());
 
         let metrics = Arc::new(Metrics::default());
-        let cache =
-            Arc::new(ListCache::new(redis, settings.redis_prefix.clone(), settings.cache_ttl(), metrics.clone()));
+        taskgate_common::keys::validate_prefix(&settings.redis_prefix).map_err(anyhow::Error::msg)?;
+        let cache = Arc::new(ListCache::new(
+            redis.clone(),
+            settings.redis_prefix.clone(),
+            settings.cache_ttl(),
+            settings.watch_event_log_length,
+            metrics.clone(),
+        ));
         // Start clean: covers writes a previous process could not announce.
         cache.settle().await;
-        let store = TaskStore::new(Repository::new(pool, metrics.clone()), cache, metrics.clone())
+        let hub =
+            Hub::start(&settings.redis_url, redis, settings.redis_prefix.clone(), settings.watch(), metrics.clone())
+                .await?;
+        let store = TaskStore::new(Repository::new(pool, metrics.clone()), cache, hub.clone(), metrics.clone())
             .with_fill_delay(settings.cache_fill_delay)
             .with_invalidate_delay(settings.cache_invalidate_delay);
 
@@ -105,12 +114,17 @@ impl Application {
             .await
             .with_context(|| format!("binding TASK_LISTEN_ADDR {}", settings.listen_addr))?;
         let local_addr = listener.local_addr().context("reading the bound address")?;
-        Ok(Application { listener, local_addr, api: TaskApi::new(auth, store), metrics, mtls })
+        Ok(Application { listener, local_addr, api: TaskApi::new(auth, store, hub), metrics, mtls })
     }
 
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// This replica's watch streams (for tests).
+    pub fn hub(&self) -> Arc<Hub> {
+        self.api.hub().clone()
     }
 
     /// Counters of the work done (queries, cache hits), shared with the

@@ -19,9 +19,10 @@ use uuid::Uuid;
 
 use crate::{
     Metrics, TaskError,
-    cache::{CachedPage, ListCache, Lookup, Shape, Stamp},
-    domain::{ListQuery, PageToken, TaskDescription, TaskStatus, TaskTitle},
-    repository::{Repository, Task, TaskChanges},
+    cache::{CachedPage, Change, ListCache, Lookup, Shape, Stamp},
+    domain::{ListQuery, PageToken, RequestId, TaskStatus},
+    repository::{NewTask, Repository, Task, TaskChanges},
+    watch::Hub,
 };
 
 /// How long a finished load stays joinable. Its result is exact for its
@@ -34,6 +35,9 @@ const FLIGHT_LINGER: Duration = Duration::from_secs(1);
 /// deliver to Redis.
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Every how many sweeps old request ids are deleted (about a minute).
+const REQUEST_ID_SWEEP_EVERY: u64 = 120;
+
 /// One page of a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
@@ -41,6 +45,9 @@ pub struct Page {
     pub tasks: Vec<Task>,
     /// Where the next page starts, if there is one.
     pub next: Option<PageToken>,
+    /// The list version the page reflects at least (first pages read
+    /// through Redis; 0 otherwise).
+    pub version: i64,
 }
 
 /// A load of one user's first page for one filter, shared by every reader
@@ -55,8 +62,10 @@ type FlightKey = (Uuid, Shape, Stamp);
 pub struct TaskStore {
     /// Postgres, the source of truth.
     repo: Repository,
-    /// The first-page cache.
+    /// The first-page cache, which also appends the event log.
     cache: Arc<ListCache>,
+    /// This replica's watchers, told to list again when an event may be lost.
+    hub: Arc<Hub>,
     /// Loads in progress (or just finished), each with an id so a late
     /// removal never takes out a newer load under the same key.
     flights: Arc<Mutex<HashMap<FlightKey, (u64, Flight)>>>,
@@ -72,11 +81,12 @@ pub struct TaskStore {
 }
 
 impl TaskStore {
-    /// A store over `repo` and `cache`.
-    pub fn new(repo: Repository, cache: Arc<ListCache>, metrics: Arc<Metrics>) -> Self {
+    /// A store over `repo` and `cache`, telling `hub` about lost events.
+    pub fn new(repo: Repository, cache: Arc<ListCache>, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Self {
         TaskStore {
             repo,
             cache,
+            hub,
             flights: Arc::new(Mutex::new(HashMap::new())),
             next_flight: Arc::new(AtomicU64::new(0)),
             metrics,
@@ -99,16 +109,17 @@ impl TaskStore {
         self
     }
 
-    /// Creates a task; the cache reflects it before this returns.
-    pub async fn create(
-        &self,
-        owner: Uuid,
-        title: &TaskTitle,
-        description: &TaskDescription,
-        status: TaskStatus,
-    ) -> Result<Task, TaskError> {
-        let (repo, title, description) = (self.repo.clone(), title.clone(), description.clone());
-        self.write(owner, async move { repo.create(owner, &title, &description, status).await }).await
+    /// Creates a task (or, for a request id seen before, returns the task
+    /// it created); the cache and the event log reflect it before this
+    /// returns.
+    pub async fn create(&self, owner: Uuid, new: NewTask, request: Option<RequestId>) -> Result<Task, TaskError> {
+        let repo = self.repo.clone();
+        self.write(owner, async move {
+            let created = repo.create(owner, &new, request.as_ref()).await?;
+            let change = (!created.replayed).then(|| change("created", &created.task));
+            Ok((created.task, change))
+        })
+        .await
     }
 
     /// One task of `owner`'s (never cached: a point read is cheap).
@@ -116,55 +127,97 @@ impl TaskStore {
         self.repo.get(owner, id).await
     }
 
-    /// Changes a task; the cache reflects it before this returns.
-    pub async fn update(&self, owner: Uuid, id: Uuid, changes: &TaskChanges) -> Result<Task, TaskError> {
+    /// Changes a task (if its version is still `expected`, when given); the
+    /// cache and the event log reflect it before this returns.
+    pub async fn update(
+        &self,
+        owner: Uuid,
+        id: Uuid,
+        changes: &TaskChanges,
+        expected: Option<i64>,
+    ) -> Result<Task, TaskError> {
         let (repo, changes) = (self.repo.clone(), changes.clone());
-        self.write(owner, async move { repo.update(owner, id, &changes).await }).await
+        self.write(owner, async move {
+            let task = repo.update(owner, id, &changes, expected).await?;
+            let change = change("updated", &task);
+            Ok((task, Some(change)))
+        })
+        .await
     }
 
-    /// Deletes a task; the cache reflects it before this returns.
-    pub async fn delete(&self, owner: Uuid, id: Uuid) -> Result<(), TaskError> {
+    /// Deletes a task (if its version is still `expected`, when given); the
+    /// cache and the event log reflect it before this returns.
+    pub async fn delete(&self, owner: Uuid, id: Uuid, expected: Option<i64>) -> Result<(), TaskError> {
         let repo = self.repo.clone();
-        self.write(owner, async move { repo.delete(owner, id).await }).await
+        self.write(owner, async move {
+            repo.delete(owner, id, expected).await?;
+            Ok(((), Some(Change { kind: "deleted", data: serde_json::json!({ "id": id }).to_string() })))
+        })
+        .await
     }
 
-    /// Runs a write of `owner`'s tasks and then invalidates their cached
-    /// list, in a task of its own: if the caller goes away (a client
-    /// cancelling, a deadline) after the commit, the invalidation still
-    /// happens, so a committed write is never hidden by the cache.
+    /// Runs a write of `owner`'s tasks and then publishes its change (cache
+    /// invalidation and event), in a task of its own: if the caller goes
+    /// away (a client cancelling, a deadline) after the commit, the
+    /// publication still happens, so a committed write is never hidden by
+    /// the cache nor missing from the log. A write that changed nothing
+    /// (`None`) publishes nothing.
     async fn write<T: Send + 'static>(
         &self,
         owner: Uuid,
-        op: impl Future<Output = Result<T, TaskError>> + Send + 'static,
+        op: impl Future<Output = Result<(T, Option<Change>), TaskError>> + Send + 'static,
     ) -> Result<T, TaskError> {
         let store = self.clone();
         let task = tokio::spawn(async move {
-            let value = op.await?;
-            if !store.invalidate_delay.is_zero() {
-                tokio::time::sleep(store.invalidate_delay).await;
+            let (value, change) = op.await?;
+            if let Some(change) = change {
+                if !store.invalidate_delay.is_zero() {
+                    tokio::time::sleep(store.invalidate_delay).await;
+                }
+                store.publish(owner, &change).await;
             }
-            store.invalidate(owner).await;
             Ok(value)
         });
         task.await.map_err(|e| TaskError::Unexpected(anyhow::anyhow!("task write failed: {e}")))?
     }
 
-    /// Tells the cache `owner`'s list changed (after the write committed).
-    /// If Redis cannot be told, this process stops trusting the cache until
-    /// it has changed the epoch, and the miss is recorded in Postgres so that
-    /// every other replica's sweep changes the epoch too.
-    async fn invalidate(&self, owner: Uuid) {
-        if !self.cache.invalidate(owner).await
-            && let Err(e) = self.repo.record_missed_invalidation().await
-        {
+    /// Tells the cache and `owner`'s watchers that the list changed (after
+    /// the write committed). If Redis cannot be told, this process stops
+    /// trusting the cache until it has changed the epoch, its own watchers
+    /// of `owner` are told to list again, and the miss is recorded in
+    /// Postgres so that every other replica's sweep does the same.
+    async fn publish(&self, owner: Uuid, change: &Change) {
+        if self.cache.publish(owner, change).await.is_some() {
+            return;
+        }
+        self.hub.resync(owner);
+        if let Err(e) = self.repo.record_missed_invalidation(owner).await {
             tracing::warn!(error = %e, "could not record a missed cache invalidation");
         }
     }
 
-    /// One sweep: if any replica recorded invalidations it could not deliver,
-    /// change the cache epoch (covering them) and delete the records.
+    /// One sweep: if any replica recorded invalidations it could not
+    /// deliver, append a `reset` event to each named user's log (their
+    /// watchers list again), change the cache epoch (covering them) and
+    /// delete the records. Also notices epoch changes made by other replicas.
     pub async fn sweep_missed_invalidations(&self) {
+        // Another replica's new epoch: entries stamped with the old one are
+        // misses from now on. (Watchers are not told: a new epoch covers
+        // cache entries; lost events are covered per user, below.)
+        self.cache.refresh_epoch().await;
         let Ok(Some(newest)) = self.repo.newest_missed_invalidation().await else { return };
+        let Ok(owners) = self.repo.missed_invalidation_owners(newest).await else { return };
+        let reset = Change { kind: "reset", data: String::new() };
+        for owner in &owners {
+            match owner {
+                Some(owner) => {
+                    if self.cache.publish(*owner, &reset).await.is_none() {
+                        return;
+                    }
+                }
+                None => self.hub.resync_all(),
+            }
+        }
         // The records were read before the epoch changes, so the writes they
         // stand for had committed: every entry filled before them is older
         // than the new epoch.
@@ -180,9 +233,18 @@ impl TaskStore {
     pub async fn sweep_forever(self) {
         let mut tick = tokio::time::interval(SWEEP_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks: u64 = 0;
         loop {
             tick.tick().await;
             self.sweep_missed_invalidations().await;
+            ticks += 1;
+            if ticks.is_multiple_of(REQUEST_ID_SWEEP_EVERY) {
+                match self.repo.sweep_request_ids().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(n, "forgot request ids older than 24 hours"),
+                    Err(e) => tracing::debug!(error = %e, "sweeping request ids"),
+                }
+            }
         }
     }
 
@@ -211,7 +273,9 @@ impl TaskStore {
         };
         let tasks: Vec<Task> = cached.tasks.iter().take(size).cloned().collect();
         let more = cached.tasks.len() > size || cached.more;
-        Ok(page(tasks, more, query.filter))
+        // The stamp was read before the list was loaded, so every write after
+        // this version is in the log: a watcher from here misses nothing.
+        Ok(page(tasks, more, query.filter, cached.stamp.version))
     }
 
     /// A page straight from Postgres: one more row than asked tells whether
@@ -221,7 +285,7 @@ impl TaskStore {
         let mut tasks = self.repo.list(owner, query.filter, query.after, size + 1).await?;
         let more = tasks.len() > size;
         tasks.truncate(size);
-        Ok(page(tasks, more, query.filter))
+        Ok(page(tasks, more, query.filter, 0))
     }
 
     /// Loads the first page for `stamp` from Postgres and offers it to the
@@ -292,7 +356,12 @@ impl TaskStore {
 }
 
 /// Builds a page, with a token after its last task if more follow.
-fn page(tasks: Vec<Task>, more: bool, filter: Option<TaskStatus>) -> Page {
+fn page(tasks: Vec<Task>, more: bool, filter: Option<TaskStatus>, version: i64) -> Page {
     let next = if more { tasks.last().map(|t| PageToken { cursor: t.cursor(), filter }) } else { None };
-    Page { tasks, next }
+    Page { tasks, next, version }
+}
+
+/// The event of a create or update: the task after it, as JSON.
+fn change(kind: &'static str, task: &Task) -> Change {
+    Change { kind, data: serde_json::to_string(task).unwrap_or_default() }
 }

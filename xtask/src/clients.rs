@@ -19,6 +19,10 @@ const PROOFS_RATE_LIMIT: &str = "100000";
 /// log in from the same address. The throttle itself is proven by the auth service's tests.
 const PROOFS_LOGIN_FAILURES_PER_IP: &str = "100000";
 
+/// Registrations per address for the proofs stack: every proof registers from 127.0.0.1
+/// (schemathesis many times), so the per-address register limit is lifted here.
+const PROOFS_REGISTER_PER_IP: &str = "100000";
+
 /// Starts auth-service, task-service and the gateway on free ports against a database of their own
 /// on `postgres` and on `redis_url`, runs `clients/run-all.sh` against the gateway, then stops them.
 pub fn run(postgres: &Postgres, redis_url: &str) -> Result {
@@ -45,6 +49,7 @@ pub fn run(postgres: &Postgres, redis_url: &str) -> Result {
         ("RATE_LIMIT_PER_ADDRESS_PER_MINUTE", PROOFS_RATE_LIMIT.to_owned()),
         ("GATEWAY_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
         ("LOGIN_MAX_FAILURES_PER_IP", PROOFS_LOGIN_FAILURES_PER_IP.to_owned()),
+        ("REGISTER_MAX_PER_IP", PROOFS_REGISTER_PER_IP.to_owned()),
         ("LOGIN_DELAY_STEP_MS", "0".to_owned()),
         ("RUST_LOG", "warn".to_owned()),
     ];

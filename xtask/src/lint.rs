@@ -1,4 +1,5 @@
-//! `cargo xtask lint`: formatting, clippy, the proto contract and the compose file.
+//! `cargo xtask lint`: formatting, clippy, the proto contract, the compose file and the Kubernetes
+//! manifests.
 //!
 //! Every check runs even when an earlier one failed, so one run shows everything to fix; `buf` and
 //! `docker-compose` are installed first when missing.
@@ -9,7 +10,7 @@ use devstack::which;
 
 use crate::{
     cmd::{self, Error, Result},
-    deps,
+    deps, manifests,
 };
 
 /// One check: a name for the report and a way to build its command (which may install a tool).
@@ -25,6 +26,7 @@ const CHECKS: &[Check] = &[
     Check { name: "rustfmt", command: rustfmt },
     Check { name: "buf lint", command: buf_lint },
     Check { name: "docker-compose config", command: compose_config },
+    Check { name: "kubernetes manifests", command: manifests::validate },
     Check { name: "clippy", command: clippy },
 ];
 

@@ -5,12 +5,14 @@
 //! - [`deps`]: installs PostgreSQL and Redis on Debian/Ubuntu when they are missing.
 //! - [`stores`]: the PostgreSQL and Redis that `run` and `migrate` use.
 //! - [`services`]: the three service binaries, their build and their settings.
+//! - [`manifests`]: the Kubernetes manifests check of `lint`.
 //! - [`run`], [`test`], [`lint`], [`migrate`]: one module per subcommand.
 
 mod clients;
 mod cmd;
 mod deps;
 mod lint;
+mod manifests;
 mod migrate;
 mod run;
 mod services;
@@ -30,7 +32,8 @@ commands:
   run [--debug]             start PostgreSQL, Redis and the three services (release build by default;
                             --debug or --release=false for a debug build); Ctrl-C stops everything
   test [cargo test args]    run the test stages against throwaway PostgreSQL and Redis servers
-  lint                      cargo fmt --check, clippy -D warnings, buf lint, docker-compose config
+  lint                      cargo fmt --check, clippy -D warnings, buf lint, docker-compose config,
+                            kubernetes-validate --strict on deploy/kubernetes
   migrate [--debug]         apply the auth and task database migrations to DATABASE_URL
 
 environment:

@@ -2,11 +2,14 @@
 //! Each test starts its own server on port 0 with a fresh database and its
 //! own Redis prefix, so they run in parallel.
 
+mod abuse;
 mod accounts;
+mod credentials;
 mod helpers;
 mod jwt_attacks;
 mod keys;
 mod login;
+mod memory;
 mod outages;
 mod sessions;
 mod tokens;

@@ -256,5 +256,5 @@ return out
         kinds.insert(kind);
     }
     let kinds: Vec<&str> = kinds.iter().map(String::as_str).collect();
-    assert_eq!(kinds, ["revoked", "sess", "sessions", "throttle"]);
+    assert_eq!(kinds, ["register", "revoked", "sess", "sessions", "throttle"]);
 }

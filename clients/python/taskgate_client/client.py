@@ -13,7 +13,8 @@ as an example of the stubs rather than a new API. Errors are the plain
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 
 import grpc
 from google.protobuf import field_mask_pb2
@@ -86,15 +87,46 @@ class TaskgateClient:
         resp = self.auth.GetMe(auth_pb2.GetMeRequest(), metadata=self._metadata(access_token), timeout=self._timeout)
         return resp.user
 
+    def change_password(self, current_password: str, new_password: str) -> auth_pb2.TokenPair:
+        """Changes the caller's password: every session of the user ends, and the
+        returned pair (of a new session) is kept for later calls."""
+        req = auth_pb2.ChangePasswordRequest(current_password=current_password, new_password=new_password)
+        resp = self.auth.ChangePassword(req, metadata=self._metadata(), timeout=self._timeout)
+        self.tokens = resp.tokens
+        return resp.tokens
+
+    def disable_user(self, user_id: str) -> auth_pb2.User:
+        """Disables a user and ends their sessions (admin only)."""
+        resp = self.auth.DisableUser(
+            auth_pb2.DisableUserRequest(id=user_id), metadata=self._metadata(), timeout=self._timeout
+        )
+        return resp.user
+
+    def enable_user(self, user_id: str) -> auth_pb2.User:
+        """Re-enables a disabled user (admin only)."""
+        resp = self.auth.EnableUser(
+            auth_pb2.EnableUserRequest(id=user_id), metadata=self._metadata(), timeout=self._timeout
+        )
+        return resp.user
+
     # TaskService.
 
     def create_task(
-        self, title: str, description: str = "", status: int = task_pb2.TASK_STATUS_UNSPECIFIED
+        self,
+        title: str,
+        description: str = "",
+        status: int = task_pb2.TASK_STATUS_UNSPECIFIED,
+        *,
+        request_id: str = "",
     ) -> task_pb2.Task:
-        """Creates a task owned by the caller."""
+        """Creates a task owned by the caller. With ``request_id`` (e.g. a
+        uuid4 string kept across retries), a retry returns the first call's
+        task instead of creating another (AIP-155)."""
         task = task_pb2.Task(title=title, description=description, status=status)
         resp = self.tasks.CreateTask(
-            task_pb2.CreateTaskRequest(task=task), metadata=self._metadata(), timeout=self._timeout
+            task_pb2.CreateTaskRequest(task=task, request_id=request_id),
+            metadata=self._metadata(),
+            timeout=self._timeout,
         )
         return resp.task
 
@@ -123,7 +155,9 @@ class TaskgateClient:
 
     def update_task(self, task_id: str, paths: Iterable[str], **fields: object) -> task_pb2.Task:
         """Changes only the fields named in ``paths`` (a FieldMask), e.g.
-        ``update_task(id, ["status"], status=task_pb2.TASK_STATUS_DONE)``."""
+        ``update_task(id, ["status"], status=task_pb2.TASK_STATUS_DONE)``.
+        Pass ``etag=task.etag`` to fail with ABORTED if the task changed since
+        it was read (AIP-154)."""
         task = task_pb2.Task(id=task_id, **fields)
         mask = field_mask_pb2.FieldMask(paths=list(paths))
         resp = self.tasks.UpdateTask(
@@ -131,6 +165,47 @@ class TaskgateClient:
         )
         return resp.task
 
-    def delete_task(self, task_id: str) -> None:
-        """Deletes one of the caller's tasks."""
-        self.tasks.DeleteTask(task_pb2.DeleteTaskRequest(id=task_id), metadata=self._metadata(), timeout=self._timeout)
+    def delete_task(self, task_id: str, *, etag: str = "") -> None:
+        """Deletes one of the caller's tasks (only if it still has ``etag``, when given)."""
+        self.tasks.DeleteTask(
+            task_pb2.DeleteTaskRequest(id=task_id, etag=etag), metadata=self._metadata(), timeout=self._timeout
+        )
+
+    def watch_tasks(
+        self, since: int = 0, *, max_attempts: int = 5, heartbeats: bool = False
+    ) -> Iterator[task_pb2.WatchTasksResponse]:
+        """Yields the caller's task events as they happen, after ``since`` (a
+        list's ``version``; 0 for only new events), for as long as the caller
+        iterates.
+
+        A dropped connection (UNAVAILABLE, a cancelled or ended stream) is
+        resumed automatically from the last event's version, so no event is
+        missed or repeated; up to ``max_attempts`` reconnections in a row, with
+        a growing pause. A ``grpc.RpcError`` is raised for anything a retry
+        cannot fix: FAILED_PRECONDITION (reason ``LIST_AGAIN``: list again and
+        watch from the new version), UNAUTHENTICATED (session revoked or token
+        expired), RESOURCE_EXHAUSTED (too many streams, or this reader fell
+        behind). Heartbeats are skipped unless ``heartbeats`` is true."""
+        cursor = since
+        failures = 0
+        while True:
+            # No deadline: a watch lives as long as the caller wants it.
+            stream = self.tasks.WatchTasks(task_pb2.WatchTasksRequest(since=cursor), metadata=self._metadata())
+            try:
+                for event in stream:
+                    failures = 0
+                    # Heartbeats carry the current version too; resuming from
+                    # it is exact either way.
+                    cursor = event.version or cursor
+                    if event.type == task_pb2.TASK_EVENT_TYPE_HEARTBEAT and not heartbeats:
+                        continue
+                    yield event
+            except grpc.RpcError as err:
+                if err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                    raise
+            finally:
+                stream.cancel()
+            failures += 1
+            if failures > max_attempts:
+                raise RuntimeError(f"watch_tasks: gave up after {max_attempts} reconnections")
+            time.sleep(min(0.2 * 2**failures, 5.0))

@@ -106,6 +106,24 @@ def test_register_login_refresh_and_logout(client: TaskgateClient) -> None:
     assert_code(err, grpc.StatusCode.UNAUTHENTICATED)
 
 
+def test_change_password_ends_the_other_sessions_and_keeps_the_caller_signed_in(client: TaskgateClient) -> None:
+    username, password = new_credentials()
+    client.register(username, password)
+    other = client.login(username, password)
+    client.login(username, password)
+    new_password = password + "-renewed"
+    fresh = client.change_password(password, new_password)
+    assert client.tokens == fresh
+    assert client.me().username == username
+    with pytest.raises(grpc.RpcError) as err:
+        client.me(other.access_token)
+    assert_code(err, grpc.StatusCode.UNAUTHENTICATED)
+    with pytest.raises(grpc.RpcError) as err:
+        client.login(username, password)
+    assert_code(err, grpc.StatusCode.UNAUTHENTICATED)
+    client.login(username, new_password)
+
+
 def test_wrong_password_and_missing_token_are_unauthenticated(client: TaskgateClient) -> None:
     username, password = new_credentials()
     client.register(username, password)
@@ -174,3 +192,35 @@ def test_another_users_task_is_not_found(logged_in: TaskgateClient) -> None:
             other.delete_task(mine.id)
         assert_code(err, grpc.StatusCode.NOT_FOUND)
     assert logged_in.get_task(mine.id).title == "private"
+
+
+def test_watch_tasks_resumes_after_a_reconnect_without_missing_events(logged_in: TaskgateClient) -> None:
+    listed = logged_in.list_tasks()
+    assert listed.version > 0
+    watch = logged_in.watch_tasks(since=listed.version)
+    first = logged_in.create_task("seen by the watcher")
+    event = next(watch)
+    assert event.type == task_pb2.TASK_EVENT_TYPE_CREATED
+    assert event.task.id == first.id
+    assert event.version == listed.version + 1
+    watch.close()
+
+    # Written while nobody watched; a new watch from the last version replays it.
+    second = logged_in.create_task("written while away")
+    resumed = logged_in.watch_tasks(since=event.version)
+    replayed = next(resumed)
+    assert replayed.task.id == second.id
+    assert replayed.version == event.version + 1
+    resumed.close()
+
+
+def test_etags_and_request_ids(logged_in: TaskgateClient) -> None:
+    task = logged_in.create_task("shared", request_id="py-once")
+    again = logged_in.create_task("shared", request_id="py-once")
+    assert again.id == task.id
+
+    updated = logged_in.update_task(task.id, ["title"], title="mine", etag=task.etag)
+    assert updated.etag != task.etag
+    with pytest.raises(grpc.RpcError) as err:
+        logged_in.update_task(task.id, ["title"], title="theirs", etag=task.etag)
+    assert_code(err, grpc.StatusCode.ABORTED)

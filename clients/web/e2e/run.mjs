@@ -4,6 +4,9 @@
 // registers, logs in, adds two tasks, sees them (newest first), marks one
 // done; a screenshot is taken; A logs out; user B registers and logs in and
 // must not see A's tasks. Every API call is the page's own gRPC-web traffic.
+// Live list (issue #16): a second tab signed in as A shows a task added in
+// the first tab within a second, without reloading (WatchTasks over
+// gRPC-web); a screenshot of the second tab is taken.
 //
 // Usage (from clients/web, after `npm ci`):
 //   TASKGATE_GATEWAY_URL=http://127.0.0.1:8080 node e2e/run.mjs
@@ -11,6 +14,8 @@
 // Environment:
 //   TASKGATE_GATEWAY_URL     the gateway's base URL (required)
 //   TASKGATE_DEMO_SCREENSHOT where the PNG goes (default /tmp/taskgate-demo.png)
+//   TASKGATE_DEMO_LIVE_SCREENSHOT the second tab's PNG after a live update
+//                            (default /tmp/taskgate-demo-live.png)
 //   TASKGATE_E2E_TIMEOUT_MS  the whole run's limit (default 60000)
 //   CHROMIUM                 the browser binary (default /usr/bin/chromium,
 //                            Debian's `chromium`; Playwright's own browser
@@ -26,6 +31,7 @@ import { chromium } from "playwright-core";
 
 const baseUrl = (process.env.TASKGATE_GATEWAY_URL ?? "").replace(/\/+$/, "");
 const screenshotPath = process.env.TASKGATE_DEMO_SCREENSHOT || "/tmp/taskgate-demo.png";
+const liveScreenshotPath = process.env.TASKGATE_DEMO_LIVE_SCREENSHOT || "/tmp/taskgate-demo-live.png";
 const totalTimeoutMs = Number(process.env.TASKGATE_E2E_TIMEOUT_MS || 60_000);
 const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 // One step (a click and the page's reaction to it) should take well under this.
@@ -177,6 +183,38 @@ async function main() {
 
   step(`screenshot to ${screenshotPath}`);
   await page.screenshot({ path: screenshotPath, fullPage: true });
+
+  step("opening a second tab signed in as user A");
+  const tab2 = await context.newPage();
+  tab2.setDefaultTimeout(stepTimeoutMs);
+  tab2.on("console", (msg) => pageLog.push(`tab2 console.${msg.type()}: ${msg.text()}`));
+  tab2.on("pageerror", (err) => pageLog.push(`tab2 pageerror: ${err.message}`));
+  await tab2.goto(url, { waitUntil: "load" });
+  await tab2.locator("body[data-ready=true]").waitFor({ timeout: stepTimeoutMs });
+  await waitVisible(tab2, tab2.getByTestId("auth"), "the second tab's sign-in form");
+  await fillCredentials(tab2, userA.username, userA.password);
+  await tab2.getByTestId("login").click();
+  await waitVisible(tab2, tab2.getByTestId("app"), "the second tab logging in");
+  await tab2.locator("body[data-tasks-loaded]").waitFor({ timeout: stepTimeoutMs });
+  let navigations = 0;
+  tab2.on("framenavigated", (frame) => {
+    if (frame === tab2.mainFrame()) navigations += 1;
+  });
+  // Let the second tab's watch stream open before the change.
+  await tab2.waitForTimeout(500);
+
+  const live = `Seen live ${run}`;
+  step(`adding "${live}" in the first tab; the second must show it without a reload`);
+  await page.bringToFront();
+  await addTask(page, live);
+  const added = Date.now();
+  await tab2.getByTestId("task-item").filter({ hasText: live }).first().waitFor({ state: "visible", timeout: 5_000 });
+  const tookMs = Date.now() - added;
+  check(navigations === 0, `the second tab did not reload (${navigations} navigations)`);
+  check(tookMs <= 1_000, `the second tab showed the task within a second (took ${tookMs} ms)`);
+  step(`the second tab showed it after ${tookMs} ms; screenshot to ${liveScreenshotPath}`);
+  await tab2.screenshot({ path: liveScreenshotPath, fullPage: true });
+  await tab2.close();
 
   step("logging out user A");
   await page.getByTestId("logout").click();

@@ -1,14 +1,16 @@
 // taskgate's browser demo: register, log in, add tasks, list them, mark them
 // done or delete them, and log out, all over gRPC-web to the gateway that
 // serves this page. The access token lives only in memory (this module's
-// `session`), so a reload logs the user out.
+// `session`), so a reload logs the user out. While signed in, the page
+// watches the task list (WatchTasks, a gRPC-web server stream from the list's
+// version), so a change made in another tab or device shows without a reload.
 
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 
 import { AuthService } from "./gen/taskgate/auth/v1/auth_pb.js";
-import { TaskService, TaskStatus, type Task } from "./gen/taskgate/task/v1/task_pb.js";
+import { TaskEventType, TaskService, TaskStatus, type Task } from "./gen/taskgate/task/v1/task_pb.js";
 import "./style.css";
 
 /** The signed-in user; null when logged out. */
@@ -94,7 +96,40 @@ function signedIn(): void {
   ui.taskTitle.focus();
 }
 
+/** Stops the live list (logout, or before a new watch starts). */
+let stopWatching: (() => void) | null = null;
+
+/** Watches the list from `since`; any event reloads the list, which starts
+ * a new watch from the new version. Errors that ask for a fresh list
+ * (LIST_AGAIN) or a dropped connection reload too, after a pause. */
+function watchFrom(since: bigint): void {
+  stopWatching?.();
+  const abort = new AbortController();
+  stopWatching = () => abort.abort();
+  void (async () => {
+    try {
+      for await (const event of tasks.watchTasks({ since }, { signal: abort.signal })) {
+        if (event.type === TaskEventType.HEARTBEAT) continue;
+        // The list reload starts the next watch from its version.
+        await refreshList();
+        return;
+      }
+    } catch (err) {
+      if (abort.signal.aborted || !session) return;
+      const e = ConnectError.from(err);
+      if (e.code === Code.Unauthenticated) {
+        fail(err);
+        return;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      if (!abort.signal.aborted && session) await refreshList().catch(fail);
+    }
+  })();
+}
+
 function signedOut(): void {
+  stopWatching?.();
+  stopWatching = null;
   session = null;
   ui.appSection.hidden = true;
   ui.authSection.hidden = false;
@@ -151,8 +186,10 @@ function renderTask(task: Task): HTMLLIElement {
 async function refreshList(): Promise<void> {
   const all: Task[] = [];
   let pageToken = "";
+  let version = 0n;
   do {
     const page = await tasks.listTasks({ pageSize: 100, pageToken });
+    if (!pageToken) version = page.version;
     all.push(...page.tasks);
     pageToken = page.nextPageToken;
   } while (pageToken && all.length < 1000);
@@ -160,6 +197,7 @@ async function refreshList(): Promise<void> {
   ui.taskCount.textContent = `(${all.length})`;
   ui.empty.hidden = all.length > 0;
   document.body.dataset.tasksLoaded = String(all.length);
+  if (session && version > 0n) watchFrom(version);
 }
 
 async function markDone(id: string): Promise<void> {

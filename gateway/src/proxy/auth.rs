@@ -3,11 +3,11 @@
 use std::sync::Arc;
 
 use taskgate_proto::auth::v1::{
-    DisableUserRequest, DisableUserResponse, GetJwksRequest, GetJwksResponse, GetMeRequest, GetMeResponse,
-    ListSessionsRequest, ListSessionsResponse, LoginRequest, LoginResponse, LogoutAllRequest, LogoutAllResponse,
-    LogoutRequest, LogoutResponse, RefreshRequest, RefreshResponse, RegisterRequest, RegisterResponse,
-    RevokeSessionRequest, RevokeSessionResponse, auth_service_client::AuthServiceClient,
-    auth_service_server::AuthService,
+    ChangePasswordRequest, ChangePasswordResponse, DisableUserRequest, DisableUserResponse, EnableUserRequest,
+    EnableUserResponse, GetJwksRequest, GetJwksResponse, GetMeRequest, GetMeResponse, ListSessionsRequest,
+    ListSessionsResponse, LoginRequest, LoginResponse, LogoutAllRequest, LogoutAllResponse, LogoutRequest,
+    LogoutResponse, RefreshRequest, RefreshResponse, RegisterRequest, RegisterResponse, RevokeSessionRequest,
+    RevokeSessionResponse, auth_service_client::AuthServiceClient, auth_service_server::AuthService,
 };
 use tonic::{Request, Response, Status, transport::Channel};
 
@@ -16,27 +16,40 @@ use crate::{metrics::Metrics, proxy::forward};
 /// The auth service as the gateway serves it: every RPC forwarded.
 #[derive(Clone)]
 pub struct AuthProxy {
-    /// Client on the one pooled channel to the auth service.
+    /// Client on the pooled channel to the auth service, for the cheap calls.
     client: AuthServiceClient<Channel>,
+    /// Client on a second channel, for the calls that hash a password
+    /// (Register, Login, ChangePassword), so they never hold up cheap ones.
+    hashing: AuthServiceClient<Channel>,
     /// Where forwarded calls are counted.
     metrics: Arc<Metrics>,
 }
 
 impl AuthProxy {
-    /// A proxy forwarding through `client`.
-    pub fn new(client: AuthServiceClient<Channel>, metrics: Arc<Metrics>) -> Self {
-        AuthProxy { client, metrics }
+    /// A proxy forwarding cheap calls through `client` and password-hashing
+    /// ones through `hashing`.
+    pub fn new(client: AuthServiceClient<Channel>, hashing: AuthServiceClient<Channel>, metrics: Arc<Metrics>) -> Self {
+        AuthProxy { client, hashing, metrics }
     }
+}
+
+/// Forwards a password-hashing call over the proxy's second channel.
+macro_rules! forward_hashing {
+    ($self:ident, $method:literal, $call:ident, $request:ident) => {{
+        let (request, deadline) = crate::proxy::outbound($request)?;
+        let mut client = $self.hashing.clone();
+        crate::proxy::finish(&$self.metrics, "auth", $method, deadline, client.$call(request)).await
+    }};
 }
 
 #[tonic::async_trait]
 impl AuthService for AuthProxy {
     async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
-        forward!(self, "auth", "Register", register, request)
+        forward_hashing!(self, "Register", register, request)
     }
 
     async fn login(&self, request: Request<LoginRequest>) -> Result<Response<LoginResponse>, Status> {
-        forward!(self, "auth", "Login", login, request)
+        forward_hashing!(self, "Login", login, request)
     }
 
     async fn refresh(&self, request: Request<RefreshRequest>) -> Result<Response<RefreshResponse>, Status> {
@@ -78,5 +91,16 @@ impl AuthService for AuthProxy {
         request: Request<DisableUserRequest>,
     ) -> Result<Response<DisableUserResponse>, Status> {
         forward!(self, "auth", "DisableUser", disable_user, request)
+    }
+
+    async fn change_password(
+        &self,
+        request: Request<ChangePasswordRequest>,
+    ) -> Result<Response<ChangePasswordResponse>, Status> {
+        forward_hashing!(self, "ChangePassword", change_password, request)
+    }
+
+    async fn enable_user(&self, request: Request<EnableUserRequest>) -> Result<Response<EnableUserResponse>, Status> {
+        forward!(self, "auth", "EnableUser", enable_user, request)
     }
 }

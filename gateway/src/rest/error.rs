@@ -47,6 +47,14 @@ pub fn json_body(status: &tonic::Status) -> Value {
             "retry_delay": format!("{}s", delay.as_secs_f64()),
         }));
     }
+    if let Some(info) = details.error_info() {
+        out.push(json!({
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": info.reason,
+            "domain": info.domain,
+            "metadata": info.metadata,
+        }));
+    }
     json!({"code": status.code() as i32, "message": status.message(), "details": out})
 }
 

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use taskgate_common::status::invalid_field;
 use taskgate_proto::{
     auth::v1::{Jwk, Session, TokenPair, User},
-    task::v1::{Task, TaskStatus},
+    task::v1::{Task, TaskEventType, TaskStatus, WatchTasksResponse},
 };
 
 use crate::rest::{error::RestError, extract::JsonObject};
@@ -88,7 +88,31 @@ pub fn task(task: &Task) -> Value {
         "status": status_name(task.status),
         "created_at": rfc3339(task.created_at.as_ref()),
         "updated_at": rfc3339(task.updated_at.as_ref()),
+        "etag": task.etag,
     })
+}
+
+/// The SSE `event` name of a watch event type.
+pub fn event_name(kind: TaskEventType) -> &'static str {
+    match kind {
+        TaskEventType::Created => "created",
+        TaskEventType::Updated => "updated",
+        TaskEventType::Deleted => "deleted",
+        TaskEventType::Heartbeat => "heartbeat",
+        TaskEventType::Unspecified => "unspecified",
+    }
+}
+
+/// A watch event: `{"type", "task", "version"}`; a deleted task is only
+/// `{"id"}`. The version is a string, as proto3 JSON writes 64-bit integers.
+pub fn watch_event(event: &WatchTasksResponse) -> Value {
+    let kind = TaskEventType::try_from(event.r#type).unwrap_or(TaskEventType::Unspecified);
+    let task = match (&event.task, kind) {
+        (Some(t), TaskEventType::Deleted) => json!({ "id": t.id }),
+        (Some(t), _) => task(t),
+        (None, _) => Value::Null,
+    };
+    json!({ "type": event_name(kind), "task": task, "version": event.version.to_string() })
 }
 
 /// The JSON name of a task status (`todo`, `in_progress`, `done`); an
@@ -113,7 +137,9 @@ pub fn parse_status(field: &str, name: &str) -> Result<TaskStatus, RestError> {
 
 /// A task request body (create, replace or patch) read into a [`Task`] with
 /// `id` set, plus the update mask naming exactly the fields that were present.
-/// `title_required` makes a missing title a 400 (create and replace).
+/// `title_required` makes a missing title a 400 (create and replace). An
+/// `etag` field (replace and patch) makes the write conditional; it is not a
+/// field the write changes.
 pub fn task_body(mut body: JsonObject, id: String, title_required: bool) -> Result<(Task, FieldMask), RestError> {
     let paths: Vec<String> =
         WRITABLE_TASK_FIELDS.iter().filter(|field| body.has(field)).map(|field| (*field).to_owned()).collect();
@@ -123,6 +149,7 @@ pub fn task_body(mut body: JsonObject, id: String, title_required: bool) -> Resu
         Some(name) => parse_status("status", &name)?,
         None => TaskStatus::Unspecified,
     };
+    let etag = if id.is_empty() { None } else { body.take_string("etag")? };
     body.finish()?;
     let task = Task {
         id,
@@ -131,6 +158,7 @@ pub fn task_body(mut body: JsonObject, id: String, title_required: bool) -> Resu
         status: status as i32,
         created_at: None,
         updated_at: None,
+        etag: etag.unwrap_or_default(),
     };
     Ok((task, FieldMask { paths }))
 }

@@ -225,12 +225,36 @@ fn operation(method: &str, verb: &str) -> Option<Operation> {
             errors: &[401, 403, 404, 413, 415],
             cookies: false,
         },
+        ("ChangePassword", _) => Operation {
+            id: "changePassword",
+            tag: "auth",
+            summary: "Change the caller's password: every session ends and the caller gets a new pair",
+            auth: Auth::Required,
+            params: &["Cookies"],
+            body: Some(("ChangePasswordRequest", true)),
+            success: 200,
+            response: Some("TokenPair"),
+            errors: &[401, 403, 413, 415],
+            cookies: true,
+        },
+        ("EnableUser", _) => Operation {
+            id: "enableUser",
+            tag: "admin",
+            summary: "Re-enable a disabled user (admin only)",
+            auth: Auth::Required,
+            params: &["UserId"],
+            body: Some(("Empty", false)),
+            success: 200,
+            response: Some("User"),
+            errors: &[401, 403, 404, 413, 415],
+            cookies: false,
+        },
         ("CreateTask", _) => Operation {
             id: "createTask",
             tag: "tasks",
             summary: "Create a task owned by the caller",
             auth: Auth::Required,
-            params: &[],
+            params: &["IdempotencyKey"],
             body: Some(("TaskInput", true)),
             success: 201,
             response: Some("Task"),
@@ -242,7 +266,7 @@ fn operation(method: &str, verb: &str) -> Option<Operation> {
             tag: "tasks",
             summary: "One of the caller's tasks",
             auth: Auth::Required,
-            params: &["TaskId"],
+            params: &["TaskId", "IfNoneMatch"],
             body: None,
             success: 200,
             response: Some("Task"),
@@ -266,11 +290,11 @@ fn operation(method: &str, verb: &str) -> Option<Operation> {
             tag: "tasks",
             summary: "Replace a task: fields not given take their defaults",
             auth: Auth::Required,
-            params: &["TaskId"],
-            body: Some(("TaskInput", true)),
+            params: &["TaskId", "IfMatch"],
+            body: Some(("TaskReplace", true)),
             success: 200,
             response: Some("Task"),
-            errors: &[401, 403, 404, 413, 415],
+            errors: &[401, 403, 404, 412, 413, 415],
             cookies: false,
         },
         ("UpdateTask", "PATCH") => Operation {
@@ -278,11 +302,11 @@ fn operation(method: &str, verb: &str) -> Option<Operation> {
             tag: "tasks",
             summary: "Change exactly the fields given",
             auth: Auth::Required,
-            params: &["TaskId"],
+            params: &["TaskId", "IfMatch"],
             body: Some(("TaskPatch", true)),
             success: 200,
             response: Some("Task"),
-            errors: &[401, 403, 404, 413, 415],
+            errors: &[401, 403, 404, 412, 413, 415],
             cookies: false,
         },
         ("DeleteTask", _) => Operation {
@@ -290,17 +314,33 @@ fn operation(method: &str, verb: &str) -> Option<Operation> {
             tag: "tasks",
             summary: "Delete one of the caller's tasks",
             auth: Auth::Required,
-            params: &["TaskId"],
+            params: &["TaskId", "IfMatch"],
             body: None,
             success: 204,
             response: None,
-            errors: &[401, 403, 404],
+            errors: &[401, 403, 404, 412],
+            cookies: false,
+        },
+        ("WatchTasks", _) => Operation {
+            id: "watchTasks",
+            tag: "tasks",
+            summary: "The caller's task events as Server-Sent Events, replayed from a version and then live",
+            auth: Auth::Required,
+            params: &["Since", "LastEventId"],
+            body: None,
+            success: 200,
+            response: Some(EVENT_STREAM),
+            errors: &[401, 403],
             cookies: false,
         },
         _ => return None,
     };
     Some(op)
 }
+
+/// The success "schema" of the Server-Sent Events route: its body is a
+/// `text/event-stream` of `WatchEvent` JSON payloads, not one JSON value.
+const EVENT_STREAM: &str = "text/event-stream";
 
 /// A `$ref` to a schema.
 fn schema_ref(name: &str) -> Value {
@@ -317,6 +357,7 @@ fn error_response(status: u16) -> (&'static str, &'static str) {
         403 => ("PermissionDenied", "Not allowed, a disabled account, or a missing CSRF token (PERMISSION_DENIED)"),
         404 => ("NotFound", "No such resource, or it belongs to someone else (NOT_FOUND)"),
         409 => ("AlreadyExists", "The username, email or phone is taken (ALREADY_EXISTS)"),
+        412 => ("PreconditionFailed", "The task changed since the given etag was read (ABORTED)"),
         413 => ("PayloadTooLarge", "The body is larger than 256 KiB"),
         415 => ("UnsupportedMediaType", "A body that is not application/json"),
         429 => ("TooManyRequests", "Rate limited (RESOURCE_EXHAUSTED); a RetryInfo detail says when to retry"),
@@ -329,6 +370,15 @@ fn error_response(status: u16) -> (&'static str, &'static str) {
 fn operation_object(rule: &HttpRule, op: &Operation) -> Value {
     let mut responses = Map::new();
     let success = match op.response {
+        Some(EVENT_STREAM) => json!({
+            "description": "A Server-Sent Events stream. Each event's `event` is `created`, `updated` or \
+                `deleted`, its `id` the list version after it (send it back as `Last-Event-ID` or `since` \
+                to resume), its `data` a WatchEvent; heartbeats are comments. The stream ends with an \
+                `error` event carrying a Status: FAILED_PRECONDITION with the ErrorInfo reason \
+                `LIST_AGAIN` (list again, then watch from the new version), UNAUTHENTICATED when the \
+                session is revoked or the token expires, RESOURCE_EXHAUSTED when the reader fell behind.",
+            "content": { "text/event-stream": { "schema": { "type": "string" } } },
+        }),
         Some(schema) => {
             let mut response = json!({
                 "description": op.summary,
@@ -344,6 +394,9 @@ fn operation_object(rule: &HttpRule, op: &Operation) -> Value {
                     json!({ "description": "The new task's URL", "schema": { "type": "string" } }),
                 );
             }
+            if schema == "Task" {
+                headers.insert("ETag".into(), json!({ "$ref": "#/components/headers/ETag" }));
+            }
             if !headers.is_empty() {
                 response["headers"] = Value::Object(headers);
             }
@@ -356,6 +409,15 @@ fn operation_object(rule: &HttpRule, op: &Operation) -> Value {
         None => json!({ "description": "Done" }),
     };
     responses.insert(op.success.to_string(), success);
+    if op.id == "getTask" {
+        responses.insert(
+            "304".into(),
+            json!({
+                "description": "If-None-Match names the current etag: the task has not changed",
+                "headers": { "ETag": { "$ref": "#/components/headers/ETag" } },
+            }),
+        );
+    }
     let mut errors: Vec<u16> = COMMON.iter().chain(op.errors).copied().collect();
     errors.sort_unstable();
     errors.dedup();
@@ -406,6 +468,11 @@ fn schemas() -> Value {
     let description =
         json!({ "type": "string", "maxLength": 10000, "description": "No NUL", "pattern": NO_NUL_PATTERN });
     let status = schema_ref("TaskStatus");
+    let etag = json!({
+        "type": "string",
+        "pattern": "^(W/)?\"?[1-9][0-9]{0,17}\"?$",
+        "description": "The etag the task must still have (as returned in the task or its ETag header)",
+    });
     json!({
         "Status": {
             "type": "object",
@@ -501,7 +568,7 @@ fn schemas() -> Value {
         "TaskStatus": { "type": "string", "enum": ["todo", "in_progress", "done"] },
         "Task": {
             "type": "object",
-            "required": ["id", "title", "description", "status", "created_at", "updated_at"],
+            "required": ["id", "title", "description", "status", "created_at", "updated_at", "etag"],
             "properties": {
                 "id": uuid,
                 "title": { "type": "string" },
@@ -509,15 +576,34 @@ fn schemas() -> Value {
                 "status": status,
                 "created_at": time,
                 "updated_at": time,
+                "etag": {
+                    "type": "string",
+                    "description": "Changes on every write (AIP-154); send it as If-Match (or the etag field) to make a write conditional",
+                },
+            },
+            "additionalProperties": false,
+        },
+        "WatchEvent": {
+            "type": "object",
+            "description": "The data of one Server-Sent Event of /api/v1/tasks:watch",
+            "required": ["type", "task", "version"],
+            "properties": {
+                "type": { "type": "string", "enum": ["created", "updated", "deleted"] },
+                "task": { "description": "The task after the change; only its id for deleted", "type": "object" },
+                "version": { "type": "string", "description": "The list version after the event (an int64)" },
             },
             "additionalProperties": false,
         },
         "TaskList": {
             "type": "object",
-            "required": ["tasks", "next_page_token"],
+            "required": ["tasks", "next_page_token", "version"],
             "properties": {
                 "tasks": { "type": "array", "items": schema_ref("Task") },
                 "next_page_token": { "type": "string", "description": "Pass as page_token for the next page; empty on the last" },
+                "version": {
+                    "type": "string",
+                    "description": "The list version this answer reflects (an int64; \"0\" when unknown): watch from it with since",
+                },
             },
             "additionalProperties": false,
         },
@@ -554,6 +640,20 @@ fn schemas() -> Value {
                 { "required": ["email"], "properties": { "email": { "pattern": not_blank() } } },
                 { "required": ["phone"], "properties": { "phone": { "pattern": not_blank() } } },
             ],
+            "additionalProperties": false,
+        },
+        "ChangePasswordRequest": {
+            "type": "object",
+            "required": ["current_password", "new_password"],
+            "properties": {
+                "current_password": { "type": "string", "description": "The caller's current password" },
+                "new_password": {
+                    "type": "string",
+                    "minLength": 8,
+                    "maxLength": 128,
+                    "description": "8-128 characters, not a common password and not easy to guess",
+                },
+            },
             "additionalProperties": false,
         },
         "LoginRequest": {
@@ -594,8 +694,15 @@ fn schemas() -> Value {
         },
         "TaskPatch": {
             "type": "object",
-            "description": "Only the fields present change",
-            "properties": { "title": title, "description": description, "status": status },
+            "description": "Only the fields present change; with etag, only if the task still has it",
+            "properties": { "title": title, "description": description, "status": status, "etag": etag },
+            "additionalProperties": false,
+        },
+        "TaskReplace": {
+            "type": "object",
+            "description": "The whole task; with etag, only if the task still has it",
+            "required": ["title"],
+            "properties": { "title": title, "description": description, "status": status, "etag": etag },
             "additionalProperties": false,
         },
     })
@@ -629,6 +736,33 @@ fn parameters() -> Value {
             "description": "The next_page_token of the previous page",
             "schema": { "type": "string" },
         },
+        "IfMatch": {
+            "name": "If-Match", "in": "header", "required": false,
+            "description": "The task's etag: the write happens only if the task still has it (412 otherwise)",
+            "schema": { "type": "string" },
+        },
+        "IfNoneMatch": {
+            "name": "If-None-Match", "in": "header", "required": false,
+            "description": "The etag the client has: 304 without a body if the task still has it",
+            "schema": { "type": "string" },
+        },
+        "IdempotencyKey": {
+            "name": "Idempotency-Key", "in": "header", "required": false,
+            "description": "The create's request id (AIP-155), 1-128 visible ASCII characters: a retry with the \
+                same key and body returns the first call's task; the same key with another body is a 400. \
+                Remembered per user for 24 hours.",
+            "schema": { "type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[!-~]+$" },
+        },
+        "Since": {
+            "name": "since", "in": "query", "required": false,
+            "description": "Replay the events after this list version (from a list's version or an event id) first",
+            "schema": { "type": "integer", "format": "int64", "minimum": 0 },
+        },
+        "LastEventId": {
+            "name": "Last-Event-ID", "in": "header", "required": false,
+            "description": "Sent by EventSource when it reconnects; works like since and wins over it",
+            "schema": { "type": "integer", "format": "int64", "minimum": 0 },
+        },
         "StatusFilter": {
             "name": "status", "in": "query", "required": false,
             "description": "Only tasks with this status",
@@ -640,7 +774,7 @@ fn parameters() -> Value {
 /// The reusable error responses.
 fn responses() -> Value {
     let mut out = Map::new();
-    for status in [400, 401, 403, 404, 409, 413, 415, 429, 503, 0] {
+    for status in [400, 401, 403, 404, 409, 412, 413, 415, 429, 503, 0] {
         let (name, description) = error_response(status);
         let mut response = json!({
             "description": description,
@@ -689,6 +823,10 @@ pub fn document() -> Value {
             "parameters": parameters(),
             "responses": responses(),
             "headers": {
+                "ETag": {
+                    "description": "The task's etag, quoted (RFC 9110)",
+                    "schema": { "type": "string" },
+                },
                 "SetCookie": {
                     "description": "With cookies=true: tg_access, tg_refresh (HttpOnly) and tg_csrf; on logout, the same three with Max-Age=0",
                     "schema": { "type": "string" },

@@ -17,9 +17,9 @@ use serde_json::{Value, json};
 use taskgate_common::status::invalid_field;
 use taskgate_proto::{
     auth::v1::{
-        DisableUserRequest, GetJwksRequest, GetMeRequest, ListSessionsRequest, LoginRequest, LogoutAllRequest,
-        LogoutRequest, RefreshRequest, RegisterRequest, RevokeSessionRequest, TokenPair, User,
-        auth_service_client::AuthServiceClient,
+        ChangePasswordRequest, DisableUserRequest, EnableUserRequest, GetJwksRequest, GetMeRequest,
+        ListSessionsRequest, LoginRequest, LogoutAllRequest, LogoutRequest, RefreshRequest, RegisterRequest,
+        RevokeSessionRequest, TokenPair, User, auth_service_client::AuthServiceClient,
     },
     service_names::{AUTH, TASK},
     task::v1::{
@@ -29,11 +29,14 @@ use taskgate_proto::{
 };
 use tonic::{Status, transport::Channel};
 
-use crate::rest::{
-    cookies::CookiePolicy,
-    error::RestError,
-    extract::{JsonBody, PathId, QueryParams, grpc_request},
-    json,
+use crate::{
+    rest::{
+        cookies::CookiePolicy,
+        error::RestError,
+        extract::{JsonBody, PathId, QueryParams, grpc_request},
+        json,
+    },
+    watch::WatchSlots,
 };
 
 /// The backends the handlers call: clones of the gateway's pooled clients
@@ -42,8 +45,13 @@ use crate::rest::{
 pub struct Backends {
     /// The auth service, over its pooled channel.
     pub auth: AuthServiceClient<Channel>,
+    /// The auth service over a second channel, for the calls that hash a
+    /// password (Register, Login, ChangePassword).
+    pub auth_hashing: AuthServiceClient<Channel>,
     /// The task service, over its pooled channel.
     pub task: TaskServiceClient<Channel>,
+    /// This replica's open-stream bound, shared with the gRPC proxy.
+    pub watch: WatchSlots,
 }
 
 /// What a handler returns: a response, or a google.rpc.Status to send as JSON.
@@ -117,6 +125,20 @@ pub const BINDINGS: &[Binding] = &[
         path: "/api/v1/admin/users/{id}/disable",
         route: |f| on(f, disable_user),
     },
+    Binding {
+        service: AUTH,
+        method: "ChangePassword",
+        verb: "POST",
+        path: "/api/v1/auth/change-password",
+        route: |f| on(f, change_password),
+    },
+    Binding {
+        service: AUTH,
+        method: "EnableUser",
+        verb: "POST",
+        path: "/api/v1/admin/users/{id}/enable",
+        route: |f| on(f, enable_user),
+    },
     Binding { service: TASK, method: "CreateTask", verb: "POST", path: "/api/v1/tasks", route: |f| on(f, create_task) },
     Binding { service: TASK, method: "GetTask", verb: "GET", path: "/api/v1/tasks/{id}", route: |f| on(f, get_task) },
     Binding { service: TASK, method: "ListTasks", verb: "GET", path: "/api/v1/tasks", route: |f| on(f, list_tasks) },
@@ -140,6 +162,13 @@ pub const BINDINGS: &[Binding] = &[
         verb: "DELETE",
         path: "/api/v1/tasks/{id}",
         route: |f| on(f, delete_task),
+    },
+    Binding {
+        service: TASK,
+        method: "WatchTasks",
+        verb: "GET",
+        path: "/api/v1/tasks:watch",
+        route: |f| on(f, crate::rest::watch::watch_tasks),
     },
 ];
 
@@ -230,11 +259,6 @@ fn user_reply(status: StatusCode, user: Option<User>) -> Reply {
     Ok(reply(status, json::user(&required(user, "user")?)))
 }
 
-/// A task response.
-fn task_reply(status: StatusCode, task: Option<Task>) -> Reply {
-    Ok(reply(status, json::task(&required(task, "task")?)))
-}
-
 /// `POST /api/v1/auth/register` → 201 and the user.
 async fn register(State(b): State<Backends>, headers: HeaderMap, body: JsonBody) -> Reply {
     let mut body = body.required()?;
@@ -245,7 +269,7 @@ async fn register(State(b): State<Backends>, headers: HeaderMap, body: JsonBody)
         password: body.require_string("password")?,
     };
     body.finish()?;
-    let response = b.auth.clone().register(grpc_request(&headers, request)).await?.into_inner();
+    let response = b.auth_hashing.clone().register(grpc_request(&headers, request)).await?.into_inner();
     user_reply(StatusCode::CREATED, response.user)
 }
 
@@ -267,7 +291,7 @@ async fn login(
     let password = body.require_string("password")?;
     body.finish()?;
     let request = LoginRequest { login: login.unwrap_or_default(), password, username: username.unwrap_or_default() };
-    let response = b.auth.clone().login(grpc_request(&headers, request)).await?.into_inner();
+    let response = b.auth_hashing.clone().login(grpc_request(&headers, request)).await?.into_inner();
     Ok(tokens_reply(&required(response.tokens, "tokens")?, with_cookies, mode))
 }
 
@@ -379,25 +403,111 @@ async fn disable_user(State(b): State<Backends>, headers: HeaderMap, PathId(id):
     user_reply(StatusCode::OK, response.user)
 }
 
-/// `POST /api/v1/tasks` → 201 and the task, with its URL in `location`.
+/// `POST /api/v1/auth/change-password[?cookies=true]` → 200 and the token
+/// pair of the caller's new session (every earlier session ended).
+async fn change_password(
+    State(b): State<Backends>,
+    mode: CookieMode,
+    headers: HeaderMap,
+    query: QueryParams,
+    body: JsonBody,
+) -> Reply {
+    let with_cookies = query.flag("cookies")?;
+    let mut body = body.required()?;
+    let current_password = body.require_string("current_password")?;
+    let new_password = body.require_string("new_password")?;
+    body.finish()?;
+    let request = ChangePasswordRequest { current_password, new_password };
+    let response = b.auth_hashing.clone().change_password(grpc_request(&headers, request)).await?.into_inner();
+    Ok(tokens_reply(&required(response.tokens, "tokens")?, with_cookies, mode))
+}
+
+/// `POST /api/v1/admin/users/{id}/enable` → 200 and the enabled user.
+async fn enable_user(State(b): State<Backends>, headers: HeaderMap, PathId(id): PathId, body: JsonBody) -> Reply {
+    body.or_empty().finish()?;
+    let response = b.auth.clone().enable_user(grpc_request(&headers, EnableUserRequest { id })).await?.into_inner();
+    user_reply(StatusCode::OK, response.user)
+}
+
+/// A task response with its `ETag` header (the etag, quoted, as RFC 9110
+/// writes entity tags).
+fn task_reply_with_etag(status: StatusCode, task: Option<Task>) -> Reply {
+    let task = required(task, "task")?;
+    let mut response = reply(status, json::task(&task));
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", task.etag)) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    Ok(response)
+}
+
+/// A header's text, if present and readable.
+fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+}
+
+/// A conditional write's etag: `If-Match` (RFC 9110), or else the `etag`
+/// body field. `If-Match: *` only asks that the task exist, which every
+/// write does anyway.
+fn if_match(headers: &HeaderMap, from_body: String) -> Result<String, RestError> {
+    match header_text(headers, header::IF_MATCH) {
+        None | Some("*") => Ok(from_body),
+        Some(text) if text.contains(',') => Err(invalid_field("If-Match", "must be a single etag (or *)").into()),
+        Some(text) => Ok(text.to_owned()),
+    }
+}
+
+/// ABORTED from a conditional write is 412 Precondition Failed over REST
+/// (RFC 9110 section 13.1.1), not the 409 of the gRPC table.
+fn precondition(status: Status) -> RestError {
+    if status.code() == tonic::Code::Aborted {
+        RestError::with_http(StatusCode::PRECONDITION_FAILED, status)
+    } else {
+        status.into()
+    }
+}
+
+/// `POST /api/v1/tasks` → 201 and the task, with its URL in `location`. An
+/// `Idempotency-Key` header is the request id (AIP-155): a retry returns the
+/// first call's task instead of creating another.
 async fn create_task(State(b): State<Backends>, headers: HeaderMap, body: JsonBody) -> Reply {
     let (task, _) = json::task_body(body.required()?, String::new(), true)?;
-    let response = b.task.clone().create_task(grpc_request(&headers, CreateTaskRequest { task: Some(task) })).await?;
+    let request_id = header_text(&headers, header::HeaderName::from_static("idempotency-key")).unwrap_or_default();
+    let request = CreateTaskRequest { task: Some(task), request_id: request_id.to_owned() };
+    let response = b.task.clone().create_task(grpc_request(&headers, request)).await?;
     let task = required(response.into_inner().task, "task")?;
-    let mut response = reply(StatusCode::CREATED, json::task(&task));
-    if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/tasks/{}", task.id)) {
+    let location = HeaderValue::from_str(&format!("/api/v1/tasks/{}", task.id));
+    let mut response = task_reply_with_etag(StatusCode::CREATED, Some(task))?;
+    if let Ok(location) = location {
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
 }
 
-/// `GET /api/v1/tasks/{id}` → 200 and the task.
+/// `GET /api/v1/tasks/{id}` → 200 and the task with its `ETag`, or 304 with
+/// no body when `If-None-Match` names the current etag.
 async fn get_task(State(b): State<Backends>, headers: HeaderMap, PathId(id): PathId) -> Reply {
     let response = b.task.clone().get_task(grpc_request(&headers, GetTaskRequest { id })).await?.into_inner();
-    task_reply(StatusCode::OK, response.task)
+    let task = required(response.task, "task")?;
+    if let Some(wanted) = header_text(&headers, header::IF_NONE_MATCH) {
+        let current = task.etag.as_str();
+        let matches = wanted == "*"
+            || wanted
+                .split(',')
+                .map(str::trim)
+                .any(|tag| tag.strip_prefix("W/").unwrap_or(tag).trim_matches('"') == current);
+        if matches {
+            let mut response = StatusCode::NOT_MODIFIED.into_response();
+            if let Ok(etag) = HeaderValue::from_str(&format!("\"{current}\"")) {
+                response.headers_mut().insert(header::ETAG, etag);
+            }
+            return Ok(response);
+        }
+    }
+    task_reply_with_etag(StatusCode::OK, Some(task))
 }
 
-/// `GET /api/v1/tasks?page_size=&page_token=&status=` → 200 and a page.
+/// `GET /api/v1/tasks?page_size=&page_token=&status=` → 200 and a page, with
+/// the list `version` to watch from.
 async fn list_tasks(State(b): State<Backends>, headers: HeaderMap, query: QueryParams) -> Reply {
     // An empty value is refused like any other non-number: the document
     // says what each parameter is, and the gateway holds clients to it.
@@ -416,36 +526,54 @@ async fn list_tasks(State(b): State<Backends>, headers: HeaderMap, query: QueryP
     let request = ListTasksRequest { page_size, page_token, status: status as i32 };
     let response = b.task.clone().list_tasks(grpc_request(&headers, request)).await?.into_inner();
     let tasks: Vec<Value> = response.tasks.iter().map(json::task).collect();
-    Ok(reply(StatusCode::OK, json!({ "tasks": tasks, "next_page_token": response.next_page_token })))
+    Ok(reply(
+        StatusCode::OK,
+        json!({
+            "tasks": tasks,
+            "next_page_token": response.next_page_token,
+            "version": response.version.to_string(),
+        }),
+    ))
 }
 
 /// `PUT /api/v1/tasks/{id}` → 200: a full replace (an empty update mask, so
-/// fields not given take their defaults).
+/// fields not given take their defaults). With `If-Match` or an `etag`
+/// field, 412 if the task changed since.
 async fn replace_task(State(b): State<Backends>, headers: HeaderMap, PathId(id): PathId, body: JsonBody) -> Reply {
-    let (task, _) = json::task_body(body.required()?, id, true)?;
+    let (mut task, _) = json::task_body(body.required()?, id, true)?;
+    task.etag = if_match(&headers, std::mem::take(&mut task.etag))?;
     let request = UpdateTaskRequest { task: Some(task), update_mask: None };
-    let response = b.task.clone().update_task(grpc_request(&headers, request)).await?.into_inner();
-    task_reply(StatusCode::OK, response.task)
+    let response = b.task.clone().update_task(grpc_request(&headers, request)).await.map_err(precondition)?;
+    task_reply_with_etag(StatusCode::OK, response.into_inner().task)
 }
 
 /// `PATCH /api/v1/tasks/{id}` → 200: changes exactly the fields in the body.
 /// An empty object changes nothing and returns the task as it is (an empty
-/// mask would mean "replace everything" to the task service).
+/// mask would mean "replace everything" to the task service). With
+/// `If-Match` or an `etag` field, 412 if the task changed since.
 async fn patch_task(State(b): State<Backends>, headers: HeaderMap, PathId(id): PathId, body: JsonBody) -> Reply {
-    let (task, mask) = json::task_body(body.required()?, id, false)?;
+    let (mut task, mask) = json::task_body(body.required()?, id, false)?;
+    task.etag = if_match(&headers, std::mem::take(&mut task.etag))?;
     if mask.paths.is_empty() {
+        let wanted = task.etag.clone();
         let request = GetTaskRequest { id: task.id };
         let response = b.task.clone().get_task(grpc_request(&headers, request)).await?.into_inner();
-        return task_reply(StatusCode::OK, response.task);
+        let current = required(response.task, "task")?;
+        if !wanted.is_empty() && wanted.trim_start_matches("W/").trim_matches('"') != current.etag {
+            return Err(precondition(Status::aborted("the task changed since its etag was read")));
+        }
+        return task_reply_with_etag(StatusCode::OK, Some(current));
     }
     let request = UpdateTaskRequest { task: Some(task), update_mask: Some(mask) };
-    let response = b.task.clone().update_task(grpc_request(&headers, request)).await?.into_inner();
-    task_reply(StatusCode::OK, response.task)
+    let response = b.task.clone().update_task(grpc_request(&headers, request)).await.map_err(precondition)?;
+    task_reply_with_etag(StatusCode::OK, response.into_inner().task)
 }
 
-/// `DELETE /api/v1/tasks/{id}` → 204.
+/// `DELETE /api/v1/tasks/{id}` → 204; with `If-Match`, 412 if the task
+/// changed since.
 async fn delete_task(State(b): State<Backends>, headers: HeaderMap, PathId(id): PathId) -> Reply {
-    b.task.clone().delete_task(grpc_request(&headers, DeleteTaskRequest { id })).await?;
+    let etag = if_match(&headers, String::new())?;
+    b.task.clone().delete_task(grpc_request(&headers, DeleteTaskRequest { id, etag })).await.map_err(precondition)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -55,7 +55,10 @@ async fn spoofed_identity_headers_are_ignored() {
         .task_a
         .clone()
         .create_task(bearer(
-            CreateTaskRequest { task: Some(Task { title: "bob's secret".into(), ..Default::default() }) },
+            CreateTaskRequest {
+                task: Some(Task { title: "bob's secret".into(), ..Default::default() }),
+                ..Default::default()
+            },
             bob.access(),
         ))
         .await

@@ -149,12 +149,15 @@ async fn every_rpc(via: Via) {
     assert_eq!(err.expect_err("revoked session"), Code::Unauthenticated);
 
     // The task service, all five.
-    let empty = CreateTaskRequest { task: Some(Task::default()) };
+    let empty = CreateTaskRequest { task: Some(Task::default()), ..Default::default() };
     assert_eq!(
         c.call::<_, CreateTaskResponse>(CREATE_TASK, empty, Some(&token)).await.expect_err("no title"),
         Code::InvalidArgument
     );
-    let create = CreateTaskRequest { task: Some(Task { title: "write tests".into(), ..Default::default() }) };
+    let create = CreateTaskRequest {
+        task: Some(Task { title: "write tests".into(), ..Default::default() }),
+        ..Default::default()
+    };
     let task = c.call::<_, CreateTaskResponse>(CREATE_TASK, create, Some(&token)).await.expect("create").task;
     let task = task.expect("a task");
     let got = c.call::<_, GetTaskResponse>(GET_TASK, GetTaskRequest { id: task.id.clone() }, Some(&token)).await;
@@ -169,7 +172,7 @@ async fn every_rpc(via: Via) {
     assert_eq!(updated.expect("a task").title, "write more tests");
     let listed = c.call::<_, ListTasksResponse>(LIST_TASKS, ListTasksRequest::default(), Some(&token)).await;
     assert_eq!(listed.expect("list").tasks.len(), 1);
-    let delete = DeleteTaskRequest { id: task.id.clone() };
+    let delete = DeleteTaskRequest { id: task.id.clone(), ..Default::default() };
     c.call::<_, DeleteTaskResponse>(DELETE_TASK, delete, Some(&token)).await.expect("delete");
     let gone = c.call::<_, GetTaskResponse>(GET_TASK, GetTaskRequest { id: task.id }, Some(&token)).await;
     assert_eq!(gone.expect_err("deleted"), Code::NotFound);

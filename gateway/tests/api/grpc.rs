@@ -29,7 +29,10 @@ async fn native_grpc_reaches_both_services_through_either_replica() {
         .task_a
         .clone()
         .create_task(bearer(
-            CreateTaskRequest { task: Some(Task { title: "buy milk".into(), ..Default::default() }) },
+            CreateTaskRequest {
+                task: Some(Task { title: "buy milk".into(), ..Default::default() }),
+                ..Default::default()
+            },
             alice.access(),
         ))
         .await
@@ -62,7 +65,8 @@ async fn native_grpc_reaches_both_services_through_either_replica() {
 async fn backend_errors_and_their_details_pass_through_unchanged() {
     let stack = spawn_stack().await;
     let alice = stack.user().await;
-    let empty = || CreateTaskRequest { task: Some(Task { title: "   ".into(), ..Default::default() }) };
+    let empty =
+        || CreateTaskRequest { task: Some(Task { title: "   ".into(), ..Default::default() }), ..Default::default() };
     let via_gateway =
         stack.task_a.clone().create_task(bearer(empty(), alice.access())).await.expect_err("an empty title");
     let direct = stack.task_direct().create_task(bearer(empty(), alice.access())).await.expect_err("an empty title");
@@ -154,6 +158,16 @@ impl TaskService for RecordingTasks {
     }
 
     async fn delete_task(&self, r: Request<DeleteTaskRequest>) -> Result<Response<DeleteTaskResponse>, Status> {
+        self.record(&r);
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    type WatchTasksStream = futures::stream::Empty<Result<taskgate_proto::task::v1::WatchTasksResponse, Status>>;
+
+    async fn watch_tasks(
+        &self,
+        r: Request<taskgate_proto::task::v1::WatchTasksRequest>,
+    ) -> Result<Response<Self::WatchTasksStream>, Status> {
         self.record(&r);
         Err(Status::unimplemented("not in the fake"))
     }

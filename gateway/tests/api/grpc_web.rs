@@ -31,7 +31,10 @@ async fn login_and_list_tasks_work_over_grpc_web() {
         &stack.http,
         &stack.url_a(""),
         "/taskgate.task.v1.TaskService/CreateTask",
-        &CreateTaskRequest { task: Some(Task { title: "web task".into(), ..Default::default() }) },
+        &CreateTaskRequest {
+            task: Some(Task { title: "web task".into(), ..Default::default() }),
+            ..Default::default()
+        },
         &[("authorization", &auth)],
     )
     .await;
@@ -67,7 +70,7 @@ async fn grpc_web_errors_carry_status_and_details() {
         &stack.http,
         &stack.url_a(""),
         "/taskgate.task.v1.TaskService/CreateTask",
-        &CreateTaskRequest { task: Some(Task::default()) },
+        &CreateTaskRequest { task: Some(Task::default()), ..Default::default() },
         &[("authorization", &auth)],
     )
     .await;

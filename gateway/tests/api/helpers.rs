@@ -41,6 +41,11 @@ pub struct StackOptions {
     pub key_refresh_seconds: u64,
     /// Any other change to both gateways' settings.
     pub gateway: fn(&mut gateway::Settings),
+    /// Task service replicas (same database and Redis); gateway A sends to
+    /// the first, gateway B to the last.
+    pub task_replicas: usize,
+    /// `GATEWAY_MAX_WATCH_STREAMS` of both gateways.
+    pub max_watch_streams: u32,
 }
 
 impl Default for StackOptions {
@@ -54,6 +59,8 @@ impl Default for StackOptions {
             mtls: false,
             key_refresh_seconds: 300,
             gateway: |_| {},
+            task_replicas: 1,
+            max_watch_streams: 10_000,
         }
     }
 }
@@ -152,29 +159,37 @@ pub async fn spawn_stack_with(options: StackOptions) -> TestStack {
     let auth_addr = auth.local_addr();
     stop.push(serve(|s| auth.run_until_stopped(s)));
 
-    let mut task_settings = task_service::Settings::for_tests(
-        database_url,
-        redis_url.clone(),
-        prefix.clone(),
-        format!("http://{auth_addr}"),
-    );
-    task_settings.mtls = mtls("task");
-    task_settings.jwks_refresh_seconds = options.key_refresh_seconds;
-    let task = task_service::Application::build(task_settings).await.expect("building the task service");
-    let task_addr = task.local_addr();
-    stop.push(serve(|s| task.run_until_stopped(s)));
+    let mut task_addrs = Vec::new();
+    for _ in 0..options.task_replicas.max(1) {
+        let mut task_settings = task_service::Settings::for_tests(
+            database_url.clone(),
+            redis_url.clone(),
+            prefix.clone(),
+            format!("http://{auth_addr}"),
+        );
+        task_settings.mtls = mtls("task");
+        task_settings.jwks_refresh_seconds = options.key_refresh_seconds;
+        let task = task_service::Application::build(task_settings).await.expect("building the task service");
+        task_addrs.push(task.local_addr());
+        stop.push(serve(|s| task.run_until_stopped(s)));
+    }
+    let task_addr = task_addrs[0];
 
     let gateway_redis = options.gateway_redis_url.clone().unwrap_or(redis_url);
-    let task_url = options.task_url.clone().unwrap_or_else(|| format!("http://{task_addr}"));
     let mut gateways = Vec::new();
     let mut admins = Vec::new();
-    for _ in 0..2 {
+    for i in 0..2 {
+        let task_url = options.task_url.clone().unwrap_or_else(|| {
+            let replica = if i == 0 { task_addrs[0] } else { task_addrs[task_addrs.len() - 1] };
+            format!("http://{replica}")
+        });
         let mut settings = gateway::Settings::for_tests(
             format!("http://{auth_addr}"),
-            task_url.clone(),
+            task_url,
             gateway_redis.clone(),
             prefix.clone(),
         );
+        settings.max_watch_streams = options.max_watch_streams;
         settings.rate_limit_per_minute = options.rate_limit_per_minute;
         settings.cors_allowed_origins = options.cors_allowed_origins.clone();
         settings.cookie_secure = options.cookie_secure;

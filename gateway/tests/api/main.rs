@@ -16,3 +16,4 @@ mod openapi;
 mod ratelimit;
 mod rest;
 mod tls;
+mod watch;

@@ -145,6 +145,10 @@ async fn every_route_answers_what_the_document_promises() {
     let reply = api.call(Method::DELETE, &task_path).bearer(&access).send().await;
     assert_eq!(reply.status, StatusCode::NO_CONTENT);
     check(Method::DELETE, "/api/v1/tasks/{id}", &reply);
+    // The event stream itself never ends; its refusals are documented JSON.
+    let reply = api.call(Method::GET, "/api/v1/tasks:watch?since=soon").bearer(&access).send().await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    check(Method::GET, "/api/v1/tasks:watch", &reply);
 
     // Ending sessions last.
     let reply = api.call(Method::DELETE, &format!("/api/v1/auth/sessions/{session_id}")).bearer(&access).send().await;

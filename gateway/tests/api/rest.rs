@@ -677,6 +677,7 @@ async fn router_with_an_admin(admin: &str) -> (Api, tokio::sync::oneshot::Sender
         taskgate_proto::auth::v1::auth_service_client::AuthServiceClient::new(channel.clone()),
         taskgate_proto::task::v1::task_service_client::TaskServiceClient::new(channel),
         gateway::rest::cookies::CookiePolicy::new(true, None),
+        gateway::watch::WatchSlots::new(10),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding the REST router");
     let addr = listener.local_addr().expect("a local address");
@@ -732,4 +733,54 @@ async fn cookie_secure_false_drops_the_secure_attribute_for_plain_http_developme
     let cookies = login.set_cookies();
     assert_eq!(cookies.len(), 3, "{cookies:?}");
     assert!(cookies.iter().all(|c| !c.contains("Secure") && c.contains("SameSite=Strict")), "{cookies:?}");
+}
+
+#[tokio::test]
+async fn change_password_answers_a_new_pair_and_ends_every_other_session() {
+    api!(stack, api);
+    let (username, _) = api.register().await;
+    let other = api.login(&username).await;
+    let here = api.login(&username).await;
+    let new_password = "a brand new passphrase 77";
+    let reply = api
+        .call(Method::POST, "/api/v1/auth/change-password")
+        .bearer(here["access_token"].as_str().expect("token"))
+        .json(&json!({"current_password": PASSWORD, "new_password": new_password}))
+        .send()
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.headers.get(header::CACHE_CONTROL).and_then(|v| v.to_str().ok()), Some("no-store"));
+    let fresh = reply.body["access_token"].as_str().expect("a fresh access token").to_owned();
+    let me = api.call(Method::GET, "/api/v1/users/me").bearer(&fresh).send().await;
+    assert_eq!(me.status, StatusCode::OK, "{}", me.body);
+    for old in [&other, &here] {
+        let me =
+            api.call(Method::GET, "/api/v1/users/me").bearer(old["access_token"].as_str().expect("t")).send().await;
+        assert_eq!(me.status, StatusCode::UNAUTHORIZED, "{}", me.body);
+    }
+    let weak = api
+        .call(Method::POST, "/api/v1/auth/change-password")
+        .bearer(&fresh)
+        .json(&json!({"current_password": new_password, "new_password": "password123"}))
+        .send()
+        .await;
+    assert_eq!(weak.status, StatusCode::BAD_REQUEST, "{}", weak.body);
+    assert_eq!(weak.violated_field(), "new_password");
+}
+
+#[tokio::test]
+async fn an_admin_enables_a_disabled_user_over_rest() {
+    let admin_name = username();
+    let (api, _stop) = router_with_an_admin(&admin_name).await;
+    let admin = api.login(&admin_name).await;
+    let admin_token = admin["access_token"].as_str().expect("an admin token");
+    let (victim_name, victim) = api.register().await;
+    let id = victim["id"].as_str().expect("an id");
+    let disabled =
+        api.call(Method::POST, &format!("/api/v1/admin/users/{id}/disable")).bearer(admin_token).send().await;
+    assert_eq!(disabled.status, StatusCode::OK, "{}", disabled.body);
+    let enabled = api.call(Method::POST, &format!("/api/v1/admin/users/{id}/enable")).bearer(admin_token).send().await;
+    assert_eq!(enabled.status, StatusCode::OK, "{}", enabled.body);
+    assert_eq!(enabled.body, victim, "the enabled user, in the user shape");
+    api.login(&victim_name).await;
 }

@@ -21,11 +21,14 @@ async fn every_rpc_is_unauthenticated(app: &TestApp, make: impl Fn() -> Option<S
     let mut client = app.client.clone();
     let task = Task { id: id.clone(), title: "t".into(), ..Default::default() };
     let results = [
-        client.create_task(request(&make(), CreateTaskRequest { task: Some(task.clone()) })).await.err(),
+        client
+            .create_task(request(&make(), CreateTaskRequest { task: Some(task.clone()), ..Default::default() }))
+            .await
+            .err(),
         client.get_task(request(&make(), GetTaskRequest { id: id.clone() })).await.err(),
         client.list_tasks(request(&make(), ListTasksRequest::default())).await.err(),
         client.update_task(request(&make(), UpdateTaskRequest { task: Some(task), update_mask: None })).await.err(),
-        client.delete_task(request(&make(), DeleteTaskRequest { id })).await.err(),
+        client.delete_task(request(&make(), DeleteTaskRequest { id, ..Default::default() })).await.err(),
     ];
     for (rpc, status) in ["create", "get", "list", "update", "delete"].iter().zip(results) {
         let status = status.unwrap_or_else(|| panic!("{rpc} succeeded without a valid token"));

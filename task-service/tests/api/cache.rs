@@ -44,14 +44,15 @@ async fn the_fill_of_a_reader_that_loaded_before_a_write_is_refused() {
         .build_pool(1)
         .expect("pool");
     fred::prelude::ClientLike::init(&redis).await.expect("connect");
-    let cache = ListCache::new(redis, app.redis_prefix.clone(), Duration::from_secs(60), Default::default());
+    let cache = ListCache::new(redis, app.redis_prefix.clone(), Duration::from_secs(60), 100, Default::default());
     assert!(cache.settle().await);
     let shape = Shape::for_page(None, 50);
 
     // A reader misses and (in real life) queries Postgres...
     let Lookup::Miss(stamp) = cache.lookup(owner, shape).await else { panic!("expected a miss") };
     // ...a write commits and bumps the version...
-    cache.invalidate(owner).await;
+    let change = task_service::cache::Change { kind: "deleted", data: serde_json::json!({ "id": owner }).to_string() };
+    assert!(cache.publish(owner, &change).await.is_some());
     // ...and the reader's old list must not land in the cache.
     let stale = CachedPage { stamp, tasks: Vec::new(), more: false };
     assert!(!cache.fill(owner, shape, &stale).await, "a fill under an old version is refused");
@@ -104,7 +105,7 @@ async fn reads_reflect_every_write_acknowledged_before_they_started_under_concur
             for t in 0..TASKS_PER_WRITER {
                 let task = Task { title: format!("w{w}t{t}r0"), ..Default::default() };
                 let created = client
-                    .create_task(authed(&token, CreateTaskRequest { task: Some(task) }))
+                    .create_task(authed(&token, CreateTaskRequest { task: Some(task), ..Default::default() }))
                     .await
                     .expect("create")
                     .into_inner()
@@ -123,7 +124,7 @@ async fn reads_reflect_every_write_acknowledged_before_they_started_under_concur
                 if t % 2 == 0 {
                     acked.lock().expect("lock").deleting.insert(created.id.clone());
                     client
-                        .delete_task(authed(&token, DeleteTaskRequest { id: created.id.clone() }))
+                        .delete_task(authed(&token, DeleteTaskRequest { id: created.id.clone(), ..Default::default() }))
                         .await
                         .expect("delete");
                     let mut acked = acked.lock().expect("lock");
@@ -242,7 +243,7 @@ async fn a_write_whose_caller_gives_up_after_the_commit_still_shows_in_the_list(
     assert_eq!(app.first_page(&user, 0).await.len(), 1, "cached");
 
     let task = Task { title: "abandoned".into(), ..Default::default() };
-    let mut request = authed(&user.token, CreateTaskRequest { task: Some(task) });
+    let mut request = authed(&user.token, CreateTaskRequest { task: Some(task), ..Default::default() });
     request.set_timeout(Duration::from_millis(150));
     let status = app.client.clone().create_task(request).await.expect_err("the deadline ends first");
     assert!(matches!(status.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled), "{status:?}");

@@ -20,13 +20,13 @@ use task_service::{Application, Metrics, Settings};
 use taskgate_proto::{
     auth::v1::{self as auth, Jwk, auth_service_client::AuthServiceClient, auth_service_server::AuthServiceServer},
     task::v1::{
-        CreateTaskRequest, DeleteTaskRequest, GetTaskRequest, ListTasksRequest, ListTasksResponse, Task, TaskStatus,
-        UpdateTaskRequest, task_service_client::TaskServiceClient,
+        CreateTaskRequest, DeleteTaskRequest, GetTaskRequest, ListTasksRequest, ListTasksResponse, Task, TaskEventType,
+        TaskStatus, UpdateTaskRequest, WatchTasksRequest, WatchTasksResponse, task_service_client::TaskServiceClient,
     },
 };
 use taskgate_tokens::Claims;
 use tokio::sync::oneshot;
-use tonic::{Code, Request, Response, Status, transport::Channel};
+use tonic::{Code, Request, Response, Status, Streaming, transport::Channel};
 use tonic_types::StatusExt as _;
 use uuid::Uuid;
 
@@ -149,15 +149,26 @@ impl TestApp {
     /// A second replica of the task service: same database, same Redis
     /// prefix, same token source, reaching Redis at `redis_url`.
     pub async fn replica(&self, redis_url: String) -> TestApp {
+        self.replica_with(redis_url, |_| {}).await
+    }
+
+    /// Like [`TestApp::replica`], with its settings adjusted by `tweak`.
+    pub async fn replica_with(&self, redis_url: String, tweak: impl FnOnce(&mut Settings)) -> TestApp {
         start(
             self.database_url.clone(),
             redis_url,
             self.redis_prefix.clone(),
             self.auth_url.clone(),
             self.tokens.clone(),
-            |_| {},
+            tweak,
         )
         .await
+    }
+
+    /// Opens a WatchTasks stream for `user` from `since` (0: from now).
+    pub async fn watch(&self, user: &TestUser, since: i64) -> Result<Streaming<WatchTasksResponse>, Status> {
+        let response = self.client.clone().watch_tasks(authed(&user.token, WatchTasksRequest { since })).await?;
+        Ok(response.into_inner())
     }
 
     /// A new user with a fresh access token: registered and logged in with
@@ -201,8 +212,11 @@ impl TestApp {
 
     /// CreateTask with a whole task.
     pub async fn try_create(&self, user: &TestUser, task: Task) -> Result<Task, Status> {
-        let response =
-            self.client.clone().create_task(authed(&user.token, CreateTaskRequest { task: Some(task) })).await?;
+        let response = self
+            .client
+            .clone()
+            .create_task(authed(&user.token, CreateTaskRequest { task: Some(task), ..Default::default() }))
+            .await?;
         Ok(response.into_inner().task.expect("created task in response"))
     }
 
@@ -223,7 +237,11 @@ impl TestApp {
 
     /// DeleteTask.
     pub async fn delete(&self, user: &TestUser, id: &str) -> Result<(), Status> {
-        self.client.clone().delete_task(authed(&user.token, DeleteTaskRequest { id: id.into() })).await.map(|_| ())
+        self.client
+            .clone()
+            .delete_task(authed(&user.token, DeleteTaskRequest { id: id.into(), ..Default::default() }))
+            .await
+            .map(|_| ())
     }
 
     /// ListTasks.
@@ -287,6 +305,30 @@ impl TestApp {
         let client = Client::new(Config::from_url(&self.redis_url).expect("redis url"), None, None, None);
         client.init().await.expect("connecting to redis");
         client
+    }
+}
+
+/// The next event of `stream` that is not a heartbeat, within 5 seconds.
+pub async fn next_event(stream: &mut Streaming<WatchTasksResponse>) -> Result<WatchTasksResponse, Status> {
+    loop {
+        let next =
+            tokio::time::timeout(Duration::from_secs(5), stream.message()).await.expect("an event within 5 s")?;
+        let event = next.ok_or_else(|| Status::unknown("the stream ended without a status"))?;
+        if event.r#type != TaskEventType::Heartbeat as i32 {
+            return Ok(event);
+        }
+    }
+}
+
+/// The status `stream` ends with, within `within`, skipping any events.
+pub async fn end_of(stream: &mut Streaming<WatchTasksResponse>, within: Duration) -> Status {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.message()).await.expect("the stream ends in time") {
+            Ok(Some(_)) => continue,
+            Ok(None) => return Status::ok("ended"),
+            Err(status) => return status,
+        }
     }
 }
 
@@ -454,6 +496,12 @@ impl auth::auth_service_server::AuthService for JwksOnly {
         Ok(Response::new(auth::GetJwksResponse { keys: self.keys.clone() }))
     }
     async fn disable_user(&self, _: Request<auth::DisableUserRequest>) -> Answer<auth::DisableUserResponse> {
+        Err(Status::unimplemented("test jwks server"))
+    }
+    async fn change_password(&self, _: Request<auth::ChangePasswordRequest>) -> Answer<auth::ChangePasswordResponse> {
+        Err(Status::unimplemented("test jwks server"))
+    }
+    async fn enable_user(&self, _: Request<auth::EnableUserRequest>) -> Answer<auth::EnableUserResponse> {
         Err(Status::unimplemented("test jwks server"))
     }
 }

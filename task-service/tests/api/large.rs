@@ -77,16 +77,20 @@ async fn ten_thousand_tasks_are_paged_through_at_a_flat_cost_with_a_bounded_cach
     // are cut from), not 10,000; and the default page's entry holds 50.
     app.first_page(&user, 0).await;
     let redis = app.redis().await;
-    let entry: String =
-        redis.hget(format!("{}tasks:{}:pages", app.redis_prefix, user.id), "all:500").await.expect("cached entry");
+    let entry: String = redis
+        .hget(taskgate_common::keys::user_key(&app.redis_prefix, user.id, "tasks:pages"), "all:500")
+        .await
+        .expect("cached entry");
     let cached: CachedPage = serde_json::from_str(&entry).expect("entry json");
     assert_eq!(cached.tasks.len(), 500);
     assert!(cached.more);
-    let entry: String =
-        redis.hget(format!("{}tasks:{}:pages", app.redis_prefix, user.id), "all:50").await.expect("cached entry");
+    let entry: String = redis
+        .hget(taskgate_common::keys::user_key(&app.redis_prefix, user.id, "tasks:pages"), "all:50")
+        .await
+        .expect("cached entry");
     let cached: CachedPage = serde_json::from_str(&entry).expect("entry json");
     assert_eq!(cached.tasks.len(), 50);
     let fields: Vec<String> =
-        redis.hkeys(format!("{}tasks:{}:pages", app.redis_prefix, user.id)).await.expect("fields");
+        redis.hkeys(taskgate_common::keys::user_key(&app.redis_prefix, user.id, "tasks:pages")).await.expect("fields");
     assert_eq!(fields.len(), 2, "{fields:?}");
 }

@@ -132,8 +132,10 @@ async fn pagination_is_stable_while_tasks_are_added() {
             let mut client = app_client;
             for i in 0..60 {
                 let task = Task { title: format!("new{i}"), ..Default::default() };
-                let request =
-                    crate::helpers::authed(&token, taskgate_proto::task::v1::CreateTaskRequest { task: Some(task) });
+                let request = crate::helpers::authed(
+                    &token,
+                    taskgate_proto::task::v1::CreateTaskRequest { task: Some(task), ..Default::default() },
+                );
                 client.create_task(request).await.expect("create while paging");
             }
         })

@@ -4,9 +4,12 @@
 mod auth;
 mod cache;
 mod crud;
+mod etags;
 mod helpers;
+mod idempotency;
 mod large;
 mod list;
 mod outages;
 mod ownership;
 mod validation;
+mod watch;
