@@ -225,7 +225,9 @@ async fn start(per_user: u32) -> anyhow::Result<Stack> {
     let task_addr = task.local_addr();
     tokio::spawn(task.run_until_stopped(std::future::pending()));
     let mut settings = gateway::Settings::for_tests(auth_url, format!("http://{task_addr}"), redis_url, prefix);
+    // One client address opens every stream and sends every request.
     settings.rate_limit_per_minute = u32::MAX;
+    settings.rate_limit_per_address_per_minute = u32::MAX;
     let gateway = gateway::Application::build(settings).await?;
     let gateway_addr = gateway.local_addr();
     tokio::spawn(gateway.run_until_stopped(std::future::pending()));
