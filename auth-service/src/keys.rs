@@ -12,8 +12,9 @@
 //! A compromised key is withdrawn at once with `revoke-key <kid>`
 //! ([`revoke`]): its row is deleted (a fresh key that signs immediately takes
 //! its place if it was signing), so replicas stop signing with it and
-//! publishing it at their next reload, and verifiers stop trusting it at
-//! their next JWKS refresh. That ends every session it signed: their access
+//! publishing it at once (every replica LISTENs on [`KEYS_CHANGED`] and
+//! reloads when told), and verifiers stop trusting it at their next JWKS
+//! refresh. That ends every session it signed: their access
 //! tokens name an unknown `kid`, and their refresh tokens no longer verify.
 //!
 //! With `KEY_ENCRYPTION_KEY` set, private keys are stored sealed with
@@ -35,7 +36,7 @@ use chrono::{DateTime, Utc};
 use ed25519_dalek::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
 use jsonwebtoken::EncodingKey;
 use secrecy::{ExposeSecret as _, SecretString};
-use sqlx::PgPool;
+use sqlx::{PgPool, postgres::PgListener};
 use taskgate_proto::auth::v1::Jwk;
 use taskgate_tokens::{KeySource, VerifyError, jwks::BoxFuture};
 
@@ -184,11 +185,79 @@ pub async fn rotate(pool: &PgPool, publish_delay: Duration, cipher: Option<&KeyC
     insert_key(pool, Utc::now() + delay, cipher).await
 }
 
+/// The Postgres notification channel on which a withdrawal is announced.
+pub const KEYS_CHANGED: &str = "taskgate_signing_keys_changed";
+
+/// Reloads `keys` every `interval` (other replicas rotate keys) and at once
+/// whenever a key is withdrawn (a NOTIFY on [`KEYS_CHANGED`]), then has
+/// `verifier` (the service's own, over `keys`) drop the withdrawn key too;
+/// until the task is aborted. If the listening connection cannot be made or
+/// is lost, the timer still runs and listening is tried again at the next tick.
+pub async fn reload_forever(keys: KeyStore, verifier: taskgate_tokens::Verifier, pool: PgPool, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut listener: Option<PgListener> = None;
+    loop {
+        if listener.is_none() {
+            listener = listen(&pool).await;
+        }
+        let notified = async {
+            match listener.as_mut() {
+                Some(l) => l.try_recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let withdrawn = tokio::select! {
+            _ = tick.tick() => false,
+            received = notified => match received {
+                Ok(Some(_)) => {
+                    tracing::info!("a signing key was withdrawn: reloading keys");
+                    true
+                }
+                // The connection was lost (notifications in between may be
+                // lost too): reload now, listen again.
+                Ok(None) | Err(_) => {
+                    listener = None;
+                    true
+                }
+            },
+        };
+        if let Err(e) = keys.reload().await {
+            tracing::warn!(error = %e, "reloading signing keys failed");
+        } else if withdrawn && verifier.refresh_now().await.is_err() {
+            tracing::warn!("refreshing the service's own verifier failed");
+        }
+    }
+}
+
+/// A connection listening on [`KEYS_CHANGED`], or None (logged) if it
+/// cannot be made now.
+async fn listen(pool: &PgPool) -> Option<PgListener> {
+    let made = async {
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener.listen(KEYS_CHANGED).await?;
+        Ok::<_, sqlx::Error>(listener)
+    };
+    match tokio::time::timeout(Duration::from_secs(3), made).await {
+        Ok(Ok(listener)) => Some(listener),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "listening for key withdrawals failed; reloading on the timer only");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("listening for key withdrawals timed out; reloading on the timer only");
+            None
+        }
+    }
+}
+
 /// Withdraws key `kid` at once (the `revoke-key` command): deletes it, and
 /// if it was the newest key already signing, first inserts a replacement
 /// that signs immediately (no publish delay: the withdrawn key must not
 /// sign one more token). Returns the replacement's kid, if one was made.
-/// Replicas pick the change up at their next reload.
+/// Running replicas are told at commit (NOTIFY on [`KEYS_CHANGED`]) and
+/// reload at once.
 pub async fn revoke(pool: &PgPool, kid: &str, cipher: Option<&KeyCipher>) -> anyhow::Result<Option<String>> {
     let mut tx = pool.begin().await.context("starting key withdrawal")?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(KEY_INIT_LOCK).execute(&mut *tx).await?;
@@ -209,6 +278,8 @@ pub async fn revoke(pool: &PgPool, kid: &str, cipher: Option<&KeyCipher>) -> any
         Some(current) if current == kid => Some(insert_key(&mut *tx, Utc::now(), cipher).await?),
         _ => None,
     };
+    // Delivered at commit, to every replica listening (see `listen`).
+    sqlx::query("SELECT pg_notify($1, $2)").bind(KEYS_CHANGED).bind(kid).execute(&mut *tx).await?;
     tx.commit().await.context("committing key withdrawal")?;
     Ok(replacement)
 }

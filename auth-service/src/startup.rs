@@ -302,19 +302,13 @@ impl Application {
         let (reflection_v1, reflection_v1alpha) = taskgate_common::grpc::reflection()?;
 
         // Other replicas may rotate keys: pick them up even without an
-        // unknown `kid` to trigger a reload.
-        let keys = self.keys.clone();
-        let interval = self.key_reload_interval.max(Duration::from_secs(1));
-        let reloader = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                if let Err(e) = keys.reload().await {
-                    tracing::warn!(error = %e, "periodic signing key reload failed");
-                }
-            }
-        });
+        // unknown `kid` to trigger a reload, and a withdrawn key at once.
+        let reloader = tokio::spawn(crate::keys::reload_forever(
+            self.keys.clone(),
+            self.api.verifier.clone(),
+            self.pool.clone(),
+            self.key_reload_interval.max(Duration::from_secs(1)),
+        ));
 
         tracing::info!(addr = %self.local_addr, "auth service listening");
         let result = server(self.mtls.as_ref())?

@@ -122,7 +122,8 @@ impl Application {
                 .route("/demo/", get(edge::demo).with_state(demo.clone()))
                 .route("/demo/{*path}", get(edge::demo).with_state(demo));
         }
-        let rest_routes = rest::router_with_hashing_client(auth_client, auth_hashing, task_client, cookies.clone(), watch);
+        let rest_routes =
+            rest::router_with_hashing_client(auth_client, auth_hashing, task_client, cookies.clone(), watch);
         let routes = routes.merge(grpc).merge(rest_routes);
 
         let app = stack::apply(

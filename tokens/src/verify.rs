@@ -197,6 +197,14 @@ impl Verifier {
         }
         self.inner.fetch_now().await
     }
+
+    /// Fetches the key set now, whatever the schedule says: for an owner
+    /// that knows its source changed (the auth service after a key was
+    /// withdrawn), never for a request path.
+    pub async fn refresh_now(&self) -> Result<(), VerifyError> {
+        let _one_at_a_time = self.inner.fetching.lock().await;
+        self.inner.fetch_now().await
+    }
 }
 
 impl Inner {

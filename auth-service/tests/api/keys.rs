@@ -101,3 +101,42 @@ async fn a_signing_key_file_replaces_the_database_keys() {
     assert_eq!(keys[0].x, base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes()));
     app.client.clone().get_me(bearer(GetMeRequest {}, &tokens.access_token)).await.expect("file-signed token works");
 }
+
+#[tokio::test]
+async fn a_withdrawn_key_stops_signing_and_verifying_at_once_on_a_running_replica() {
+    // An hour between timed reloads: only the withdrawal notice can explain
+    // the running replica dropping the key within the test.
+    let app = spawn_app_with(|s| s.key_reload_interval = Duration::from_secs(3600)).await;
+    let (_, before) = app.user_with_session().await;
+    let old_kid = kid(&before.access_token);
+
+    // The `revoke-key` command, as an operator runs it next to the service.
+    let replacement = auth_service::revoke_key(&app.settings, &old_kid)
+        .await
+        .expect("revoke-key")
+        .expect("the signing key gets a replacement");
+
+    let mut client = app.client.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let published: Vec<String> = jwks(&app).await.into_iter().map(|k| k.kid).collect();
+        let refused = client.get_me(bearer(GetMeRequest {}, &before.access_token)).await.is_err();
+        if !published.contains(&old_kid) && published.contains(&replacement) && refused {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after 5 s: published {published:?}, old token refused {refused}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, after) = app.user_with_session().await;
+    assert_eq!(kid(&after.access_token), replacement, "new tokens are signed by the replacement");
+    let status = client.get_me(bearer(GetMeRequest {}, &before.access_token)).await.expect_err("old access token");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    let status = client
+        .refresh(RefreshRequest { refresh_token: before.refresh_token.clone() })
+        .await
+        .expect_err("a session the withdrawn key signed cannot be refreshed");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+}
