@@ -8,7 +8,12 @@
 //!   of that shape as JSON, with the stamp they were filled at. Any first page
 //!   is cut from the shallowest entry deep enough for it; later pages are not
 //!   cached. So the cache holds at most 4 x (50 + 500) tasks per user, and a
-//!   default page does not pay for reading 500.
+//!   default page does not pay for reading 500. An entry larger than
+//!   `TASK_CACHE_MAX_ENTRY_BYTES` (default [`DEFAULT_MAX_ENTRY_BYTES`]) is not
+//!   stored (that list is read from Postgres), so a user's pages hold at most
+//!   8 x that many bytes whatever their tasks' descriptions: 2 MiB by
+//!   default, where 500 tasks of 10,000-character descriptions would be 5 MB
+//!   an entry.
 //! - `P{u:<uid>}:tasks:ver`: the user's list version. It never repeats: a
 //!   missing counter restarts from Redis' clock in microseconds (far above any
 //!   earlier value), and every write adds exactly one.
@@ -95,6 +100,9 @@ impl Shape {
         format!("{}:{}", self.filter.map_or("all", TaskStatus::as_db), self.depth)
     }
 }
+
+/// The largest cache entry stored, in bytes (serialised JSON), by default.
+pub const DEFAULT_MAX_ENTRY_BYTES: usize = 256 * 1024;
 
 /// How long a user's version key and event log live without writes. Any
 /// value is safe (versions never repeat); it only bounds the keys idle users
@@ -207,6 +215,8 @@ pub struct ListCache {
     ttl: Duration,
     /// How many events each user's log keeps (`WATCH_EVENT_LOG_LENGTH`).
     log_length: u64,
+    /// Entries larger than this many bytes are not stored.
+    max_entry_bytes: usize,
     /// The fleet-wide epoch as last read or set; 0 until known.
     epoch: AtomicI64,
     /// Whether Redis worked last time we tried; flips are logged, so an
@@ -232,6 +242,7 @@ impl ListCache {
             prefix: prefix.into(),
             ttl,
             log_length: log_length.max(1),
+            max_entry_bytes: DEFAULT_MAX_ENTRY_BYTES,
             epoch: AtomicI64::new(0),
             up: AtomicBool::new(true),
             failed_bumps: AtomicU64::new(1),
@@ -239,6 +250,13 @@ impl ListCache {
             epoch_lock: tokio::sync::Mutex::new(()),
             metrics,
         }
+    }
+
+    /// Stores no entry larger than `bytes` (serialised): such lists are read
+    /// from Postgres every time, and a user's pages stay within 8 x `bytes`.
+    pub fn with_max_entry_bytes(mut self, bytes: usize) -> Self {
+        self.max_entry_bytes = bytes.max(1);
+        self
     }
 
     /// `P{u:<owner>}:tasks:<what>`.
@@ -325,6 +343,10 @@ impl ListCache {
                 return false;
             }
         };
+        if entry.len() > self.max_entry_bytes {
+            tracing::debug!(bytes = entry.len(), limit = self.max_entry_bytes, "a list too large to cache");
+            return false;
+        }
         let keys = vec![self.key(owner, "ver"), self.key(owner, "pages")];
         let args = vec![shape.field(), page.stamp.version.to_string(), entry, self.ttl.as_secs().max(1).to_string()];
         match self.redis.next_connected().eval::<i64, _, _, _>(FILL_SCRIPT, keys, args).await {

@@ -40,6 +40,10 @@ pub struct Settings {
     /// How long a cached list page lives in Redis, in seconds.
     #[arg(long, env = "TASK_CACHE_TTL_SECONDS", default_value_t = 300)]
     pub cache_ttl_seconds: u64,
+    /// The largest cached list page, in bytes of JSON; larger lists are read
+    /// from Postgres every time, so a user's cache stays within 8 x this.
+    #[arg(long, env = "TASK_CACHE_MAX_ENTRY_BYTES", default_value_t = 262_144, value_parser = clap::value_parser!(u64).range(1024..))]
+    pub cache_max_entry_bytes: u64,
     /// Open WatchTasks streams allowed per user, across every replica.
     #[arg(long, env = "WATCH_MAX_STREAMS_PER_USER", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub watch_max_streams_per_user: u32,
@@ -97,6 +101,7 @@ impl Settings {
             jwt_issuer: "taskgate".into(),
             jwt_audience: "taskgate".into(),
             cache_ttl_seconds: 300,
+            cache_max_entry_bytes: 262_144,
             watch_max_streams_per_user: 5,
             watch_heartbeat_seconds: 15,
             watch_check_seconds: 2,

@@ -94,13 +94,16 @@ impl Application {
 
         let metrics = Arc::new(Metrics::default());
         taskgate_common::keys::validate_prefix(&settings.redis_prefix).map_err(anyhow::Error::msg)?;
-        let cache = Arc::new(ListCache::new(
-            redis.clone(),
-            settings.redis_prefix.clone(),
-            settings.cache_ttl(),
-            settings.watch_event_log_length,
-            metrics.clone(),
-        ));
+        let cache = Arc::new(
+            ListCache::new(
+                redis.clone(),
+                settings.redis_prefix.clone(),
+                settings.cache_ttl(),
+                settings.watch_event_log_length,
+                metrics.clone(),
+            )
+            .with_max_entry_bytes(usize::try_from(settings.cache_max_entry_bytes).unwrap_or(usize::MAX)),
+        );
         // Start clean: covers writes a previous process could not announce.
         cache.settle().await;
         let hub =

@@ -252,3 +252,41 @@ async fn a_write_whose_caller_gives_up_after_the_commit_still_shows_in_the_list(
     let titles: Vec<_> = app.first_page(&user, 0).await.into_iter().map(|t| t.title).collect();
     assert_eq!(titles, ["abandoned", "first"], "and the cache does not hide it");
 }
+
+#[tokio::test]
+async fn a_list_too_large_for_the_cache_is_read_from_postgres_and_never_stored() {
+    let limit = 4096;
+    let app = spawn_app_with(taskgate_test_support::fresh_database().await, taskgate_test_support::redis_url(), |s| {
+        s.cache_max_entry_bytes = limit;
+    })
+    .await;
+    let user = app.user().await;
+    // 30 tasks of 1,000-character descriptions: about 30 KB of JSON a page.
+    for i in 0..30 {
+        let task = Task { title: format!("long {i}"), description: "d".repeat(1000), ..Default::default() };
+        app.try_create(&user, task).await.expect("create");
+    }
+    let queries = app.metrics.list_queries();
+    let hits = app.metrics.cache_hits();
+    for _ in 0..2 {
+        let page = app.first_page(&user, 0).await;
+        assert_eq!(page.len(), 30, "the list is whole");
+        assert_eq!(page[0].description.len(), 1000);
+        // Past the second a finished load is shared with readers of its stamp.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
+    assert_eq!(app.metrics.list_queries(), queries + 2, "every read goes to Postgres");
+    assert_eq!(app.metrics.cache_hits(), hits, "nothing was served from the cache");
+    let pages = taskgate_common::keys::user_key(&app.redis_prefix, user.id, "tasks:pages");
+    let redis = app.redis().await;
+    let stored: u64 = fred::interfaces::HashesInterface::hlen(&redis, &pages).await.expect("HLEN");
+    assert_eq!(stored, 0, "no page of the user was stored");
+
+    // Another user's small list is cached as before.
+    let small = app.user().await;
+    app.create(&small, "short").await;
+    app.first_page(&small, 0).await;
+    let hits = app.metrics.cache_hits();
+    app.first_page(&small, 0).await;
+    assert_eq!(app.metrics.cache_hits(), hits + 1, "a small list is still cached");
+}
