@@ -18,17 +18,29 @@ use tonic_health::{
 /// few tens of KB (a task description is at most 10,000 characters).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
+/// Calls a backend runs at once per connection (a stream counts until its
+/// handler has answered, not for its whole life). A gateway replica sends
+/// everything over one connection, up to `GATEWAY_MAX_IN_FLIGHT` (1,024 by
+/// default) at once, so the limit sits above that.
+pub const CALLS_PER_CONNECTION: usize = 2048;
+
+/// Open HTTP/2 streams a backend allows per connection. One gateway
+/// connection carries every WatchTasks stream of its replica
+/// (`GATEWAY_MAX_WATCH_STREAMS`, 10,000 by default) as well as its calls in
+/// flight, so the limit sits above both; raise it with them.
+pub const STREAMS_PER_CONNECTION: u32 = 16_384;
+
 /// A backend's server with the limits every taskgate backend listens under,
 /// one per line; the caller adds its timeout, layers and services.
 pub fn server(mtls: Option<&crate::mtls::Mtls>) -> anyhow::Result<tonic::transport::Server> {
     let server = tonic::transport::Server::builder()
         // One client cannot queue unbounded work on its connection; past the
         // limit calls are refused at once (UNAVAILABLE) rather than queued.
-        .concurrency_limit_per_connection(256)
+        .concurrency_limit_per_connection(CALLS_PER_CONNECTION)
         .load_shed(true)
         // HTTP/2 streams one connection may open, and the header block size:
         // far above what the gateway sends, far below what could hurt.
-        .max_concurrent_streams(Some(256))
+        .max_concurrent_streams(Some(STREAMS_PER_CONNECTION))
         .http2_max_header_list_size(Some(16 * 1024))
         // Notice dead peers behind NATs and load balancers, and drop them.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))

@@ -5,7 +5,7 @@
 //! Postgres and Redis named by `TASKGATE_TEST_DATABASE_URL` and
 //! `TASKGATE_TEST_REDIS_URL`, signs in USERS users and opens STREAMS native
 //! gRPC WatchTasks streams through the gateway, spread evenly over the users
-//! and over 10 client connections (the gateway allows 200 streams per
+//! and over 10 client connections (the gateway allows 100 streams per
 //! HTTP/2 connection). Then it prints:
 //!
 //! - **memory**: the process's resident set before and after opening the

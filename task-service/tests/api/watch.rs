@@ -227,3 +227,28 @@ async fn a_reader_that_stops_reading_is_disconnected_and_the_servers_buffer_stay
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(received < writes, "the server dropped the stream instead of buffering all {writes} events ({received})");
 }
+
+#[tokio::test]
+async fn one_connection_carries_hundreds_of_streams() {
+    // The gateway sends every stream of its replica over one connection: a
+    // per-connection stream limit below its GATEWAY_MAX_WATCH_STREAMS would
+    // stall the streams past it.
+    let streams = 300;
+    let app = spawn_app_with(taskgate_test_support::fresh_database().await, taskgate_test_support::redis_url(), |s| {
+        s.watch_max_streams_per_user = 400;
+    })
+    .await;
+    let user = app.user().await;
+    let mut open = Vec::new();
+    for i in 0..streams {
+        let stream = tokio::time::timeout(Duration::from_secs(10), app.watch(&user, 0))
+            .await
+            .unwrap_or_else(|_| panic!("stream {i} was not opened within 10 s"))
+            .expect("opening a stream");
+        open.push(stream);
+    }
+    let task = app.create(&user, "seen by the last stream").await;
+    let last = open.last_mut().expect("streams");
+    let event = next_event(last).await.expect("an event on the last stream");
+    assert_eq!(event.task.map(|t| t.id), Some(task.id));
+}
