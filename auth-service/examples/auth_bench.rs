@@ -103,6 +103,11 @@ async fn main() -> anyhow::Result<()> {
     }
     token = measure(&mut client, token, "idle").await?;
 
+    // The flood logs in as a user of its own: its sessions must not push the
+    // measured session out (MAX_SESSIONS_PER_USER ends the oldest).
+    let flood_name = taskgate_test_support::username();
+    taskgate_test_support::register_and_login(&client, &flood_name).await;
+    let name = flood_name;
     let flood_client = AuthServiceClient::connect(url).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, busy, other) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));

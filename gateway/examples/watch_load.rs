@@ -19,8 +19,12 @@
 //!   them open.
 //!
 //! ```text
-//! cargo run --release -p gateway --example watch_load -- [STREAMS] [USERS] [WRITES]
+//! cargo run --release -p gateway --example watch_load -- [STREAMS] [USERS] [WRITES] [direct]
 //! ```
+//!
+//! With `direct` the streams and requests go to the task service itself;
+//! the memory per stream of a gateway run minus that of a direct run is the
+//! gateway's own cost per stream.
 //!
 //! Defaults: 1000 streams, 100 users (10 streams each; the per-user limit is
 //! raised to match), 300 writes. Bounded in time: every wait has a timeout.
@@ -48,23 +52,30 @@ async fn main() -> anyhow::Result<()> {
     let streams: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(1000);
     let users: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(100).max(1);
     let writes: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(300);
+    // `direct` opens the streams on the task service itself, bypassing the
+    // gateway: the difference between two runs is the gateway's own share.
+    let direct = args.next().as_deref() == Some("direct");
     let per_user = streams.div_ceil(users);
 
     let stack = start(u32::try_from(per_user)?).await?;
     let mut channels = Vec::new();
     for _ in 0..CONNECTIONS {
-        channels.push(channel(&format!("http://{}", stack.gateway)).await?);
+        channels.push(channel(&format!("http://{}", if direct { stack.task } else { stack.gateway })).await?);
     }
-    println!("taskgate watch_load: {streams} streams, {users} users ({per_user} each), {writes} writes");
+    let target = if direct { "task service directly" } else { "gateway" };
+    println!(
+        "taskgate watch_load: {streams} streams through the {target}, {users} users ({per_user} each), {writes} writes"
+    );
     let mut tokens = Vec::new();
-    let mut auth = AuthServiceClient::new(channels[0].clone());
+    // Users sign in through the gateway whatever the target.
+    let mut auth = AuthServiceClient::new(channel(&format!("http://{}", stack.gateway)).await?);
     for i in 0..users {
         tokens.push(sign_in(&mut auth, i).await?);
     }
 
     let before = rss_kib();
     let idle = list_throughput(channels[0].clone(), &tokens[0]).await;
-    println!("ListTasks via gateway, no stream open:     {idle:>8.0} req/s");
+    println!("ListTasks, no stream open:               {idle:>8.0} req/s");
 
     // Receipt times of events, by task id.
     let received: Arc<Mutex<Vec<(String, Instant)>>> = Arc::new(Mutex::new(Vec::with_capacity(writes * per_user)));
@@ -97,10 +108,13 @@ async fn main() -> anyhow::Result<()> {
         (after.saturating_sub(before)) as f64 / open as f64
     );
 
-    let busy = list_throughput(channels[1].clone(), &tokens[0]).await;
-    println!("ListTasks via gateway, {open} streams open: {busy:>8.0} req/s ({:+.1}%)", (busy / idle - 1.0) * 100.0);
+    // Requests go over a connection of their own: each stream connection is
+    // at the gateway's 100 streams per connection.
+    let work = channel(&format!("http://{}", if direct { stack.task } else { stack.gateway })).await?;
+    let busy = list_throughput(work.clone(), &tokens[0]).await;
+    println!("ListTasks, {open} streams open:           {busy:>8.0} req/s ({:+.1}%)", (busy / idle - 1.0) * 100.0);
 
-    let mut writer = TaskServiceClient::new(channels[2].clone());
+    let mut writer = TaskServiceClient::new(work);
     let mut acks = Vec::with_capacity(writes);
     for i in 0..writes {
         let token = &tokens[i % users];
@@ -204,6 +218,8 @@ fn rss_kib() -> u64 {
 /// The in-process system under test.
 struct Stack {
     gateway: std::net::SocketAddr,
+    /// The task service's own port.
+    task: std::net::SocketAddr,
 }
 
 async fn start(per_user: u32) -> anyhow::Result<Stack> {
@@ -231,5 +247,5 @@ async fn start(per_user: u32) -> anyhow::Result<Stack> {
     let gateway = gateway::Application::build(settings).await?;
     let gateway_addr = gateway.local_addr();
     tokio::spawn(gateway.run_until_stopped(std::future::pending()));
-    Ok(Stack { gateway: gateway_addr })
+    Ok(Stack { gateway: gateway_addr, task: task_addr })
 }
