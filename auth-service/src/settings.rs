@@ -33,7 +33,7 @@ pub struct Settings {
     pub redis_url: SecretString,
 
     /// Prefix of every Redis key, shared with the verifiers (gateway, task service).
-    #[arg(long, env = "REDIS_PREFIX", default_value = "taskgate:")]
+    #[arg(long, env = "REDIS_PREFIX", default_value = "taskgate:", value_parser = taskgate_common::keys::parse_prefix)]
     pub redis_prefix: String,
 
     /// Access-token lifetime, in minutes.
@@ -142,6 +142,12 @@ pub struct Settings {
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
 
+    /// Whether the service applies its database migrations when it starts.
+    /// Turn off when a deployment runs `<service> migrate` as a job before
+    /// the rollout; either way, many replicas migrating at once is safe.
+    #[arg(long, env = "MIGRATE_AT_START", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate_at_start: bool,
+
     /// Mutual TLS with the gateway and the task service.
     #[command(flatten)]
     pub mtls: taskgate_common::mtls::MtlsSettings,
@@ -182,6 +188,7 @@ impl Settings {
             hash_threads: 0,
             hash_queue_capacity: 64,
             log_format: LogFormat::Pretty,
+            migrate_at_start: true,
             mtls: taskgate_common::mtls::MtlsSettings::default(),
         }
     }

@@ -195,7 +195,9 @@ impl Application {
     /// bootstraps the admin, binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let pool = db::pool(settings.database_url.expose_secret(), db::AUTH_SCHEMA, settings.database_max_connections)?;
-        db::migrate_when_ready(&pool, db::AUTH_SCHEMA, &db::AUTH_MIGRATOR, DATABASE_PATIENCE).await?;
+        if settings.migrate_at_start {
+            db::migrate_when_ready(&pool, db::AUTH_SCHEMA, &db::AUTH_MIGRATOR, DATABASE_PATIENCE).await?;
+        }
         let redis = taskgate_common::redis::connect(settings.redis_url.expose_secret(), REDIS_POOL_SIZE).await?;
 
         let keys = match &settings.signing_key_file {

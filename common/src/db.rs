@@ -3,6 +3,10 @@
 //! All services may share one database: each owns a schema (`auth`, `task`)
 //! with its own tables and its own `_sqlx_migrations` table, selected through
 //! the connection's `search_path`. No foreign key crosses schemas.
+//!
+//! Migrations run at a service's start (unless `MIGRATE_AT_START=false`) and
+//! with `<service> migrate`, the form a deployment's one-off job uses; any
+//! number of replicas may run them at once (see [`migrate`]).
 
 use std::{str::FromStr as _, time::Duration};
 
@@ -41,19 +45,61 @@ pub fn pool(url: &str, schema: &str, max_connections: u32) -> anyhow::Result<PgP
         .connect_lazy_with(options))
 }
 
-/// Creates `schema` if needed and applies `migrator` inside it. Safe to run
-/// from several replicas at once: sqlx takes an advisory lock.
+/// The advisory lock that serialises the migrations of `schema` across every
+/// process migrating the same database: a stable number derived from the name
+/// (FNV-1a), so every replica of every version computes the same one.
+pub fn migration_lock_key(schema: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in b"taskgate-migrate:".iter().chain(schema.as_bytes()) {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    i64::from_ne_bytes(hash.to_ne_bytes())
+}
+
+/// Creates `schema` if needed and applies `migrator` inside it.
+///
+/// Safe to run from many replicas at once: everything runs on one connection
+/// holding a session advisory lock per schema ([`migration_lock_key`]), so one
+/// process migrates while the others wait and then find nothing left to do.
+/// (sqlx's own lock covers the migrations but not `CREATE SCHEMA`, which two
+/// sessions racing on a fresh database would otherwise both attempt, one
+/// failing on a unique violation.) Needs a single connection, so a pool of
+/// one is enough.
 pub async fn migrate(pool: &PgPool, schema: &str, migrator: &Migrator) -> anyhow::Result<()> {
     anyhow::ensure!(
         schema.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
         "schema name {schema:?} must be lowercase letters and underscores"
     );
-    sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {schema}")))
-        .execute(pool)
+    let mut conn = pool.acquire().await.context("connecting to postgres to migrate")?;
+    let key = migration_lock_key(schema);
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(key)
+        .execute(&mut *conn)
         .await
-        .with_context(|| format!("creating schema {schema}"))?;
-    migrator.run(pool).await.with_context(|| format!("applying migrations for schema {schema}"))?;
-    Ok(())
+        .with_context(|| format!("waiting for the migration lock of schema {schema}"))?;
+    let applied = async {
+        sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {schema}")))
+            .execute(&mut *conn)
+            .await
+            .with_context(|| format!("creating schema {schema}"))?;
+        // `run_direct` on the locked connection itself: `run(&mut *conn)` does
+        // the same, but its `Acquire` bound makes callers' futures fail the
+        // `Send` check (sqlx documents `run_direct` as the way around it).
+        migrator
+            .run_direct(None, &mut *conn, false)
+            .await
+            .with_context(|| format!("applying migrations for schema {schema}"))
+    }
+    .await;
+    // Released explicitly: the connection goes back to the pool, where a
+    // session lock would otherwise outlive this call.
+    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)").bind(key).execute(&mut *conn).await;
+    if unlocked.is_err() {
+        // The connection's state is unknown: close it instead of pooling it.
+        conn.detach();
+    }
+    applied
 }
 
 /// Retries `migrate` until Postgres answers or `patience` runs out, so that a

@@ -20,8 +20,9 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// Calls a backend runs at once per connection (a stream counts until its
 /// handler has answered, not for its whole life). A gateway replica sends
-/// everything over one connection, up to `GATEWAY_MAX_IN_FLIGHT` (1,024 by
-/// default) at once, so the limit sits above that.
+/// everything for one backend replica over one connection, up to
+/// `GATEWAY_MAX_IN_FLIGHT` (1,024 by default) at once, so the limit sits
+/// above that.
 pub const CALLS_PER_CONNECTION: usize = 2048;
 
 /// Open HTTP/2 streams a backend allows per connection. One gateway
@@ -29,6 +30,12 @@ pub const CALLS_PER_CONNECTION: usize = 2048;
 /// (`GATEWAY_MAX_WATCH_STREAMS`, 10,000 by default) as well as its calls in
 /// flight, so the limit sits above both; raise it with them.
 pub const STREAMS_PER_CONNECTION: u32 = 16_384;
+
+/// How long a backend keeps one client connection before asking the client
+/// (HTTP/2 GOAWAY) to open a new one, calls in flight finishing first. Bounds
+/// how long a client that balances by connection (a load balancer, a gateway
+/// started before a scale-up) keeps sending everything to the old replicas.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
 
 /// A backend's server with the limits every taskgate backend listens under,
 /// one per line; the caller adds its timeout, layers and services.
@@ -46,7 +53,9 @@ pub fn server(mtls: Option<&crate::mtls::Mtls>) -> anyhow::Result<tonic::transpo
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .tcp_keepalive(Some(Duration::from_secs(60)))
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        // Clients that balance by connection spread over new replicas after scaling.
+        .max_connection_age(MAX_CONNECTION_AGE);
     match mtls {
         // Only peers with a certificate from the private CA get a connection.
         Some(mtls) => server.tls_config(mtls.server()).context("mutual TLS settings"),

@@ -58,6 +58,12 @@ pub fn validate_prefix(prefix: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// [`validate_prefix`] as a clap value parser, so a bad `REDIS_PREFIX` stops
+/// a service at start-up with one line naming the variable.
+pub fn parse_prefix(prefix: &str) -> Result<String, String> {
+    validate_prefix(prefix).map(|()| prefix.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

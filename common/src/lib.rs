@@ -7,10 +7,12 @@
 //! - [`grpc`]: grpc.health.v1 and server reflection, and a health probe client.
 //! - [`db`]: Postgres pools (one schema per service) and migrations.
 //! - [`redis`]: a fred Redis pool that reconnects by itself.
+//! - [`balance`]: channels balanced over every replica of a backend (DNS or a list).
 //! - [`mtls`]: mutual TLS between the services, and who may speak for a client.
 //! - [`keys`]: the Redis key layout (per-user hash tags for Redis Cluster).
 //! - [`status`]: `tonic::Status` builders carrying google.rpc error details.
 
+pub mod balance;
 pub mod db;
 pub mod grpc;
 pub mod keys;

@@ -16,11 +16,13 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_LISTEN_ADDR", default_value = "0.0.0.0:8080")]
     pub listen_addr: SocketAddr,
 
-    /// The auth service's gRPC address; one pooled HTTP/2 channel is kept to it.
+    /// The auth service's replicas: comma-separated URLs and/or a URL whose
+    /// host is a DNS name re-resolved every 5 s (one replica per address);
+    /// calls are balanced over them.
     #[arg(long, env = "AUTH_SERVICE_URL", default_value = "http://127.0.0.1:50051")]
     pub auth_url: String,
 
-    /// The task service's gRPC address; one pooled HTTP/2 channel is kept to it.
+    /// The task service's replicas, in the same forms as `AUTH_SERVICE_URL`.
     #[arg(long, env = "TASK_SERVICE_URL", default_value = "http://127.0.0.1:50052")]
     pub task_url: String,
 
@@ -30,7 +32,7 @@ pub struct Settings {
 
     /// Prefix of every Redis key; must equal the auth service's so the
     /// revocation records it writes are the ones the gateway reads.
-    #[arg(long, env = "REDIS_PREFIX", default_value = "taskgate:")]
+    #[arg(long, env = "REDIS_PREFIX", default_value = "taskgate:", value_parser = taskgate_common::keys::parse_prefix)]
     pub redis_prefix: String,
 
     /// Accepted requests per subject (user or client address) in any rolling

@@ -26,9 +26,10 @@ pub struct Settings {
     pub redis_url: String,
     /// Prefix of every Redis key; shared with the auth service, whose
     /// revocation records live under it.
-    #[arg(long, env = "REDIS_PREFIX", default_value = "taskgate:")]
+    #[arg(long, env = "REDIS_PREFIX", default_value = "taskgate:", value_parser = taskgate_common::keys::parse_prefix)]
     pub redis_prefix: String,
-    /// The auth service's gRPC URL, where the JWKS comes from.
+    /// The auth service's replicas, where the JWKS comes from: comma-separated
+    /// URLs and/or a URL whose host is a DNS name re-resolved every 5 s.
     #[arg(long, env = "AUTH_SERVICE_URL", default_value = "http://127.0.0.1:50051")]
     pub auth_url: String,
     /// The only accepted token issuer (`iss`).
@@ -65,6 +66,11 @@ pub struct Settings {
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t)]
     pub log_format: LogFormat,
+    /// Whether the service applies its database migrations when it starts.
+    /// Turn off when a deployment runs `<service> migrate` as a job before
+    /// the rollout; either way, many replicas migrating at once is safe.
+    #[arg(long, env = "MIGRATE_AT_START", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate_at_start: bool,
     /// How often the JWKS is fetched again so that a withdrawn key stops
     /// being trusted, in seconds.
     #[arg(long, env = "JWKS_REFRESH_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
@@ -108,6 +114,7 @@ impl Settings {
             watch_send_timeout_seconds: 10,
             watch_event_log_length: 1000,
             log_format: LogFormat::Pretty,
+            migrate_at_start: true,
             jwks_refresh_seconds: 300,
             mtls: taskgate_common::mtls::MtlsSettings::default(),
             cache_fill_delay: Duration::ZERO,

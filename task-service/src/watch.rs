@@ -59,7 +59,7 @@ use fred::{
         EventInterface as _, KeysInterface as _, LuaInterface as _, PubsubInterface as _, SortedSetsInterface as _,
         StreamsInterface as _,
     },
-    prelude::{ClientLike as _, Config, Pool, Value},
+    prelude::{ClientLike as _, Pool, Value},
     types::Builder,
 };
 use futures::Stream;
@@ -169,7 +169,7 @@ impl Hub {
         config: WatchConfig,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<Hub>> {
-        let subscriber = Builder::from_config(Config::from_url(redis_url).context("REDIS_URL is not a valid url")?)
+        let subscriber = Builder::from_config(taskgate_common::redis::config(redis_url)?)
             .with_connection_config(|c| {
                 c.connection_timeout = Duration::from_secs(1);
             })

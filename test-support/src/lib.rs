@@ -8,7 +8,15 @@
 //!   other's rows and can run in parallel;
 //! - its own Redis key prefix ([`unique_prefix`]) on the shared server;
 //! - when it needs to stop a server mid-test, a private one
-//!   ([`PrivateRedis`], [`PrivatePostgres`]).
+//!   ([`PrivateRedis`], [`PrivatePostgres`]), or a private Redis Cluster
+//!   whose primaries it can kill ([`PrivateRedisCluster`]).
+//!
+//! `cargo xtask test` runs the Redis-touching integration tests twice: once
+//! with `TASKGATE_TEST_REDIS_URL` naming a single Redis, once naming a Redis
+//! Cluster (`redis-cluster://...`, 3 primaries and 3 replicas). Tests need no
+//! change for the second pass: every key a test's services write carries the
+//! test's unique prefix and a hash tag, and nothing is cleaned up (the servers
+//! are thrown away with the run), so nothing scans or deletes across nodes.
 //!
 //! # Layout
 //! Everything is in this file; it is small on purpose.
@@ -183,6 +191,20 @@ pub async fn fresh_database_on(admin_url: &str) -> String {
     with_database(admin_url, &name)
 }
 
+/// Creates an empty database (no schema, no migration) and returns its URL,
+/// for tests of the migrations themselves.
+pub async fn empty_database() -> String {
+    let admin_url = admin_database_url();
+    let mut admin = PgConnection::connect(&admin_url).await.expect("connecting to the test postgres");
+    let name = format!("empty_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("creating an empty database");
+    let _ = admin.close().await;
+    with_database(&admin_url, &name)
+}
+
 /// Shows service logs in test output when `TEST_LOG` is set.
 pub fn init_test_logging() {
     if std::env::var_os("TEST_LOG").is_some() {
@@ -244,6 +266,64 @@ impl PrivateRedis {
     /// Starts it again on the same port.
     pub fn restart(&mut self) {
         self.server.start_again().expect("restarting the private redis");
+    }
+}
+
+/// Whether the shared test Redis is a Redis Cluster (the cluster pass of
+/// `cargo xtask test`).
+pub fn redis_is_cluster() -> bool {
+    let url = redis_url();
+    url.starts_with("redis-cluster://") || url.starts_with("rediss-cluster://")
+}
+
+/// A Redis Cluster of the test's own (3 primaries, 3 replicas), for tests
+/// that kill a primary mid-way.
+pub struct PrivateRedisCluster {
+    /// The running nodes; stopped on drop.
+    cluster: devstack::RedisCluster,
+    /// Holds the nodes' folder until the test ends.
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateRedisCluster {
+    /// Starts six `redis-server --cluster-enabled yes` nodes on free ports and
+    /// joins them (a few seconds).
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir for the redis cluster");
+        let cluster = devstack::RedisCluster::start(dir.path(), 3, 1).expect("starting a private redis cluster");
+        PrivateRedisCluster { cluster, _dir: dir }
+    }
+
+    /// `redis-cluster://<first node>?node=...` naming every node.
+    pub fn url(&self) -> String {
+        self.cluster.url()
+    }
+
+    /// `redis-cluster://<first node>`: one seed, the rest discovered.
+    pub fn seed_url(&self) -> String {
+        self.cluster.seed_url()
+    }
+
+    /// Kills the primary serving `key`'s slot and returns its index.
+    pub fn kill_primary_for(&mut self, key: &str) -> usize {
+        let index = self.cluster.primary_for(key).expect("finding the primary of the key");
+        self.cluster.kill(index).expect("killing a primary");
+        index
+    }
+
+    /// The index of the running primary serving `key`'s slot, if any.
+    pub fn primary_for(&self, key: &str) -> Option<usize> {
+        self.cluster.primary_for(key).ok()
+    }
+
+    /// Starts node `index` again (it rejoins as a replica after a failover).
+    pub fn restart(&mut self, index: usize) {
+        self.cluster.restart(index).expect("restarting a cluster node");
+    }
+
+    /// Waits until every running node reports the cluster healthy.
+    pub fn wait_until_healthy(&self, timeout: Duration) {
+        self.cluster.wait_until_healthy(timeout).expect("the redis cluster did not heal");
     }
 }
 
