@@ -256,7 +256,7 @@ impl RateLimiter {
         self.metrics.fallback_decision();
     }
 
-    /// One `EVALSHA`, reloading the script when Redis has forgotten it.
+    /// One `EVALSHA` (an `EVAL` when the node has not seen the script).
     async fn check_redis(
         &self,
         client: &Client,
@@ -274,15 +274,16 @@ impl RateLimiter {
         ];
         let sha = self.sha.read().map(|s| s.clone()).unwrap_or_default();
         let redis = client.with_options(&taskgate_common::redis::fail_fast());
+        // A miss runs the script with EVAL, which goes to the node owning the
+        // keys' slot and caches it there: SCRIPT LOAD reaches one node only,
+        // so on a Redis Cluster a reload-then-EVALSHA could miss again.
         let reply: Vec<i64> = if sha.is_empty() {
-            let sha = self.load_script().await?;
-            redis.evalsha(sha, keys, args).await?
+            // Learn the hash for the next calls; this one sends the script.
+            let _ = self.load_script().await;
+            redis.eval(SCRIPT, keys, args).await?
         } else {
             match redis.evalsha(sha, keys.clone(), args.clone()).await {
-                Err(e) if e.details().starts_with("NOSCRIPT") => {
-                    let sha = self.load_script().await?;
-                    redis.evalsha(sha, keys, args).await?
-                }
+                Err(e) if e.details().starts_with("NOSCRIPT") => redis.eval(SCRIPT, keys, args).await?,
                 other => other?,
             }
         };
