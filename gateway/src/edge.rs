@@ -15,8 +15,9 @@ use axum::{
 };
 use fred::prelude::*;
 use http::{HeaderValue, StatusCode, header::CONTENT_TYPE};
+use taskgate_common::balance::BalancedChannel;
 use taskgate_proto::service_names;
-use tonic::{Status, transport::Channel};
+use tonic::Status;
 use tonic_health::{
     pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient},
     server::HealthReporter,
@@ -29,10 +30,10 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// What `/readyz` asks, and its last answer.
 pub struct Readiness {
-    /// The pooled channel to the auth service.
-    auth: Channel,
-    /// The pooled channel to the task service.
-    task: Channel,
+    /// The balanced channel to the auth service's replicas.
+    auth: BalancedChannel,
+    /// The balanced channel to the task service's replicas.
+    task: BalancedChannel,
     /// The shared Redis pool.
     redis: Pool,
     /// The last answer and when it was made; held across one round of
@@ -49,7 +50,7 @@ pub const READINESS_CACHE: Duration = Duration::from_secs(1);
 
 impl Readiness {
     /// Probes of `auth`, `task` and `redis`.
-    pub fn new(auth: Channel, task: Channel, redis: Pool) -> Readiness {
+    pub fn new(auth: BalancedChannel, task: BalancedChannel, redis: Pool) -> Readiness {
         Readiness { auth, task, redis, last: tokio::sync::Mutex::new(None) }
     }
 
@@ -95,7 +96,7 @@ const BACKEND_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// Keeps the gateway's grpc.health.v1 status of `taskgate.auth.v1.AuthService`
 /// and `taskgate.task.v1.TaskService` in step with the backends (the overall
 /// `""` status stays SERVING while the process runs).
-pub fn spawn_backend_health(reporter: HealthReporter, auth: Channel, task: Channel) {
+pub fn spawn_backend_health(reporter: HealthReporter, auth: BalancedChannel, task: BalancedChannel) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(BACKEND_HEALTH_INTERVAL);
         loop {
@@ -112,8 +113,9 @@ pub fn spawn_backend_health(reporter: HealthReporter, auth: Channel, task: Chann
     });
 }
 
-/// grpc.health.v1 `Check("")` on a backend within [`PROBE_TIMEOUT`].
-async fn backend_serving(channel: Channel) -> bool {
+/// grpc.health.v1 `Check("")` on a backend (one of its replicas, the
+/// balancer picking) within [`PROBE_TIMEOUT`].
+async fn backend_serving(channel: BalancedChannel) -> bool {
     let mut client = HealthClient::new(channel);
     let call = client.check(HealthCheckRequest { service: String::new() });
     matches!(

@@ -6,7 +6,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use axum::{Router, routing::get};
-use taskgate_common::mtls::Mtls;
+use taskgate_common::{balance::BalancedChannel, mtls::Mtls};
 use taskgate_proto::{
     auth::v1::{auth_service_client::AuthServiceClient, auth_service_server::AuthServiceServer},
     service_names,
@@ -15,10 +15,7 @@ use taskgate_proto::{
 use taskgate_tokens::{GrpcKeySource, Verifier, VerifierConfig};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tonic::{
-    server::NamedService,
-    transport::{Channel, Endpoint},
-};
+use tonic::server::NamedService;
 use tonic_health::server::HealthReporter;
 use tower::Layer as _;
 
@@ -80,8 +77,9 @@ impl Application {
         let mtls = settings.mtls.load()?;
         let auth_channel = channel(&settings.auth_url, mtls.as_ref()).context("AUTH_SERVICE_URL")?;
         // Calls that hash a password (Register, Login, ChangePassword) get a
-        // connection of their own: a flood of them must not queue Refresh,
-        // Logout or GetMe behind it on one HTTP/2 connection.
+        // balanced channel of their own (their own connection to every
+        // replica): a flood of them must not queue Refresh, Logout or GetMe
+        // behind it on one HTTP/2 connection.
         let auth_hashing =
             AuthServiceClient::new(channel(&settings.auth_url, mtls.as_ref()).context("AUTH_SERVICE_URL")?);
         let task_channel = channel(&settings.task_url, mtls.as_ref()).context("TASK_SERVICE_URL")?;
@@ -173,21 +171,11 @@ impl Application {
     }
 }
 
-/// A lazily connecting, pooled HTTP/2 channel to a backend, over mutual TLS
-/// when `mtls` is given.
-fn channel(url: &str, mtls: Option<&Mtls>) -> anyhow::Result<Channel> {
-    let url = taskgate_common::mtls::backend_url(url, mtls);
-    let mut endpoint = Endpoint::from_shared(url.clone())
-        .with_context(|| format!("invalid backend url {url}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true);
-    if let Some(mtls) = mtls {
-        endpoint = endpoint.tls_config(mtls.client()).context("mutual TLS to a backend")?;
-    }
-    Ok(endpoint.connect_lazy())
+/// A channel balanced over every replica `spec` names (a list of URLs or a
+/// DNS name), each replica one lazily connecting HTTP/2 connection, over
+/// mutual TLS when `mtls` is given.
+fn channel(spec: &str, mtls: Option<&Mtls>) -> anyhow::Result<BalancedChannel> {
+    BalancedChannel::new(spec, None, mtls)
 }
 
 /// The path pattern tonic serves a named service under.

@@ -5,11 +5,11 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use secrecy::ExposeSecret as _;
-use taskgate_common::{db, grpc, mtls::Mtls};
+use taskgate_common::{balance::BalancedChannel, db, grpc, mtls::Mtls};
 use taskgate_proto::{service_names, task::v1::task_service_server::TaskServiceServer};
 use taskgate_tokens::{GrpcKeySource, RevocationCheck, RevocationPolicy, Verifier, VerifierConfig};
 use tokio::net::TcpListener;
-use tonic::transport::{Endpoint, Server, server::TcpIncoming};
+use tonic::transport::{Server, server::TcpIncoming};
 use tower::layer::util::{Identity, Stack};
 use tower_http::{
     classify::{GrpcErrorsAsFailures, SharedClassifier},
@@ -71,21 +71,17 @@ impl Application {
     /// is down), migrates the `task` schema and binds the listen address.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let pool = db::pool(settings.database_url.expose_secret(), db::TASK_SCHEMA, settings.db_max_connections)?;
-        db::migrate_when_ready(&pool, db::TASK_SCHEMA, &db::TASK_MIGRATOR, MIGRATION_PATIENCE).await?;
+        if settings.migrate_at_start {
+            db::migrate_when_ready(&pool, db::TASK_SCHEMA, &db::TASK_MIGRATOR, MIGRATION_PATIENCE).await?;
+        }
         let redis = taskgate_common::redis::connect(&settings.redis_url, REDIS_POOL_SIZE).await?;
 
-        // One channel to the auth service for the life of the process; it
-        // connects on first use and reconnects by itself.
+        // One channel to the auth service's replicas for the life of the
+        // process, balanced per call (over mutual TLS when it is on); it
+        // connects on first use and follows replicas as they come and go.
         let mtls = settings.mtls.load()?;
-        let mut auth_endpoint =
-            Endpoint::from_shared(taskgate_common::mtls::backend_url(&settings.auth_url, mtls.as_ref()))
-                .context("AUTH_SERVICE_URL is not a valid url")?
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(Duration::from_secs(5));
-        if let Some(mtls) = &mtls {
-            auth_endpoint = auth_endpoint.tls_config(mtls.client()).context("mutual TLS to the auth service")?;
-        }
-        let auth_channel = auth_endpoint.connect_lazy();
+        let auth_channel = BalancedChannel::new(&settings.auth_url, Some(Duration::from_secs(5)), mtls.as_ref())
+            .context("AUTH_SERVICE_URL")?;
         let mut verifier_config = VerifierConfig::new(settings.jwt_issuer.clone(), settings.jwt_audience.clone());
         verifier_config.refresh_interval = Some(Duration::from_secs(settings.jwks_refresh_seconds));
         let verifier = Verifier::new(Arc::new(GrpcKeySource::new(auth_channel)), verifier_config);

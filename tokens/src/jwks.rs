@@ -3,8 +3,8 @@
 use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc};
 
 use jsonwebtoken::DecodingKey;
+use taskgate_common::balance::BalancedChannel;
 use taskgate_proto::auth::v1::{GetJwksRequest, Jwk, auth_service_client::AuthServiceClient};
-use tonic::transport::Channel;
 
 use crate::VerifyError;
 
@@ -18,16 +18,17 @@ pub trait KeySource: Send + Sync + 'static {
 }
 
 /// Fetches the JWKS from the auth service over gRPC (`AuthService/GetJwks`),
-/// on a channel shared with the caller's other calls.
+/// on a channel shared with the caller's other calls, balanced over every
+/// auth replica (and retried once on another when one is unavailable).
 #[derive(Clone)]
 pub struct GrpcKeySource {
-    /// Client on a pooled channel to the auth service.
-    client: AuthServiceClient<Channel>,
+    /// Client on the balanced channel to the auth service's replicas.
+    client: AuthServiceClient<BalancedChannel>,
 }
 
 impl GrpcKeySource {
-    /// Uses `channel` (an existing, pooled channel to the auth service).
-    pub fn new(channel: Channel) -> Self {
+    /// Uses `channel` (an existing, balanced channel to the auth service).
+    pub fn new(channel: BalancedChannel) -> Self {
         GrpcKeySource { client: AuthServiceClient::new(channel) }
     }
 }

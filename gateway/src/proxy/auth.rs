@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use taskgate_common::balance::BalancedChannel;
 use taskgate_proto::auth::v1::{
     ChangePasswordRequest, ChangePasswordResponse, DisableUserRequest, DisableUserResponse, EnableUserRequest,
     EnableUserResponse, GetJwksRequest, GetJwksResponse, GetMeRequest, GetMeResponse, ListSessionsRequest,
@@ -9,18 +10,19 @@ use taskgate_proto::auth::v1::{
     LogoutResponse, RefreshRequest, RefreshResponse, RegisterRequest, RegisterResponse, RevokeSessionRequest,
     RevokeSessionResponse, auth_service_client::AuthServiceClient, auth_service_server::AuthService,
 };
-use tonic::{Request, Response, Status, transport::Channel};
+use tonic::{Request, Response, Status};
 
 use crate::{metrics::Metrics, proxy::forward};
 
 /// The auth service as the gateway serves it: every RPC forwarded.
 #[derive(Clone)]
 pub struct AuthProxy {
-    /// Client on the pooled channel to the auth service, for the cheap calls.
-    client: AuthServiceClient<Channel>,
-    /// Client on a second channel, for the calls that hash a password
-    /// (Register, Login, ChangePassword), so they never hold up cheap ones.
-    hashing: AuthServiceClient<Channel>,
+    /// Client on the channel balanced over the auth replicas, for the cheap calls.
+    client: AuthServiceClient<BalancedChannel>,
+    /// Client on a second balanced channel (connections of its own to every
+    /// replica), for the calls that hash a password (Register, Login,
+    /// ChangePassword), so they never hold up cheap ones.
+    hashing: AuthServiceClient<BalancedChannel>,
     /// Where forwarded calls are counted.
     metrics: Arc<Metrics>,
 }
@@ -28,7 +30,11 @@ pub struct AuthProxy {
 impl AuthProxy {
     /// A proxy forwarding cheap calls through `client` and password-hashing
     /// ones through `hashing`.
-    pub fn new(client: AuthServiceClient<Channel>, hashing: AuthServiceClient<Channel>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        client: AuthServiceClient<BalancedChannel>,
+        hashing: AuthServiceClient<BalancedChannel>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         AuthProxy { client, hashing, metrics }
     }
 }

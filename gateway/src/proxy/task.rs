@@ -2,12 +2,13 @@
 
 use std::sync::Arc;
 
+use taskgate_common::balance::BalancedChannel;
 use taskgate_proto::task::v1::{
     CreateTaskRequest, CreateTaskResponse, DeleteTaskRequest, DeleteTaskResponse, GetTaskRequest, GetTaskResponse,
     ListTasksRequest, ListTasksResponse, UpdateTaskRequest, UpdateTaskResponse, WatchTasksRequest, WatchTasksResponse,
     task_service_client::TaskServiceClient, task_service_server::TaskService,
 };
-use tonic::{Request, Response, Status, Streaming, transport::Channel};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     metrics::Metrics,
@@ -18,8 +19,8 @@ use crate::{
 /// The task service as the gateway serves it: every RPC forwarded.
 #[derive(Clone)]
 pub struct TaskProxy {
-    /// Client on the one pooled channel to the task service.
-    client: TaskServiceClient<Channel>,
+    /// Client on the channel balanced over the task replicas.
+    client: TaskServiceClient<BalancedChannel>,
     /// Where forwarded calls are counted.
     metrics: Arc<Metrics>,
     /// This replica's open-stream bound.
@@ -29,7 +30,7 @@ pub struct TaskProxy {
 impl TaskProxy {
     /// A proxy forwarding through `client`, with at most `watch`'s number of
     /// WatchTasks streams open at once.
-    pub fn new(client: TaskServiceClient<Channel>, metrics: Arc<Metrics>, watch: WatchSlots) -> Self {
+    pub fn new(client: TaskServiceClient<BalancedChannel>, metrics: Arc<Metrics>, watch: WatchSlots) -> Self {
         TaskProxy { client, metrics, watch }
     }
 }

@@ -14,7 +14,7 @@ use axum::{
 };
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use serde_json::{Value, json};
-use taskgate_common::status::invalid_field;
+use taskgate_common::{balance::BalancedChannel, status::invalid_field};
 use taskgate_proto::{
     auth::v1::{
         ChangePasswordRequest, DisableUserRequest, EnableUserRequest, GetJwksRequest, GetMeRequest,
@@ -27,7 +27,7 @@ use taskgate_proto::{
         task_service_client::TaskServiceClient,
     },
 };
-use tonic::{Status, transport::Channel};
+use tonic::Status;
 
 use crate::{
     rest::{
@@ -43,13 +43,13 @@ use crate::{
 /// (a clone shares the channel, so it is cheap).
 #[derive(Clone)]
 pub struct Backends {
-    /// The auth service, over its pooled channel.
-    pub auth: AuthServiceClient<Channel>,
+    /// The auth service, over its channel balanced over every replica.
+    pub auth: AuthServiceClient<BalancedChannel>,
     /// The auth service over a second channel, for the calls that hash a
     /// password (Register, Login, ChangePassword).
-    pub auth_hashing: AuthServiceClient<Channel>,
-    /// The task service, over its pooled channel.
-    pub task: TaskServiceClient<Channel>,
+    pub auth_hashing: AuthServiceClient<BalancedChannel>,
+    /// The task service, over its channel balanced over every replica.
+    pub task: TaskServiceClient<BalancedChannel>,
     /// This replica's open-stream bound, shared with the gRPC proxy.
     pub watch: WatchSlots,
 }

@@ -16,7 +16,7 @@ use taskgate_proto::{
         GetMeRequest, ListSessionsRequest, LoginRequest, LogoutRequest, RefreshRequest,
         auth_service_client::AuthServiceClient,
     },
-    task::v1::{ListTasksRequest, task_service_client::TaskServiceClient},
+    task::v1::{CreateTaskRequest, ListTasksRequest, Task, task_service_client::TaskServiceClient},
 };
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -348,6 +348,35 @@ async fn a_direct_call_to_a_backend_without_the_gateways_certificate_is_refused(
     assert_eq!(session_of(&from_gateway), "203.0.113.9", "x-client-ip from the gateway is believed");
     // And the whole path through the gateway works over mutual TLS.
     stack.task_a.clone().list_tasks(bearer(ListTasksRequest::default(), alice.access())).await.expect("via gateway");
+}
+
+#[tokio::test]
+async fn over_mutual_tls_the_gateway_balances_over_a_replica_list_and_a_dns_name() {
+    // The auth service named `localhost` (its certificate must be valid for that name), the two
+    // task replicas in one list (each checked against its address): every channel of the fleet,
+    // the gateway's hashing channel and the task service's JWKS channel included, over mTLS.
+    let stack =
+        spawn_stack_with(StackOptions { mtls: true, task_replicas: 2, balanced: true, ..Default::default() }).await;
+    let alice = stack.user().await;
+    for i in 0..6 {
+        let task = Task { title: format!("balanced {i}"), ..Default::default() };
+        stack
+            .task_a
+            .clone()
+            .create_task(bearer(CreateTaskRequest { task: Some(task), ..Default::default() }, alice.access()))
+            .await
+            .expect("a write through the balanced channel");
+        let listed = stack
+            .task_b
+            .clone()
+            .list_tasks(bearer(ListTasksRequest::default(), alice.access()))
+            .await
+            .expect("a read through the balanced channel")
+            .into_inner()
+            .tasks;
+        assert_eq!(listed.len(), i + 1, "every write is seen, whichever replica served it");
+    }
+    stack.auth_a.clone().get_me(bearer(GetMeRequest {}, alice.access())).await.expect("GetMe over mutual TLS");
 }
 
 /// A claim of a JWT, unverified.

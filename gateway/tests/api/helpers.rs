@@ -46,6 +46,10 @@ pub struct StackOptions {
     pub task_replicas: usize,
     /// `GATEWAY_MAX_WATCH_STREAMS` of both gateways.
     pub max_watch_streams: u32,
+    /// Name the backends the way a fleet does: the auth service by a DNS
+    /// name (`localhost`, re-resolved by the balancer) and, for both
+    /// gateways, every task replica in one comma-separated list.
+    pub balanced: bool,
 }
 
 impl Default for StackOptions {
@@ -61,6 +65,7 @@ impl Default for StackOptions {
             gateway: |_| {},
             task_replicas: 1,
             max_watch_streams: 10_000,
+            balanced: false,
         }
     }
 }
@@ -158,6 +163,8 @@ pub async fn spawn_stack_with(options: StackOptions) -> TestStack {
     let auth = auth_service::Application::build(auth_settings.clone()).await.expect("building the auth service");
     let auth_addr = auth.local_addr();
     stop.push(serve(|s| auth.run_until_stopped(s)));
+    let auth_url =
+        if options.balanced { format!("http://localhost:{}", auth_addr.port()) } else { format!("http://{auth_addr}") };
 
     let mut task_addrs = Vec::new();
     for _ in 0..options.task_replicas.max(1) {
@@ -165,7 +172,7 @@ pub async fn spawn_stack_with(options: StackOptions) -> TestStack {
             database_url.clone(),
             redis_url.clone(),
             prefix.clone(),
-            format!("http://{auth_addr}"),
+            auth_url.clone(),
         );
         task_settings.mtls = mtls("task");
         task_settings.jwks_refresh_seconds = options.key_refresh_seconds;
@@ -180,15 +187,14 @@ pub async fn spawn_stack_with(options: StackOptions) -> TestStack {
     let mut admins = Vec::new();
     for i in 0..2 {
         let task_url = options.task_url.clone().unwrap_or_else(|| {
+            if options.balanced {
+                return task_addrs.iter().map(|a| format!("http://{a}")).collect::<Vec<_>>().join(",");
+            }
             let replica = if i == 0 { task_addrs[0] } else { task_addrs[task_addrs.len() - 1] };
             format!("http://{replica}")
         });
-        let mut settings = gateway::Settings::for_tests(
-            format!("http://{auth_addr}"),
-            task_url,
-            gateway_redis.clone(),
-            prefix.clone(),
-        );
+        let mut settings =
+            gateway::Settings::for_tests(auth_url.clone(), task_url, gateway_redis.clone(), prefix.clone());
         settings.max_watch_streams = options.max_watch_streams;
         settings.rate_limit_per_minute = options.rate_limit_per_minute;
         settings.cors_allowed_origins = options.cors_allowed_origins.clone();

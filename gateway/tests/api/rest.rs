@@ -672,7 +672,7 @@ async fn router_with_an_admin(admin: &str) -> (Api, tokio::sync::oneshot::Sender
     tokio::spawn(auth.run_until_stopped(async move {
         let _ = stopped.await;
     }));
-    let channel = crate::helpers::lazy_channel(auth_addr);
+    let channel = taskgate_common::balance::BalancedChannel::from(crate::helpers::lazy_channel(auth_addr));
     let router = gateway::rest::router(
         taskgate_proto::auth::v1::auth_service_client::AuthServiceClient::new(channel.clone()),
         taskgate_proto::task::v1::task_service_client::TaskServiceClient::new(channel),
