@@ -29,9 +29,14 @@ usage: cargo xtask <command> [args]
 
 commands:
   deps                      install PostgreSQL and Redis with apt-get when they are missing
-  run [--debug]             start PostgreSQL, Redis and the three services (release build by default;
-                            --debug or --release=false for a debug build); Ctrl-C stops everything
-  test [cargo test args]    run the test stages against throwaway PostgreSQL and Redis servers
+  run [--debug] [--replicas N]
+                            start PostgreSQL, Redis and the three services (release build by default;
+                            --debug or --release=false for a debug build); with --replicas N, N
+                            replicas of each backend on a local Redis Cluster behind the one gateway
+                            port; Ctrl-C stops everything
+  test [cargo test args]    run the test stages against throwaway PostgreSQL and Redis servers, then
+                            the Redis-touching test modules again on a Redis Cluster
+                            (--skip-cluster, --skip-clients leave stages out)
   lint                      cargo fmt --check, clippy -D warnings, buf lint, docker-compose config,
                             kubernetes-validate --strict on deploy/kubernetes
   migrate [--debug]         apply the auth and task database migrations to DATABASE_URL
@@ -69,7 +74,7 @@ fn dispatch(args: &[String]) -> Result<(), Error> {
         }
         "run" => {
             cmd::catch_stop_signals()?;
-            run::run(services::Profile::from_args(rest)?)
+            run::run(run::RunOptions::from_args(rest)?)
         }
         "test" => {
             cmd::catch_stop_signals()?;

@@ -18,7 +18,7 @@ const MIGRATING: [&str; 2] = ["auth-service", "task-service"];
 pub fn migrate(profile: Profile) -> Result {
     deps::ensure()?;
     profile.build(&MIGRATING)?;
-    let stores = Stores::from_env_or_local()?;
+    let stores = Stores::from_env_or_local(false)?;
     for name in MIGRATING {
         let mut command = services::command(profile, name, &stores.database_url, &stores.redis_url);
         cmd::check(command.arg("migrate"))?;

@@ -1,5 +1,10 @@
 //! `cargo xtask run`: the whole system on one machine until Ctrl-C.
 //!
+//! `--replicas N` runs a fleet instead: N auth-service and N task-service replicas (the first on
+//! the usual ports, the others on free ones) on a local Redis Cluster, behind the one gateway port,
+//! whose `AUTH_SERVICE_URL` and `TASK_SERVICE_URL` list every replica so it balances over them.
+//! They all start at once, and all apply the migrations at start (one does, under a lock).
+//!
 //! Order matters both ways: the build first, then PostgreSQL and Redis, then auth-service,
 //! task-service and the gateway, each only once the one before accepts TCP; on the way down the
 //! services get SIGTERM in reverse order and the stores stop last.
@@ -26,28 +31,111 @@ const START_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long the services get to finish after SIGTERM before they are killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Most replicas `--replicas` accepts (each is a process on this one machine).
+const MAX_REPLICAS: usize = 8;
+
+/// What `cargo xtask run` was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Which build to run.
+    pub profile: Profile,
+    /// Replicas of each backend; more than one also puts Redis in cluster mode.
+    pub replicas: usize,
+}
+
+impl RunOptions {
+    /// Reads `--replicas N` (or `--replicas=N`) and the profile flags of [`Profile::from_args`].
+    pub fn from_args(args: &[String]) -> Result<Self> {
+        let mut replicas = 1;
+        let mut rest = Vec::new();
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            let value = match arg.strip_prefix("--replicas") {
+                Some("") => args.next().cloned(),
+                Some(v) if v.starts_with('=') => Some(v[1..].to_owned()),
+                _ => {
+                    rest.push(arg.clone());
+                    continue;
+                }
+            };
+            replicas = value
+                .as_deref()
+                .and_then(|v| v.parse::<usize>().ok())
+                .filter(|n| (1..=MAX_REPLICAS).contains(n))
+                .ok_or_else(|| Error::with_code(2, format!("--replicas takes a number from 1 to {MAX_REPLICAS}")))?;
+        }
+        Ok(RunOptions { profile: Profile::from_args(&rest)?, replicas })
+    }
+}
+
 /// Builds and starts everything, waits for Ctrl-C/SIGTERM or for a service to exit, then stops
 /// everything.
-pub fn run(profile: Profile) -> Result {
+pub fn run(options: RunOptions) -> Result {
     deps::ensure()?;
+    let profile = options.profile;
     // Build before starting the stores: a release build takes minutes, and a failed one then
     // leaves nothing to clean up.
     profile.build(&SERVICES.map(|s| s.name))?;
-    let stores = Stores::from_env_or_local()?;
+    let stores = Stores::from_env_or_local(options.replicas > 1)?;
 
     let mtls = mutual_tls()?;
+    let mtls_of = |name: &str| mtls.as_ref().map(|bundle| mtls_settings(bundle, name)).unwrap_or_default();
 
     // Declared after `stores`, so on an early return the services stop before the stores do.
     let mut fleet = Fleet::default();
-    for service in SERVICES {
-        let overrides = mtls.as_ref().map(|bundle| mtls_settings(bundle, service.name)).unwrap_or_default();
-        fleet.start(profile, service, &stores.database_url, &stores.redis_url, &overrides)?;
+    if options.replicas == 1 {
+        for service in SERVICES {
+            fleet.start(profile, service, &stores.database_url, &stores.redis_url, &mtls_of(service.name))?;
+        }
+    } else {
+        start_replicated(&mut fleet, profile, &stores, options.replicas, &mtls_of)?;
     }
     println!("{}", status_table(&stores, &fleet));
     let outcome = fleet.watch();
     fleet.stop();
     stores.stop();
     outcome
+}
+
+/// Starts `replicas` replicas of each backend, all at once, then the gateway in front of them.
+/// `mtls_of` gives a service's `MTLS_*` settings (none when mutual TLS is off).
+fn start_replicated(
+    fleet: &mut Fleet,
+    profile: Profile,
+    stores: &Stores,
+    replicas: usize,
+    mtls_of: &dyn Fn(&str) -> Vec<(&'static str, String)>,
+) -> Result {
+    let [auth, task, gateway] = SERVICES;
+    let mut urls = Vec::new();
+    for service in [auth, task] {
+        let first = services::setting(service.listen_var)
+            .ok_or_else(|| Error::new(format!("{} is not set", service.listen_var)))?;
+        let first = services::probe_addr(&first)?;
+        let mut addrs = vec![first];
+        for _ in 1..replicas {
+            let port = devstack::free_port().map_err(|e| Error::new(format!("finding a free port: {e}")))?;
+            addrs.push(SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+        urls.push(addrs.iter().map(|a| format!("http://{a}")).collect::<Vec<_>>().join(","));
+        let overrides: Vec<Vec<(&str, String)>> = addrs
+            .iter()
+            .map(|addr| {
+                let mut overrides = vec![(service.listen_var, addr.to_string())];
+                overrides.extend(mtls_of(service.name));
+                if service.name == task.name {
+                    // Every task replica balances over every auth replica.
+                    overrides.push(("AUTH_SERVICE_URL", urls[0].clone()));
+                }
+                overrides
+            })
+            .collect();
+        fleet.start_all(profile, service, &stores.database_url, &stores.redis_url, &overrides)?;
+    }
+    let mut overrides = vec![("AUTH_SERVICE_URL", urls[0].clone()), ("TASK_SERVICE_URL", urls[1].clone())];
+    overrides.extend(mtls_of(gateway.name));
+    fleet.start(profile, gateway, &stores.database_url, &stores.redis_url, &overrides)?;
+    Ok(())
 }
 
 /// A fresh private CA and a certificate per service under `.local/mtls`, so
@@ -106,6 +194,39 @@ impl Fleet {
         redis_url: &str,
         overrides: &[(&str, String)],
     ) -> Result {
+        self.start_all(profile, service, database_url, redis_url, &[overrides.to_vec()])
+    }
+
+    /// Starts one process of `service` per entry of `overrides`, all at once, then waits until
+    /// every one accepts TCP connections.
+    pub fn start_all(
+        &mut self,
+        profile: Profile,
+        service: Service,
+        database_url: &str,
+        redis_url: &str,
+        overrides: &[Vec<(&str, String)>],
+    ) -> Result {
+        let first = self.running.len();
+        let mut addrs = Vec::new();
+        for overrides in overrides {
+            addrs.push(self.spawn(profile, service, database_url, redis_url, overrides)?);
+        }
+        for (running, addr) in self.running[first..].iter_mut().zip(addrs) {
+            wait_until_listening(running, addr)?;
+        }
+        Ok(())
+    }
+
+    /// Spawns one process of `service`; returns the address it will accept connections on.
+    fn spawn(
+        &mut self,
+        profile: Profile,
+        service: Service,
+        database_url: &str,
+        redis_url: &str,
+        overrides: &[(&str, String)],
+    ) -> Result<SocketAddr> {
         let listen = overrides
             .iter()
             .find(|(var, _)| *var == service.listen_var)
@@ -131,11 +252,9 @@ impl Fleet {
         if let Some(err) = child.stderr.take() {
             prefix_lines(service.name, err, io::stderr);
         }
-        let mut running = Running { service, child, listen };
-        let started = wait_until_listening(&mut running, addr);
-        // Kept even when it failed, so the fleet stops it with the rest.
-        self.running.push(running);
-        started
+        // Kept even when it fails to start, so the fleet stops it with the rest.
+        self.running.push(Running { service, child, listen });
+        Ok(addr)
     }
 
     /// Waits for a stop request (returning `Ok`) or for a service to exit on its own (an error).
@@ -266,6 +385,19 @@ fn format_table(rows: &[[String; 3]]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replicas_are_read_beside_the_profile_flags() {
+        let args = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let parsed = RunOptions::from_args(&args(&["--replicas", "3", "--debug"])).ok();
+        assert_eq!(parsed, Some(RunOptions { profile: Profile::Debug, replicas: 3 }));
+        let parsed = RunOptions::from_args(&args(&["--replicas=2"])).ok();
+        assert_eq!(parsed, Some(RunOptions { profile: Profile::Release, replicas: 2 }));
+        assert_eq!(RunOptions::from_args(&[]).ok().map(|o| o.replicas), Some(1));
+        assert!(RunOptions::from_args(&args(&["--replicas", "0"])).is_err());
+        assert!(RunOptions::from_args(&args(&["--replicas"])).is_err());
+        assert!(RunOptions::from_args(&args(&["--replicas", "many"])).is_err());
+    }
 
     #[test]
     fn table_columns_line_up() {

@@ -2,11 +2,13 @@
 //!
 //! `DATABASE_URL` and `REDIS_URL` win when set; whichever is unset is served by a project-local
 //! server: PostgreSQL with its data kept under `.local/pg` (so a second run finds its data again) and
-//! a throwaway Redis logging under `.local/redis`. Both local servers stop when [`Stores`] drops.
+//! a throwaway Redis logging under `.local/redis` (or, for a fleet of replicas, a throwaway Redis
+//! Cluster of 3 primaries and 3 replicas under `.local/redis-cluster`). The local servers stop when
+//! [`Stores`] drops.
 
 use std::{env, path::Path, process::Command};
 
-use devstack::{Postgres, Redis, pg_binary};
+use devstack::{Postgres, Redis, RedisCluster, pg_binary};
 
 use crate::cmd::{self, Error, Result};
 
@@ -24,12 +26,14 @@ pub struct Stores {
     postgres: Option<Postgres>,
     /// The local Redis, when `REDIS_URL` was unset; it stops on drop.
     redis: Option<Redis>,
+    /// The local Redis Cluster, when `REDIS_URL` was unset and a cluster was asked for.
+    cluster: Option<RedisCluster>,
 }
 
 impl Stores {
     /// Uses `DATABASE_URL` and `REDIS_URL` from the environment, starting a local server for each
-    /// one that is unset.
-    pub fn from_env_or_local() -> Result<Self> {
+    /// one that is unset (a Redis Cluster instead of one Redis when `cluster` is set).
+    pub fn from_env_or_local(cluster: bool) -> Result<Self> {
         let local = cmd::project_root().join(".local");
         let (database_url, postgres) = match env::var("DATABASE_URL").ok().filter(|v| !v.is_empty()) {
             Some(url) => (url, None),
@@ -38,8 +42,22 @@ impl Stores {
                 (pg.url(DATABASE), Some(pg))
             }
         };
+        let mut local_cluster = None;
         let (redis_url, redis) = match env::var("REDIS_URL").ok().filter(|v| !v.is_empty()) {
             Some(url) => (url, None),
+            None if cluster => {
+                let dir = local.join("redis-cluster");
+                devstack::say(&format!(
+                    "xtask: starting a Redis Cluster, 3 primaries + 3 replicas (files in {})",
+                    dir.display()
+                ));
+                let _ = std::fs::remove_dir_all(&dir);
+                let started = RedisCluster::start(&dir, 3, 1)
+                    .map_err(|e| Error::new(format!("starting a redis cluster: {e}")))?;
+                let url = started.url();
+                local_cluster = Some(started);
+                (url, None)
+            }
             None => {
                 let dir = local.join("redis");
                 devstack::say(&format!("xtask: starting Redis (log in {})", dir.display()));
@@ -48,7 +66,7 @@ impl Stores {
                 (redis.url(0), Some(redis))
             }
         };
-        Ok(Stores { database_url, redis_url, postgres, redis })
+        Ok(Stores { database_url, redis_url, postgres, redis, cluster: local_cluster })
     }
 
     /// Rows for the table `cargo xtask run` prints: what, where, and where it came from.
@@ -62,12 +80,25 @@ impl Stores {
                 self.database_url.clone(),
                 origin(self.postgres.is_some(), ".local/pg", "DATABASE_URL"),
             ],
-            ["redis".to_owned(), self.redis_url.clone(), origin(self.redis.is_some(), ".local/redis", "REDIS_URL")],
+            match &self.cluster {
+                Some(_) => {
+                    ["redis cluster".to_owned(), self.redis_url.clone(), "local, .local/redis-cluster".to_owned()]
+                }
+                None => [
+                    "redis".to_owned(),
+                    self.redis_url.clone(),
+                    origin(self.redis.is_some(), ".local/redis", "REDIS_URL"),
+                ],
+            },
         ]
     }
 
     /// Stops the local servers, Redis first, saying so.
     pub fn stop(mut self) {
+        if let Some(cluster) = self.cluster.take() {
+            devstack::say("xtask: stopping the Redis Cluster");
+            drop(cluster);
+        }
         if let Some(mut redis) = self.redis.take() {
             devstack::say("xtask: stopping Redis");
             if let Err(e) = redis.stop() {

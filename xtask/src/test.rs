@@ -3,6 +3,10 @@
 //! The servers listen on free loopback ports and keep their files in a fresh folder under the
 //! system's temp folder, which is deleted afterwards, so runs never see each other's data. The
 //! stages reach them through `TASKGATE_TEST_DATABASE_URL` and `TASKGATE_TEST_REDIS_URL`.
+//!
+//! Besides the single Redis, a Redis Cluster (3 primaries, 3 replicas) is started, and the
+//! cluster pass runs the Redis-touching integration test modules ([`CLUSTER_FILTERS`]) again with
+//! `TASKGATE_TEST_REDIS_URL` naming it (`redis-cluster://...`). `--skip-cluster` leaves it out.
 
 use std::{
     fs, io,
@@ -11,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use devstack::{Postgres, Redis};
+use devstack::{Postgres, Redis, RedisCluster};
 
 use crate::{
     clients,
@@ -25,6 +29,8 @@ struct TestEnv {
     database_url: String,
     /// The Redis server's URL, without a database number.
     redis_url: String,
+    /// The Redis Cluster's URL (every node named), when the cluster pass runs.
+    cluster_url: Option<String>,
 }
 
 impl TestEnv {
@@ -55,14 +61,62 @@ enum Action {
 /// The flag that leaves the client proofs out (for a quick Rust-only run).
 const SKIP_CLIENTS: &str = "--skip-clients";
 
+/// The flag that leaves the Redis Cluster pass out.
+const SKIP_CLUSTER: &str = "--skip-cluster";
+
+/// Our flags, which cargo never sees.
+const OWN_FLAGS: &[&str] = &[SKIP_CLIENTS, SKIP_CLUSTER];
+
+/// The cluster pass runs these integration test binaries of every crate that has one: each
+/// crate's `api` binary, and `fleet-tests`' `cluster` binary (a whole fleet and a failover, on
+/// private clusters of their own; it runs only here).
+///
+/// One `cargo test --workspace` command, so the build is the one the first stage made (a `-p`
+/// per crate would unify features differently and rebuild most dependencies).
+pub const CLUSTER_TESTS: &[&str] = &["api", "cluster"];
+
+/// Test name filters (and `--skip` pairs) of the cluster pass, applied to every binary of
+/// [`CLUSTER_TESTS`]: the modules whose services run Redis scripts, pipelines and sharded pub/sub
+/// (sessions, the login throttle, tokens, the rate-limit window and revocation check, the task
+/// cache, WatchTasks) and the `cluster` binary's fleet and failover. Every script keeps to one
+/// hash slot (docs/redis-keys.md), so these run unchanged. Left out: a test that lists keys with
+/// `KEYS` (one node sees only its own slots), one that stops a private single-node Redis (nothing
+/// about the cluster), and every module that never touches Redis.
+pub const CLUSTER_FILTERS: &[&str] = &[
+    "sessions::",
+    "login::",
+    "tokens::",
+    "cache::",
+    "watch::",
+    "ratelimit::",
+    "edge_auth::",
+    "fleet::",
+    "failover::",
+    "--skip",
+    "every_redis_key_has_a_ttl_and_no_token_is_stored",
+    "--skip",
+    "without_redis_each_replica_limits_locally_and_recovers",
+];
+
 /// The stages, in the order they run; the first failure ends the run.
 fn test_stages(env: &TestEnv, args: &[String]) -> Vec<Stage> {
-    let cargo_args: Vec<&String> = args.iter().filter(|a| *a != SKIP_CLIENTS).collect();
+    let cargo_args: Vec<&String> = args.iter().filter(|a| !OWN_FLAGS.contains(&a.as_str())).collect();
     let mut cargo_test = cmd::cargo();
     cargo_test.args(["test", "--workspace"]).args(&cargo_args);
     env.apply(&mut cargo_test);
 
     let mut stages = vec![Stage { name: "cargo test", action: Action::Command(cargo_test) }];
+    if let Some(cluster_url) = &env.cluster_url {
+        let mut cluster_test = cmd::cargo();
+        cluster_test.args(["test", "--workspace"]);
+        for test in CLUSTER_TESTS {
+            cluster_test.args(["--test", test]);
+        }
+        cluster_test.arg("--").args(CLUSTER_FILTERS);
+        env.apply(&mut cluster_test);
+        cluster_test.env("TASKGATE_TEST_REDIS_URL", cluster_url);
+        stages.push(Stage { name: "redis cluster", action: Action::Command(cluster_test) });
+    }
     if !args.iter().any(|a| a == SKIP_CLIENTS) {
         stages.push(Stage { name: "client proofs", action: Action::ClientProofs });
     }
@@ -78,18 +132,31 @@ pub fn test(cargo_args: &[String]) -> Result {
         .map_err(|e| Error::new(format!("starting postgres under {}: {e}", scratch.path.display())))?;
     let redis = Redis::start(&scratch.path.join("redis"), None)
         .map_err(|e| Error::new(format!("starting redis under {}: {e}", scratch.path.display())))?;
-    let env =
-        TestEnv { database_url: postgres.url("postgres"), redis_url: format!("redis://127.0.0.1:{}", redis.port()) };
+    let cluster = if cargo_args.iter().any(|a| a == SKIP_CLUSTER) {
+        None
+    } else {
+        Some(
+            RedisCluster::start(&scratch.path.join("redis-cluster"), 3, 1)
+                .map_err(|e| Error::new(format!("starting a redis cluster under {}: {e}", scratch.path.display())))?,
+        )
+    };
+    let env = TestEnv {
+        database_url: postgres.url("postgres"),
+        redis_url: format!("redis://127.0.0.1:{}", redis.port()),
+        cluster_url: cluster.as_ref().map(RedisCluster::url),
+    };
     devstack::say(&format!(
-        "xtask test: postgres at {}, redis at {}, files in {}",
+        "xtask test: postgres at {}, redis at {}, redis cluster at {}, files in {}",
         env.database_url,
         env.redis_url,
+        env.cluster_url.as_deref().unwrap_or("(none)"),
         scratch.path.display()
     ));
 
     let outcome = run_stages(test_stages(&env, cargo_args), &postgres, &env);
 
     // Servers first, then their folder (which is `scratch`'s drop).
+    drop(cluster);
     drop(redis);
     drop(postgres);
     drop(scratch);
@@ -159,7 +226,8 @@ mod tests {
 
     #[test]
     fn every_stage_sees_the_throwaway_servers() {
-        let env = TestEnv { database_url: "postgres://pg".to_owned(), redis_url: "redis://r".to_owned() };
+        let env =
+            TestEnv { database_url: "postgres://pg".to_owned(), redis_url: "redis://r".to_owned(), cluster_url: None };
         let stages = test_stages(&env, &["-p".to_owned(), "gateway".to_owned()]);
         assert_eq!(stages[0].name, "cargo test");
         let Action::Command(command) = &stages[0].action else { panic!("cargo test is a command") };
@@ -173,11 +241,33 @@ mod tests {
 
     #[test]
     fn skip_clients_leaves_the_client_proofs_out_and_is_not_passed_to_cargo() {
-        let env = TestEnv { database_url: "postgres://pg".to_owned(), redis_url: "redis://r".to_owned() };
-        let stages = test_stages(&env, &[SKIP_CLIENTS.to_owned()]);
+        let env =
+            TestEnv { database_url: "postgres://pg".to_owned(), redis_url: "redis://r".to_owned(), cluster_url: None };
+        let stages = test_stages(&env, &[SKIP_CLIENTS.to_owned(), SKIP_CLUSTER.to_owned()]);
         assert_eq!(stages.len(), 1);
         let Action::Command(command) = &stages[0].action else { panic!("cargo test is a command") };
         assert_eq!(command.get_args().collect::<Vec<_>>(), ["test", "--workspace"]);
+    }
+
+    #[test]
+    fn the_cluster_pass_reruns_the_redis_modules_against_the_cluster_with_the_same_build() {
+        let env = TestEnv {
+            database_url: "postgres://pg".to_owned(),
+            redis_url: "redis://r".to_owned(),
+            cluster_url: Some("redis-cluster://127.0.0.1:7000?node=127.0.0.1:7001".to_owned()),
+        };
+        let stages = test_stages(&env, &[SKIP_CLIENTS.to_owned()]);
+        assert_eq!(stages.len(), 2);
+        let Action::Command(command) = &stages[1].action else { panic!("the cluster stage is a command") };
+        let args: Vec<_> = command.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(args[..6], ["test", "--workspace", "--test", "api", "--test", "cluster"]);
+        assert_eq!(args[6], "--");
+        assert_eq!(args[7..], CLUSTER_FILTERS.iter().map(|f| f.to_string()).collect::<Vec<_>>());
+        let envs: Vec<_> = command.get_envs().collect();
+        assert!(envs.contains(&(
+            "TASKGATE_TEST_REDIS_URL".as_ref(),
+            Some("redis-cluster://127.0.0.1:7000?node=127.0.0.1:7001".as_ref())
+        )));
     }
 
     #[test]
