@@ -351,27 +351,22 @@ impl Service<http::Request<Body>> for BalancedChannel {
                 result.map_err(Into::into)
             });
         }
-        let retry_channel = self.channel.clone();
         Box::pin(async move {
             let (parts, body) = request.into_parts();
             // Safe calls are small unary requests: keep the body to send it twice.
             let bytes = body.collect().await.map_err(|s| Box::new(s) as BoxError)?.to_bytes();
-            let rebuild = || {
-                let mut request = http::Request::new(Body::new(http_body_util::Full::new(bytes.clone())));
-                *request.method_mut() = parts.method.clone();
-                *request.uri_mut() = parts.uri.clone();
-                *request.version_mut() = parts.version;
-                *request.headers_mut() = parts.headers.clone();
-                request
+            let rebuild = |parts: http::request::Parts| {
+                http::Request::from_parts(parts, Body::new(http_body_util::Full::new(bytes.clone())))
             };
             let mut channel = ready;
-            match channel.call(rebuild()).await {
+            match channel.call(rebuild(parts.clone())).await {
                 Ok(response) if !is_unavailable(&response) => return Ok(response),
                 Ok(_) | Err(_) => {}
             }
             tracing::debug!(method = %parts.uri.path(), "safe call unavailable; retrying once");
             BalancedChannel::reprobe(&probe_now, rounds).await;
-            retry_channel.oneshot(rebuild()).await.map_err(Into::into)
+            // The same balanced channel picks again, after the probe took the failed replica out.
+            channel.oneshot(rebuild(parts)).await.map_err(Into::into)
         })
     }
 }

@@ -168,6 +168,12 @@ pub struct RateLimiter {
     prefix: String,
     /// Accepted requests per subject per [`WINDOW`].
     limit: u32,
+    /// `limit` and the window in milliseconds, as the script's arguments.
+    limit_arg: String,
+    /// See `limit_arg`.
+    window_arg: String,
+    /// Redis options of the hot path: fail at once while disconnected.
+    fail_fast: Options,
     /// SHA1 of the loaded script; empty until the first successful `SCRIPT LOAD`.
     sha: std::sync::RwLock<String>,
     /// The per-replica fallback used while Redis is unreachable.
@@ -191,6 +197,9 @@ impl RateLimiter {
             redis,
             prefix,
             limit,
+            limit_arg: limit.to_string(),
+            window_arg: WINDOW.as_millis().to_string(),
+            fail_fast: taskgate_common::redis::fail_fast(),
             sha: std::sync::RwLock::new(String::new()),
             local: Local::new(limit),
             per_address: Local::new(limits.per_address.max(1)),
@@ -263,27 +272,30 @@ impl RateLimiter {
         subject: &str,
         session: Option<(&str, &str)>,
     ) -> Result<Decision, fred::error::Error> {
-        let mut keys = vec![window_key(&self.prefix, subject)];
-        if let Some((uid, sid)) = session {
-            keys.push(session_revocation_key(&self.prefix, uid, sid));
-        }
-        let args = vec![
-            self.limit.to_string(),
-            (WINDOW.as_millis() as u64).to_string(),
-            uuid::Uuid::new_v4().simple().to_string(),
-        ];
+        // Built twice at most (the second time only when the node lacks the script), so the
+        // common EVALSHA path clones nothing.
+        let keys = || {
+            let mut keys = Vec::with_capacity(2);
+            keys.push(window_key(&self.prefix, subject));
+            if let Some((uid, sid)) = session {
+                keys.push(session_revocation_key(&self.prefix, uid, sid));
+            }
+            keys
+        };
+        let member = uuid::Uuid::new_v4().simple().to_string();
+        let args = || vec![self.limit_arg.clone(), self.window_arg.clone(), member.clone()];
         let sha = self.sha.read().map(|s| s.clone()).unwrap_or_default();
-        let redis = client.with_options(&taskgate_common::redis::fail_fast());
+        let redis = client.with_options(&self.fail_fast);
         // A miss runs the script with EVAL, which goes to the node owning the
         // keys' slot and caches it there: SCRIPT LOAD reaches one node only,
         // so on a Redis Cluster a reload-then-EVALSHA could miss again.
         let reply: Vec<i64> = if sha.is_empty() {
             // Learn the hash for the next calls; this one sends the script.
             let _ = self.load_script().await;
-            redis.eval(SCRIPT, keys, args).await?
+            redis.eval(SCRIPT, keys(), args()).await?
         } else {
-            match redis.evalsha(sha, keys.clone(), args.clone()).await {
-                Err(e) if e.details().starts_with("NOSCRIPT") => redis.eval(SCRIPT, keys, args).await?,
+            match redis.evalsha(sha, keys(), args()).await {
+                Err(e) if e.details().starts_with("NOSCRIPT") => redis.eval(SCRIPT, keys(), args()).await?,
                 other => other?,
             }
         };
