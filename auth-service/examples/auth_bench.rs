@@ -5,8 +5,9 @@
 //!   cargo run --release -p auth-service --example auth_bench
 //! ```
 //!
-//! Starts the auth service in this process (default hashing threads and
-//! queue, throttles opened wide so the flood really hashes), then measures
+//! Starts the auth service in this process (default hashing threads, or
+//! `HASH_THREADS` when set, queue 32, throttles opened wide so the flood
+//! really hashes), then measures
 //! `SAMPLES` sequential Refresh calls and `SAMPLES` GetMe calls on one
 //! connection: first idle, then while `FLOODERS` clients on a connection of
 //! their own (as the gateway sends them) log in and register as fast as they
@@ -79,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
         taskgate_test_support::unique_prefix(),
     );
     settings.hash_queue_capacity = 32;
+    settings.hash_threads = std::env::var("HASH_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     let threads = settings.hashing_threads();
     let app = Application::build(settings).await?;
     let url = format!("http://{}", app.local_addr());

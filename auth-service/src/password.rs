@@ -3,7 +3,7 @@
 //!
 //! Design (#10 and #12, one pool for both):
 //! - **Fixed threads, reused memory.** `HASH_THREADS` std threads (one per
-//!   permitted concurrent hash, default one per core) each own one 19 MiB
+//!   permitted concurrent hash, default one per core but one) each own one 19 MiB
 //!   argon2 memory block, allocated on first use and reused for every hash
 //!   (`Argon2::hash_password_into_with_memory`). Hashing therefore never
 //!   allocates: glibc cannot strand freed 19 MiB blocks in per-thread arenas
@@ -17,11 +17,13 @@
 //!   connections the cheap calls need) until every caller times out.
 //! - **Off the async workers, and behind them.** No hash runs on a tokio
 //!   worker, and no cheap call (Refresh, Logout, GetMe, JWKS) ever needs a
-//!   hashing thread. The hashing threads also run at a lower scheduling
-//!   priority (SCHED_BATCH, nice about 9): when the cores are busy hashing, a
-//!   cheap call's worker still gets a core at once, so a login flood costs
-//!   the cheap calls little latency. With idle cores hashing runs at full
-//!   speed.
+//!   hashing thread. By default one core is left without a hashing thread
+//!   (see `Settings::hashing_threads`), and the hashing threads run at a
+//!   lower scheduling priority (SCHED_BATCH, nice about 9), so a login flood
+//!   costs the cheap calls little latency. Priority alone was not enough:
+//!   on 2 cores with a hashing thread on each, Refresh p99 during a flood
+//!   was 3x idle at SCHED_BATCH and no better at SCHED_IDLE; with one core
+//!   left free it stayed under 2x.
 
 use std::{
     sync::{
