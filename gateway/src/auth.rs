@@ -11,7 +11,7 @@
 //! came, and its [`Claims`] in the request extensions. Revocation is checked
 //! by the rate-limit layer, in the same Redis round trip as the limit.
 
-use std::{collections::HashMap, net::IpAddr, sync::Arc};
+use std::{net::IpAddr, sync::Arc};
 
 use axum::{
     extract::{Request, State},
@@ -60,14 +60,13 @@ pub const IDENTITY_HEADERS: &[&str] = &[
     "forwarded",
 ];
 
-/// What the authentication layer needs: the verifier with its key cache,
-/// and a cache of tokens it has already verified.
+/// What the authentication layer needs: the verifier (with its key set and
+/// its memory of verified tokens), the trusted proxies and the cookie policy.
 pub struct EdgeAuth {
-    /// Verifies access tokens against the auth service's JWKS, cached in memory.
+    /// Verifies access tokens against the auth service's JWKS, cached in
+    /// memory; remembers verified access tokens so a client's every call does
+    /// not pay an Ed25519 verification (revocation is still checked per request).
     verifier: Verifier,
-    /// Claims of recently verified tokens, so a client's every call does not
-    /// pay an Ed25519 verification; revocation is still checked per request.
-    verified: VerifiedTokens,
     /// Peers (load balancers) whose `X-Forwarded-For` is believed (`TRUSTED_PROXIES`).
     trusted_proxies: Vec<IpAddr>,
     /// Cookie names and CSRF tokens.
@@ -78,85 +77,13 @@ impl EdgeAuth {
     /// Authentication with `verifier`, believing `X-Forwarded-For` from
     /// `trusted_proxies` only, reading cookies as `cookies` says.
     pub fn new(verifier: Verifier, trusted_proxies: Vec<IpAddr>, cookies: CookiePolicy) -> EdgeAuth {
-        EdgeAuth { verifier, verified: VerifiedTokens::new(VERIFIED_TOKENS), trusted_proxies, cookies }
+        EdgeAuth { verifier, trusted_proxies, cookies }
     }
 
     /// The claims of `token` if it is a valid token of `kind`.
     pub async fn verify(&self, token: &str, kind: TokenKind) -> Result<Claims, VerifyError> {
-        let now = unix_now();
-        if kind == TokenKind::Access
-            && let Some((claims, kid)) = self.verified.get(token, now)
-            // A key withdrawn since (dropped from the JWKS) ends its tokens here too.
-            && self.verifier.knows(&kid)
-        {
-            return Ok(claims);
-        }
-        let claims = self.verifier.verify(token, kind).await?;
-        if kind == TokenKind::Access
-            && let Some(kid) = jsonwebtoken_kid(token)
-        {
-            self.verified.put(token, &claims, kid, now);
-        }
-        Ok(claims)
+        self.verifier.verify(token, kind).await
     }
-}
-
-/// The `kid` in a token's header (already verified by the caller).
-fn jsonwebtoken_kid(token: &str) -> Option<String> {
-    use base64::Engine as _;
-    let header = token.split('.').next()?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).ok()?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    value.get("kid")?.as_str().map(str::to_owned)
-}
-
-/// How many verified tokens are remembered per replica (about 0.5 KiB each).
-const VERIFIED_TOKENS: usize = 10_000;
-
-/// Verified access tokens and their claims, until their `exp`.
-///
-/// A hit skips only the signature and claim checks, which cannot change for
-/// the same token bytes before `exp`, as long as the signing key is still
-/// in the verifier's key set (the caller checks the `kid` kept here);
-/// revocation is checked on every request by the rate-limit script.
-pub struct VerifiedTokens {
-    /// Token → claims and the `kid` that signed it.
-    entries: std::sync::Mutex<HashMap<String, (Claims, String)>>,
-    /// Most entries kept; when full, expired ones go, then all.
-    capacity: usize,
-}
-
-impl VerifiedTokens {
-    /// An empty cache of at most `capacity` tokens.
-    pub fn new(capacity: usize) -> VerifiedTokens {
-        VerifiedTokens { entries: std::sync::Mutex::new(HashMap::new()), capacity }
-    }
-
-    /// The claims and `kid` of `token` if it was verified and has not
-    /// expired at `now` (Unix seconds).
-    pub fn get(&self, token: &str, now: i64) -> Option<(Claims, String)> {
-        let entries = self.entries.lock().ok()?;
-        entries.get(token).filter(|(c, _)| c.exp > now).cloned()
-    }
-
-    /// Remembers a verified `token`, signed by key `kid`.
-    pub fn put(&self, token: &str, claims: &Claims, kid: String, now: i64) {
-        let Ok(mut entries) = self.entries.lock() else { return };
-        if entries.len() >= self.capacity {
-            entries.retain(|_, (c, _)| c.exp > now);
-            if entries.len() >= self.capacity {
-                entries.clear();
-            }
-        }
-        entries.insert(token.to_owned(), (claims.clone(), kid));
-    }
-}
-
-/// Seconds since the Unix epoch.
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// How a request presented its access token.
@@ -454,31 +381,6 @@ mod tests {
         let h = headers(&[("cookie", "tg_access=planted-by-a-sibling")]);
         assert_eq!(credential(&h, &policy), None, "secure cookies are read by their prefixed names only");
         assert_eq!(credential(&HeaderMap::new(), &policy), None);
-    }
-
-    #[test]
-    fn verified_tokens_are_remembered_until_they_expire() {
-        let cache = VerifiedTokens::new(2);
-        let claims = |exp| Claims {
-            iss: "taskgate".into(),
-            aud: "taskgate".into(),
-            sub: "u1".into(),
-            exp,
-            iat: 0,
-            nbf: 0,
-            jti: "j".into(),
-            sid: "s".into(),
-        };
-        cache.put("t1", &claims(100), "k1".into(), 10);
-        assert_eq!(cache.get("t1", 50).map(|(c, kid)| (c.sub, kid)), Some(("u1".into(), "k1".into())));
-        assert_eq!(cache.get("t1", 100), None, "expired");
-        assert_eq!(cache.get("t2", 50), None);
-        cache.put("t2", &claims(20), "k1".into(), 10);
-        // Full: the expired entry goes first, the live one stays.
-        cache.put("t3", &claims(100), "k1".into(), 30);
-        assert!(cache.get("t1", 30).is_some());
-        assert!(cache.get("t3", 30).is_some());
-        assert!(cache.get("t2", 30).is_none());
     }
 
     #[test]

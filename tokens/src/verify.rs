@@ -37,7 +37,13 @@ pub struct VerifierConfig {
     /// Longest pause between attempts after failed fetches (the pause
     /// doubles from `min_refetch_interval` with each failure up to this).
     pub max_backoff: Duration,
+    /// How many verified access tokens are remembered, so a client's every
+    /// call does not pay an Ed25519 verification (about 0.5 KiB each).
+    pub verified_tokens: usize,
 }
+
+/// The default of [`VerifierConfig::verified_tokens`].
+pub const DEFAULT_VERIFIED_TOKENS: usize = 10_000;
 
 /// The default of [`VerifierConfig::refresh_interval`]: five minutes.
 pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
@@ -55,6 +61,7 @@ impl VerifierConfig {
             refresh_interval: Some(DEFAULT_REFRESH_INTERVAL),
             fetch_timeout: Duration::from_secs(2),
             max_backoff: Duration::from_secs(30),
+            verified_tokens: DEFAULT_VERIFIED_TOKENS,
         }
     }
 }
@@ -84,9 +91,20 @@ struct Inner {
     /// When the next fetch caused by an unknown `kid` may start, and whether
     /// the last fetch failed; a short-held std mutex, never held across an await.
     schedule: Mutex<Schedule>,
+    /// Access tokens verified before: token -> claims and the signing `kid`.
+    /// A hit skips only the signature and claim checks, which cannot change
+    /// for the same token bytes before `exp`, and only while the signing key
+    /// is still in the key set; revocation is the caller's, on every call.
+    verified: quick_cache::sync::Cache<String, Arc<VerifiedToken>>,
     /// Claim checks shared by both token types.
     validation: Validation,
     config: VerifierConfig,
+}
+
+/// What [`Inner::verified`] keeps of one verified access token.
+struct VerifiedToken {
+    claims: Claims,
+    kid: String,
 }
 
 /// The fetch schedule: success waits `min_refetch_interval`, failures back off.
@@ -117,6 +135,7 @@ impl Verifier {
                 keys: RwLock::new(Arc::new(HashMap::new())),
                 fetching: tokio::sync::Mutex::new(()),
                 schedule: Mutex::new(Schedule::default()),
+                verified: quick_cache::sync::Cache::new(config.verified_tokens.max(1)),
                 validation,
                 config,
             }),
@@ -137,7 +156,17 @@ impl Verifier {
     /// Verifies `token` as a token of `kind`: header (`alg`, `typ`, `kid`),
     /// signature, then `iss`, `aud`, `exp`, `nbf` and the presence of every
     /// claim. Does not check revocation (see [`crate::RevocationCheck`]).
+    /// An access token verified before is answered from memory until its
+    /// `exp`, as long as its signing key is still in the key set.
     pub async fn verify(&self, token: &str, kind: TokenKind) -> Result<Claims, VerifyError> {
+        if kind == TokenKind::Access
+            && let Some(hit) = self.inner.verified.get(token)
+            && hit.claims.exp > unix_now()
+            // A key withdrawn since (dropped from the JWKS) ends its tokens here too.
+            && self.knows(&hit.kid)
+        {
+            return Ok(hit.claims.clone());
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| header_error(token))?;
         if header.alg != ALGORITHM {
             return Err(VerifyError::Algorithm);
@@ -161,6 +190,9 @@ impl Verifier {
         if claims.jti.is_empty() || claims.sid.is_empty() || claims.sub.is_empty() {
             return Err(VerifyError::InvalidClaims);
         }
+        if kind == TokenKind::Access && claims.exp > unix_now() {
+            self.inner.verified.insert(token.to_owned(), Arc::new(VerifiedToken { claims: claims.clone(), kid }));
+        }
         Ok(claims)
     }
 
@@ -177,8 +209,14 @@ impl Verifier {
         self.inner.keys.read().ok().and_then(|keys| keys.get(kid).cloned())
     }
 
-    /// Whether `kid` is in the key set right now (callers that cache verified
-    /// tokens ask this so a withdrawn key's tokens stop being accepted).
+    /// How many verified access tokens are remembered now (bounded by
+    /// [`VerifierConfig::verified_tokens`]).
+    pub fn remembered_tokens(&self) -> usize {
+        self.inner.verified.len()
+    }
+
+    /// Whether `kid` is in the key set right now (a remembered token of a
+    /// withdrawn key stops being accepted).
     pub fn knows(&self, kid: &str) -> bool {
         self.inner.keys.read().is_ok_and(|keys| keys.contains_key(kid))
     }
@@ -276,6 +314,13 @@ async fn refresh_forever(inner: std::sync::Weak<Inner>, every: Duration) {
             }
         };
     }
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Tells a header that names a foreign `alg` (`none`, `HS256`, ...) from one
@@ -481,6 +526,48 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert!(!v.knows("k1"));
         assert!(v.verify(&token, TokenKind::Access).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn an_access_token_is_remembered_until_it_expires_and_never_for_other_bytes() {
+        let k = key("k1");
+        let mut config = VerifierConfig::new("taskgate", "taskgate");
+        config.leeway = Duration::ZERO;
+        let v = Verifier::new(Arc::new(StaticKeySource::new(vec![k.jwk.clone()])), config);
+        let mut c = claims();
+        c.exp = now() + 2;
+        let token = sign(&k, "at+jwt", &c);
+        assert_eq!(v.verify(&token, TokenKind::Access).await, Ok(c.clone()));
+        assert_eq!(v.remembered_tokens(), 1);
+        assert_eq!(v.verify(&token, TokenKind::Access).await, Ok(c.clone()), "from memory");
+        assert_eq!(v.verify(&token, TokenKind::Refresh).await, Err(VerifyError::WrongType), "never for another kind");
+        let parts: Vec<&str> = token.split('.').collect();
+        let forged = format!("{}.{}.{}x", parts[0], parts[1], &parts[2][..parts[2].len() - 1]);
+        assert!(v.verify(&forged, TokenKind::Access).await.is_err(), "other bytes are verified afresh");
+        tokio::time::sleep(Duration::from_millis(3100)).await;
+        assert_eq!(v.verify(&token, TokenKind::Access).await, Err(VerifyError::Expired));
+    }
+
+    #[tokio::test]
+    async fn refresh_tokens_are_never_remembered() {
+        let k = key("k1");
+        let v = verifier(vec![k.jwk.clone()]);
+        assert!(v.verify(&sign(&k, "rt+jwt", &claims()), TokenKind::Refresh).await.is_ok());
+        assert_eq!(v.remembered_tokens(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_memory_of_verified_tokens_is_bounded() {
+        let k = key("k1");
+        let mut config = VerifierConfig::new("taskgate", "taskgate");
+        config.verified_tokens = 16;
+        let v = Verifier::new(Arc::new(StaticKeySource::new(vec![k.jwk.clone()])), config);
+        for i in 0..200 {
+            let mut c = claims();
+            c.jti = format!("j{i}");
+            assert!(v.verify(&sign(&k, "at+jwt", &c), TokenKind::Access).await.is_ok());
+        }
+        assert!(v.remembered_tokens() <= 16, "{} remembered", v.remembered_tokens());
     }
 
     /// A key source that always fails and counts its calls.
