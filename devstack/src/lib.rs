@@ -6,7 +6,8 @@
 //!
 //! # Layout
 //! - [`Postgres`]: an `initdb` cluster under a folder, run with `pg_ctl`.
-//! - [`Redis`]: a `redis-server` with no persistence.
+//! - [`Redis`]: a `redis-server`, without persistence for tests, with an
+//!   append-only file for `cargo xtask run`.
 //! - [`RedisCluster`]: a Redis Cluster of `redis-server --cluster-enabled yes`
 //!   nodes (3 primaries and 3 replicas by default) built with
 //!   `redis-cli --cluster create`.
@@ -179,11 +180,14 @@ impl Drop for Postgres {
     }
 }
 
-/// A `redis-server` owned by this process, on 127.0.0.1, without persistence.
+/// A `redis-server` owned by this process, on 127.0.0.1: without persistence
+/// ([`Redis::start`]) or with an append-only file ([`Redis::start_persistent`]).
 #[derive(Debug)]
 pub struct Redis {
     /// The TCP port on 127.0.0.1.
     port: u16,
+    /// The folder of the append-only file when the server persists its data.
+    data: Option<PathBuf>,
     /// The server process while it runs.
     child: Option<Child>,
     /// Where the server's log goes.
@@ -211,7 +215,23 @@ impl Redis {
             Some(p) => p,
             None => free_port()?,
         };
-        let mut redis = Redis { port, child: None, log: dir.join("redis.log"), cluster: None };
+        let mut redis = Redis { port, data: None, child: None, log: dir.join("redis.log"), cluster: None };
+        redis.start_again()?;
+        Ok(redis)
+    }
+
+    /// Like [`Redis::start`], but the server keeps its data in an append-only
+    /// file under `dir/data` (`appendfsync everysec`), so stopping and
+    /// starting it again, even killed, keeps every acknowledged write: the
+    /// sessions and revocations of a development stack survive a restart.
+    pub fn start_persistent(dir: &Path, port: Option<u16>) -> io::Result<Self> {
+        let data = dir.join("data");
+        fs::create_dir_all(&data)?;
+        let port = match port {
+            Some(p) => p,
+            None => free_port()?,
+        };
+        let mut redis = Redis { port, data: Some(data), child: None, log: dir.join("redis.log"), cluster: None };
         redis.start_again()?;
         Ok(redis)
     }
@@ -222,9 +242,20 @@ impl Redis {
             which("redis-server").ok_or_else(|| io::Error::other("redis-server not found: install redis-server"))?;
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let mut command = Command::new(bin);
-        command
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--daemonize", "no", "--maxclients", "2000"]);
+        command.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""]).args([
+            "--daemonize",
+            "no",
+            "--maxclients",
+            "2000",
+        ]);
+        match &self.data {
+            Some(data) => {
+                command.args(["--appendonly", "yes", "--appendfsync", "everysec", "--dir"]).arg(data);
+            }
+            None => {
+                command.args(["--appendonly", "no"]);
+            }
+        }
         if let Some(ClusterNode { dir, bus_port }) = &self.cluster {
             command
                 .args(["--cluster-enabled", "yes", "--cluster-port", &bus_port.to_string(), "--cluster-config-file"])
@@ -300,6 +331,7 @@ impl RedisCluster {
             fs::create_dir_all(&node_dir)?;
             let bus_port = free_port()?;
             let mut node = Redis {
+                data: None,
                 port,
                 child: None,
                 log: node_dir.join("redis.log"),
@@ -451,6 +483,34 @@ mod tests {
     fn free_port_is_bindable() {
         let port = free_port().expect("a free port");
         assert!(TcpListener::bind(("127.0.0.1", port)).is_ok());
+    }
+
+    #[test]
+    fn a_persistent_redis_keeps_its_data_across_a_kill_and_a_restart() {
+        let dir = std::env::temp_dir().join(format!("devstack-aof-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let mut redis = Redis::start_persistent(&dir, None).expect("a persistent redis");
+        assert_eq!(cli(redis.port(), &["SET", "session", "live"]).expect("set").trim(), "OK");
+        redis.stop().expect("kill");
+        redis.start_again().expect("start again");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let value = loop {
+            // The server answers LOADING while it replays the file.
+            match cli(redis.port(), &["GET", "session"]) {
+                Ok(v) if !v.contains("LOADING") => break v,
+                _ if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
+                other => panic!("no answer after the restart: {other:?}"),
+            }
+        };
+        assert_eq!(value.trim(), "live");
+        drop(redis);
+        let mut plain = Redis::start(&dir.join("plain"), None).expect("a plain redis");
+        assert_eq!(cli(plain.port(), &["SET", "k", "v"]).expect("set").trim(), "OK");
+        plain.stop().expect("kill");
+        plain.start_again().expect("start again");
+        assert_eq!(cli(plain.port(), &["GET", "k"]).expect("get").trim(), "", "a test server keeps nothing");
+        drop(plain);
+        let _ = fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -60,8 +60,9 @@ impl Stores {
             }
             None => {
                 let dir = local.join("redis");
-                devstack::say(&format!("xtask: starting Redis (log in {})", dir.display()));
-                let redis = Redis::start(&dir, port_from_env("TASKGATE_REDIS_PORT")?)
+                devstack::say(&format!("xtask: starting Redis with an append-only file (in {})", dir.display()));
+                // Persistent, so stopping and starting the stack keeps every session and revocation.
+                let redis = Redis::start_persistent(&dir, port_from_env("TASKGATE_REDIS_PORT")?)
                     .map_err(|e| Error::new(format!("starting redis: {e}")))?;
                 (redis.url(0), Some(redis))
             }
