@@ -23,7 +23,7 @@
 //! verified against that address, a replica found through a DNS name against the name (so the
 //! certificates need name the Service, not every pod's address).
 //!
-//! Backends also close each connection after a maximum age (`MAX_CONNECTION_AGE_SECONDS`), so
+//! Backends also close each connection after a maximum age ([`crate::grpc::MAX_CONNECTION_AGE`]), so
 //! long-lived HTTP/2 connections from a client that balances by connection spread over new
 //! replicas after scaling.
 
@@ -137,8 +137,15 @@ impl Replica {
 pub struct BalancedChannel {
     /// tonic's balanced channel (tower p2c over one connection per replica).
     channel: Channel,
+    /// The link to the background task, shared by every clone (one reference count per clone
+    /// and per call, not one per field).
+    probes: Arc<Probes>,
+}
+
+/// How calls reach the task that keeps the replica set.
+struct Probes {
     /// Asks the background task to probe every replica now (a call just failed to reach one).
-    probe_now: Arc<Notify>,
+    now: Arc<Notify>,
     /// Counts the probe rounds applied to the balancer, so a retry can wait for the next one.
     rounds: watch::Receiver<u64>,
 }
@@ -169,22 +176,25 @@ impl BalancedChannel {
                 current.insert(url, replica);
             }
         }
-        let probe_now = Arc::new(Notify::new());
         let (round_done, rounds) = watch::channel(0);
-        tokio::spawn(maintain(targets, template, changes, current, probe_now.clone(), round_done));
-        Ok(BalancedChannel { channel, probe_now, rounds })
+        let probes = Arc::new(Probes { now: Arc::new(Notify::new()), rounds });
+        tokio::spawn(maintain(targets, template, changes, current, probes.now.clone(), round_done));
+        Ok(BalancedChannel { channel, probes })
     }
 
     /// The underlying tonic channel (balanced, without the retry).
     pub fn channel(&self) -> Channel {
         self.channel.clone()
     }
+}
 
+impl Probes {
     /// Has every replica probed now and waits (briefly) until the result is applied, so that a
     /// replica a call just failed to reach is out of the balancer before the next call.
-    async fn reprobe(probe_now: &Notify, mut rounds: watch::Receiver<u64>) {
+    async fn reprobe(&self) {
+        let mut rounds = self.rounds.clone();
         rounds.borrow_and_update();
-        probe_now.notify_one();
+        self.now.notify_one();
         let _ = tokio::time::timeout(PROBE_TIMEOUT * 2, rounds.changed()).await;
     }
 }
@@ -194,7 +204,7 @@ impl From<Channel> for BalancedChannel {
     /// set is maintained, safe calls are still retried once.
     fn from(channel: Channel) -> Self {
         let (_, rounds) = watch::channel(0);
-        BalancedChannel { channel, probe_now: Arc::new(Notify::new()), rounds }
+        BalancedChannel { channel, probes: Arc::new(Probes { now: Arc::new(Notify::new()), rounds }) }
     }
 }
 
@@ -339,14 +349,14 @@ impl Service<http::Request<Body>> for BalancedChannel {
         // The channel that was polled ready takes the first attempt; a clone takes the retry.
         let ready = self.channel.clone();
         let ready = std::mem::replace(&mut self.channel, ready);
-        let (probe_now, rounds) = (self.probe_now.clone(), self.rounds.clone());
+        let probes = self.probes.clone();
         if !SAFE_METHODS.contains(&request.uri().path()) {
             let mut channel = ready;
             return Box::pin(async move {
                 let result = channel.call(request).await;
                 if result.is_err() {
                     // Not retried (it may have run), but the next call should avoid the replica.
-                    probe_now.notify_one();
+                    probes.now.notify_one();
                 }
                 result.map_err(Into::into)
             });
@@ -364,7 +374,7 @@ impl Service<http::Request<Body>> for BalancedChannel {
                 Ok(_) | Err(_) => {}
             }
             tracing::debug!(method = %parts.uri.path(), "safe call unavailable; retrying once");
-            BalancedChannel::reprobe(&probe_now, rounds).await;
+            probes.reprobe().await;
             // The same balanced channel picks again, after the probe took the failed replica out.
             channel.oneshot(rebuild(parts)).await.map_err(Into::into)
         })

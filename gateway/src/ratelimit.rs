@@ -175,7 +175,8 @@ pub struct RateLimiter {
     /// Redis options of the hot path: fail at once while disconnected.
     fail_fast: Options,
     /// SHA1 of the loaded script; empty until the first successful `SCRIPT LOAD`.
-    sha: std::sync::RwLock<String>,
+    /// (A `Str` shares its bytes, so reading it per call allocates nothing.)
+    sha: std::sync::RwLock<fred::bytes_utils::Str>,
     /// The per-replica fallback used while Redis is unreachable.
     local: Local,
     /// The per-replica ceiling of signed-in requests per address.
@@ -200,7 +201,7 @@ impl RateLimiter {
             limit_arg: limit.to_string(),
             window_arg: WINDOW.as_millis().to_string(),
             fail_fast: taskgate_common::redis::fail_fast(),
-            sha: std::sync::RwLock::new(String::new()),
+            sha: std::sync::RwLock::new(fred::bytes_utils::Str::new()),
             local: Local::new(limit),
             per_address: Local::new(limits.per_address.max(1)),
             per_address_limit: limits.per_address.max(1),
@@ -324,7 +325,7 @@ impl RateLimiter {
     async fn load_script(&self) -> Result<String, fred::error::Error> {
         let sha: String = self.redis.next().script_load(SCRIPT).await?;
         if let Ok(mut guard) = self.sha.write() {
-            guard.clone_from(&sha);
+            *guard = sha.clone().into();
         }
         Ok(sha)
     }
