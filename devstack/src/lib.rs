@@ -17,7 +17,7 @@
 
 use std::{
     fs,
-    io::{self, Write as _},
+    io::{self, Read as _, Write as _},
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -69,6 +69,46 @@ fn wait_for_port(port: u16, timeout: Duration) -> io::Result<()> {
         thread::sleep(Duration::from_millis(50));
     }
     Err(io::Error::other(format!("nothing listened on port {port} after {timeout:?}")))
+}
+
+/// How many free ports a server start tries (see [`Redis::launch`]).
+const PORT_ATTEMPTS: usize = 5;
+
+/// Waits until the server on `port` is `child` itself: it answers `INFO server`
+/// with `child`'s process id. A server that exits first (its port was taken)
+/// is an error, and so is a port held by some other server.
+fn wait_for_own_redis(child: &mut Child, port: u16, timeout: Duration) -> io::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            return Err(io::Error::other(format!("redis-server for port {port} exited ({status}); see its log")));
+        }
+        if served_pid(port).is_ok_and(|pid| pid == child.id()) {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Err(io::Error::other(format!("redis-server did not serve port {port} after {timeout:?}")))
+}
+
+/// The process id the Redis server on `port` reports in `INFO server`.
+fn served_pid(port: u16) -> io::Result<u32> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+    stream.write_all(b"INFO server\r\n")?;
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 || reply.len() > 64 * 1024 {
+            return Err(io::Error::other("no process_id in the INFO reply"));
+        }
+        reply.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        if let Some((pid, _)) = text.split("process_id:").nth(1).and_then(|rest| rest.split_once("\r\n")) {
+            return pid.trim().parse().map_err(io::Error::other);
+        }
+    }
 }
 
 /// A PostgreSQL cluster owned by this process, listening on 127.0.0.1.
@@ -211,13 +251,9 @@ impl Redis {
     /// its log goes under `dir`.
     pub fn start(dir: &Path, port: Option<u16>) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
-        let port = match port {
-            Some(p) => p,
-            None => free_port()?,
-        };
-        let mut redis = Redis { port, data: None, child: None, log: dir.join("redis.log"), cluster: None };
-        redis.start_again()?;
-        Ok(redis)
+        Redis::launch(port, |port| {
+            Ok(Redis { port, data: None, child: None, log: dir.join("redis.log"), cluster: None })
+        })
     }
 
     /// Like [`Redis::start`], but the server keeps its data in an append-only
@@ -227,13 +263,30 @@ impl Redis {
     pub fn start_persistent(dir: &Path, port: Option<u16>) -> io::Result<Self> {
         let data = dir.join("data");
         fs::create_dir_all(&data)?;
-        let port = match port {
-            Some(p) => p,
-            None => free_port()?,
-        };
-        let mut redis = Redis { port, data: Some(data), child: None, log: dir.join("redis.log"), cluster: None };
-        redis.start_again()?;
-        Ok(redis)
+        Redis::launch(port, |port| {
+            Ok(Redis { port, data: Some(data.clone()), child: None, log: dir.join("redis.log"), cluster: None })
+        })
+    }
+
+    /// Starts the server `make` describes on `port`, or on a free port when
+    /// `port` is `None`. Another process may take a free port between the
+    /// kernel naming it and the server binding it (the server then exits),
+    /// so a start on a free port tries [`PORT_ATTEMPTS`] fresh ports.
+    fn launch(port: Option<u16>, make: impl Fn(u16) -> io::Result<Redis>) -> io::Result<Redis> {
+        if let Some(port) = port {
+            let mut redis = make(port)?;
+            redis.start_again()?;
+            return Ok(redis);
+        }
+        let mut attempt = 1;
+        loop {
+            let mut redis = make(free_port()?)?;
+            match redis.start_again() {
+                Ok(()) => return Ok(redis),
+                Err(e) if attempt >= PORT_ATTEMPTS => return Err(e),
+                Err(_) => attempt += 1,
+            }
+        }
     }
 
     /// Starts the server again after [`Redis::stop`], on the same port.
@@ -269,8 +322,8 @@ impl Redis {
                 .arg(dir);
         }
         let child = command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).spawn()?;
-        self.child = Some(child);
-        wait_for_port(self.port, Duration::from_secs(10))
+        let child = self.child.insert(child);
+        wait_for_own_redis(child, self.port, Duration::from_secs(10))
     }
 
     /// Kills the server and waits for it to exit.
@@ -326,18 +379,17 @@ impl RedisCluster {
         fs::create_dir_all(dir)?;
         let mut nodes = Vec::new();
         for _ in 0..primaries * (1 + replicas) {
-            let port = free_port()?;
-            let node_dir = dir.join(format!("node-{port}"));
-            fs::create_dir_all(&node_dir)?;
-            let bus_port = free_port()?;
-            let mut node = Redis {
-                data: None,
-                port,
-                child: None,
-                log: node_dir.join("redis.log"),
-                cluster: Some(ClusterNode { dir: node_dir, bus_port }),
-            };
-            node.start_again()?;
+            let node = Redis::launch(None, |port| {
+                let node_dir = dir.join(format!("node-{port}"));
+                fs::create_dir_all(&node_dir)?;
+                Ok(Redis {
+                    data: None,
+                    port,
+                    child: None,
+                    log: node_dir.join("redis.log"),
+                    cluster: Some(ClusterNode { dir: node_dir, bus_port: free_port()? }),
+                })
+            })?;
             nodes.push(node);
         }
         let cluster = RedisCluster { nodes, dir: dir.to_owned() };
@@ -483,6 +535,19 @@ mod tests {
     fn free_port_is_bindable() {
         let port = free_port().expect("a free port");
         assert!(TcpListener::bind(("127.0.0.1", port)).is_ok());
+    }
+
+    #[test]
+    fn a_redis_whose_port_another_process_holds_fails_to_start_instead_of_pointing_at_the_stranger() {
+        let dir = std::env::temp_dir().join(format!("devstack-taken-port-{}", std::process::id()));
+        let stranger = TcpListener::bind("127.0.0.1:0").expect("a listener");
+        let port = stranger.local_addr().expect("its address").port();
+        let err = Redis::start(&dir, Some(port)).expect_err("the port is taken");
+        assert!(err.to_string().contains(&port.to_string()), "{err}");
+        // Started on a free port instead, it serves its own port.
+        let redis = Redis::start(&dir, None).expect("a redis on a free port");
+        assert_eq!(served_pid(redis.port()).expect("INFO server"), redis.child.as_ref().expect("running").id());
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
