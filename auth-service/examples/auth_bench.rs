@@ -11,7 +11,8 @@
 //! `SAMPLES` sequential Refresh calls and `SAMPLES` GetMe calls on one
 //! connection: first idle, then while `FLOODERS` clients on a connection of
 //! their own (as the gateway sends them) log in and register as fast as they
-//! can. Prints p50/p99 of each and what the flood got.
+//! can. Prints p50/p99 of each, what the flood got, and (between the two)
+//! the refresh throughput of 16 sessions rotating at once.
 
 use std::{
     sync::{
@@ -72,6 +73,47 @@ async fn measure(
     Ok(refresh_token)
 }
 
+/// Chains refreshed at once by the throughput phase, one session each.
+const REFRESH_CHAINS: usize = 16;
+/// How long the throughput phase refreshes.
+const REFRESH_FOR: Duration = Duration::from_secs(5);
+
+/// Refreshes/s with `REFRESH_CHAINS` sessions of `name` each rotating as fast
+/// as it can (every rotation a committed Postgres UPDATE and a mirror write).
+async fn refresh_throughput(client: &AuthServiceClient<Channel>, name: &str) -> anyhow::Result<()> {
+    let mut chains = Vec::new();
+    for _ in 0..REFRESH_CHAINS {
+        chains.push(taskgate_test_support::login(client, name).await.refresh_token);
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = chains
+        .into_iter()
+        .map(|mut token| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while started.elapsed() < REFRESH_FOR {
+                    let pair = client.refresh(RefreshRequest { refresh_token: token.clone() }).await;
+                    token = pair.expect("refresh").into_inner().tokens.expect("tokens").refresh_token;
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await?;
+    }
+    println!(
+        "refresh throughput: {:.0} rotations/s ({REFRESH_CHAINS} sessions rotating at once, {} in {:.1} s)",
+        total as f64 / started.elapsed().as_secs_f64(),
+        total,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut settings = Settings::for_tests(
@@ -104,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
             .refresh_token;
     }
     token = measure(&mut client, token, "idle").await?;
+    refresh_throughput(&client, &name).await?;
 
     // The flood logs in as a user of its own: its sessions must not push the
     // measured session out (MAX_SESSIONS_PER_USER ends the oldest).

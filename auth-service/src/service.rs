@@ -22,7 +22,7 @@ use crate::{
     issuer::{PairSpec, TokenIssuer, now_secs},
     keys::KeyStore,
     password::{PasswordHasher, Verified},
-    sessions::{NewSession, RefreshOutcome, SessionStore},
+    sessions::{EndReason, NewSession, RefreshOutcome, SessionStore},
     throttle::{LoginThrottle, Subject},
     users::{NewUser, UserRow, Users},
 };
@@ -203,7 +203,7 @@ impl AuthApi {
         match self.users.get(user.id).await? {
             Some(now) if now.disabled_at.is_none() => {}
             _ => {
-                self.sessions.revoke(&spec.sub, &spec.sid, false).await?;
+                self.sessions.end(&spec.sub, &spec.sid, EndReason::UserDisabled).await?;
                 tracing::info!(user_id = %user.id, "login refused: user disabled while it was checked");
                 return Err(AuthError::InvalidCredentials);
             }
@@ -322,9 +322,9 @@ impl AuthApi {
         self.throttle.succeeded(reservation).await?;
         let hash = self.hasher.hash(self.hasher.slot()?, &new_password).await?;
         self.users.set_password_hash(uid, &hash).await?;
-        let ended = self.sessions.revoke_all(&claims.sub).await?;
+        let ended = self.sessions.end_all(&claims.sub, EndReason::PasswordChanged).await?;
         // The caller's own session may have been missing from the index.
-        self.sessions.revoke(&claims.sub, &claims.sid, false).await?;
+        self.sessions.end(&claims.sub, &claims.sid, EndReason::PasswordChanged).await?;
         let tokens = self.start_session(&user, user_agent, ip).await?;
         tracing::info!(user_id = %uid, sessions = ended, "password changed, every earlier session ended");
         Ok(ChangePasswordResponse { tokens: Some(tokens) })
@@ -335,14 +335,8 @@ impl AuthApi {
             return Err(AuthError::invalid("refresh_token", "must not be empty"));
         }
         let claims = self.verifier.verify(req.refresh_token.trim(), TokenKind::Refresh).await?;
-        let uid = Uuid::parse_str(&claims.sub).map_err(|_| VerifyError::InvalidClaims)?;
-        match self.users.get(uid).await? {
-            Some(user) if user.disabled_at.is_none() => {}
-            _ => {
-                self.sessions.revoke(&claims.sub, &claims.sid, false).await?;
-                return Err(AuthError::SessionRevoked);
-            }
-        }
+        // The session store checks the user is not disabled in the same query
+        // that rotates.
         let next = PairSpec {
             sub: claims.sub.clone(),
             sid: claims.sid.clone(),
@@ -369,16 +363,16 @@ impl AuthApi {
         } else {
             self.verifier.verify(req.refresh_token.trim(), TokenKind::Refresh).await?
         };
-        self.sessions.revoke(&claims.sub, &claims.sid, false).await?;
+        self.sessions.end(&claims.sub, &claims.sid, EndReason::Logout).await?;
         tracing::info!(user_id = %claims.sub, session_id = %claims.sid, "logout");
         Ok(LogoutResponse {})
     }
 
     async fn logout_all(&self, metadata: &MetadataMap) -> Result<LogoutAllResponse, AuthError> {
         let claims = self.caller(metadata).await?;
-        let n = self.sessions.revoke_all(&claims.sub).await?;
+        let n = self.sessions.end_all(&claims.sub, EndReason::LogoutAll).await?;
         // The caller's own session may have been missing from the set.
-        self.sessions.revoke(&claims.sub, &claims.sid, false).await?;
+        self.sessions.end(&claims.sub, &claims.sid, EndReason::LogoutAll).await?;
         tracing::info!(user_id = %claims.sub, sessions = n, "logout from every session");
         Ok(LogoutAllResponse { revoked_sessions: i32::try_from(n).unwrap_or(i32::MAX) })
     }
@@ -420,7 +414,7 @@ impl AuthApi {
         let claims = self.caller(metadata).await?;
         let sid = parse_uuid("id", &req.id)?.to_string();
         // Someone else's session looks exactly like a missing one.
-        if !self.sessions.revoke(&claims.sub, &sid, true).await? {
+        if !self.sessions.end_owned(&claims.sub, &sid, EndReason::RevokedByUser).await? {
             return Err(AuthError::NotFound("session"));
         }
         tracing::info!(user_id = %claims.sub, session_id = %sid, "session revoked by its user");
@@ -445,7 +439,7 @@ impl AuthApi {
         let admin_id = self.admin(metadata).await?;
         let target = parse_uuid("id", &req.id)?;
         let user = self.users.disable(target).await?.ok_or(AuthError::NotFound("user"))?;
-        let n = self.sessions.revoke_all(&user.id.to_string()).await?;
+        let n = self.sessions.end_all(&user.id.to_string(), EndReason::UserDisabled).await?;
         tracing::info!(%admin_id, user_id = %user.id, sessions = n, "user disabled");
         Ok(DisableUserResponse { user: Some(user.to_proto()) })
     }

@@ -142,7 +142,7 @@ async fn bootstrap_admin(
                     .await
                     .map_err(|e| anyhow::anyhow!("storing the admin password: {e}"))?;
                 let ended = sessions
-                    .revoke_all(&user.id.to_string())
+                    .end_all(&user.id.to_string(), crate::sessions::EndReason::PasswordChanged)
                     .await
                     .map_err(|e| anyhow::anyhow!("ending the admin's sessions after a password change: {e}"))?;
                 tracing::info!(user_id = %user.id, sessions = ended, "ADMIN_PASSWORD changed: the bootstrap admin's password follows it, its sessions ended");
@@ -223,6 +223,7 @@ impl Application {
         verifier_config.refresh_interval = Some(settings.key_reload_interval.max(Duration::from_secs(1)));
         let verifier = Verifier::new(Arc::new(KeyStoreSource(keys.clone())), verifier_config);
         let sessions = SessionStore::new(
+            pool.clone(),
             redis.clone(),
             settings.redis_prefix.clone(),
             settings.access_token_ttl + VERIFIER_LEEWAY,
@@ -312,6 +313,10 @@ impl Application {
             self.key_reload_interval.max(Duration::from_secs(1)),
         ));
 
+        // Redis may lose its data at any time: rebuild the sessions' mirror
+        // from Postgres when it does (and once now, if it never was).
+        let mirror = tokio::spawn(self.api.sessions.clone().keep_mirror_whole());
+
         tracing::info!(addr = %self.local_addr, "auth service listening");
         let result = server(self.mtls.as_ref())?
             .add_service(health)
@@ -324,6 +329,7 @@ impl Application {
             .await
             .context("serving gRPC");
         reloader.abort();
+        mirror.abort();
         result
     }
 }

@@ -2,7 +2,9 @@
 //! the same Redis round trip.
 //!
 //! Each request costs one `EVALSHA` of `ratelimit/window.lua`: if the caller's
-//! session has a revocation record the answer is "revoked"; otherwise a
+//! session is not live (its key in the auth service's mirror of live
+//! sessions, [`taskgate_tokens::session_key`], is absent) the answer is
+//! "revoked"; otherwise a
 //! sliding-window log (a ZSET of request times, using Redis' own clock so all
 //! replicas agree) decides whether the request is one of the subject's
 //! `RATE_LIMIT_PER_MINUTE` in the last 60 seconds. The subject is `user:<sub>`
@@ -50,7 +52,7 @@ use governor::{
 };
 use http::{HeaderMap, HeaderValue, header::RETRY_AFTER};
 use taskgate_common::keys;
-use taskgate_tokens::{Claims, RedisFailure, redis_failure, session_revocation_key};
+use taskgate_tokens::{Claims, RedisFailure, redis_failure, session_key};
 use tonic::Status;
 
 use crate::{
@@ -279,7 +281,7 @@ impl RateLimiter {
             let mut keys = Vec::with_capacity(2);
             keys.push(window_key(&self.prefix, subject));
             if let Some((uid, sid)) = session {
-                keys.push(session_revocation_key(&self.prefix, uid, sid));
+                keys.push(session_key(&self.prefix, uid, sid));
             }
             keys
         };

@@ -65,7 +65,7 @@ use fred::{
 use futures::Stream;
 use taskgate_common::keys;
 use taskgate_proto::task::v1::{self as pb, TaskEventType, WatchTasksResponse};
-use taskgate_tokens::{Claims, VerifyError, session_revocation_key};
+use taskgate_tokens::{Claims, VerifyError, session_key};
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::Status;
 use uuid::Uuid;
@@ -115,9 +115,9 @@ return {1, ver}
 ";
 
 /// A stream's periodic check: renews its lease, and answers whether its
-/// session was revoked and the user's current version.
-/// KEYS: watchers, revocation record, version. ARGV: member, lease end ms,
-/// lease ms.
+/// session is still live (its key in the auth service's mirror exists) and
+/// the user's current version.
+/// KEYS: watchers, session, version. ARGV: member, lease end ms, lease ms.
 const CHECK_SCRIPT: &str = r"
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -357,7 +357,7 @@ impl Hub {
             hub: self.clone(),
             owner,
             member,
-            revocation_key: session_revocation_key(&self.prefix, &claims.sub, &claims.sid),
+            session_key: session_key(&self.prefix, &claims.sub, &claims.sid),
             expires_at: claims.exp,
             cursor: if since > 0 { since } else { current },
             sender,
@@ -402,8 +402,8 @@ struct Watcher {
     owner: Uuid,
     /// This stream's member in the user's lease set.
     member: String,
-    /// The session's revocation record.
-    revocation_key: String,
+    /// The session's key in the mirror of live sessions.
+    session_key: String,
     /// When the access token expires (unix seconds).
     expires_at: i64,
     /// The last version sent (or the starting point).
@@ -528,7 +528,7 @@ impl Watcher {
     async fn check(&mut self) -> Result<(), End> {
         let lease = self.hub.config.check_interval.max(LEASE);
         let keys =
-            vec![self.hub.key(self.owner, "watchers"), self.revocation_key.clone(), self.hub.key(self.owner, "ver")];
+            vec![self.hub.key(self.owner, "watchers"), self.session_key.clone(), self.hub.key(self.owner, "ver")];
         let args =
             vec![self.member.clone(), (now_ms() + lease.as_millis() as i64).to_string(), lease.as_millis().to_string()];
         let reply: Value = match self.hub.redis.next_connected().eval(CHECK_SCRIPT, keys, args).await {
@@ -540,7 +540,7 @@ impl Watcher {
             }
         };
         let mut parts = reply.into_array().into_iter();
-        if parts.next().and_then(|v| v.as_i64()) == Some(1) {
+        if parts.next().and_then(|v| v.as_i64()) == Some(0) {
             return Err(TaskError::Unauthenticated(VerifyError::Revoked).into());
         }
         match parts.next().and_then(|v| v.as_i64()) {

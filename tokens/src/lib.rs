@@ -6,8 +6,8 @@
 //! - [`jwks`]: where public keys come from ([`KeySource`]) and the in-memory
 //!   key cache that refetches on an unknown `kid`.
 //! - [`verify`]: [`Verifier`], signature and claim checks (RFC 8725).
-//! - [`revocation`]: the Redis record that kills a session's access tokens
-//!   at once, and the one-round-trip check against it.
+//! - [`revocation`]: the allow-list of live sessions in Redis that ends a
+//!   session's access tokens at once, and the one-round-trip check against it.
 //! - [`error`]: [`VerifyError`] and its mapping to `tonic::Status`.
 
 pub mod claims;
@@ -19,5 +19,5 @@ pub mod verify;
 pub use claims::{Claims, TokenKind};
 pub use error::VerifyError;
 pub use jwks::{GrpcKeySource, KeySource, StaticKeySource};
-pub use revocation::{RedisFailure, RevocationCheck, RevocationPolicy, redis_failure, session_revocation_key};
+pub use revocation::{RedisFailure, RevocationCheck, RevocationPolicy, redis_failure, session_key};
 pub use verify::{Verifier, VerifierConfig, bearer_token};

@@ -1,22 +1,25 @@
-//! Immediate revocation of access tokens.
+//! Immediate revocation of access tokens: an allow-list of live sessions.
 //!
-//! When a session ends (logout, logout-all, reuse detection, a disabled
-//! user), the auth service writes `{prefix}{u:<uid>}:revoked:<sid>` with a TTL of
-//! the longest access-token lifetime: after that every access token of the
-//! session has expired anyway, so the record can go. Verifiers reject an
-//! access token whose session has such a record: one `EXISTS` per request,
-//! which the gateway folds into its rate-limit script (see
-//! [`session_revocation_key`]).
+//! The auth service keeps a mirror of every live session in Redis at
+//! `{prefix}{u:<uid>}:sess:<sid>` ([`session_key`]) and deletes it when the
+//! session ends (logout, logout-all, reuse detection, a disabled user).
+//! Verifiers accept an access token only while its session's key exists:
+//! one `EXISTS` per request, which the gateway folds into its rate-limit
+//! script. Checking that a session is live, rather than that it was not
+//! revoked, means a Redis that lost its data (restarted empty, failed over
+//! to a lagging replica, flushed) makes verifiers refuse tokens until the
+//! auth service rebuilds the mirror from Postgres, never accept revoked ones
+//! (auth-service/README.md, "Sessions").
 
 use fred::prelude::*;
 
 use crate::{Claims, VerifyError};
 
-/// The Redis key that marks session `sid` of user `uid` as revoked:
-/// `{prefix}{u:<uid>}:revoked:<sid>`, under the user's hash tag so it shares a
+/// The Redis key that exists while session `sid` of user `uid` is live:
+/// `{prefix}{u:<uid>}:sess:<sid>`, under the user's hash tag so it shares a
 /// Redis Cluster slot with the user's other keys (docs/redis-keys.md).
-pub fn session_revocation_key(prefix: &str, uid: &str, sid: &str) -> String {
-    taskgate_common::keys::user_key(prefix, uid, &format!("revoked:{sid}"))
+pub fn session_key(prefix: &str, uid: &str, sid: &str) -> String {
+    taskgate_common::keys::user_key(prefix, uid, &format!("sess:{sid}"))
 }
 
 /// What to do when Redis cannot answer the revocation check.
@@ -66,7 +69,7 @@ pub fn redis_failure(client: &impl ClientLike, error: &fred::error::Error) -> Re
     }
 }
 
-/// Checks tokens against the revocation records in Redis.
+/// Checks that a token's session is live in the Redis mirror.
 #[derive(Clone)]
 pub struct RevocationCheck {
     /// The shared Redis pool.
@@ -83,18 +86,18 @@ impl RevocationCheck {
         RevocationCheck { redis, prefix: prefix.into(), policy }
     }
 
-    /// Err([`VerifyError::Revoked`]) if the token's session was revoked.
+    /// Err([`VerifyError::Revoked`]) unless the token's session is live.
     pub async fn check(&self, claims: &Claims) -> Result<(), VerifyError> {
         if self.policy == RevocationPolicy::FailOpen && !taskgate_common::redis::is_up(&self.redis) {
             tracing::debug!("revocation check skipped: redis is not connected");
             return Ok(());
         }
-        let key = session_revocation_key(&self.prefix, &claims.sub, &claims.sid);
+        let key = session_key(&self.prefix, &claims.sub, &claims.sid);
         let client = self.redis.next();
         let redis = client.with_options(&taskgate_common::redis::fail_fast());
         match redis.exists::<i64, _>(key).await {
-            Ok(0) => Ok(()),
-            Ok(_) => Err(VerifyError::Revoked),
+            Ok(0) => Err(VerifyError::Revoked),
+            Ok(_) => Ok(()),
             Err(e) => match (self.policy, redis_failure(client, &e)) {
                 (RevocationPolicy::FailOpen, RedisFailure::Unreachable) => {
                     tracing::debug!(error = %e, "revocation check skipped: redis unreachable");

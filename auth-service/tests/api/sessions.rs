@@ -256,5 +256,48 @@ return out
         kinds.insert(kind);
     }
     let kinds: Vec<&str> = kinds.iter().map(String::as_str).collect();
-    assert_eq!(kinds, ["register", "revoked", "sess", "sessions", "throttle"]);
+    assert_eq!(kinds, ["ended", "register", "sess", "sessions", "throttle"]);
+}
+
+/// The session's durable row: current and previous refresh jti, and when and
+/// why it ended.
+async fn session_row(app: &TestApp, sid: &str) -> (String, Option<String>, Option<String>) {
+    sqlx::query_as("SELECT current_jti, previous_jti, revoked_reason FROM sessions WHERE id = $1::uuid")
+        .bind(sid)
+        .fetch_one(&app.db)
+        .await
+        .expect("the session's row")
+}
+
+#[tokio::test]
+async fn every_rotation_and_every_end_is_in_postgres_before_the_caller_hears_of_it() {
+    let app = spawn_app().await;
+    let (_, first) = app.user_with_session().await;
+    let claims = jwt_claims(&first.refresh_token);
+    let sid = claims["sid"].as_str().expect("sid").to_owned();
+    assert_eq!(session_row(&app, &sid).await, (claims["jti"].as_str().expect("jti").to_owned(), None, None));
+
+    let second = refresh(&app, &first.refresh_token).await.expect("rotation");
+    let (current, previous, ended) = session_row(&app, &sid).await;
+    assert_eq!(current, jwt_claims(&second.refresh_token)["jti"].as_str().expect("jti"));
+    assert_eq!(previous.as_deref(), claims["jti"].as_str());
+    assert_eq!(ended, None);
+
+    // Reuse of a token two rotations old ends the family, for good.
+    let third = refresh(&app, &second.refresh_token).await.expect("second rotation");
+    refresh(&app, &first.refresh_token).await.expect_err("reuse");
+    assert_eq!(session_row(&app, &sid).await.2.as_deref(), Some("refresh_reuse"));
+    assert_session_dead(&app, &third).await;
+
+    // A logout is recorded with its reason; a second one changes nothing.
+    let (_, other) = app.user_with_session().await;
+    let other_sid = jwt_claims(&other.refresh_token)["sid"].as_str().expect("sid").to_owned();
+    for _ in 0..2 {
+        app.client
+            .clone()
+            .logout(LogoutRequest { refresh_token: other.refresh_token.clone() })
+            .await
+            .expect("logout");
+    }
+    assert_eq!(session_row(&app, &other_sid).await.2.as_deref(), Some("logout"));
 }

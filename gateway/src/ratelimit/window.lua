@@ -1,15 +1,17 @@
 -- One request's rate-limit decision and revocation check, atomically.
 --
 -- KEYS[1]  the subject's sliding-window log, a ZSET of request times (ms)
--- KEYS[2]  optional: the session's revocation record
+-- KEYS[2]  optional: the session's key in the auth service's mirror of live
+--          sessions (an allow-list: absent means ended, or lost with Redis's
+--          data and not yet rebuilt; either way the token is refused)
 -- ARGV[1]  the limit (requests per window)
 -- ARGV[2]  the window in milliseconds
 -- ARGV[3]  a random token that makes this request's log entry unique
 --
 -- Returns {outcome, remaining, reset_ms}: outcome 0 = allowed, 1 = over the
--- limit, 2 = session revoked; reset_ms = time until the oldest logged request
+-- limit, 2 = session not live; reset_ms = time until the oldest logged request
 -- leaves the window (a slot frees).
-if #KEYS > 1 and redis.call('EXISTS', KEYS[2]) == 1 then
+if #KEYS > 1 and redis.call('EXISTS', KEYS[2]) == 0 then
   return {2, 0, 0}
 end
 local limit = tonumber(ARGV[1])

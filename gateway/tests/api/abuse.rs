@@ -147,7 +147,7 @@ async fn idle_and_slow_connections_are_closed_while_healthz_keeps_answering() {
 #[tokio::test]
 async fn a_logged_out_token_is_refused_while_redis_answers_errors() {
     let mut redis = taskgate_test_support::PrivateRedis::start();
-    let stack = spawn_stack_with(StackOptions { gateway_redis_url: Some(redis.url()), ..Default::default() }).await;
+    let stack = spawn_stack_with(StackOptions { redis_url: Some(redis.url()), ..Default::default() }).await;
     let alice = stack.user().await;
     let list = |token: String| {
         let client = stack.task_a.clone();

@@ -22,9 +22,6 @@ pub use taskgate_test_support::{PASSWORD, bearer, username};
 /// How a stack differs from the default one.
 #[derive(Debug, Clone)]
 pub struct StackOptions {
-    /// Redis for the two gateways only (the services keep the shared test
-    /// Redis); set to a [`taskgate_test_support::PrivateRedis`] to stop it mid-test.
-    pub gateway_redis_url: Option<String>,
     /// Where the gateways send TaskService calls instead of the real task
     /// service (a recording fake, say).
     pub task_url: Option<String>,
@@ -50,12 +47,17 @@ pub struct StackOptions {
     /// name (`localhost`, re-resolved by the balancer) and, for both
     /// gateways, every task replica in one comma-separated list.
     pub balanced: bool,
+    /// Redis for every service (they share it: the gateways read the auth
+    /// service's mirror of live sessions); the shared test Redis if unset.
+    /// Set to a [`taskgate_test_support::PrivateRedis`] to stop it mid-test.
+    pub redis_url: Option<String>,
+    /// Any other change to the auth service's settings.
+    pub auth: fn(&mut auth_service::Settings),
 }
 
 impl Default for StackOptions {
     fn default() -> Self {
         StackOptions {
-            gateway_redis_url: None,
             task_url: None,
             rate_limit_per_minute: 100,
             cors_allowed_origins: "*".into(),
@@ -66,6 +68,8 @@ impl Default for StackOptions {
             task_replicas: 1,
             max_watch_streams: 10_000,
             balanced: false,
+            redis_url: None,
+            auth: |_| {},
         }
     }
 }
@@ -151,7 +155,7 @@ where
 pub async fn spawn_stack_with(options: StackOptions) -> TestStack {
     taskgate_test_support::init_test_logging();
     let database_url = taskgate_test_support::fresh_database().await;
-    let redis_url = taskgate_test_support::redis_url();
+    let redis_url = options.redis_url.clone().unwrap_or_else(taskgate_test_support::redis_url);
     let prefix = taskgate_test_support::unique_prefix();
     let mut stop = Vec::new();
 
@@ -160,6 +164,7 @@ pub async fn spawn_stack_with(options: StackOptions) -> TestStack {
     let mut auth_settings = auth_service::Settings::for_tests(database_url.clone(), redis_url.clone(), prefix.clone());
     auth_settings.mtls = mtls("auth");
     auth_settings.key_reload_interval = Duration::from_secs(options.key_refresh_seconds);
+    (options.auth)(&mut auth_settings);
     let auth = auth_service::Application::build(auth_settings.clone()).await.expect("building the auth service");
     let auth_addr = auth.local_addr();
     stop.push(serve(|s| auth.run_until_stopped(s)));
@@ -182,7 +187,6 @@ pub async fn spawn_stack_with(options: StackOptions) -> TestStack {
     }
     let task_addr = task_addrs[0];
 
-    let gateway_redis = options.gateway_redis_url.clone().unwrap_or(redis_url);
     let mut gateways = Vec::new();
     let mut admins = Vec::new();
     for i in 0..2 {
@@ -193,8 +197,7 @@ pub async fn spawn_stack_with(options: StackOptions) -> TestStack {
             let replica = if i == 0 { task_addrs[0] } else { task_addrs[task_addrs.len() - 1] };
             format!("http://{replica}")
         });
-        let mut settings =
-            gateway::Settings::for_tests(auth_url.clone(), task_url, gateway_redis.clone(), prefix.clone());
+        let mut settings = gateway::Settings::for_tests(auth_url.clone(), task_url, redis_url.clone(), prefix.clone());
         settings.max_watch_streams = options.max_watch_streams;
         settings.rate_limit_per_minute = options.rate_limit_per_minute;
         settings.cors_allowed_origins = options.cors_allowed_origins.clone();

@@ -142,7 +142,7 @@ async fn anonymous_callers_are_limited_per_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_redis_each_replica_limits_locally_and_recovers() {
     let mut redis = taskgate_test_support::PrivateRedis::start();
-    let stack = spawn_stack_with(StackOptions { gateway_redis_url: Some(redis.url()), ..Default::default() }).await;
+    let stack = spawn_stack_with(StackOptions { redis_url: Some(redis.url()), ..Default::default() }).await;
     let alice = stack.user().await;
     stack.task_a.clone().list_tasks(bearer(ListTasksRequest::default(), alice.access())).await.expect("with redis");
 

@@ -98,6 +98,8 @@ async fn an_expired_token_is_unauthenticated() {
     claims.exp = chrono::Utc::now().timestamp() - 120;
     claims.iat = claims.exp - 900;
     claims.nbf = claims.iat;
+    // A live session, so only the claim itself can be what is refused.
+    app.start_session(&claims).await;
     let token = app.issuer().sign(&claims, "at+jwt");
     every_rpc_is_unauthenticated(&app, || Some(token.clone())).await;
 }
@@ -107,10 +109,14 @@ async fn a_wrong_audience_or_issuer_is_unauthenticated() {
     let app = spawn_app_minting().await;
     let mut claims = app.issuer().claims(uuid::Uuid::new_v4());
     claims.aud = "someone-else".into();
+    // A live session, so only the claim itself can be what is refused.
+    app.start_session(&claims).await;
     let foreign = app.issuer().sign(&claims, "at+jwt");
     every_rpc_is_unauthenticated(&app, || Some(foreign.clone())).await;
     let mut claims = app.issuer().claims(uuid::Uuid::new_v4());
     claims.iss = "evil".into();
+    // A live session, so only the claim itself can be what is refused.
+    app.start_session(&claims).await;
     let forged = app.issuer().sign(&claims, "at+jwt");
     every_rpc_is_unauthenticated(&app, || Some(forged.clone())).await;
 }
@@ -120,6 +126,8 @@ async fn a_subject_that_is_not_a_user_id_is_unauthenticated() {
     let app = spawn_app_minting().await;
     let mut claims = app.issuer().claims(uuid::Uuid::new_v4());
     claims.sub = "admin".into();
+    // A live session, so only the claim itself can be what is refused.
+    app.start_session(&claims).await;
     let token = app.issuer().sign(&claims, "at+jwt");
     every_rpc_is_unauthenticated(&app, || Some(token.clone())).await;
     // And a minted token that is right in every way is accepted.

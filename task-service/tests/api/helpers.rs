@@ -175,13 +175,27 @@ impl TestApp {
     /// the auth service, or minted.
     pub async fn user(&self) -> TestUser {
         match &self.tokens {
-            Tokens::Minted(issuer) => issuer.user(),
+            Tokens::Minted(issuer) => {
+                let id = Uuid::new_v4();
+                let claims = issuer.claims(id);
+                self.start_session(&claims).await;
+                TestUser { id, token: issuer.sign(&claims, "at+jwt") }
+            }
             Tokens::AuthService(client) => {
                 let (user, tokens) =
                     taskgate_test_support::register_and_login(client, &taskgate_test_support::username()).await;
                 TestUser { id: Uuid::parse_str(&user.id).expect("user id"), token: tokens.access_token }
             }
         }
+    }
+
+    /// Makes the session of `claims` live the way the auth service does (its
+    /// key in the mirror of live sessions), so verifiers accept its tokens.
+    pub async fn start_session(&self, claims: &Claims) {
+        let key = taskgate_tokens::session_key(&self.redis_prefix, &claims.sub, &claims.sid);
+        let redis = self.redis().await;
+        let _: () = redis.hset(&key, ("uid", claims.sub.as_str())).await.expect("HSET session");
+        let _: () = redis.expire(&key, 3600, None).await.expect("EXPIRE session");
     }
 
     /// The in-test issuer (only for [`spawn_app_minting`]).
@@ -409,13 +423,6 @@ impl Issuer {
     /// Signs `claims` with header `typ`.
     pub fn sign(&self, claims: &Claims, typ: &str) -> String {
         sign_with(&self.kid, &self.encoding, claims, typ)
-    }
-
-    /// A new user with a valid access token.
-    pub fn user(&self) -> TestUser {
-        let id = Uuid::new_v4();
-        let claims = self.claims(id);
-        TestUser { id, token: self.sign(&claims, "at+jwt") }
     }
 }
 

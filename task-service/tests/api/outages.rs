@@ -42,6 +42,11 @@ async fn with_redis_stopped_every_rpc_still_works_and_the_cache_comes_back_never
     assert_eq!(app.metrics.cache_outages(), outages + 1);
 
     redis.restart();
+    // The restarted Redis is empty: sessions are refused (never accepted
+    // unchecked) until the auth service rebuilds their mirror from Postgres,
+    // about a second.
+    let session_back = eventually(Duration::from_secs(10), || async { app.get(&user, &first.id).await.is_ok() }).await;
+    assert!(session_back, "the session's mirror was not rebuilt");
     // The cache is used again by itself, and what it serves reflects every
     // write made while it was away.
     let hits = app.metrics.cache_hits();
