@@ -3,7 +3,8 @@
 //!
 //! One module per feature: native gRPC forwarding, gRPC-web, authentication
 //! at the edge, the fleet-wide rate limit, the plain HTTP endpoints, TLS,
-//! and the attacks the public port must hold against (`abuse`).
+//! backend connections failing under calls (`transport`), and the attacks
+//! the public port must hold against (`abuse`).
 
 mod abuse;
 mod edge_auth;
@@ -16,4 +17,5 @@ mod openapi;
 mod ratelimit;
 mod rest;
 mod tls;
+mod transport;
 mod watch;
