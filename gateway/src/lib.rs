@@ -11,6 +11,8 @@
 //! - [`ratelimit`]: the Redis sliding-window limit with revocation check, and
 //!   the local fallback.
 //! - [`proxy`]: the gRPC services as forwarding proxies to the backends.
+//! - [`upstream`]: the backend channels, where a failed connection becomes
+//!   UNAVAILABLE and is logged once per incident.
 //! - [`rest`]: REST/JSON routes transcoded to the backends' gRPC APIs, the
 //!   JSON error shape, OpenAPI document and docs page.
 //! - [`edge`]: `/healthz`, `/readyz`, `/demo`, request ids, the request timeout.
@@ -31,6 +33,7 @@ pub mod settings;
 pub mod stack;
 pub mod startup;
 pub mod tls;
+pub mod upstream;
 pub mod watch;
 
 pub use settings::Settings;

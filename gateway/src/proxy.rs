@@ -78,7 +78,8 @@ pub fn outbound<T>(request: Request<T>) -> Result<(Request<T>, Option<Instant>),
 
 /// Awaits the backend call within `deadline`, counts it, and returns its
 /// outcome unchanged but for metadata of the hop itself. A call the deadline
-/// cut short answers DEADLINE_EXCEEDED (tonic's client says CANCELLED).
+/// cut short answers DEADLINE_EXCEEDED (tonic's client says CANCELLED); one
+/// whose connection failed answers UNAVAILABLE ([`crate::upstream`]).
 pub async fn finish<T>(
     metrics: &Metrics,
     service: &'static str,
@@ -108,8 +109,13 @@ pub async fn finish<T>(
     };
     let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
     metrics.upstream(service, method, code);
-    if matches!(code, Code::Unavailable | Code::Unknown | Code::Internal) {
-        tracing::warn!(service, method, ?code, "backend call failed");
+    match &result {
+        // Logged once per incident where the connection failed (crate::upstream).
+        Err(status) if crate::upstream::is_connection_failure(status) => {}
+        Err(_) if matches!(code, Code::Unavailable | Code::Unknown | Code::Internal) => {
+            tracing::warn!(service, method, ?code, "backend call failed");
+        }
+        _ => {}
     }
     result
 }

@@ -27,13 +27,13 @@ mod routes;
 pub mod watch;
 
 use axum::{Router, routing::get};
-use taskgate_common::balance::BalancedChannel;
 use taskgate_proto::{
     HTTP_RULES, auth::v1::auth_service_client::AuthServiceClient, task::v1::task_service_client::TaskServiceClient,
 };
 
 use crate::{
     rest::routes::{Backends, axum_path, binding_for, method_filter},
+    upstream::Upstream,
     watch::WatchSlots,
 };
 
@@ -53,8 +53,8 @@ use crate::{
 /// `watch` bounds the WatchTasks streams this replica serves, together with
 /// the gRPC proxy's.
 pub fn router(
-    auth: AuthServiceClient<BalancedChannel>,
-    task: TaskServiceClient<BalancedChannel>,
+    auth: AuthServiceClient<Upstream>,
+    task: TaskServiceClient<Upstream>,
     cookies: cookies::CookiePolicy,
     watch: WatchSlots,
 ) -> Router {
@@ -66,9 +66,9 @@ pub fn router(
 /// flood of them never queues cheap auth calls behind it on one HTTP/2
 /// connection.
 pub fn router_with_hashing_client(
-    auth: AuthServiceClient<BalancedChannel>,
-    auth_hashing: AuthServiceClient<BalancedChannel>,
-    task: TaskServiceClient<BalancedChannel>,
+    auth: AuthServiceClient<Upstream>,
+    auth_hashing: AuthServiceClient<Upstream>,
+    task: TaskServiceClient<Upstream>,
     cookies: cookies::CookiePolicy,
     watch: WatchSlots,
 ) -> Router {
@@ -115,10 +115,10 @@ mod tests {
         let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9")
             .connect_timeout(std::time::Duration::from_millis(200))
             .connect_lazy();
-        let channel = BalancedChannel::from(channel);
+        let channel = taskgate_common::balance::BalancedChannel::from(channel);
         router(
-            AuthServiceClient::new(channel.clone()),
-            TaskServiceClient::new(channel),
+            AuthServiceClient::new(Upstream::new("auth", channel.clone())),
+            TaskServiceClient::new(Upstream::new("task", channel)),
             cookies::CookiePolicy::new(true, None),
             WatchSlots::new(10),
         )

@@ -10,10 +10,11 @@ use axum::{
 use http::{HeaderName, HeaderValue, Method, Request};
 use tower::ServiceBuilder;
 use tower_http::{
+    classify::ServerErrorsFailureClass,
     cors::{AllowOrigin, CorsLayer},
     trace::{DefaultOnResponse, TraceLayer},
 };
-use tracing::Level;
+use tracing::{Level, Span};
 
 use crate::{
     auth::{self, EdgeAuth},
@@ -50,7 +51,12 @@ pub fn apply(router: Router, parts: Parts) -> Router {
         .layer(from_fn(edge::request_id))
         // One span per request, with the id, around everything that can log; one
         // INFO line per response is the access log.
-        .layer(TraceLayer::new_for_http().make_span_with(span).on_response(DefaultOnResponse::new().level(Level::INFO)))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(span)
+                .on_response(DefaultOnResponse::new().level(Level::INFO))
+                .on_failure(on_failure),
+        )
         // Preflights are answered here, before authentication; CORS headers go on every answer.
         .layer(cors(&parts.cors_allowed_origins))
         // Strips client-supplied identity headers and verifies the token.
@@ -68,6 +74,18 @@ pub fn apply(router: Router, parts: Parts) -> Router {
 fn span<B>(request: &Request<B>) -> tracing::Span {
     let id = request.headers().get(edge::REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
     tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+}
+
+/// A REST 5xx (or a body that failed) at ERROR, but for 503: those are
+/// answered on purpose (a backend unreachable, load shed, the rate-limit
+/// store down), each logged with its cause where it arises, once per
+/// incident, and the access log line has every one.
+fn on_failure(class: ServerErrorsFailureClass, latency: Duration, _span: &Span) {
+    if matches!(class, ServerErrorsFailureClass::StatusCode(status) if status == http::StatusCode::SERVICE_UNAVAILABLE)
+    {
+        return;
+    }
+    tracing::error!(classification = %class, latency_ms = latency.as_millis(), "response failed");
 }
 
 /// CORS: any origin reflected without credentials for `*`, or the listed

@@ -29,6 +29,7 @@ use crate::{
     rest::{self, cookies::CookiePolicy},
     serve::{self, ConnectionLimits},
     stack, tls,
+    upstream::Upstream,
     watch::WatchSlots,
 };
 
@@ -80,8 +81,10 @@ impl Application {
         // balanced channel of their own (their own connection to every
         // replica): a flood of them must not queue Refresh, Logout or GetMe
         // behind it on one HTTP/2 connection.
-        let auth_hashing =
-            AuthServiceClient::new(channel(&settings.auth_url, mtls.as_ref()).context("AUTH_SERVICE_URL")?);
+        let auth_upstream = Upstream::new("auth", auth_channel.clone());
+        let auth_hashing = AuthServiceClient::new(
+            auth_upstream.sharing_incidents(channel(&settings.auth_url, mtls.as_ref()).context("AUTH_SERVICE_URL")?),
+        );
         let task_channel = channel(&settings.task_url, mtls.as_ref()).context("TASK_SERVICE_URL")?;
         let redis = taskgate_common::redis::connect(&settings.redis_url, REDIS_POOL_SIZE).await?;
         let metrics = Metrics::new();
@@ -100,8 +103,8 @@ impl Application {
         .await;
         let cookies = CookiePolicy::new(settings.cookie_secure, settings.csrf_secret.as_ref());
 
-        let auth_client = AuthServiceClient::new(auth_channel.clone());
-        let task_client = TaskServiceClient::new(task_channel.clone());
+        let auth_client = AuthServiceClient::new(auth_upstream);
+        let task_client = TaskServiceClient::new(Upstream::new("task", task_channel.clone()));
         let watch = WatchSlots::new(settings.max_watch_streams as usize);
         let (grpc, health) = grpc_routes(
             AuthProxy::new(auth_client.clone(), auth_hashing.clone(), metrics.clone()),

@@ -9,7 +9,9 @@
 //! - its own Redis key prefix ([`unique_prefix`]) on the shared server;
 //! - when it needs to stop a server mid-test, a private one
 //!   ([`PrivateRedis`], [`PrivatePostgres`]), or a private Redis Cluster
-//!   whose primaries it can kill ([`PrivateRedisCluster`]).
+//!   whose primaries it can kill ([`PrivateRedisCluster`]);
+//! - when it needs a backend's connections to fail mid-call, a TCP proxy in
+//!   front of the backend that it can cut ([`CuttableProxy`]).
 //!
 //! `cargo xtask test` runs the Redis-touching integration tests twice: once
 //! with `TASKGATE_TEST_REDIS_URL` naming a single Redis, once naming a Redis
@@ -19,7 +21,12 @@
 //! are thrown away with the run), so nothing scans or deletes across nodes.
 //!
 //! # Layout
-//! Everything is in this file; it is small on purpose.
+//! Everything is in this file, but for [`proxy`] (the cuttable proxy); it is
+//! small on purpose.
+
+pub mod proxy;
+
+pub use proxy::{Cut, CuttableProxy};
 
 use std::time::Duration;
 

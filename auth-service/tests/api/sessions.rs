@@ -293,11 +293,7 @@ async fn every_rotation_and_every_end_is_in_postgres_before_the_caller_hears_of_
     let (_, other) = app.user_with_session().await;
     let other_sid = jwt_claims(&other.refresh_token)["sid"].as_str().expect("sid").to_owned();
     for _ in 0..2 {
-        app.client
-            .clone()
-            .logout(LogoutRequest { refresh_token: other.refresh_token.clone() })
-            .await
-            .expect("logout");
+        app.client.clone().logout(LogoutRequest { refresh_token: other.refresh_token.clone() }).await.expect("logout");
     }
     assert_eq!(session_row(&app, &other_sid).await.2.as_deref(), Some("logout"));
 }

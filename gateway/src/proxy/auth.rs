@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use taskgate_common::balance::BalancedChannel;
 use taskgate_proto::auth::v1::{
     ChangePasswordRequest, ChangePasswordResponse, DisableUserRequest, DisableUserResponse, EnableUserRequest,
     EnableUserResponse, GetJwksRequest, GetJwksResponse, GetMeRequest, GetMeResponse, ListSessionsRequest,
@@ -12,17 +11,17 @@ use taskgate_proto::auth::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::{metrics::Metrics, proxy::forward};
+use crate::{metrics::Metrics, proxy::forward, upstream::Upstream};
 
 /// The auth service as the gateway serves it: every RPC forwarded.
 #[derive(Clone)]
 pub struct AuthProxy {
     /// Client on the channel balanced over the auth replicas, for the cheap calls.
-    client: AuthServiceClient<BalancedChannel>,
+    client: AuthServiceClient<Upstream>,
     /// Client on a second balanced channel (connections of its own to every
     /// replica), for the calls that hash a password (Register, Login,
     /// ChangePassword), so they never hold up cheap ones.
-    hashing: AuthServiceClient<BalancedChannel>,
+    hashing: AuthServiceClient<Upstream>,
     /// Where forwarded calls are counted.
     metrics: Arc<Metrics>,
 }
@@ -31,8 +30,8 @@ impl AuthProxy {
     /// A proxy forwarding cheap calls through `client` and password-hashing
     /// ones through `hashing`.
     pub fn new(
-        client: AuthServiceClient<BalancedChannel>,
-        hashing: AuthServiceClient<BalancedChannel>,
+        client: AuthServiceClient<Upstream>,
+        hashing: AuthServiceClient<Upstream>,
         metrics: Arc<Metrics>,
     ) -> Self {
         AuthProxy { client, hashing, metrics }

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use taskgate_common::balance::BalancedChannel;
 use taskgate_proto::task::v1::{
     CreateTaskRequest, CreateTaskResponse, DeleteTaskRequest, DeleteTaskResponse, GetTaskRequest, GetTaskResponse,
     ListTasksRequest, ListTasksResponse, UpdateTaskRequest, UpdateTaskResponse, WatchTasksRequest, WatchTasksResponse,
@@ -13,6 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::{
     metrics::Metrics,
     proxy::forward,
+    upstream::Upstream,
     watch::{Held, WatchSlots},
 };
 
@@ -20,7 +20,7 @@ use crate::{
 #[derive(Clone)]
 pub struct TaskProxy {
     /// Client on the channel balanced over the task replicas.
-    client: TaskServiceClient<BalancedChannel>,
+    client: TaskServiceClient<Upstream>,
     /// Where forwarded calls are counted.
     metrics: Arc<Metrics>,
     /// This replica's open-stream bound.
@@ -30,7 +30,7 @@ pub struct TaskProxy {
 impl TaskProxy {
     /// A proxy forwarding through `client`, with at most `watch`'s number of
     /// WatchTasks streams open at once.
-    pub fn new(client: TaskServiceClient<BalancedChannel>, metrics: Arc<Metrics>, watch: WatchSlots) -> Self {
+    pub fn new(client: TaskServiceClient<Upstream>, metrics: Arc<Metrics>, watch: WatchSlots) -> Self {
         TaskProxy { client, metrics, watch }
     }
 }

@@ -1,12 +1,13 @@
 //! The single JSON error shape of the REST surface: the JSON form of
 //! google.rpc.Status, `{"code": <grpc code>, "message": "...", "details": [...]}`,
-//! sent with the HTTP status of the usual gRPC-to-HTTP table.
+//! sent with the HTTP status of the usual gRPC-to-HTTP table; a 503 also
+//! says when to retry in `Retry-After`.
 
 use axum::{
     Json,
     response::{IntoResponse, Response},
 };
-use http::StatusCode;
+use http::{HeaderValue, StatusCode, header::RETRY_AFTER};
 use serde_json::{Value, json};
 use tonic::Code;
 use tonic_types::StatusExt as _;
@@ -58,9 +59,17 @@ pub fn json_body(status: &tonic::Status) -> Value {
     json!({"code": status.code() as i32, "message": status.message(), "details": out})
 }
 
-/// The full REST error response for `status`.
+/// The full REST error response for `status`. A 503 carries `Retry-After`:
+/// the status's RetryInfo delay in whole seconds (rounded up), else 1.
 pub fn json_error(status: &tonic::Status) -> Response {
-    (http_status(status.code()), Json(json_body(status))).into_response()
+    let http = http_status(status.code());
+    let mut response = (http, Json(json_body(status))).into_response();
+    if http == StatusCode::SERVICE_UNAVAILABLE {
+        let delay = status.get_error_details().retry_info().and_then(|r| r.retry_delay);
+        let seconds = delay.map_or(1, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1);
+        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
 }
 
 /// Why a REST request failed: a google.rpc.Status, sent by [`json_error`].
@@ -113,6 +122,22 @@ mod tests {
         assert_eq!(http_status(Code::ResourceExhausted), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(http_status(Code::Unavailable), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(http_status(Code::Internal), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn a_503_says_when_to_retry() {
+        let retry_after = |status: &tonic::Status| {
+            let response = json_error(status);
+            response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_owned)
+        };
+        assert_eq!(retry_after(&tonic::Status::unavailable("down")).as_deref(), Some("1"));
+        let with_info = tonic::Status::with_error_details(
+            Code::Unavailable,
+            "down",
+            tonic_types::ErrorDetails::with_retry_info(Some(std::time::Duration::from_millis(2500))),
+        );
+        assert_eq!(retry_after(&with_info).as_deref(), Some("3"));
+        assert_eq!(retry_after(&tonic::Status::internal("bug")), None);
     }
 
     #[test]

@@ -780,7 +780,7 @@ fn responses() -> Value {
             "description": description,
             "content": { "application/json": { "schema": schema_ref("Status") } },
         });
-        if status == 429 {
+        if status == 429 || status == 503 {
             response["headers"] = json!({
                 "Retry-After": { "description": "Seconds to wait", "schema": { "type": "integer" } },
             });

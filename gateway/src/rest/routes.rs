@@ -14,7 +14,7 @@ use axum::{
 };
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use serde_json::{Value, json};
-use taskgate_common::{balance::BalancedChannel, status::invalid_field};
+use taskgate_common::status::invalid_field;
 use taskgate_proto::{
     auth::v1::{
         ChangePasswordRequest, DisableUserRequest, EnableUserRequest, GetJwksRequest, GetMeRequest,
@@ -36,6 +36,7 @@ use crate::{
         extract::{JsonBody, PathId, QueryParams, grpc_request},
         json,
     },
+    upstream::Upstream,
     watch::WatchSlots,
 };
 
@@ -44,12 +45,12 @@ use crate::{
 #[derive(Clone)]
 pub struct Backends {
     /// The auth service, over its channel balanced over every replica.
-    pub auth: AuthServiceClient<BalancedChannel>,
+    pub auth: AuthServiceClient<Upstream>,
     /// The auth service over a second channel, for the calls that hash a
     /// password (Register, Login, ChangePassword).
-    pub auth_hashing: AuthServiceClient<BalancedChannel>,
+    pub auth_hashing: AuthServiceClient<Upstream>,
     /// The task service, over its channel balanced over every replica.
-    pub task: TaskServiceClient<BalancedChannel>,
+    pub task: TaskServiceClient<Upstream>,
     /// This replica's open-stream bound, shared with the gRPC proxy.
     pub watch: WatchSlots,
 }

@@ -108,7 +108,8 @@ async fn request_ids_are_kept_or_generated_and_returned() {
 }
 
 /// A TaskService that records the metadata of every call and, for
-/// ListTasks, sleeps `page_size` milliseconds before answering.
+/// ListTasks, sleeps `page_size` milliseconds before answering; UpdateTask
+/// fails with an INTERNAL of its own.
 #[derive(Clone, Default)]
 struct RecordingTasks {
     seen: Arc<Mutex<Vec<MetadataMap>>>,
@@ -154,7 +155,7 @@ impl TaskService for RecordingTasks {
 
     async fn update_task(&self, r: Request<UpdateTaskRequest>) -> Result<Response<UpdateTaskResponse>, Status> {
         self.record(&r);
-        Err(Status::unimplemented("not in the fake"))
+        Err(Status::internal("the fake failed on its own"))
     }
 
     async fn delete_task(&self, r: Request<DeleteTaskRequest>) -> Result<Response<DeleteTaskResponse>, Status> {
@@ -233,6 +234,31 @@ async fn deadlines_reach_the_backend_and_expire_as_deadline_exceeded() {
     assert!(started.elapsed() < Duration::from_millis(2500), "took {:?}", started.elapsed());
     let forwarded = gateway::proxy::grpc_timeout(&fake.last()).expect("grpc-timeout forwarded");
     assert!(forwarded <= Duration::from_millis(300), "{forwarded:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backends_own_internal_answer_stays_internal() {
+    let fake = RecordingTasks::default();
+    let fake_addr = fake.start().await;
+    let stack =
+        spawn_stack_with(StackOptions { task_url: Some(format!("http://{fake_addr}")), ..Default::default() }).await;
+    let alice = stack.user().await;
+    let task = Task { id: uuid::Uuid::new_v4().to_string(), title: "t".into(), ..Default::default() };
+    let request = bearer(UpdateTaskRequest { task: Some(task.clone()), update_mask: None }, alice.access());
+    let status = stack.task_a.clone().update_task(request).await.expect_err("the fake fails");
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert_eq!(status.message(), "the fake failed on its own");
+
+    let response = stack
+        .http
+        .put(stack.url_a(&format!("/api/v1/tasks/{}", task.id)))
+        .bearer_auth(alice.access())
+        .json(&serde_json::json!({"title": "t"}))
+        .send()
+        .await
+        .expect("PUT through the gateway");
+    assert_eq!(response.status(), reqwest::StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(response.headers().get("retry-after").is_none(), "an answer, not an outage");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

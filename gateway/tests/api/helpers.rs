@@ -14,6 +14,7 @@ use taskgate_proto::{
     auth::v1::{TokenPair, User, auth_service_client::AuthServiceClient},
     task::v1::task_service_client::TaskServiceClient,
 };
+use taskgate_test_support::CuttableProxy;
 use tonic::transport::Channel;
 
 /// A password that passes the auth service's rules.
@@ -53,6 +54,10 @@ pub struct StackOptions {
     pub redis_url: Option<String>,
     /// Any other change to the auth service's settings.
     pub auth: fn(&mut auth_service::Settings),
+    /// Send both gateways' backend calls through a [`CuttableProxy`] in
+    /// front of each backend ([`TestStack::auth_proxy`], [`TestStack::task_proxy`]);
+    /// the task service still reaches the auth service directly.
+    pub through_proxies: bool,
 }
 
 impl Default for StackOptions {
@@ -70,6 +75,7 @@ impl Default for StackOptions {
             balanced: false,
             redis_url: None,
             auth: |_| {},
+            through_proxies: false,
         }
     }
 }
@@ -93,6 +99,12 @@ pub struct TestStack {
     pub auth_addr: SocketAddr,
     /// The task service, for direct calls.
     pub task_addr: SocketAddr,
+    /// The proxy between the gateways and the auth service, when the stack
+    /// was started [`StackOptions::through_proxies`].
+    pub auth_proxy: Option<CuttableProxy>,
+    /// The proxy between the gateways and the (first) task service replica,
+    /// when the stack was started [`StackOptions::through_proxies`].
+    pub task_proxy: Option<CuttableProxy>,
     /// The Redis key prefix every component of this stack uses.
     #[allow(dead_code)] // for modules that look at Redis keys
     pub redis_prefix: String,
@@ -186,18 +198,26 @@ pub async fn spawn_stack_with(options: StackOptions) -> TestStack {
         stop.push(serve(|s| task.run_until_stopped(s)));
     }
     let task_addr = task_addrs[0];
+    let (auth_proxy, task_proxy) = if options.through_proxies {
+        (Some(CuttableProxy::start(auth_addr).await), Some(CuttableProxy::start(task_addr).await))
+    } else {
+        (None, None)
+    };
+    let gateway_auth_url = auth_proxy.as_ref().map_or_else(|| auth_url.clone(), CuttableProxy::url);
 
     let mut gateways = Vec::new();
     let mut admins = Vec::new();
     for i in 0..2 {
-        let task_url = options.task_url.clone().unwrap_or_else(|| {
+        let proxied = task_proxy.as_ref().map(CuttableProxy::url);
+        let task_url = options.task_url.clone().or(proxied).unwrap_or_else(|| {
             if options.balanced {
                 return task_addrs.iter().map(|a| format!("http://{a}")).collect::<Vec<_>>().join(",");
             }
             let replica = if i == 0 { task_addrs[0] } else { task_addrs[task_addrs.len() - 1] };
             format!("http://{replica}")
         });
-        let mut settings = gateway::Settings::for_tests(auth_url.clone(), task_url, redis_url.clone(), prefix.clone());
+        let mut settings =
+            gateway::Settings::for_tests(gateway_auth_url.clone(), task_url, redis_url.clone(), prefix.clone());
         settings.max_watch_streams = options.max_watch_streams;
         settings.rate_limit_per_minute = options.rate_limit_per_minute;
         settings.cors_allowed_origins = options.cors_allowed_origins.clone();
@@ -220,6 +240,8 @@ pub async fn spawn_stack_with(options: StackOptions) -> TestStack {
         certs,
         auth_addr,
         task_addr,
+        auth_proxy,
+        task_proxy,
         redis_prefix: prefix,
         http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client"),
         auth_a: AuthServiceClient::new(lazy_channel(gateway_a)),

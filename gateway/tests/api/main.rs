@@ -3,8 +3,9 @@
 //!
 //! One module per feature: native gRPC forwarding, gRPC-web, authentication
 //! at the edge, the fleet-wide rate limit, the plain HTTP endpoints, TLS,
-//! the attacks the public port must hold against (`abuse`), and Redis losing
-//! its data (`redis_loss`).
+//! backend connections failing under calls (`transport`), the attacks the
+//! public port must hold against (`abuse`), and Redis losing its data
+//! (`redis_loss`).
 
 mod abuse;
 mod edge_auth;
@@ -18,4 +19,5 @@ mod ratelimit;
 mod redis_loss;
 mod rest;
 mod tls;
+mod transport;
 mod watch;

@@ -674,8 +674,13 @@ async fn router_with_an_admin(admin: &str) -> (Api, tokio::sync::oneshot::Sender
     }));
     let channel = taskgate_common::balance::BalancedChannel::from(crate::helpers::lazy_channel(auth_addr));
     let router = gateway::rest::router(
-        taskgate_proto::auth::v1::auth_service_client::AuthServiceClient::new(channel.clone()),
-        taskgate_proto::task::v1::task_service_client::TaskServiceClient::new(channel),
+        taskgate_proto::auth::v1::auth_service_client::AuthServiceClient::new(gateway::upstream::Upstream::new(
+            "auth",
+            channel.clone(),
+        )),
+        taskgate_proto::task::v1::task_service_client::TaskServiceClient::new(gateway::upstream::Upstream::new(
+            "task", channel,
+        )),
         gateway::rest::cookies::CookiePolicy::new(true, None),
         gateway::watch::WatchSlots::new(10),
     );
