@@ -22,6 +22,10 @@ pub use taskgate_test_support::{PASSWORD, bearer, username};
 /// How a stack differs from the default one.
 #[derive(Debug, Clone)]
 pub struct StackOptions {
+    /// Redis for every service of the stack instead of the shared test
+    /// Redis (a [`taskgate_test_support::PrivateRedis`] to freeze mid-test);
+    /// `gateway_redis_url` still overrides it for the gateways.
+    pub redis_url: Option<String>,
     /// Redis for the two gateways only (the services keep the shared test
     /// Redis); set to a [`taskgate_test_support::PrivateRedis`] to stop it mid-test.
     pub gateway_redis_url: Option<String>,
@@ -55,6 +59,7 @@ pub struct StackOptions {
 impl Default for StackOptions {
     fn default() -> Self {
         StackOptions {
+            redis_url: None,
             gateway_redis_url: None,
             task_url: None,
             rate_limit_per_minute: 100,
@@ -151,7 +156,7 @@ where
 pub async fn spawn_stack_with(options: StackOptions) -> TestStack {
     taskgate_test_support::init_test_logging();
     let database_url = taskgate_test_support::fresh_database().await;
-    let redis_url = taskgate_test_support::redis_url();
+    let redis_url = options.redis_url.clone().unwrap_or_else(taskgate_test_support::redis_url);
     let prefix = taskgate_test_support::unique_prefix();
     let mut stop = Vec::new();
 

@@ -3,7 +3,8 @@
 //!
 //! One module per feature: native gRPC forwarding, gRPC-web, authentication
 //! at the edge, the fleet-wide rate limit, the plain HTTP endpoints, TLS,
-//! and the attacks the public port must hold against (`abuse`).
+//! a frozen Redis under load (`redis_freeze`), and the attacks the public
+//! port must hold against (`abuse`).
 
 mod abuse;
 mod edge_auth;
@@ -14,6 +15,7 @@ mod helpers;
 mod http_endpoints;
 mod openapi;
 mod ratelimit;
+mod redis_freeze;
 mod rest;
 mod tls;
 mod watch;
