@@ -50,7 +50,7 @@ use fred::{
 use futures::{StreamExt as _, TryStreamExt as _};
 use sha1::Digest as _;
 use sqlx::PgPool;
-use taskgate_common::keys;
+use taskgate_common::{keys, redis::RedisHandle};
 use taskgate_tokens::session_key;
 use uuid::Uuid;
 
@@ -144,29 +144,30 @@ impl Script {
         Script { lua, sha }
     }
 
-    /// Runs the script; UNAVAILABLE at once when no Redis connection is up.
+    /// Runs the script; UNAVAILABLE at once when Redis is not connected or
+    /// its circuit breaker is open (a frozen Redis costs no timeout).
     pub(crate) async fn run<R: FromValue>(
         &self,
-        redis: &Pool,
+        redis: &RedisHandle,
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<R, AuthError> {
-        if !taskgate_common::redis::is_up(redis) {
+        if !redis.available() {
             return Err(AuthError::Unavailable(SESSIONS_UNAVAILABLE));
         }
         let k: MultipleKeys = keys.iter().map(String::as_str).collect();
-        match redis.evalsha::<R, _, _, _>(self.sha.as_str(), k, args.clone()).await {
+        match redis.record(redis.pool().evalsha::<R, _, _, _>(self.sha.as_str(), k, args.clone()).await) {
             Err(e) if e.details().contains("NOSCRIPT") => {
                 let k: MultipleKeys = keys.iter().map(String::as_str).collect();
-                Ok(redis.eval::<R, _, _, _>(self.lua, k, args).await?)
+                Ok(redis.record(redis.pool().eval::<R, _, _, _>(self.lua, k, args).await)?)
             }
             other => Ok(other?),
         }
     }
 
     /// Caches the script on the server (best effort; `run` copes without).
-    pub(crate) async fn load(&self, redis: &Pool) {
-        if let Err(e) = redis.script_load::<String, _>(self.lua).await {
+    pub(crate) async fn load(&self, redis: &RedisHandle) {
+        if let Err(e) = redis.pool().script_load::<String, _>(self.lua).await {
             tracing::debug!(error = %e, "could not preload a redis script");
         }
     }
@@ -306,8 +307,8 @@ const PURGE_EVERY_CHECKS: u32 = 3600;
 /// verifiers read. Cheap to clone.
 #[derive(Clone)]
 pub struct SessionStore {
-    /// Shared Redis pool.
-    redis: Pool,
+    /// Shared Redis pool and its circuit breaker.
+    redis: RedisHandle,
     /// The auth database (`sessions`, joined with `users`).
     db: PgPool,
     /// `REDIS_PREFIX`.
@@ -350,7 +351,7 @@ impl SessionStore {
     /// A store on `db` and `redis` (keys under `prefix`).
     pub fn new(
         db: PgPool,
-        redis: Pool,
+        redis: RedisHandle,
         prefix: String,
         revocation_ttl: Duration,
         grace: Duration,
@@ -417,11 +418,7 @@ impl SessionStore {
     /// Refuses at once when Redis is away: a session change the verifiers
     /// cannot see must not be acknowledged.
     fn require_redis(&self) -> Result<(), AuthError> {
-        if taskgate_common::redis::is_up(&self.redis) {
-            Ok(())
-        } else {
-            Err(AuthError::Unavailable(SESSIONS_UNAVAILABLE))
-        }
+        if self.redis.available() { Ok(()) } else { Err(AuthError::Unavailable(SESSIONS_UNAVAILABLE)) }
     }
 
     /// Runs a mirror write; a failure marks the mirror for a rebuild.
@@ -753,15 +750,15 @@ impl SessionStore {
     /// One check of the mirror, and a rebuild if it needs one (by one replica
     /// at a time). Returns whether this call rebuilt it.
     pub async fn check_mirror(&self) -> Result<bool, AuthError> {
-        if !taskgate_common::redis::is_up(&self.redis) {
+        if !self.redis.available() {
             return Ok(false);
         }
-        let marker: Option<String> = self.redis.get(self.marker_key()).await?;
+        let redis = self.redis.pool();
+        let marker: Option<String> = self.redis.record(redis.get(self.marker_key()).await)?;
         if marker.as_deref() == Some("complete") && !self.dirty.load(Ordering::Relaxed) {
             return Ok(false);
         }
-        let lock: Option<String> = self
-            .redis
+        let lock: Option<String> = redis
             .set(
                 self.lock_key(),
                 Uuid::new_v4().to_string(),
@@ -776,7 +773,7 @@ impl SessionStore {
         self.dirty.store(false, Ordering::Relaxed);
         let started = std::time::Instant::now();
         let result = self.rebuild().await;
-        let _: i64 = self.redis.del(self.lock_key()).await.unwrap_or(0);
+        let _: i64 = redis.del(self.lock_key()).await.unwrap_or(0);
         let (live, ended) = result.inspect_err(|_| self.dirty.store(true, Ordering::Relaxed))?;
         tracing::info!(
             live,
@@ -794,7 +791,8 @@ impl SessionStore {
     /// starts over). Returns (live sessions written, ended sessions written).
     async fn rebuild(&self) -> Result<(usize, usize), AuthError> {
         let marker_ttl = Some(Expiration::EX(i64::try_from(MIRROR_MARKER_TTL.as_secs()).unwrap_or(86_400)));
-        let _: () = self.redis.set(self.marker_key(), "rebuilding", marker_ttl.clone(), None, false).await?;
+        let redis = self.redis.pool();
+        let _: () = redis.set(self.marker_key(), "rebuilding", marker_ttl.clone(), None, false).await?;
         let mut live = 0;
         let mut after = Uuid::nil();
         loop {
@@ -850,7 +848,7 @@ impl SessionStore {
                 .await?;
         }
         let done: Option<String> =
-            self.redis.set(self.marker_key(), "complete", marker_ttl, Some(SetOptions::XX), true).await?;
+            redis.set(self.marker_key(), "complete", marker_ttl, Some(SetOptions::XX), true).await?;
         if done.is_none() {
             return Err(AuthError::Unavailable(SESSIONS_UNAVAILABLE));
         }

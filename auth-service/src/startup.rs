@@ -7,7 +7,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use secrecy::ExposeSecret as _;
 use sqlx::PgPool;
-use taskgate_common::{db, mtls::Mtls};
+use taskgate_common::{db, mtls::Mtls, redis::RedisHandle};
 use taskgate_proto::{auth::v1::auth_service_server::AuthServiceServer, service_names};
 use taskgate_tokens::{RevocationCheck, RevocationPolicy, Verifier, VerifierConfig};
 use tonic::transport::server::TcpIncoming;
@@ -198,7 +198,7 @@ impl Application {
         if settings.migrate_at_start {
             db::migrate_when_ready(&pool, db::AUTH_SCHEMA, &db::AUTH_MIGRATOR, DATABASE_PATIENCE).await?;
         }
-        let redis = taskgate_common::redis::connect(settings.redis_url.expose_secret(), REDIS_POOL_SIZE).await?;
+        let redis = RedisHandle::connect(settings.redis_url.expose_secret(), REDIS_POOL_SIZE).await?;
 
         let keys = match &settings.signing_key_file {
             Some(path) => KeyStore::from_file(path)?,

@@ -33,9 +33,9 @@ use std::{
     time::Duration,
 };
 
-use fred::prelude::Pool;
 use sha2::Digest as _;
 use taskgate_common::keys;
+use taskgate_common::redis::RedisHandle;
 use uuid::Uuid;
 
 use crate::{error::AuthError, sessions::Script};
@@ -118,7 +118,7 @@ pub struct Reservation {
 #[derive(Clone)]
 pub struct LoginThrottle {
     /// Shared Redis pool.
-    redis: Pool,
+    redis: RedisHandle,
     /// `REDIS_PREFIX`.
     prefix: String,
     /// Limits.
@@ -152,7 +152,7 @@ fn retry(wait_ms: i64) -> Duration {
 
 impl LoginThrottle {
     /// Throttles with keys under `prefix`.
-    pub fn new(redis: Pool, prefix: String, config: ThrottleConfig) -> Self {
+    pub fn new(redis: RedisHandle, prefix: String, config: ThrottleConfig) -> Self {
         LoginThrottle {
             redis,
             prefix,

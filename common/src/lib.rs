@@ -6,7 +6,8 @@
 //! - [`shutdown`]: the Ctrl-C / SIGTERM future every server waits on.
 //! - [`grpc`]: grpc.health.v1 and server reflection, and a health probe client.
 //! - [`db`]: Postgres pools (one schema per service) and migrations.
-//! - [`redis`]: a fred Redis pool that reconnects by itself.
+//! - [`redis`]: a fred Redis pool that reconnects by itself, and the circuit
+//!   breaker that stops requests waiting on a Redis that does not answer.
 //! - [`balance`]: channels balanced over every replica of a backend (DNS or a list).
 //! - [`mtls`]: mutual TLS between the services, and who may speak for a client.
 //! - [`keys`]: the Redis key layout (per-user hash tags for Redis Cluster).

@@ -340,6 +340,33 @@ impl Redis {
         self.port
     }
 
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Freezes the server (SIGSTOP): its connections stay open and new ones
+    /// are still accepted by the kernel, but nothing is answered until
+    /// [`Redis::thaw`]: a hung Redis, as opposed to a dead one. (Stopping or
+    /// dropping a frozen server still kills it.)
+    pub fn freeze(&self) -> io::Result<()> {
+        self.signal("STOP")
+    }
+
+    /// Lets a [`Redis::freeze`]d server run again (SIGCONT); it answers
+    /// everything sent meanwhile.
+    pub fn thaw(&self) -> io::Result<()> {
+        self.signal("CONT")
+    }
+
+    /// Sends signal `name` to the server with `kill(1)` (this crate has no
+    /// `unsafe`, hence no `libc`).
+    fn signal(&self, name: &str) -> io::Result<()> {
+        let pid =
+            self.pid().ok_or_else(|| io::Error::other(format!("redis-server on port {} is not running", self.port)))?;
+        run(Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()))
+    }
+
     /// A `redis://` URL for database `db`.
     pub fn url(&self, db: u8) -> String {
         format!("redis://127.0.0.1:{}/{db}", self.port)
@@ -530,6 +557,25 @@ pub fn say(line: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_frozen_redis_keeps_its_connections_but_answers_only_once_thawed() {
+        let dir = std::env::temp_dir().join(format!("devstack-freeze-{}", std::process::id()));
+        let redis = Redis::start(&dir, None).expect("a redis");
+        let mut stream = TcpStream::connect(("127.0.0.1", redis.port())).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_millis(300))).expect("read timeout");
+        redis.freeze().expect("freeze");
+        stream.write_all(b"PING\r\n").expect("a frozen server's socket takes the command");
+        let mut reply = [0u8; 64];
+        let early = stream.read(&mut reply);
+        assert!(early.is_err(), "a frozen server answered: {early:?}");
+        redis.thaw().expect("thaw");
+        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("read timeout");
+        let n = stream.read(&mut reply).expect("the thawed server answers");
+        assert_eq!(&reply[..n], b"+PONG\r\n");
+        drop(redis);
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn free_port_is_bindable() {

@@ -15,7 +15,7 @@ use axum::{
 };
 use fred::prelude::*;
 use http::{HeaderValue, StatusCode, header::CONTENT_TYPE};
-use taskgate_common::balance::BalancedChannel;
+use taskgate_common::{balance::BalancedChannel, redis::RedisHandle};
 use taskgate_proto::service_names;
 use tonic::Status;
 use tonic_health::{
@@ -34,8 +34,8 @@ pub struct Readiness {
     auth: BalancedChannel,
     /// The balanced channel to the task service's replicas.
     task: BalancedChannel,
-    /// The shared Redis pool.
-    redis: Pool,
+    /// The shared Redis pool and its circuit breaker.
+    redis: RedisHandle,
     /// The last answer and when it was made; held across one round of
     /// probes (at most [`PROBE_TIMEOUT`]) so concurrent callers share it.
     last: tokio::sync::Mutex<Option<(Instant, Probes)>>,
@@ -50,7 +50,7 @@ pub const READINESS_CACHE: Duration = Duration::from_secs(1);
 
 impl Readiness {
     /// Probes of `auth`, `task` and `redis`.
-    pub fn new(auth: BalancedChannel, task: BalancedChannel, redis: Pool) -> Readiness {
+    pub fn new(auth: BalancedChannel, task: BalancedChannel, redis: RedisHandle) -> Readiness {
         Readiness { auth, task, redis, last: tokio::sync::Mutex::new(None) }
     }
 
@@ -124,10 +124,11 @@ async fn backend_serving(channel: BalancedChannel) -> bool {
     )
 }
 
-/// A Redis PING within [`PROBE_TIMEOUT`].
-async fn redis_answers(redis: &Pool) -> bool {
-    taskgate_common::redis::is_up(redis)
-        && matches!(tokio::time::timeout(PROBE_TIMEOUT, redis.ping::<String>(None)).await, Ok(Ok(_)))
+/// A Redis PING within [`PROBE_TIMEOUT`]; false at once while Redis is not
+/// connected or its circuit breaker is open (requests are not using it).
+async fn redis_answers(redis: &RedisHandle) -> bool {
+    redis.available()
+        && matches!(tokio::time::timeout(PROBE_TIMEOUT, redis.pool().ping::<String>(None)).await, Ok(Ok(_)))
 }
 
 /// True for an inbound request id worth keeping: 1-128 visible ASCII

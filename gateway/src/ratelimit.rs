@@ -21,10 +21,12 @@
 //!
 //! Redis failures are classified by [`taskgate_tokens::redis_failure`], the
 //! same function every revocation check uses. Only while Redis is
-//! unreachable (connection refused or lost, no client connected) does the
-//! gateway fall back to an in-process limiter with the same quota, per
-//! replica, and let verified tokens through without the revocation check
-//! (see the README for why). Any other Redis error (timeout, OOM, BUSY,
+//! unreachable (connection refused or lost, no client connected, or the
+//! pool's circuit breaker open after repeated timeouts: see
+//! [`taskgate_common::redis::RedisHandle`]) does the gateway fall back to an
+//! in-process limiter with the same quota, per replica, and let verified
+//! tokens through without the revocation check (see the README for why).
+//! Any other Redis error (a timeout while the breaker is closed, OOM, BUSY,
 //! READONLY, CROSSSLOT, NOSCRIPT after a failed reload...) fails closed:
 //! the request is answered UNAVAILABLE / 503, because a client that can make
 //! Redis slow or full must not revive its revoked tokens that way.
@@ -51,7 +53,7 @@ use governor::{
     state::keyed::DefaultKeyedStateStore,
 };
 use http::{HeaderMap, HeaderValue, header::RETRY_AFTER};
-use taskgate_common::keys;
+use taskgate_common::{keys, redis::RedisHandle};
 use taskgate_tokens::{Claims, RedisFailure, redis_failure, session_key};
 use tonic::Status;
 
@@ -164,8 +166,9 @@ pub struct Decision {
 
 /// The rate limiter shared by every request of one replica.
 pub struct RateLimiter {
-    /// Shared Redis pool; the window logs and revocation records live there.
-    redis: Pool,
+    /// Shared Redis pool and its circuit breaker; the window logs and
+    /// revocation records live there.
+    redis: RedisHandle,
     /// Key prefix shared with the auth service (`REDIS_PREFIX`).
     prefix: String,
     /// Accepted requests per subject per [`WINDOW`].
@@ -194,7 +197,7 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// A limiter of `limit` requests per minute per subject on `redis`. Loads
     /// the script if Redis answers; otherwise it is loaded on first use.
-    pub async fn new(redis: Pool, prefix: String, limits: Limits, metrics: Arc<Metrics>) -> Arc<RateLimiter> {
+    pub async fn new(redis: RedisHandle, prefix: String, limits: Limits, metrics: Arc<Metrics>) -> Arc<RateLimiter> {
         let limit = limits.per_subject.max(1);
         let limiter = Arc::new(RateLimiter {
             redis,
@@ -210,8 +213,8 @@ impl RateLimiter {
             degraded: AtomicBool::new(false),
             metrics,
         });
-        if taskgate_common::redis::is_up(&limiter.redis)
-            && let Err(e) = limiter.load_script().await
+        if limiter.redis.available()
+            && let Err(e) = limiter.redis.record(limiter.load_script().await)
         {
             tracing::warn!(error = %e, "loading the rate-limit script failed; will retry on first use");
         }
@@ -225,11 +228,14 @@ impl RateLimiter {
     }
 
     /// Decides one request of `subject`, checking `session` (user id, session
-    /// id) for revocation.
+    /// id) for revocation. While Redis is unavailable (not connected, or its
+    /// circuit breaker open) it does not wait on Redis: the local limiter decides.
     pub async fn check(&self, subject: &str, session: Option<(&str, &str)>) -> Decision {
-        if taskgate_common::redis::is_up(&self.redis) {
-            let client = self.redis.next();
-            match self.check_redis(client, subject, session).await {
+        if let Some(reason) = self.redis.unavailable_reason() {
+            self.degrade(reason);
+        } else {
+            let client = self.redis.pool().next();
+            match self.redis.record(self.check_redis(client, subject, session).await) {
                 Ok(decision) => {
                     if self.degraded.swap(false, Ordering::Relaxed) {
                         self.metrics.set_fallback_active(false);
@@ -244,8 +250,6 @@ impl RateLimiter {
                     return Decision { outcome: Outcome::Unavailable, remaining: 0, reset: Duration::from_secs(1) };
                 }
             }
-        } else {
-            self.degrade("redis is not connected");
         }
         self.check_local(subject)
     }
@@ -325,7 +329,7 @@ impl RateLimiter {
 
     /// `SCRIPT LOAD`, remembering the hash.
     async fn load_script(&self) -> Result<String, fred::error::Error> {
-        let sha: String = self.redis.next().script_load(SCRIPT).await?;
+        let sha: String = self.redis.pool().next().script_load(SCRIPT).await?;
         if let Ok(mut guard) = self.sha.write() {
             *guard = sha.clone().into();
         }

@@ -86,7 +86,8 @@ impl Application {
             auth_upstream.sharing_incidents(channel(&settings.auth_url, mtls.as_ref()).context("AUTH_SERVICE_URL")?),
         );
         let task_channel = channel(&settings.task_url, mtls.as_ref()).context("TASK_SERVICE_URL")?;
-        let redis = taskgate_common::redis::connect(&settings.redis_url, REDIS_POOL_SIZE).await?;
+        // One handle (pool and circuit breaker) shared by the limiter and /readyz.
+        let redis = taskgate_common::redis::RedisHandle::connect(&settings.redis_url, REDIS_POOL_SIZE).await?;
         let metrics = Metrics::new();
         let mut verifier_config = VerifierConfig::new(settings.jwt_issuer.clone(), settings.jwt_audience.clone());
         verifier_config.refresh_interval = Some(Duration::from_secs(settings.jwks_refresh_seconds));

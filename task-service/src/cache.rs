@@ -39,7 +39,9 @@
 //! write's bump: its check-and-set fails.
 //!
 //! # Redis outages
-//! While Redis is down, reads and writes go straight to Postgres. A write
+//! While Redis is down (not connected, or its circuit breaker open after
+//! repeated timeouts: see [`taskgate_common::redis::RedisHandle`]), reads and
+//! writes go straight to Postgres without waiting on Redis. A write
 //! then cannot bump its user's version, so when Redis returns, entries filled
 //! before the write could be served. Such a failed bump marks this process
 //! *dirty*: it serves nothing from Redis until it has changed the fleet-wide
@@ -68,10 +70,10 @@ use std::{
 
 use fred::{
     interfaces::{KeysInterface as _, LuaInterface as _},
-    prelude::{Pool, Value},
+    prelude::Value,
 };
 use serde::{Deserialize, Serialize};
-use taskgate_common::keys;
+use taskgate_common::{keys, redis::RedisHandle};
 use uuid::Uuid;
 
 use crate::{Metrics, domain::TaskStatus, repository::Task};
@@ -207,8 +209,8 @@ pub enum Lookup {
 
 /// The list cache: a view of Redis that knows whether it may be trusted.
 pub struct ListCache {
-    /// The shared Redis pool.
-    redis: Pool,
+    /// The shared Redis pool and its circuit breaker.
+    redis: RedisHandle,
     /// `REDIS_PREFIX`.
     prefix: String,
     /// How long entries live.
@@ -236,7 +238,13 @@ pub struct ListCache {
 impl ListCache {
     /// A cache in `redis` under `prefix`, with entries living `ttl`. It starts
     /// dirty: the first use gives the cache a new epoch.
-    pub fn new(redis: Pool, prefix: impl Into<String>, ttl: Duration, log_length: u64, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        redis: RedisHandle,
+        prefix: impl Into<String>,
+        ttl: Duration,
+        log_length: u64,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         ListCache {
             redis,
             prefix: prefix.into(),
@@ -274,11 +282,12 @@ impl ListCache {
         self.epoch.load(Ordering::SeqCst)
     }
 
-    /// Whether Redis may be used now: connected, and no failed bump left
-    /// uncovered (covering them with a new epoch first if possible).
+    /// Whether Redis may be used now: available (connected, breaker
+    /// closed), and no failed bump left uncovered (covering them with a new
+    /// epoch first if possible).
     async fn usable(&self) -> bool {
-        if !taskgate_common::redis::is_up(&self.redis) {
-            self.went_down("not connected");
+        if let Some(reason) = self.redis.unavailable_reason() {
+            self.went_down(reason);
             return false;
         }
         if self.failed_bumps.load(Ordering::SeqCst) == self.covered_bumps.load(Ordering::SeqCst) {
@@ -304,7 +313,8 @@ impl ListCache {
         let epoch = self.epoch();
         let keys = vec![self.key(owner, "ver"), self.key(owner, "pages")];
         let args = vec![shape.field(), VERSION_TTL.as_secs().to_string()];
-        let reply = match self.redis.next_connected().eval::<Value, _, _, _>(READ_SCRIPT, keys, args).await {
+        let read = self.redis.pool().next_connected().eval::<Value, _, _, _>(READ_SCRIPT, keys, args).await;
+        let reply = match self.redis.record(read) {
             Ok(reply) => reply,
             Err(e) => {
                 self.went_down(&e.to_string());
@@ -336,6 +346,10 @@ impl ListCache {
     /// Stores `page` as `owner`'s entry of `shape` if its stamp is still
     /// current. Returns whether it was stored.
     pub async fn fill(&self, owner: Uuid, shape: Shape, page: &CachedPage) -> bool {
+        // Redis went away since the lookup: do not wait on it for a fill.
+        if !self.redis.available() {
+            return false;
+        }
         let entry = match serde_json::to_string(page) {
             Ok(entry) => entry,
             Err(e) => {
@@ -349,7 +363,8 @@ impl ListCache {
         }
         let keys = vec![self.key(owner, "ver"), self.key(owner, "pages")];
         let args = vec![shape.field(), page.stamp.version.to_string(), entry, self.ttl.as_secs().max(1).to_string()];
-        match self.redis.next_connected().eval::<i64, _, _, _>(FILL_SCRIPT, keys, args).await {
+        let filled = self.redis.pool().next_connected().eval::<i64, _, _, _>(FILL_SCRIPT, keys, args).await;
+        match self.redis.record(filled) {
             Ok(stored) => {
                 self.came_up();
                 stored == 1
@@ -371,7 +386,9 @@ impl ListCache {
     /// caller then records the miss where other replicas see it (see
     /// [`ListCache::new_epoch`]).
     pub async fn publish(&self, owner: Uuid, change: &Change) -> Option<i64> {
-        if taskgate_common::redis::is_up(&self.redis) {
+        if let Some(reason) = self.redis.unavailable_reason() {
+            self.went_down(reason);
+        } else {
             let keys = vec![
                 self.key(owner, "ver"),
                 self.key(owner, "pages"),
@@ -384,15 +401,14 @@ impl ListCache {
                 change.kind.to_owned(),
                 change.data.clone(),
             ];
-            match self.redis.next_connected().eval::<i64, _, _, _>(BUMP_SCRIPT, keys, args).await {
+            let bumped = self.redis.pool().next_connected().eval::<i64, _, _, _>(BUMP_SCRIPT, keys, args).await;
+            match self.redis.record(bumped) {
                 Ok(version) => {
                     self.came_up();
                     return Some(version);
                 }
                 Err(e) => self.went_down(&e.to_string()),
             }
-        } else {
-            self.went_down("not connected");
         }
         self.failed_bumps.fetch_add(1, Ordering::SeqCst);
         None
@@ -409,10 +425,10 @@ impl ListCache {
     /// the caller must have seen their records (so their writes committed)
     /// before calling. Returns whether it happened.
     pub async fn new_epoch(&self) -> bool {
-        if !taskgate_common::redis::is_up(&self.redis) {
+        if !self.redis.available() {
             return false;
         }
-        match self.redis.next_connected().incr::<i64, _>(self.epoch_key()).await {
+        match self.redis.record(self.redis.pool().next_connected().incr::<i64, _>(self.epoch_key()).await) {
             Ok(epoch) => {
                 self.came_up();
                 self.epoch.fetch_max(epoch, Ordering::SeqCst);
@@ -428,10 +444,10 @@ impl ListCache {
     /// Re-reads the fleet-wide epoch (another replica may have changed it).
     /// Returns true when it moved since the last read.
     pub async fn refresh_epoch(&self) -> bool {
-        if !taskgate_common::redis::is_up(&self.redis) {
+        if !self.redis.available() {
             return false;
         }
-        match self.redis.next_connected().get::<Option<i64>, _>(self.epoch_key()).await {
+        match self.redis.record(self.redis.pool().next_connected().get::<Option<i64>, _>(self.epoch_key()).await) {
             Ok(Some(epoch)) => {
                 let before = self.epoch.fetch_max(epoch, Ordering::SeqCst);
                 before != 0 && epoch > before

@@ -74,7 +74,9 @@ impl Application {
         if settings.migrate_at_start {
             db::migrate_when_ready(&pool, db::TASK_SCHEMA, &db::TASK_MIGRATOR, MIGRATION_PATIENCE).await?;
         }
-        let redis = taskgate_common::redis::connect(&settings.redis_url, REDIS_POOL_SIZE).await?;
+        // One handle (pool and circuit breaker) for every Redis call of the
+        // process: the revocation check, the list cache and WatchTasks.
+        let redis = taskgate_common::redis::RedisHandle::connect(&settings.redis_url, REDIS_POOL_SIZE).await?;
 
         // One channel to the auth service's replicas for the life of the
         // process, balanced per call (over mutual TLS when it is on); it
@@ -86,7 +88,7 @@ impl Application {
         verifier_config.refresh_interval = Some(Duration::from_secs(settings.jwks_refresh_seconds));
         let verifier = Verifier::new(Arc::new(GrpcKeySource::new(auth_channel)), verifier_config);
         let revocation = RevocationCheck::new(redis.clone(), settings.redis_prefix.clone(), RevocationPolicy::FailOpen);
-        let auth = Authenticator::new(verifier, revocation, redis.clone());
+        let auth = Authenticator::new(verifier, revocation);
 
         let metrics = Arc::new(Metrics::default());
         taskgate_common::keys::validate_prefix(&settings.redis_prefix).map_err(anyhow::Error::msg)?;

@@ -59,11 +59,11 @@ use fred::{
         EventInterface as _, KeysInterface as _, LuaInterface as _, PubsubInterface as _, SortedSetsInterface as _,
         StreamsInterface as _,
     },
-    prelude::{ClientLike as _, Pool, Value},
+    prelude::{ClientLike as _, Value},
     types::Builder,
 };
 use futures::Stream;
-use taskgate_common::keys;
+use taskgate_common::{keys, redis::RedisHandle};
 use taskgate_proto::task::v1::{self as pb, TaskEventType, WatchTasksResponse};
 use taskgate_tokens::{Claims, VerifyError, session_key};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -143,8 +143,8 @@ struct UserWatchers {
 
 /// This replica's watchers, and the one subscriber connection that wakes them.
 pub struct Hub {
-    /// The shared pool, for log reads and scripts.
-    redis: Pool,
+    /// The shared pool and its circuit breaker, for log reads and scripts.
+    redis: RedisHandle,
     /// The one connection subscribed to the channels of watched users.
     subscriber: SubscriberClient,
     /// `REDIS_PREFIX`.
@@ -164,7 +164,7 @@ impl Hub {
     /// itself and re-subscribing what it had) and starts routing messages.
     pub async fn start(
         redis_url: &str,
-        redis: Pool,
+        redis: RedisHandle,
         prefix: String,
         config: WatchConfig,
         metrics: Arc<Metrics>,
@@ -324,7 +324,7 @@ impl Hub {
         if since < 0 {
             return Err(TaskError::invalid("since", "must be 0 or a version from ListTasks or an event"));
         }
-        if !taskgate_common::redis::is_up(&self.redis) {
+        if !self.redis.available() {
             return Err(TaskError::EventsUnavailable);
         }
         let member = Uuid::new_v4().to_string();
@@ -337,7 +337,8 @@ impl Hub {
             member.clone(),
             VERSION_TTL.as_secs().to_string(),
         ];
-        let reply: Value = self.redis.next_connected().eval(OPEN_SCRIPT, keys, args).await.map_err(|e| {
+        let opened = self.redis.pool().next_connected().eval::<Value, _, _, _>(OPEN_SCRIPT, keys, args).await;
+        let reply = self.redis.record(opened).map_err(|e| {
             tracing::debug!(error = %e, "opening a watch stream");
             TaskError::EventsUnavailable
         })?;
@@ -428,8 +429,11 @@ impl Watcher {
         self.hub.metrics.watch_closed();
         let redis = self.hub.redis.clone();
         let (key, member) = (self.hub.key(self.owner, "watchers"), self.member.clone());
+        // In the background, even while Redis is unavailable: a command
+        // buffered until the connection returns frees the slot sooner than
+        // the lease expiring.
         tokio::spawn(async move {
-            let _ = redis.next_connected().zrem::<i64, _, _>(key, member).await;
+            let _ = redis.record(redis.pool().next_connected().zrem::<i64, _, _>(key, member).await);
         });
     }
 
@@ -481,27 +485,32 @@ impl Watcher {
     /// `opening` also checks a log with nothing after the cursor against the
     /// user's version (a `since` from before a trim or from nowhere).
     async fn catch_up(&mut self, opening: bool) -> Result<(), End> {
+        let redis = self.hub.redis.clone();
         loop {
+            // What a failed read would end in, without waiting for it.
+            if !redis.available() {
+                return Err(TaskError::EventsUnavailable.into());
+            }
             let start = format!("({}-0", self.cursor);
-            let entries: Vec<(String, HashMap<String, String>)> = self
-                .hub
-                .redis
+            let read = redis
+                .pool()
                 .next_connected()
-                .xrange(self.hub.key(self.owner, "events"), start, "+", Some(REPLAY_BATCH))
-                .await
-                .map_err(|e| {
-                    tracing::debug!(error = %e, "reading the task event log");
-                    End::from(TaskError::EventsUnavailable)
-                })?;
+                .xrange::<Vec<(String, HashMap<String, String>)>, _, _, _>(
+                    self.hub.key(self.owner, "events"),
+                    start,
+                    "+",
+                    Some(REPLAY_BATCH),
+                )
+                .await;
+            let entries = redis.record(read).map_err(|e| {
+                tracing::debug!(error = %e, "reading the task event log");
+                End::from(TaskError::EventsUnavailable)
+            })?;
             if entries.is_empty() {
                 if opening {
-                    let current: Option<i64> = self
-                        .hub
-                        .redis
-                        .next_connected()
-                        .get(self.hub.key(self.owner, "ver"))
-                        .await
-                        .map_err(|_| End::from(TaskError::EventsUnavailable))?;
+                    let read =
+                        redis.pool().next_connected().get::<Option<i64>, _>(self.hub.key(self.owner, "ver")).await;
+                    let current = redis.record(read).map_err(|_| End::from(TaskError::EventsUnavailable))?;
                     if current != Some(self.cursor) {
                         return Err(TaskError::ListAgain("the event log does not reach back to this version").into());
                     }
@@ -531,7 +540,13 @@ impl Watcher {
             vec![self.hub.key(self.owner, "watchers"), self.session_key.clone(), self.hub.key(self.owner, "ver")];
         let args =
             vec![self.member.clone(), (now_ms() + lease.as_millis() as i64).to_string(), lease.as_millis().to_string()];
-        let reply: Value = match self.hub.redis.next_connected().eval(CHECK_SCRIPT, keys, args).await {
+        let redis = &self.hub.redis;
+        // A Redis that is unavailable: as for a blip below, without waiting.
+        if !redis.available() {
+            return Ok(());
+        }
+        let checked = redis.pool().next_connected().eval::<Value, _, _, _>(CHECK_SCRIPT, keys, args).await;
+        let reply = match redis.record(checked) {
             Ok(reply) => reply,
             // A Redis blip: the stream stays; the next check tries again.
             Err(e) => {

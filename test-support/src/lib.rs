@@ -7,7 +7,7 @@
 //!   migrations applied ([`fresh_database`]), so tests never see each
 //!   other's rows and can run in parallel;
 //! - its own Redis key prefix ([`unique_prefix`]) on the shared server;
-//! - when it needs to stop a server mid-test, a private one
+//! - when it needs to stop (or freeze) a server mid-test, a private one
 //!   ([`PrivateRedis`], [`PrivatePostgres`]), or a private Redis Cluster
 //!   whose primaries it can kill ([`PrivateRedisCluster`]);
 //! - when it needs a backend's connections to fail mid-call, a TCP proxy in
@@ -273,6 +273,17 @@ impl PrivateRedis {
     /// Starts it again on the same port.
     pub fn restart(&mut self) {
         self.server.start_again().expect("restarting the private redis");
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing is
+    /// answered until [`PrivateRedis::thaw`] (a hung Redis, not a dead one).
+    pub fn freeze(&self) {
+        self.server.freeze().expect("freezing the private redis");
+    }
+
+    /// Lets a frozen server run again (SIGCONT).
+    pub fn thaw(&self) {
+        self.server.thaw().expect("thawing the private redis");
     }
 }
 

@@ -12,6 +12,7 @@
 //! (auth-service/README.md, "Sessions").
 
 use fred::prelude::*;
+use taskgate_common::redis::RedisHandle;
 
 use crate::{Claims, VerifyError};
 
@@ -29,7 +30,8 @@ pub enum RevocationPolicy {
     /// service's choice: its own calls need Redis anyway).
     FailClosed,
     /// Accept the token on its signature alone, but only while Redis is
-    /// unreachable (see [`redis_failure`]); any other Redis error still
+    /// unreachable (see [`redis_failure`]; an open circuit breaker counts,
+    /// see [`RedisHandle::available`]); any other Redis error still
     /// rejects with UNAVAILABLE. For the task service, which must keep
     /// working through a Redis outage. (The gateway folds the check into its
     /// rate-limit script and classifies its errors the same way.)
@@ -43,9 +45,13 @@ pub enum RedisFailure {
     /// dropped (commands cancelled), or no client of the pool is connected.
     /// The only failure a fail-open verifier may answer by accepting a token
     /// on its signature, because nobody can be making Redis fail this way
-    /// on purpose from the request path.
+    /// on purpose from the request path. A Redis whose circuit breaker is
+    /// open (it timed out [`taskgate_common::redis::breaker::OPEN_AFTER_TIMEOUTS`]
+    /// times in a row, see [`RedisHandle`]) is treated the same way: callers
+    /// check [`RedisHandle::available`] before calling and take this path.
     Unreachable,
-    /// Redis is there but did not answer the check: a timeout, OOM, BUSY,
+    /// Redis is there but did not answer the check: a timeout (while the
+    /// breaker is closed; the timeouts that open it end here too), OOM, BUSY,
     /// READONLY, CROSSSLOT, NOSCRIPT after a failed reload, a protocol or
     /// parse error... A client can provoke some of these (a slow Redis, a
     /// full one), so accepting a token here would let it revive a revoked
@@ -72,8 +78,8 @@ pub fn redis_failure(client: &impl ClientLike, error: &fred::error::Error) -> Re
 /// Checks that a token's session is live in the Redis mirror.
 #[derive(Clone)]
 pub struct RevocationCheck {
-    /// The shared Redis pool.
-    redis: Pool,
+    /// The shared Redis pool and its circuit breaker.
+    redis: RedisHandle,
     /// Key prefix shared with the auth service (`REDIS_PREFIX`).
     prefix: String,
     /// What a Redis failure means.
@@ -81,21 +87,35 @@ pub struct RevocationCheck {
 }
 
 impl RevocationCheck {
-    /// A check against `redis` with keys under `prefix`.
-    pub fn new(redis: Pool, prefix: impl Into<String>, policy: RevocationPolicy) -> Self {
-        RevocationCheck { redis, prefix: prefix.into(), policy }
+    /// A check against `redis` with keys under `prefix`. Pass the service's
+    /// [`RedisHandle`] (a clone) so the check shares its circuit breaker; a
+    /// bare [`Pool`] gets a breaker of its own.
+    pub fn new(redis: impl Into<RedisHandle>, prefix: impl Into<String>, policy: RevocationPolicy) -> Self {
+        RevocationCheck { redis: redis.into(), prefix: prefix.into(), policy }
     }
 
     /// Err([`VerifyError::Revoked`]) unless the token's session is live.
+    ///
+    /// While Redis is unavailable (not connected, or its circuit breaker
+    /// open) nothing is sent: fail-open accepts the token and fail-closed
+    /// refuses it with [`VerifyError::Unavailable`], at once.
     pub async fn check(&self, claims: &Claims) -> Result<(), VerifyError> {
-        if self.policy == RevocationPolicy::FailOpen && !taskgate_common::redis::is_up(&self.redis) {
-            tracing::debug!("revocation check skipped: redis is not connected");
-            return Ok(());
+        if let Some(reason) = self.redis.unavailable_reason() {
+            return match self.policy {
+                RevocationPolicy::FailOpen => {
+                    tracing::debug!(reason, "revocation check skipped: redis unreachable");
+                    Ok(())
+                }
+                RevocationPolicy::FailClosed => {
+                    tracing::warn!(reason, "revocation check impossible: refusing the token");
+                    Err(VerifyError::Unavailable)
+                }
+            };
         }
         let key = session_key(&self.prefix, &claims.sub, &claims.sid);
-        let client = self.redis.next();
+        let client = self.redis.pool().next();
         let redis = client.with_options(&taskgate_common::redis::fail_fast());
-        match redis.exists::<i64, _>(key).await {
+        match self.redis.record(redis.exists::<i64, _>(key).await) {
             Ok(0) => Err(VerifyError::Revoked),
             Ok(_) => Ok(()),
             Err(e) => match (self.policy, redis_failure(client, &e)) {
@@ -125,5 +145,32 @@ mod tests {
         assert_eq!(redis_failure(&down, &Error::new(ErrorKind::Timeout, "timed out")), RedisFailure::Unreachable);
         assert_eq!(redis_failure(&down, &Error::new(ErrorKind::IO, "refused")), RedisFailure::Unreachable);
         assert_eq!(redis_failure(&down, &Error::new(ErrorKind::Canceled, "closed")), RedisFailure::Unreachable);
+    }
+
+    #[tokio::test]
+    async fn without_a_usable_redis_the_check_answers_by_its_policy_at_once() {
+        // Never connected, and its breaker opened by timeouts: nothing may be sent.
+        let pool = fred::types::Builder::default_centralized().build_pool(1).expect("a pool");
+        let redis = RedisHandle::new(pool);
+        for _ in 0..taskgate_common::redis::breaker::OPEN_AFTER_TIMEOUTS {
+            let _ = redis.record(Err::<(), _>(Error::new(ErrorKind::Timeout, "Request timed out.")));
+        }
+        assert!(redis.breaker().is_open());
+        let claims = Claims {
+            iss: "taskgate".into(),
+            aud: "taskgate".into(),
+            sub: "u1".into(),
+            exp: 0,
+            iat: 0,
+            nbf: 0,
+            jti: "j1".into(),
+            sid: "s1".into(),
+        };
+        let started = std::time::Instant::now();
+        let open = RevocationCheck::new(redis.clone(), "p:", RevocationPolicy::FailOpen);
+        assert_eq!(open.check(&claims).await, Ok(()));
+        let closed = RevocationCheck::new(redis, "p:", RevocationPolicy::FailClosed);
+        assert_eq!(closed.check(&claims).await, Err(VerifyError::Unavailable));
+        assert!(started.elapsed() < taskgate_common::redis::COMMAND_TIMEOUT, "neither waited on redis");
     }
 }

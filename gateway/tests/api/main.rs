@@ -3,9 +3,9 @@
 //!
 //! One module per feature: native gRPC forwarding, gRPC-web, authentication
 //! at the edge, the fleet-wide rate limit, the plain HTTP endpoints, TLS,
-//! backend connections failing under calls (`transport`), the attacks the
-//! public port must hold against (`abuse`), and Redis losing its data
-//! (`redis_loss`).
+//! backend connections failing under calls (`transport`), a frozen Redis
+//! under load (`redis_freeze`), Redis losing its data (`redis_loss`), and
+//! the attacks the public port must hold against (`abuse`).
 
 mod abuse;
 mod edge_auth;
@@ -16,6 +16,7 @@ mod helpers;
 mod http_endpoints;
 mod openapi;
 mod ratelimit;
+mod redis_freeze;
 mod redis_loss;
 mod rest;
 mod tls;

@@ -44,6 +44,7 @@ async fn the_fill_of_a_reader_that_loaded_before_a_write_is_refused() {
         .build_pool(1)
         .expect("pool");
     fred::prelude::ClientLike::init(&redis).await.expect("connect");
+    let redis = taskgate_common::redis::RedisHandle::new(redis);
     let cache = ListCache::new(redis, app.redis_prefix.clone(), Duration::from_secs(60), 100, Default::default());
     assert!(cache.settle().await);
     let shape = Shape::for_page(None, 50);

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use fred::prelude::*;
 use taskgate_proto::task::v1::{ListTasksRequest, Task};
 use taskgate_test_support::{PrivatePostgres, PrivateRedis};
 use tonic::Code;
@@ -45,8 +46,15 @@ async fn with_redis_stopped_every_rpc_still_works_and_the_cache_comes_back_never
     // The restarted Redis is empty: sessions are refused (never accepted
     // unchecked) until the auth service rebuilds their mirror from Postgres,
     // about a second.
-    let session_back = eventually(Duration::from_secs(10), || async { app.get(&user, &first.id).await.is_ok() }).await;
-    assert!(session_back, "the session's mirror was not rebuilt");
+    let marker = taskgate_common::keys::global_key(&app.redis_prefix, "sessions:mirror");
+    let rebuilt = eventually(Duration::from_secs(10), || async {
+        let redis = app.redis().await;
+        let state: Option<String> = redis.get(&marker).await.unwrap_or(None);
+        let _ = redis.quit().await;
+        state.as_deref() == Some("complete")
+    })
+    .await;
+    assert!(rebuilt, "the session mirror was not rebuilt");
     // The cache is used again by itself, and what it serves reflects every
     // write made while it was away.
     let hits = app.metrics.cache_hits();
