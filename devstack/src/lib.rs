@@ -318,6 +318,10 @@ impl Redis {
                 .args(["--cluster-require-full-coverage", "no"])
                 // A replica may always take over, however long its primary was silent.
                 .args(["--cluster-replica-validity-factor", "0"])
+                // A new replica syncs at once (Redis 7 waits 5 s by default for
+                // more replicas to share a diskless transfer), so a test that
+                // kills a primary right after start finds a replica with the data.
+                .args(["--repl-diskless-sync-delay", "0"])
                 .arg("--dir")
                 .arg(dir);
         }
@@ -430,14 +434,19 @@ impl RedisCluster {
     }
 
     /// Waits until every running node reports `cluster_state:ok` and knows
-    /// every slot's owner.
+    /// every slot's owner, and every replica's link to its primary is up.
     pub fn wait_until_healthy(&self, timeout: Duration) -> io::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             let healthy = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
-                cli(n.port, &["cluster", "info"])
+                let cluster_ok = cli(n.port, &["cluster", "info"])
                     .map(|info| info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384"))
-                    .unwrap_or(false)
+                    .unwrap_or(false);
+                // A replica counts once its link to its primary is up (it holds the data).
+                let replica_synced = cli(n.port, &["info", "replication"])
+                    .map(|info| !info.contains("role:slave") || info.contains("master_link_status:up"))
+                    .unwrap_or(false);
+                cluster_ok && replica_synced
             });
             if healthy {
                 return Ok(());
