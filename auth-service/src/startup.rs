@@ -7,7 +7,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use secrecy::ExposeSecret as _;
 use sqlx::PgPool;
-use taskgate_common::{db, mtls::Mtls, redis::RedisHandle};
+use taskgate_common::{db, grpc, mtls::Mtls, redis::RedisHandle};
 use taskgate_proto::{auth::v1::auth_service_server::AuthServiceServer, service_names};
 use taskgate_tokens::{RevocationCheck, RevocationPolicy, Verifier, VerifierConfig};
 use tonic::transport::server::TcpIncoming;
@@ -183,11 +183,14 @@ async fn bootstrap_admin(
 /// The server and the limits every call runs under: the shared backend
 /// limits and mutual TLS ([`taskgate_common::grpc::server`]), plus this
 /// service's own, one per line.
-fn server(mtls: Option<&Mtls>) -> anyhow::Result<tonic::transport::Server> {
+fn server(mtls: Option<&Mtls>) -> anyhow::Result<tonic::transport::Server<grpc::Layers>> {
     Ok(taskgate_common::grpc::server(mtls)?
         // A call stuck on a store must not hold its stream for ever; the
         // stores' own timeouts (3 s Postgres acquire, 0.5 s Redis) come first.
-        .timeout(REQUEST_TIMEOUT))
+        .timeout(REQUEST_TIMEOUT)
+        // Outermost: one span per call carrying the gateway's request id, so
+        // an unexpected error's log line names the request it belongs to.
+        .layer(grpc::trace_layer()))
 }
 
 impl Application {

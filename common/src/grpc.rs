@@ -13,6 +13,10 @@ use tonic_health::{
     },
     server::HealthReporter,
 };
+use tower_http::{
+    classify::{GrpcCode, GrpcErrorsAsFailures, GrpcFailureClass, SharedClassifier},
+    trace::{DefaultOnBodyChunk, DefaultOnEos, DefaultOnRequest, DefaultOnResponse},
+};
 
 /// Largest gRPC message a backend decodes: the largest valid request is a
 /// few tens of KB (a task description is at most 10,000 characters).
@@ -36,6 +40,79 @@ pub const STREAMS_PER_CONNECTION: u32 = 16_384;
 /// how long a client that balances by connection (a load balancer, a gateway
 /// started before a scale-up) keeps sending everything to the old replicas.
 pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
+
+/// The trace layer every backend's gRPC server runs outermost ([`trace_layer`]).
+pub type TraceLayer = tower_http::trace::TraceLayer<
+    SharedClassifier<GrpcErrorsAsFailures>,
+    MakeSpan,
+    DefaultOnRequest,
+    DefaultOnResponse,
+    DefaultOnBodyChunk,
+    DefaultOnEos,
+    OnFailure,
+>;
+
+/// A backend server's layers: [`trace_layer`] outermost, then whatever the
+/// service adds after it.
+pub type Layers = tower::layer::util::Stack<TraceLayer, tower::layer::util::Identity>;
+
+/// How [`trace_layer`] names a call's span.
+pub type MakeSpan = fn(&http::Request<tonic::body::Body>) -> tracing::Span;
+
+/// How [`trace_layer`] logs a failed call.
+pub type OnFailure = fn(GrpcFailureClass, Duration, &tracing::Span);
+
+/// Answers a client caused: the call was handled correctly, so the trace
+/// layer does not count them as failures (they would page whoever watches
+/// the logs); each service logs what it must about them itself.
+pub const CLIENT_ERRORS: [GrpcCode; 7] = [
+    GrpcCode::InvalidArgument,
+    GrpcCode::NotFound,
+    GrpcCode::AlreadyExists,
+    GrpcCode::Unauthenticated,
+    GrpcCode::PermissionDenied,
+    GrpcCode::FailedPrecondition,
+    GrpcCode::ResourceExhausted,
+];
+
+/// One span per call carrying its method and the gateway's `x-request-id`,
+/// so every log line of the call (an unexpected error's too) names it.
+/// Client errors ([`CLIENT_ERRORS`]) are not failures; UNAVAILABLE and
+/// DEADLINE_EXCEEDED are logged at WARN (a dependency is away, the call may
+/// be retried), every other failure at ERROR.
+pub fn trace_layer() -> TraceLayer {
+    tower_http::trace::TraceLayer::new(SharedClassifier::new(classifier()))
+        .make_span_with(request_span as MakeSpan)
+        .on_failure(on_failure as OnFailure)
+}
+
+/// gRPC's classifier, with [`CLIENT_ERRORS`] counted as successes.
+fn classifier() -> GrpcErrorsAsFailures {
+    CLIENT_ERRORS.iter().fold(GrpcErrorsAsFailures::new(), |classifier, code| classifier.with_success(*code))
+}
+
+/// The span of one call: its method and the `x-request-id` it came with.
+fn request_span(request: &http::Request<tonic::body::Body>) -> tracing::Span {
+    let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+    tracing::info_span!("grpc", method = %request.uri().path(), request_id = %request_id)
+}
+
+/// Logs a failed call at the level its code means.
+fn on_failure(class: GrpcFailureClass, latency: Duration, _span: &tracing::Span) {
+    let latency_ms = latency.as_millis() as u64;
+    match class {
+        GrpcFailureClass::Code(code) if is_transient(code.get()) => {
+            tracing::warn!(code = code.get(), latency_ms, "call failed: a dependency is unavailable or slow");
+        }
+        GrpcFailureClass::Code(code) => tracing::error!(code = code.get(), latency_ms, "call failed"),
+        GrpcFailureClass::Error(error) => tracing::error!(%error, latency_ms, "call failed"),
+    }
+}
+
+/// UNAVAILABLE or DEADLINE_EXCEEDED.
+fn is_transient(code: i32) -> bool {
+    code == tonic::Code::Unavailable as i32 || code == tonic::Code::DeadlineExceeded as i32
+}
 
 /// A backend's server with the limits every taskgate backend listens under,
 /// one per line; the caller adds its timeout, layers and services.
@@ -121,4 +198,41 @@ pub async fn probe_with(url: &str, service: &str, mtls: Option<&crate::mtls::Mtl
         "service {service:?} is not serving"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tower_http::classify::{ClassifiedResponse, ClassifyResponse as _};
+
+    use super::*;
+
+    /// Whether the trace layer counts a trailers-only answer with `code` as a failure.
+    fn is_failure(code: tonic::Code) -> bool {
+        let response =
+            http::Response::builder().header("grpc-status", (code as i32).to_string()).body(()).expect("a response");
+        !matches!(classifier().classify_response(&response), ClassifiedResponse::Ready(Ok(())))
+    }
+
+    #[test]
+    fn client_errors_are_not_failures_and_server_errors_are() {
+        for code in [
+            tonic::Code::Ok,
+            tonic::Code::InvalidArgument,
+            tonic::Code::NotFound,
+            tonic::Code::AlreadyExists,
+            tonic::Code::Unauthenticated,
+            tonic::Code::PermissionDenied,
+            tonic::Code::FailedPrecondition,
+            tonic::Code::ResourceExhausted,
+        ] {
+            assert!(!is_failure(code), "{code:?} counted as a failure");
+        }
+        for code in
+            [tonic::Code::Internal, tonic::Code::Unknown, tonic::Code::Unavailable, tonic::Code::DeadlineExceeded]
+        {
+            assert!(is_failure(code), "{code:?} not counted as a failure");
+        }
+        assert!(is_transient(tonic::Code::Unavailable as i32) && is_transient(tonic::Code::DeadlineExceeded as i32));
+        assert!(!is_transient(tonic::Code::Internal as i32));
+    }
 }

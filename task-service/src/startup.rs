@@ -10,11 +10,6 @@ use taskgate_proto::{service_names, task::v1::task_service_server::TaskServiceSe
 use taskgate_tokens::{GrpcKeySource, RevocationCheck, RevocationPolicy, Verifier, VerifierConfig};
 use tokio::net::TcpListener;
 use tonic::transport::{Server, server::TcpIncoming};
-use tower::layer::util::{Identity, Stack};
-use tower_http::{
-    classify::{GrpcErrorsAsFailures, SharedClassifier},
-    trace::TraceLayer,
-};
 
 use crate::{
     Metrics, Settings, auth::Authenticator, cache::ListCache, repository::Repository, service::TaskApi,
@@ -30,26 +25,13 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The server and the layers every call runs through: the shared backend
 /// limits and mutual TLS ([`grpc::server`]), plus this service's own, one per line.
-fn server(mtls: Option<&Mtls>) -> anyhow::Result<Server<Layers>> {
+fn server(mtls: Option<&Mtls>) -> anyhow::Result<Server<grpc::Layers>> {
     Ok(grpc::server(mtls)?
         // A call stuck on a store must not hold its stream for ever; the
         // stores' own limits (3 s Postgres acquire, 0.5 s Redis) come first.
         .timeout(REQUEST_TIMEOUT)
-        // Outermost: one span per call carrying the gateway's request id, so
-        // every log line of the call (an unexpected error's too) names it.
-        .layer(TraceLayer::new_for_grpc().make_span_with(request_span as MakeSpan)))
-}
-
-/// The layer stack [`server`] builds.
-type Layers = Stack<TraceLayer<SharedClassifier<GrpcErrorsAsFailures>, MakeSpan>, Identity>;
-
-/// How the trace layer names a call's span.
-type MakeSpan = fn(&http::Request<tonic::body::Body>) -> tracing::Span;
-
-/// The span of one call: its method and the `x-request-id` it came with.
-fn request_span(request: &http::Request<tonic::body::Body>) -> tracing::Span {
-    let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
-    tracing::info_span!("grpc", method = %request.uri().path(), request_id = %request_id)
+        // Outermost: one span per call carrying the gateway's request id.
+        .layer(grpc::trace_layer()))
 }
 
 /// The task service, built and bound, ready to serve.
