@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use taskgate_common::status;
+use taskgate_common::{fault::Fault, status};
 use taskgate_tokens::VerifyError;
 use tonic::Status;
 
@@ -63,6 +63,10 @@ pub enum AuthError {
     /// A backing store is down; names which (a fixed, safe message).
     #[error("{0}")]
     Unavailable(&'static str),
+    /// Postgres refused a write (a constraint, a lost race) where the
+    /// service had nothing more particular to say: the fault's own code.
+    #[error("refused by the database: {0:?}")]
+    Store(Fault),
     /// A bug or an unforeseen failure; logged, never shown.
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
@@ -81,39 +85,32 @@ impl AuthError {
 }
 
 impl From<sqlx::Error> for AuthError {
+    /// The workspace's one classification ([`Fault`]); a unique violation
+    /// the caller did not expect to name is a bare ALREADY_EXISTS.
     fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed => {
+        match Fault::of_sqlx(&e) {
+            Fault::Unavailable => {
                 tracing::warn!(error = %e, "postgres unavailable");
                 AuthError::Unavailable(DATABASE_UNAVAILABLE)
             }
-            other => AuthError::Unexpected(anyhow::Error::new(other).context("database query")),
+            Fault::Internal => AuthError::Unexpected(anyhow::Error::new(e).context("database query")),
+            fault => {
+                tracing::debug!(error = %e, "refused by the database");
+                AuthError::Store(fault)
+            }
         }
     }
 }
 
 impl From<fred::error::Error> for AuthError {
+    /// The workspace's one classification ([`Fault`]).
     fn from(e: fred::error::Error) -> Self {
-        use fred::error::ErrorKind;
-        // Replies a restarting or failing-over server gives; they pass.
-        let transient =
-            ["LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN"].iter().any(|p| e.details().starts_with(p));
-        match e.kind() {
-            _ if transient => {
+        match Fault::of_redis(&e) {
+            Fault::Unavailable => {
                 tracing::warn!(error = %e, "redis unavailable");
                 AuthError::Unavailable(SESSIONS_UNAVAILABLE)
             }
-            ErrorKind::InvalidArgument | ErrorKind::InvalidCommand | ErrorKind::Parse | ErrorKind::Unknown => {
-                AuthError::Unexpected(anyhow::Error::new(e).context("redis command"))
-            }
-            _ => {
-                tracing::warn!(error = %e, "redis unavailable");
-                AuthError::Unavailable(SESSIONS_UNAVAILABLE)
-            }
+            _ => AuthError::Unexpected(anyhow::Error::new(e).context("redis command")),
         }
     }
 }
@@ -132,6 +129,7 @@ impl From<AuthError> for Status {
             | AuthError::Busy { retry_after } => status::retry_after(e.to_string(), retry_after),
             AuthError::FailedPrecondition(message) => Status::failed_precondition(message),
             AuthError::Unavailable(message) => Status::unavailable(message),
+            AuthError::Store(fault) => fault.status(),
             AuthError::Unexpected(inner) => {
                 tracing::error!(error = ?inner, "unexpected error");
                 Status::internal("internal error")
@@ -158,6 +156,14 @@ mod tests {
         let status = Status::from(AuthError::from(sqlx::Error::PoolTimedOut));
         assert_eq!(status.code(), Code::Unavailable);
         assert_eq!(status.message(), DATABASE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn a_connection_ended_by_a_postgres_restart_is_unavailable() {
+        let io = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+        assert_eq!(Status::from(AuthError::from(io)).code(), Code::Unavailable);
+        let busy = fred::error::Error::new(fred::error::ErrorKind::Unknown, "BUSY Redis is busy running a script.");
+        assert_eq!(Status::from(AuthError::from(busy)).message(), SESSIONS_UNAVAILABLE);
     }
 
     #[test]

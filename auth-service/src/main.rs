@@ -2,7 +2,7 @@
 //! `rotate-keys` and `revoke-key`. Everything else lives in the library.
 
 use auth_service::{Application, Settings};
-use clap::Parser as _;
+use taskgate_common::{grpc, settings, shutdown, telemetry};
 
 /// What to do.
 #[derive(clap::Subcommand, Clone)]
@@ -35,26 +35,14 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // An optional `.env` for local runs; real environment variables win.
-    let _ = dotenvy::dotenv();
-    let cli = Cli::parse();
-    taskgate_common::telemetry::init(cli.settings.log_format);
+    let cli: Cli = settings::load();
+    telemetry::init(cli.settings.log_format);
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => {
-            let app = Application::build(cli.settings).await?;
-            app.run_until_stopped(taskgate_common::shutdown::signal()).await
-        }
+        Command::Serve => Application::build(cli.settings).await?.run_until_stopped(shutdown::signal()).await,
         Command::Migrate => auth_service::migrate(&cli.settings).await,
         Command::Healthcheck => {
-            let port = cli.settings.listen_addr.port();
-            let url = format!("http://127.0.0.1:{port}");
-            let service = taskgate_proto::service_names::AUTH;
             let mtls = cli.settings.mtls.load()?;
-            if let Err(e) = taskgate_common::grpc::probe_with(&url, service, mtls.as_ref()).await {
-                eprintln!("unhealthy: {e:#}");
-                std::process::exit(1);
-            }
-            Ok(())
+            grpc::healthcheck(cli.settings.listen_addr, taskgate_proto::service_names::AUTH, mtls.as_ref()).await
         }
         Command::RotateKeys => {
             let kid = auth_service::rotate_keys(&cli.settings).await?;

@@ -21,7 +21,7 @@ pub struct Settings {
     pub listen_addr: SocketAddr,
 
     /// PostgreSQL URL; the service uses the `auth` schema in it.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = parse_secret)]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = taskgate_common::settings::secret)]
     pub database_url: SecretString,
 
     /// Most Postgres connections this replica opens.
@@ -29,7 +29,7 @@ pub struct Settings {
     pub database_max_connections: u32,
 
     /// Redis URL for sessions, revocation records and the login throttle.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true, value_parser = parse_secret)]
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true, value_parser = taskgate_common::settings::secret)]
     pub redis_url: SecretString,
 
     /// Prefix of every Redis key, shared with the verifiers (gateway, task service).
@@ -70,7 +70,7 @@ pub struct Settings {
 
     /// 32 bytes (base64 or hex) that seal the private signing keys stored in
     /// Postgres (ChaCha20-Poly1305); without it they are stored in the clear.
-    #[arg(long, env = "KEY_ENCRYPTION_KEY", hide_env_values = true, value_parser = parse_secret)]
+    #[arg(long, env = "KEY_ENCRYPTION_KEY", hide_env_values = true, value_parser = taskgate_common::settings::secret)]
     pub key_encryption_key: Option<SecretString>,
 
     /// Seconds between publishing a new key (rotate-keys) and signing with it,
@@ -93,7 +93,7 @@ pub struct Settings {
 
     /// Password of the bootstrap admin account: used to create it, or to
     /// prove that an existing account of that name is the operator's.
-    #[arg(long, env = "ADMIN_PASSWORD", hide_env_values = true, value_parser = parse_secret)]
+    #[arg(long, env = "ADMIN_PASSWORD", hide_env_values = true, value_parser = taskgate_common::settings::secret)]
     pub admin_password: Option<SecretString>,
 
     /// Failed logins per account (all of its login names together) allowed
@@ -210,10 +210,6 @@ impl Settings {
     pub fn longest_token_lifetime(&self) -> Duration {
         self.access_token_ttl.max(self.refresh_token_ttl.min(self.session_max_lifetime))
     }
-}
-
-fn parse_secret(s: &str) -> Result<SecretString, String> {
-    Ok(SecretString::from(s))
 }
 
 fn parse_minutes(s: &str) -> Result<Duration, String> {

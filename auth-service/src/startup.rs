@@ -10,7 +10,6 @@ use sqlx::PgPool;
 use taskgate_common::{db, grpc, mtls::Mtls, redis::RedisHandle};
 use taskgate_proto::{auth::v1::auth_service_server::AuthServiceServer, service_names};
 use taskgate_tokens::{RevocationCheck, RevocationPolicy, Verifier, VerifierConfig};
-use tonic::transport::server::TcpIncoming;
 
 use crate::{
     Settings,
@@ -180,19 +179,6 @@ async fn bootstrap_admin(
     Ok(())
 }
 
-/// The server and the limits every call runs under: the shared backend
-/// limits and mutual TLS ([`taskgate_common::grpc::server`]), plus this
-/// service's own, one per line.
-fn server(mtls: Option<&Mtls>) -> anyhow::Result<tonic::transport::Server<grpc::Layers>> {
-    Ok(taskgate_common::grpc::server(mtls)?
-        // A call stuck on a store must not hold its stream for ever; the
-        // stores' own timeouts (3 s Postgres acquire, 0.5 s Redis) come first.
-        .timeout(REQUEST_TIMEOUT)
-        // Outermost: one span per call carrying the gateway's request id, so
-        // an unexpected error's log line names the request it belongs to.
-        .layer(grpc::trace_layer()))
-}
-
 impl Application {
     /// Connects pools, applies migrations, loads/creates signing keys,
     /// bootstraps the admin, binds the listener.
@@ -304,9 +290,6 @@ impl Application {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (_health_reporter, health) = taskgate_common::grpc::health(&[service_names::AUTH]).await;
-        let (reflection_v1, reflection_v1alpha) = taskgate_common::grpc::reflection()?;
-
         // Other replicas may rotate keys: pick them up even without an
         // unknown `kid` to trigger a reload, and a withdrawn key at once.
         let reloader = tokio::spawn(crate::keys::reload_forever(
@@ -320,17 +303,10 @@ impl Application {
         // from Postgres when it does (and once now, if it never was).
         let mirror = tokio::spawn(self.api.sessions.clone().keep_mirror_whole());
 
-        tracing::info!(addr = %self.local_addr, "auth service listening");
-        let result = server(self.mtls.as_ref())?
-            .add_service(health)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(
-                AuthServiceServer::new(self.api).max_decoding_message_size(taskgate_common::grpc::MAX_MESSAGE_BYTES),
-            )
-            .serve_with_incoming_shutdown(TcpIncoming::from(self.listener).with_nodelay(Some(true)), shutdown)
-            .await
-            .context("serving gRPC");
+        let router = grpc::backend_server(self.mtls.as_ref(), REQUEST_TIMEOUT)?
+            .add_service(AuthServiceServer::new(self.api).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES));
+        let result =
+            grpc::serve_backend(router, service_names::AUTH, self.listener, shutdown, grpc::DRAIN_TIMEOUT).await;
         reloader.abort();
         mirror.abort();
         result

@@ -1,5 +1,7 @@
-//! grpc.health.v1 and server reflection for every server, and the client side
-//! of the health protocol used by `<binary> healthcheck`.
+//! The gRPC skeleton every backend serves with: the server and its layers
+//! ([`backend_server`]), grpc.health.v1 and reflection, serving with a
+//! bounded drain ([`serve_backend`]), and the client side of the health
+//! protocol used by `<binary> healthcheck` ([`healthcheck`]).
 
 use std::time::Duration;
 
@@ -138,6 +140,87 @@ pub fn server(mtls: Option<&crate::mtls::Mtls>) -> anyhow::Result<tonic::transpo
         Some(mtls) => server.tls_config(mtls.server()).context("mutual TLS settings"),
         None => Ok(server),
     }
+}
+
+/// How long a stopping backend lets in-flight calls (open WatchTasks streams
+/// included) finish before it drops them. tonic's graceful shutdown alone
+/// waits for every connection to close, which with the hyper we pin can be
+/// for ever (hyperium/hyper#4170).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A backend's server: [`server`]'s limits and mutual TLS, a deadline of
+/// `request_timeout` on every call (a call stuck on a store must not hold its
+/// stream for ever; the stores' own timeouts come first), and [`trace_layer`]
+/// outermost, so every log line of a call names its request id.
+pub fn backend_server(
+    mtls: Option<&crate::mtls::Mtls>,
+    request_timeout: Duration,
+) -> anyhow::Result<tonic::transport::Server<Layers>> {
+    Ok(server(mtls)?.timeout(request_timeout).layer(trace_layer()))
+}
+
+/// Serves `router` (the backend's own services on a [`backend_server`]), with
+/// grpc.health.v1 (SERVING for `name`) and reflection beside them, on
+/// `listener` until `shutdown` completes; then in-flight calls get up to
+/// `drain` to finish, and whatever is still open after it is dropped.
+pub async fn serve_backend(
+    router: tonic::transport::server::Router<Layers>,
+    name: &str,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    drain: Duration,
+) -> anyhow::Result<()> {
+    let (_reporter, health) = health(&[name]).await;
+    let (reflection_v1, reflection_v1alpha) = reflection()?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    // The server learns of the shutdown through `stopping`; the drain's clock
+    // starts when it does.
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let stopping = async move {
+        shutdown.await;
+        let _ = stopped_tx.send(());
+    };
+    tracing::info!(%addr, service = name, "listening");
+    let serve = router
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            stopping,
+        );
+    let drained = async move {
+        if stopped_rx.await.is_ok() {
+            tokio::time::sleep(drain).await;
+        } else {
+            // The server ended without a shutdown: let `serve` report how.
+            std::future::pending::<()>().await;
+        }
+    };
+    let result = tokio::select! {
+        served = serve => served.context("serving gRPC"),
+        () = drained => {
+            tracing::warn!(drain_ms = drain.as_millis() as u64, "calls still open after the drain timeout were dropped");
+            Ok(())
+        }
+    };
+    tracing::info!(service = name, "stopped");
+    result
+}
+
+/// `<binary> healthcheck`: asks the server listening on `listen_addr` (an
+/// unspecified address means this machine) whether `service` is SERVING,
+/// over mutual TLS when `mtls` is given.
+pub async fn healthcheck(
+    listen_addr: std::net::SocketAddr,
+    service: &str,
+    mtls: Option<&crate::mtls::Mtls>,
+) -> anyhow::Result<()> {
+    let mut addr = listen_addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    probe_with(&format!("http://{addr}"), service, mtls).await
 }
 
 /// A health reporter with `services` (and the overall "" service) marked

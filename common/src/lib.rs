@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`telemetry`]: tracing-subscriber set-up (JSON or human logs).
+//! - [`settings`]: reading the command line and `.env`; secret settings.
 //! - [`shutdown`]: the Ctrl-C / SIGTERM future every server waits on.
 //! - [`grpc`]: grpc.health.v1 and server reflection, and a health probe client.
 //! - [`db`]: Postgres pools (one schema per service) and migrations.
@@ -12,13 +13,16 @@
 //! - [`mtls`]: mutual TLS between the services, and who may speak for a client.
 //! - [`keys`]: the Redis key layout (per-user hash tags for Redis Cluster).
 //! - [`status`]: `tonic::Status` builders carrying google.rpc error details.
+//! - [`fault`]: the one classification of Postgres and Redis errors into gRPC codes.
 
 pub mod balance;
 pub mod db;
+pub mod fault;
 pub mod grpc;
 pub mod keys;
 pub mod mtls;
 pub mod redis;
+pub mod settings;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;

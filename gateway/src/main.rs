@@ -4,6 +4,7 @@
 
 use clap::{Parser, Subcommand};
 use gateway::{Application, Settings};
+use taskgate_common::{grpc, settings, shutdown, telemetry};
 
 /// taskgate's public edge: gRPC, gRPC-web and REST/JSON on one port.
 #[derive(Parser)]
@@ -27,18 +28,10 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // An optional `.env` beside the binary fills in variables not set in the environment.
-    let _ = dotenvy::dotenv();
-    let cli = Cli::parse();
-    taskgate_common::telemetry::init(cli.settings.log_format);
+    let cli: Cli = settings::load();
+    telemetry::init(cli.settings.log_format);
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => {
-            let app = Application::build(cli.settings).await?;
-            app.run_until_stopped(taskgate_common::shutdown::signal()).await
-        }
-        Command::Healthcheck => {
-            let url = format!("http://127.0.0.1:{}", cli.settings.listen_addr.port());
-            taskgate_common::grpc::probe(&url, "").await
-        }
+        Command::Serve => Application::build(cli.settings).await?.run_until_stopped(shutdown::signal()).await,
+        Command::Healthcheck => grpc::healthcheck(cli.settings.listen_addr, "", None).await,
     }
 }

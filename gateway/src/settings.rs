@@ -27,8 +27,8 @@ pub struct Settings {
     pub task_url: String,
 
     /// Redis, shared by every replica: rate-limit windows and revocation records.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true, value_parser = taskgate_common::settings::secret)]
+    pub redis_url: secrecy::SecretString,
 
     /// Prefix of every Redis key; must equal the auth service's so the
     /// revocation records it writes are the ones the gateway reads.
@@ -128,7 +128,7 @@ pub struct Settings {
     /// Key of the CSRF tokens (an HMAC of the session id); every replica
     /// must have the same one. Without it a random key is made at start-up,
     /// which is only right for a single replica.
-    #[arg(long, env = "CSRF_SECRET")]
+    #[arg(long, env = "CSRF_SECRET", hide_env_values = true, value_parser = taskgate_common::settings::secret)]
     pub csrf_secret: Option<secrecy::SecretString>,
 
     /// Mutual TLS to the backends.
@@ -144,7 +144,7 @@ impl Settings {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             auth_url,
             task_url,
-            redis_url,
+            redis_url: redis_url.into(),
             redis_prefix,
             rate_limit_per_minute: 100,
             jwt_issuer: "taskgate".into(),

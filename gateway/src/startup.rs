@@ -6,6 +6,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use axum::{Router, routing::get};
+use secrecy::ExposeSecret as _;
 use taskgate_common::{balance::BalancedChannel, mtls::Mtls};
 use taskgate_proto::{
     auth::v1::{auth_service_client::AuthServiceClient, auth_service_server::AuthServiceServer},
@@ -87,7 +88,8 @@ impl Application {
         );
         let task_channel = channel(&settings.task_url, mtls.as_ref()).context("TASK_SERVICE_URL")?;
         // One handle (pool and circuit breaker) shared by the limiter and /readyz.
-        let redis = taskgate_common::redis::RedisHandle::connect(&settings.redis_url, REDIS_POOL_SIZE).await?;
+        let redis =
+            taskgate_common::redis::RedisHandle::connect(settings.redis_url.expose_secret(), REDIS_POOL_SIZE).await?;
         let metrics = Metrics::new();
         let mut verifier_config = VerifierConfig::new(settings.jwt_issuer.clone(), settings.jwt_audience.clone());
         verifier_config.refresh_interval = Some(Duration::from_secs(settings.jwks_refresh_seconds));

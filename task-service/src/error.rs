@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use taskgate_common::fault::Fault;
 use taskgate_tokens::VerifyError;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
@@ -43,10 +44,17 @@ pub enum TaskError {
     /// Postgres cannot be reached right now.
     #[error("database unavailable")]
     Unavailable,
+    /// Postgres refused a write (a constraint, a lost race): the call gets
+    /// the fault's own code.
+    #[error("refused by the database: {0:?}")]
+    Store(Fault),
     /// Redis (the event log) cannot be reached right now; only WatchTasks
     /// needs it.
     #[error("event log unavailable")]
     EventsUnavailable,
+    /// This replica is stopping: watch again (another replica answers).
+    #[error("replica stopping")]
+    Stopping,
     /// Anything else; logged, never shown to the client.
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
@@ -58,29 +66,22 @@ impl TaskError {
         TaskError::InvalidArgument(vec![(field, reason.into())])
     }
 
-    /// Classifies a sqlx error: connection trouble means UNAVAILABLE (the
-    /// pool recovers by itself once Postgres returns), anything else is
-    /// unexpected.
+    /// Classifies a sqlx error with the workspace's one table
+    /// ([`Fault`]): connection trouble means UNAVAILABLE (the pool recovers
+    /// by itself once Postgres returns), a constraint or a lost race gets
+    /// its own code, anything else is unexpected.
     pub fn from_db(error: sqlx::Error, doing: &'static str) -> Self {
-        let unavailable = match &error {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed => true,
-            sqlx::Error::Database(db) => db
-                .code()
-                // 08: connection exception; 57P: the server is shutting down
-                // or starting up; 53300: too many connections.
-                .is_some_and(|code| code.starts_with("08") || code.starts_with("57P") || code == "53300"),
-            _ => false,
-        };
-        if unavailable {
-            // Logged once per outage by the repository, not per request.
-            tracing::debug!(error = %error, "{doing}: database unavailable");
-            TaskError::Unavailable
-        } else {
-            TaskError::Unexpected(anyhow::Error::new(error).context(doing))
+        match Fault::of_sqlx(&error) {
+            Fault::Unavailable => {
+                // Logged once per outage by the repository, not per request.
+                tracing::debug!(error = %error, "{doing}: database unavailable");
+                TaskError::Unavailable
+            }
+            Fault::Internal => TaskError::Unexpected(anyhow::Error::new(error).context(doing)),
+            fault => {
+                tracing::debug!(error = %error, "{doing}: refused by the database");
+                TaskError::Store(fault)
+            }
         }
     }
 
@@ -96,7 +97,9 @@ impl TaskError {
             TaskError::ListAgain(why) => TaskError::ListAgain(why),
             TaskError::TooManyStreams(n) => TaskError::TooManyStreams(*n),
             TaskError::Unavailable => TaskError::Unavailable,
+            TaskError::Store(fault) => TaskError::Store(*fault),
             TaskError::EventsUnavailable => TaskError::EventsUnavailable,
+            TaskError::Stopping => TaskError::Stopping,
             TaskError::Unexpected(e) => TaskError::Unexpected(anyhow::anyhow!("{e:#}")),
         }
     }
@@ -125,7 +128,11 @@ impl From<TaskError> for Status {
                 Status::resource_exhausted(format!("at most {limit} watch streams may be open per user"))
             }
             TaskError::Unavailable => Status::unavailable("database unavailable"),
+            TaskError::Store(fault) => fault.status(),
             TaskError::EventsUnavailable => Status::unavailable("event log unavailable"),
+            TaskError::Stopping => {
+                Status::unavailable("this replica is stopping: watch again with since set to the last version received")
+            }
             TaskError::Unexpected(e) => {
                 tracing::error!(error = %format!("{e:#}"), "unexpected error in the task service");
                 Status::internal("internal error")
@@ -164,5 +171,7 @@ mod tests {
     fn connection_errors_are_unavailable() {
         assert!(matches!(TaskError::from_db(sqlx::Error::PoolTimedOut, "x"), TaskError::Unavailable));
         assert!(matches!(TaskError::from_db(sqlx::Error::RowNotFound, "x"), TaskError::Unexpected(_)));
+        let io = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(matches!(TaskError::from_db(io, "x"), TaskError::Unavailable));
     }
 }

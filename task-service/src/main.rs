@@ -1,9 +1,8 @@
 //! The `task-service` binary: `serve` (the default), `migrate`, `healthcheck`.
 
-use clap::Parser as _;
 use secrecy::ExposeSecret as _;
 use task_service::{Application, Settings};
-use taskgate_common::{db, grpc, shutdown, telemetry};
+use taskgate_common::{db, grpc, settings, shutdown, telemetry};
 
 /// Command line: settings from the environment, and what to do.
 #[derive(clap::Parser)]
@@ -29,16 +28,11 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // A `.env` file is optional; real environment variables win.
-    let _ = dotenvy::dotenv();
-    let cli = Cli::parse();
+    let cli: Cli = settings::load();
     let settings = cli.settings;
     telemetry::init(settings.log_format);
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => {
-            let app = Application::build(settings).await?;
-            app.run_until_stopped(shutdown::signal()).await
-        }
+        Command::Serve => Application::build(settings).await?.run_until_stopped(shutdown::signal()).await,
         Command::Migrate => {
             let pool = db::pool(settings.database_url.expose_secret(), db::TASK_SCHEMA, 1)?;
             db::migrate(&pool, db::TASK_SCHEMA, &db::TASK_MIGRATOR).await?;
@@ -46,12 +40,8 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Healthcheck => {
-            let mut addr = settings.listen_addr;
-            if addr.ip().is_unspecified() {
-                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-            }
             let mtls = settings.mtls.load()?;
-            grpc::probe_with(&format!("http://{addr}"), taskgate_proto::service_names::TASK, mtls.as_ref()).await
+            grpc::healthcheck(settings.listen_addr, taskgate_proto::service_names::TASK, mtls.as_ref()).await
         }
     }
 }

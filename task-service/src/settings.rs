@@ -1,6 +1,6 @@
 //! The task service's configuration, read from the environment (or flags).
 
-use std::{convert::Infallible, net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use secrecy::SecretString;
 use taskgate_common::telemetry::LogFormat;
@@ -16,14 +16,14 @@ pub struct Settings {
     #[arg(long, env = "TASK_LISTEN_ADDR", default_value = "127.0.0.1:50052")]
     pub listen_addr: SocketAddr,
     /// PostgreSQL URL; the service uses (and migrates) the `task` schema in it.
-    #[arg(long, env = "DATABASE_URL", value_parser = secret)]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = taskgate_common::settings::secret)]
     pub database_url: SecretString,
     /// Most Postgres connections this process holds.
     #[arg(long, env = "TASK_DB_MAX_CONNECTIONS", default_value_t = 10)]
     pub db_max_connections: u32,
     /// Redis URL, for the list cache and the revocation check.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true, value_parser = taskgate_common::settings::secret)]
+    pub redis_url: SecretString,
     /// Prefix of every Redis key; shared with the auth service, whose
     /// revocation records live under it.
     #[arg(long, env = "REDIS_PREFIX", default_value = "taskgate:", value_parser = taskgate_common::keys::parse_prefix)]
@@ -89,11 +89,6 @@ pub struct Settings {
     pub cache_invalidate_delay: Duration,
 }
 
-/// Keeps the database URL (it may hold a password) out of `Debug` output.
-fn secret(value: &str) -> Result<SecretString, Infallible> {
-    Ok(SecretString::from(value))
-}
-
 impl Settings {
     /// Settings for an in-process test server on 127.0.0.1:0.
     pub fn for_tests(database_url: String, redis_url: String, redis_prefix: String, auth_url: String) -> Self {
@@ -101,7 +96,7 @@ impl Settings {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             database_url: SecretString::from(database_url),
             db_max_connections: 10,
-            redis_url,
+            redis_url: redis_url.into(),
             redis_prefix,
             auth_url,
             jwt_issuer: "taskgate".into(),

@@ -9,7 +9,6 @@ use taskgate_common::{balance::BalancedChannel, db, grpc, mtls::Mtls};
 use taskgate_proto::{service_names, task::v1::task_service_server::TaskServiceServer};
 use taskgate_tokens::{GrpcKeySource, RevocationCheck, RevocationPolicy, Verifier, VerifierConfig};
 use tokio::net::TcpListener;
-use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
     Metrics, Settings, auth::Authenticator, cache::ListCache, repository::Repository, service::TaskApi,
@@ -22,17 +21,6 @@ const MIGRATION_PATIENCE: Duration = Duration::from_secs(30);
 const REDIS_POOL_SIZE: usize = 4;
 /// Longest a single RPC may run before the server gives up on it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// The server and the layers every call runs through: the shared backend
-/// limits and mutual TLS ([`grpc::server`]), plus this service's own, one per line.
-fn server(mtls: Option<&Mtls>) -> anyhow::Result<Server<grpc::Layers>> {
-    Ok(grpc::server(mtls)?
-        // A call stuck on a store must not hold its stream for ever; the
-        // stores' own limits (3 s Postgres acquire, 0.5 s Redis) come first.
-        .timeout(REQUEST_TIMEOUT)
-        // Outermost: one span per call carrying the gateway's request id.
-        .layer(grpc::trace_layer()))
-}
 
 /// The task service, built and bound, ready to serve.
 pub struct Application {
@@ -58,7 +46,8 @@ impl Application {
         }
         // One handle (pool and circuit breaker) for every Redis call of the
         // process: the revocation check, the list cache and WatchTasks.
-        let redis = taskgate_common::redis::RedisHandle::connect(&settings.redis_url, REDIS_POOL_SIZE).await?;
+        let redis =
+            taskgate_common::redis::RedisHandle::connect(settings.redis_url.expose_secret(), REDIS_POOL_SIZE).await?;
 
         // One channel to the auth service's replicas for the life of the
         // process, balanced per call (over mutual TLS when it is on); it
@@ -86,9 +75,14 @@ impl Application {
         );
         // Start clean: covers writes a previous process could not announce.
         cache.settle().await;
-        let hub =
-            Hub::start(&settings.redis_url, redis, settings.redis_prefix.clone(), settings.watch(), metrics.clone())
-                .await?;
+        let hub = Hub::start(
+            settings.redis_url.expose_secret(),
+            redis,
+            settings.redis_prefix.clone(),
+            settings.watch(),
+            metrics.clone(),
+        )
+        .await?;
         let store = TaskStore::new(Repository::new(pool, metrics.clone()), cache, hub.clone(), metrics.clone())
             .with_fill_delay(settings.cache_fill_delay)
             .with_invalidate_delay(settings.cache_invalidate_delay);
@@ -117,26 +111,33 @@ impl Application {
     }
 
     /// Serves TaskService, health and reflection until `shutdown` completes,
-    /// then drains in-flight calls.
+    /// then drains in-flight calls for at most [`grpc::DRAIN_TIMEOUT`].
     pub async fn run_until_stopped(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (_health_reporter, health) = grpc::health(&[service_names::TASK]).await;
-        let (reflection_v1, reflection_v1alpha) = grpc::reflection()?;
+        self.run_until_stopped_draining(shutdown, grpc::DRAIN_TIMEOUT).await
+    }
+
+    /// [`Application::run_until_stopped`] with a drain of `drain` (tests use a short one).
+    pub async fn run_until_stopped_draining(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+        drain: Duration,
+    ) -> anyhow::Result<()> {
         // Covers invalidations other replicas could not deliver to Redis.
         let sweeper = tokio::spawn(self.api.store().clone().sweep_forever());
-        tracing::info!(addr = %self.local_addr, "task service listening");
-        let result = server(self.mtls.as_ref())?
-            .add_service(health)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(TaskServiceServer::new(self.api).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES))
-            .serve_with_incoming_shutdown(TcpIncoming::from(self.listener).with_nodelay(Some(true)), shutdown)
-            .await
-            .context("serving gRPC");
+        let hub = self.api.hub().clone();
+        let router = grpc::backend_server(self.mtls.as_ref(), REQUEST_TIMEOUT)?
+            .add_service(TaskServiceServer::new(self.api).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES));
+        // Open watch streams never end by themselves: end them when the stop
+        // begins, so the drain waits only for ordinary calls.
+        let shutdown = async move {
+            shutdown.await;
+            hub.stop();
+        };
+        let result = grpc::serve_backend(router, service_names::TASK, self.listener, shutdown, drain).await;
         sweeper.abort();
-        tracing::info!("task service stopped");
         result
     }
 }

@@ -46,7 +46,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -131,6 +131,8 @@ struct Signal {
     wake: u64,
     /// Bumped when an event may have been lost: list again.
     resync: u64,
+    /// Set when the replica begins to stop: end the stream.
+    stopping: bool,
 }
 
 /// One user's watchers on this replica.
@@ -157,6 +159,8 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     /// Source of ids for the test-visible count of streams opened.
     opened: AtomicU64,
+    /// Set by [`Hub::stop`]: no stream opens any more.
+    stopping: AtomicBool,
 }
 
 impl Hub {
@@ -187,6 +191,7 @@ impl Hub {
             config,
             metrics,
             opened: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&hub);
         let mut messages = hub.subscriber.message_rx();
@@ -261,6 +266,15 @@ impl Hub {
         self.signal_all(|s| s.resync += 1);
     }
 
+    /// Ends every open stream with UNAVAILABLE and refuses new ones: the
+    /// replica is stopping, and its clients watch again elsewhere from the
+    /// last version they received, instead of holding the drain open (a
+    /// watch never ends by itself).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.signal_all(|s| s.stopping = true);
+    }
+
     /// How many streams are open on this replica.
     pub fn open_streams(&self) -> usize {
         self.users.lock().map(|users| users.values().map(|u| u.count).sum()).unwrap_or(0)
@@ -324,6 +338,9 @@ impl Hub {
         if since < 0 {
             return Err(TaskError::invalid("since", "must be 0 or a version from ListTasks or an event"));
         }
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(TaskError::Stopping);
+        }
         if !self.redis.available() {
             return Err(TaskError::EventsUnavailable);
         }
@@ -349,6 +366,10 @@ impl Hub {
         }
         let current = parts.next().and_then(|v| v.as_i64()).unwrap_or(0);
         let (membership, signals) = self.join(owner).await?;
+        // A stop between the check above and joining reached no signal of ours.
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(TaskError::Stopping);
+        }
         self.opened.fetch_add(1, Ordering::Relaxed);
         self.metrics.watch_opened();
 
@@ -438,7 +459,11 @@ impl Watcher {
     }
 
     async fn serve(&mut self, replay: bool) -> End {
-        let mut resync = self.signals.borrow_and_update().resync;
+        let first = *self.signals.borrow_and_update();
+        if first.stopping {
+            return TaskError::Stopping.into();
+        }
+        let mut resync = first.resync;
         if replay && let Err(end) = self.catch_up(true).await {
             return end;
         }
@@ -456,7 +481,9 @@ impl Watcher {
                         return End::Gone;
                     }
                     let signal = *self.signals.borrow_and_update();
-                    if signal.resync != resync {
+                    if signal.stopping {
+                        Err(TaskError::Stopping.into())
+                    } else if signal.resync != resync {
                         resync = signal.resync;
                         Err(TaskError::ListAgain("an event may have been lost").into())
                     } else {

@@ -89,3 +89,62 @@ fn the_settings_lists_know_the_new_fleet_settings() {
     assert!(services["task-service"].contains("MIGRATE_AT_START"));
     assert!(services["gateway"].contains("TASK_SERVICE_URL"));
 }
+
+/// `(variable, services)` for every row of the README's settings table; a row may name several
+/// variables (`` `A`, `B` ``) and its "used by" column says `auth`, `task`, `gateway` or `all`.
+fn readme_settings() -> Vec<(String, BTreeSet<&'static str>)> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let text = std::fs::read_to_string(&path).expect("reading README.md");
+    let table = text
+        .lines()
+        .skip_while(|line| !line.starts_with("| variable | used by |"))
+        .skip(2)
+        .take_while(|line| line.starts_with('|'));
+    let mut rows = Vec::new();
+    for line in table {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let (names, used_by) = (cells[1], cells[2]);
+        let users: BTreeSet<&'static str> = used_by
+            .split(',')
+            .flat_map(|who| match who.trim() {
+                "all" => vec!["auth-service", "task-service", "gateway"],
+                "auth" => vec!["auth-service"],
+                "task" => vec!["task-service"],
+                "gateway" => vec!["gateway"],
+                other => panic!("README settings table: unknown service {other:?} in {line:?}"),
+            })
+            .collect();
+        for name in names.split(',') {
+            let name = name.trim().trim_matches('`');
+            rows.push((name.to_owned(), users.clone()));
+        }
+    }
+    rows
+}
+
+#[test]
+fn the_readme_settings_table_lists_every_variable_each_service_reads() {
+    let services = services();
+    let rows = readme_settings();
+    assert!(rows.len() > 30, "the README's settings table was found: {rows:?}");
+    for (service, reads) in &services {
+        for variable in reads {
+            assert!(
+                rows.iter().any(|(name, users)| name == variable && users.contains(service)),
+                "README.md: the settings table does not list {variable} as read by {service}"
+            );
+        }
+    }
+    for (variable, users) in &rows {
+        // The OpenTelemetry SDK reads its own OTEL_* variables; clap does not see them.
+        if variable.starts_with("OTEL_") {
+            continue;
+        }
+        for service in users {
+            assert!(
+                services[service].contains(variable),
+                "README.md lists {variable} for {service}, which does not read it"
+            );
+        }
+    }
+}

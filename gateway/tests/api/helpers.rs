@@ -58,6 +58,10 @@ pub struct StackOptions {
     /// front of each backend ([`TestStack::auth_proxy`], [`TestStack::task_proxy`]);
     /// the task service still reaches the auth service directly.
     pub through_proxies: bool,
+    /// The Postgres server the stack's database is made on (a superuser URL);
+    /// the shared test Postgres if unset. Set to a
+    /// [`taskgate_test_support::PrivatePostgres`] to stop it mid-test.
+    pub postgres_admin_url: Option<String>,
 }
 
 impl Default for StackOptions {
@@ -76,6 +80,7 @@ impl Default for StackOptions {
             redis_url: None,
             auth: |_| {},
             through_proxies: false,
+            postgres_admin_url: None,
         }
     }
 }
@@ -166,7 +171,10 @@ where
 /// Starts a stack as `options` say.
 pub async fn spawn_stack_with(options: StackOptions) -> TestStack {
     taskgate_test_support::init_test_logging();
-    let database_url = taskgate_test_support::fresh_database().await;
+    let database_url = match &options.postgres_admin_url {
+        Some(admin_url) => taskgate_test_support::fresh_database_on(admin_url).await,
+        None => taskgate_test_support::fresh_database().await,
+    };
     let redis_url = options.redis_url.clone().unwrap_or_else(taskgate_test_support::redis_url);
     let prefix = taskgate_test_support::unique_prefix();
     let mut stop = Vec::new();

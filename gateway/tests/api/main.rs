@@ -4,7 +4,8 @@
 //! One module per feature: native gRPC forwarding, gRPC-web, authentication
 //! at the edge, the fleet-wide rate limit, the plain HTTP endpoints, TLS,
 //! backend connections failing under calls (`transport`), a frozen Redis
-//! under load (`redis_freeze`), Redis losing its data (`redis_loss`), and
+//! under load (`redis_freeze`), Redis losing its data (`redis_loss`), Postgres
+//! restarting (`postgres_restart`), and
 //! the attacks the public port must hold against (`abuse`).
 
 mod abuse;
@@ -15,6 +16,7 @@ mod grpc_web;
 mod helpers;
 mod http_endpoints;
 mod openapi;
+mod postgres_restart;
 mod ratelimit;
 mod redis_freeze;
 mod redis_loss;

@@ -11,5 +11,6 @@ mod large;
 mod list;
 mod outages;
 mod ownership;
+mod shutdown;
 mod validation;
 mod watch;
