@@ -212,11 +212,32 @@ pub async fn empty_database() -> String {
     with_database(&admin_url, &name)
 }
 
-/// Shows service logs in test output when `TEST_LOG` is set.
+/// The variable naming a file every ERROR line any test logs is appended to
+/// (`cargo xtask test` sets it, and fails the run on an ERROR line a client
+/// caused).
+pub const ERROR_LOG_VAR: &str = "TASKGATE_TEST_ERROR_LOG";
+
+/// Installs the tests' log subscriber: service logs in the test output when
+/// `TEST_LOG` is set, and every ERROR line, named after the test (the
+/// thread) that logged it, appended to the file [`ERROR_LOG_VAR`] names.
 pub fn init_test_logging() {
-    if std::env::var_os("TEST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt().with_env_filter("info").with_test_writer().try_init();
-    }
+    use tracing_subscriber::{
+        Layer as _, filter::LevelFilter, fmt, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+    };
+    let shown = std::env::var_os("TEST_LOG")
+        .is_some()
+        .then(|| fmt::layer().with_test_writer().with_filter(tracing_subscriber::EnvFilter::new("info")));
+    let errors = std::env::var_os(ERROR_LOG_VAR).and_then(|path| {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path).ok()?;
+        Some(
+            fmt::layer()
+                .with_writer(std::sync::Mutex::new(file))
+                .with_ansi(false)
+                .with_thread_names(true)
+                .with_filter(LevelFilter::ERROR),
+        )
+    });
+    let _ = tracing_subscriber::registry().with(shown).with(errors).try_init();
 }
 
 /// A private CA and certificates for `gateway`, `auth` and `task` in a

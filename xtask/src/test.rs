@@ -31,14 +31,23 @@ struct TestEnv {
     redis_url: String,
     /// The Redis Cluster's URL (every node named), when the cluster pass runs.
     cluster_url: Option<String>,
+    /// The file every ERROR line the tests log is appended to ([`check_error_log`]).
+    error_log: PathBuf,
 }
 
 impl TestEnv {
     /// Gives `command` the variables the tests read.
     fn apply(&self, command: &mut Command) {
-        command.env("TASKGATE_TEST_DATABASE_URL", &self.database_url).env("TASKGATE_TEST_REDIS_URL", &self.redis_url);
+        command
+            .env("TASKGATE_TEST_DATABASE_URL", &self.database_url)
+            .env("TASKGATE_TEST_REDIS_URL", &self.redis_url)
+            .env(ERROR_LOG_VAR, &self.error_log);
     }
 }
+
+/// The variable naming the file the tests append their ERROR lines to (test-support's
+/// `ERROR_LOG_VAR`).
+const ERROR_LOG_VAR: &str = "TASKGATE_TEST_ERROR_LOG";
 
 /// One step of the test run.
 struct Stage {
@@ -56,6 +65,8 @@ enum Action {
     /// `clients/run-all.sh` (generated Python stubs, buf curl, the browser page, schemathesis)
     /// against it.
     ClientProofs,
+    /// Fails when a test run logged an ERROR line for an error a client caused ([`check_error_log`]).
+    ErrorLog,
 }
 
 /// The flag that leaves the client proofs out (for a quick Rust-only run).
@@ -117,6 +128,7 @@ fn test_stages(env: &TestEnv, args: &[String]) -> Vec<Stage> {
         cluster_test.env("TASKGATE_TEST_REDIS_URL", cluster_url);
         stages.push(Stage { name: "redis cluster", action: Action::Command(cluster_test) });
     }
+    stages.push(Stage { name: "error log", action: Action::ErrorLog });
     if !args.iter().any(|a| a == SKIP_CLIENTS) {
         stages.push(Stage { name: "client proofs", action: Action::ClientProofs });
     }
@@ -144,6 +156,7 @@ pub fn test(cargo_args: &[String]) -> Result {
         database_url: postgres.url("postgres"),
         redis_url: format!("redis://127.0.0.1:{}", redis.port()),
         cluster_url: cluster.as_ref().map(RedisCluster::url),
+        error_log: scratch.path.join("errors.log"),
     };
     devstack::say(&format!(
         "xtask test: postgres at {}, redis at {}, redis cluster at {}, files in {}",
@@ -178,6 +191,7 @@ fn run_stages(stages: Vec<Stage>, postgres: &Postgres, env: &TestEnv) -> Result 
                 Err(e) => Err(e),
             },
             Action::ClientProofs => clients::run(postgres, &env.redis_url),
+            Action::ErrorLog => check_error_log(&env.error_log),
         };
         let took = started.elapsed();
         report.push((stage.name, took, if outcome.is_ok() { "ok" } else { "FAILED" }));
@@ -189,6 +203,58 @@ fn run_stages(stages: Vec<Stage>, postgres: &Postgres, env: &TestEnv) -> Result 
         devstack::say(&format!("xtask test: stage {name}: {verdict} in {}", cmd::human(took)));
     }
     outcome
+}
+
+/// gRPC codes a client causes (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, PERMISSION_DENIED,
+/// RESOURCE_EXHAUSTED, FAILED_PRECONDITION, UNAUTHENTICATED), by number and by the names tonic's
+/// `Code` prints: an ERROR line naming one would page whoever watches the logs for a user's
+/// mistake.
+const CLIENT_CODES: [(u8, &str); 7] = [
+    (3, "InvalidArgument"),
+    (5, "NotFound"),
+    (6, "AlreadyExists"),
+    (7, "PermissionDenied"),
+    (8, "ResourceExhausted"),
+    (9, "FailedPrecondition"),
+    (16, "Unauthenticated"),
+];
+
+/// Whether an ERROR line is about an error a client caused: it names a client gRPC code
+/// (`code=5`, `Code: 5`, `NotFound`) or an HTTP 4xx status.
+fn is_client_error(line: &str) -> bool {
+    let mentions_code = |n: u8, name: &str| {
+        line.split(|c: char| c.is_whitespace() || c == ',' || c == '}' || c == ')')
+            .any(|word| word == format!("code={n}") || word == format!("grpc_status={n}") || word == name)
+            || line.contains(&format!("Code: {n} "))
+            || line.ends_with(&format!("Code: {n}"))
+    };
+    let http_4xx = line.split_whitespace().any(|word| {
+        word.strip_prefix("status=")
+            .is_some_and(|s| s.len() == 3 && s.starts_with('4') && s.bytes().all(|b| b.is_ascii_digit()))
+    });
+    http_4xx || CLIENT_CODES.iter().any(|(n, name)| mentions_code(*n, name))
+}
+
+/// Lists every ERROR line the test stages logged (each names its test) and fails when one is
+/// about an error a client caused: those are answered, not failures, and must be logged at
+/// DEBUG or INFO.
+fn check_error_log(path: &std::path::Path) -> Result {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(Error::new(format!("reading {}: {e}", path.display()))),
+    };
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    devstack::say(&format!("xtask test: the tests logged {} ERROR lines (server faults they provoke)", lines.len()));
+    for line in &lines {
+        devstack::say(&format!("  {line}"));
+    }
+    let client: Vec<&&str> = lines.iter().filter(|l| is_client_error(l)).collect();
+    if client.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::new(format!("{} ERROR lines for errors a client caused, listed above", client.len())))
+    }
 }
 
 /// A fresh folder that is deleted, with everything in it, when dropped.
@@ -225,9 +291,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn error_lines_for_client_errors_are_told_from_server_faults() {
+        assert!(is_client_error("ERROR grpc{method=/x}: call failed code=5 latency_ms=1"));
+        assert!(is_client_error("ERROR response failed classification=Code: 3 latency=1 ms"));
+        assert!(is_client_error("ERROR request failed status=404 route=/api/v1/tasks/{id}"));
+        assert!(is_client_error("ERROR call failed: status: NotFound, message: \"task not found\""));
+        assert!(!is_client_error("ERROR grpc{method=/x}: call failed code=13 latency_ms=1"));
+        assert!(!is_client_error("ERROR unexpected error in the task service error=boom"));
+        assert!(!is_client_error("ERROR request failed status=500 route=/api/v1/tasks"));
+    }
+
+    #[test]
     fn every_stage_sees_the_throwaway_servers() {
-        let env =
-            TestEnv { database_url: "postgres://pg".to_owned(), redis_url: "redis://r".to_owned(), cluster_url: None };
+        let env = TestEnv {
+            database_url: "postgres://pg".to_owned(),
+            redis_url: "redis://r".to_owned(),
+            cluster_url: None,
+            error_log: PathBuf::from("/tmp/errors.log"),
+        };
         let stages = test_stages(&env, &["-p".to_owned(), "gateway".to_owned()]);
         assert_eq!(stages[0].name, "cargo test");
         let Action::Command(command) = &stages[0].action else { panic!("cargo test is a command") };
@@ -236,15 +317,22 @@ mod tests {
         let envs: Vec<_> = command.get_envs().collect();
         assert!(envs.contains(&("TASKGATE_TEST_DATABASE_URL".as_ref(), Some("postgres://pg".as_ref()))));
         assert!(envs.contains(&("TASKGATE_TEST_REDIS_URL".as_ref(), Some("redis://r".as_ref()))));
-        assert_eq!(stages[1].name, "client proofs");
+        assert!(envs.contains(&(ERROR_LOG_VAR.as_ref(), Some("/tmp/errors.log".as_ref()))));
+        assert_eq!(stages[1].name, "error log");
+        assert_eq!(stages[2].name, "client proofs");
     }
 
     #[test]
     fn skip_clients_leaves_the_client_proofs_out_and_is_not_passed_to_cargo() {
-        let env =
-            TestEnv { database_url: "postgres://pg".to_owned(), redis_url: "redis://r".to_owned(), cluster_url: None };
+        let env = TestEnv {
+            database_url: "postgres://pg".to_owned(),
+            redis_url: "redis://r".to_owned(),
+            cluster_url: None,
+            error_log: PathBuf::from("/tmp/errors.log"),
+        };
         let stages = test_stages(&env, &[SKIP_CLIENTS.to_owned(), SKIP_CLUSTER.to_owned()]);
-        assert_eq!(stages.len(), 1);
+        assert_eq!(stages.len(), 2);
+        assert_eq!(stages[1].name, "error log");
         let Action::Command(command) = &stages[0].action else { panic!("cargo test is a command") };
         assert_eq!(command.get_args().collect::<Vec<_>>(), ["test", "--workspace"]);
     }
@@ -255,9 +343,10 @@ mod tests {
             database_url: "postgres://pg".to_owned(),
             redis_url: "redis://r".to_owned(),
             cluster_url: Some("redis-cluster://127.0.0.1:7000?node=127.0.0.1:7001".to_owned()),
+            error_log: PathBuf::from("/tmp/errors.log"),
         };
         let stages = test_stages(&env, &[SKIP_CLIENTS.to_owned()]);
-        assert_eq!(stages.len(), 2);
+        assert_eq!(stages.len(), 3);
         let Action::Command(command) = &stages[1].action else { panic!("the cluster stage is a command") };
         let args: Vec<_> = command.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
         assert_eq!(args[..6], ["test", "--workspace", "--test", "api", "--test", "cluster"]);
