@@ -66,8 +66,10 @@ pub type OnFailure = fn(GrpcFailureClass, Duration, &tracing::Span);
 
 /// Answers a client caused: the call was handled correctly, so the trace
 /// layer does not count them as failures (they would page whoever watches
-/// the logs); each service logs what it must about them itself.
-pub const CLIENT_ERRORS: [GrpcCode; 7] = [
+/// the logs); each service logs what it must about them itself. ABORTED is
+/// among them: an edit that lost to a concurrent one (a stale etag), which
+/// the client resolves by reading again.
+pub const CLIENT_ERRORS: [GrpcCode; 8] = [
     GrpcCode::InvalidArgument,
     GrpcCode::NotFound,
     GrpcCode::AlreadyExists,
@@ -75,6 +77,7 @@ pub const CLIENT_ERRORS: [GrpcCode; 7] = [
     GrpcCode::PermissionDenied,
     GrpcCode::FailedPrecondition,
     GrpcCode::ResourceExhausted,
+    GrpcCode::Aborted,
 ];
 
 /// One span per call carrying its method and the gateway's `x-request-id`,
