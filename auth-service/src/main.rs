@@ -36,7 +36,8 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli: Cli = settings::load();
-    telemetry::init(cli.settings.log_format);
+    // Held to the end of `main`: dropping it sends the spans still queued.
+    let _telemetry = telemetry::init(cli.settings.log_format, "auth-service");
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => Application::build(cli.settings).await?.run_until_stopped(shutdown::signal()).await,
         Command::Migrate => auth_service::migrate(&cli.settings).await,

@@ -146,6 +146,7 @@ impl Script {
 
     /// Runs the script; UNAVAILABLE at once when Redis is not connected or
     /// its circuit breaker is open (a frozen Redis costs no timeout).
+    #[tracing::instrument(name = "redis script", skip_all, fields(otel.kind = "client", db.system = "redis", db.operation = "EVALSHA", db.redis.script = %self.sha))]
     pub(crate) async fn run<R: FromValue>(
         &self,
         redis: &RedisHandle,
@@ -463,6 +464,7 @@ impl SessionStore {
 
     /// Stores a new session; when the user then has more than
     /// `MAX_SESSIONS_PER_USER`, ends the oldest ones.
+    #[tracing::instrument(name = "sessions insert", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "INSERT", db.collection.name = "sessions"))]
     pub async fn create(&self, s: NewSession<'_>) -> Result<(), AuthError> {
         self.require_redis()?;
         let spec = s.spec;
@@ -528,6 +530,7 @@ impl SessionStore {
     /// nothing does a second query tell a retry within the grace window
     /// (the same successor again) from reuse (the session ends). The mirror
     /// follows, written back if Redis had lost it.
+    #[tracing::instrument(name = "sessions refresh", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "UPDATE", db.collection.name = "sessions"))]
     pub async fn refresh(&self, presented_jti: &str, next: &PairSpec) -> Result<RefreshOutcome, AuthError> {
         self.require_redis()?;
         let (uid, sid) = (parse_id(&next.sub)?, parse_id(&next.sid)?);
@@ -621,6 +624,7 @@ impl SessionStore {
 
     /// Marks the session ended in Postgres (keeping the first end's time and
     /// reason). `None` when `uid` has no such session, else whether it was live.
+    #[tracing::instrument(name = "sessions end", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "UPDATE", db.collection.name = "sessions"))]
     async fn end_in_database(&self, uid: &str, sid: &str, reason: EndReason) -> Result<Option<bool>, AuthError> {
         let (uid, sid) = (parse_id(uid)?, parse_id(sid)?);
         Ok(sqlx::query_scalar(
@@ -670,6 +674,7 @@ impl SessionStore {
     /// Ends every session of `uid`: in Postgres in one statement, then their
     /// mirrors a page of [`PAGE_SIZE`] per script call, then whatever else
     /// the mirror still lists. Returns how many were live.
+    #[tracing::instrument(name = "sessions end all", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "UPDATE", db.collection.name = "sessions"))]
     pub async fn end_all(&self, uid: &str, reason: EndReason) -> Result<i64, AuthError> {
         self.require_redis()?;
         let ended: Vec<Uuid> = sqlx::query_scalar(

@@ -74,6 +74,7 @@ impl Users {
     }
 
     /// Inserts a user; a taken login name is ALREADY_EXISTS naming it.
+    #[tracing::instrument(name = "users insert", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "INSERT", db.collection.name = "users"))]
     pub async fn insert(&self, new: NewUser<'_>) -> Result<UserRow, AuthError> {
         let result = sqlx::query_as::<_, UserRow>(
             "INSERT INTO users (id, username, email, phone, password_hash, is_admin) \
@@ -103,6 +104,7 @@ impl Users {
     }
 
     /// The user with this login name, if any.
+    #[tracing::instrument(name = "users select", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "SELECT", db.collection.name = "users"))]
     pub async fn find_by_login(&self, login: &LoginName) -> Result<Option<UserRow>, AuthError> {
         let (sql, value): (&'static str, &str) = match login {
             LoginName::Username(u) => (
@@ -125,6 +127,7 @@ impl Users {
     }
 
     /// The user with this id, if any.
+    #[tracing::instrument(name = "users select", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "SELECT", db.collection.name = "users"))]
     pub async fn get(&self, id: Uuid) -> Result<Option<UserRow>, AuthError> {
         Ok(sqlx::query_as::<_, UserRow>(
             "SELECT id, username, email, phone, password_hash, is_admin, disabled_at, created_at \
@@ -136,6 +139,7 @@ impl Users {
     }
 
     /// Replaces a user's password hash (rehash on login, password change).
+    #[tracing::instrument(name = "users update", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "UPDATE", db.collection.name = "users"))]
     pub async fn set_password_hash(&self, id: Uuid, hash: &str) -> Result<(), AuthError> {
         sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
             .bind(id)
@@ -148,6 +152,7 @@ impl Users {
     /// Marks a user disabled (keeps the first disable time); returns the row,
     /// or `None` if there is no such user. The last active admin cannot be
     /// disabled: [`AuthError::FailedPrecondition`].
+    #[tracing::instrument(name = "users disable", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "UPDATE", db.collection.name = "users"))]
     pub async fn disable(&self, id: Uuid) -> Result<Option<UserRow>, AuthError> {
         let mut tx = self.pool.begin().await?;
         // Admin changes take turns, so two admins disabling each other at
@@ -184,6 +189,7 @@ impl Users {
 
     /// Clears a user's disabled mark; returns the row, or `None` if there is
     /// no such user.
+    #[tracing::instrument(name = "users enable", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "UPDATE", db.collection.name = "users"))]
     pub async fn enable(&self, id: Uuid) -> Result<Option<UserRow>, AuthError> {
         Ok(sqlx::query_as::<_, UserRow>(
             "UPDATE users SET disabled_at = NULL WHERE id = $1 \
@@ -195,6 +201,7 @@ impl Users {
     }
 
     /// Makes user `id` an admin.
+    #[tracing::instrument(name = "users update", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "UPDATE", db.collection.name = "users"))]
     pub async fn make_admin(&self, id: Uuid) -> Result<(), AuthError> {
         sqlx::query("UPDATE users SET is_admin = true WHERE id = $1").bind(id).execute(&self.pool).await?;
         Ok(())

@@ -44,6 +44,7 @@ use tonic::{
     transport::{Channel, ClientTlsConfig, Endpoint, Uri, channel::Change},
 };
 use tower::{Service, ServiceExt as _};
+use tracing::Instrument as _;
 
 use crate::mtls::Mtls;
 
@@ -345,7 +346,31 @@ impl Service<http::Request<Body>> for BalancedChannel {
         self.channel.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+    /// With traces exported, the call (its retry included) is a client span
+    /// whose context goes to the backend as `traceparent`.
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        if !crate::telemetry::exporting() {
+            return self.call_untraced(request);
+        }
+        let path = request.uri().path();
+        let (service, method) = crate::grpc::rpc_name(path);
+        let span = tracing::info_span!(
+            "grpc client",
+            otel.name = %path.trim_start_matches('/'),
+            otel.kind = "client",
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+        );
+        crate::telemetry::inject(&span, request.headers_mut());
+        let call = span.in_scope(|| self.call_untraced(request));
+        Box::pin(call.instrument(span))
+    }
+}
+
+impl BalancedChannel {
+    /// [`Service::call`] without a span.
+    fn call_untraced(&mut self, request: http::Request<Body>) -> <Self as Service<http::Request<Body>>>::Future {
         // The channel that was polled ready takes the first attempt; a clone takes the retry.
         let ready = self.channel.clone();
         let ready = std::mem::replace(&mut self.channel, ready);

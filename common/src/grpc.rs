@@ -17,7 +17,7 @@ use tonic_health::{
 };
 use tower_http::{
     classify::{GrpcCode, GrpcErrorsAsFailures, GrpcFailureClass, SharedClassifier},
-    trace::{DefaultOnBodyChunk, DefaultOnEos, DefaultOnRequest, DefaultOnResponse},
+    trace::{DefaultOnBodyChunk, DefaultOnEos, DefaultOnRequest, DefaultOnResponse, OnEos, OnResponse},
 };
 
 /// Largest gRPC message a backend decodes: the largest valid request is a
@@ -48,9 +48,9 @@ pub type TraceLayer = tower_http::trace::TraceLayer<
     SharedClassifier<GrpcErrorsAsFailures>,
     MakeSpan,
     DefaultOnRequest,
-    DefaultOnResponse,
+    RecordStatus,
     DefaultOnBodyChunk,
-    DefaultOnEos,
+    RecordStatus,
     OnFailure,
 >;
 
@@ -82,12 +82,16 @@ pub const CLIENT_ERRORS: [GrpcCode; 8] = [
 
 /// One span per call carrying its method and the gateway's `x-request-id`,
 /// so every log line of the call (an unexpected error's too) names it.
-/// Client errors ([`CLIENT_ERRORS`]) are not failures; UNAVAILABLE and
+/// When traces are exported it is the call's OpenTelemetry server span, a
+/// child of the caller's `traceparent`, with the standard `rpc.*`
+/// attributes and the call's `rpc.grpc.status_code`. Client errors ([`CLIENT_ERRORS`]) are not failures; UNAVAILABLE and
 /// DEADLINE_EXCEEDED are logged at WARN (a dependency is away, the call may
 /// be retried), every other failure at ERROR.
 pub fn trace_layer() -> TraceLayer {
     tower_http::trace::TraceLayer::new(SharedClassifier::new(classifier()))
         .make_span_with(request_span as MakeSpan)
+        .on_response(RecordStatus)
+        .on_eos(RecordStatus)
         .on_failure(on_failure as OnFailure)
 }
 
@@ -96,14 +100,70 @@ fn classifier() -> GrpcErrorsAsFailures {
     CLIENT_ERRORS.iter().fold(GrpcErrorsAsFailures::new(), |classifier, code| classifier.with_success(*code))
 }
 
-/// The span of one call: its method and the `x-request-id` it came with.
+/// The span of one call: its method and the `x-request-id` it came with,
+/// continuing the trace of the caller's `traceparent`.
 fn request_span(request: &http::Request<tonic::body::Body>) -> tracing::Span {
     let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
-    tracing::info_span!("grpc", method = %request.uri().path(), request_id = %request_id)
+    let path = request.uri().path();
+    let (service, method) = rpc_name(path);
+    let span = tracing::info_span!(
+        "grpc",
+        method = %path,
+        request_id = %request_id,
+        otel.name = %path.trim_start_matches('/'),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+        rpc.grpc.status_code = tracing::field::Empty,
+    );
+    crate::telemetry::extract(&span, request.headers());
+    span
 }
 
-/// Logs a failed call at the level its code means.
-fn on_failure(class: GrpcFailureClass, latency: Duration, _span: &tracing::Span) {
+/// `("pkg.Service", "Method")` of a gRPC path `/pkg.Service/Method`.
+pub fn rpc_name(path: &str) -> (&str, &str) {
+    path.trim_start_matches('/').split_once('/').unwrap_or((path, ""))
+}
+
+/// Records a call's `grpc-status` (from a trailers-only answer's headers,
+/// or the trailers) on its span as `rpc.grpc.status_code`, when traces are
+/// exported; logs like tower-http's defaults otherwise.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RecordStatus;
+
+impl RecordStatus {
+    /// Notes the `grpc-status` in `headers`, if any.
+    fn record(headers: &http::HeaderMap, span: &tracing::Span) {
+        if crate::telemetry::exporting()
+            && let Some(code) = headers.get("grpc-status").and_then(|v| v.to_str().ok()?.parse::<i64>().ok())
+        {
+            span.record("rpc.grpc.status_code", code);
+        }
+    }
+}
+
+impl<B> OnResponse<B> for RecordStatus {
+    fn on_response(self, response: &http::Response<B>, latency: Duration, span: &tracing::Span) {
+        RecordStatus::record(response.headers(), span);
+        DefaultOnResponse::default().on_response(response, latency, span);
+    }
+}
+
+impl OnEos for RecordStatus {
+    fn on_eos(self, trailers: Option<&http::HeaderMap>, stream_duration: Duration, span: &tracing::Span) {
+        if let Some(trailers) = trailers {
+            RecordStatus::record(trailers, span);
+        }
+        DefaultOnEos::default().on_eos(trailers, stream_duration, span);
+    }
+}
+
+/// Logs a failed call at the level its code means, and marks its span as
+/// an error for the trace.
+fn on_failure(class: GrpcFailureClass, latency: Duration, span: &tracing::Span) {
+    span.record("otel.status_code", "error");
     let latency_ms = latency.as_millis() as u64;
     match class {
         GrpcFailureClass::Code(code) if is_transient(code.get()) => {

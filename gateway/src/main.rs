@@ -29,7 +29,8 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli: Cli = settings::load();
-    telemetry::init(cli.settings.log_format);
+    // Held to the end of `main`: dropping it sends the spans still queued.
+    let _telemetry = telemetry::init(cli.settings.log_format, "gateway");
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => Application::build(cli.settings).await?.run_until_stopped(shutdown::signal()).await,
         Command::Healthcheck => grpc::healthcheck(cli.settings.listen_addr, "", None).await,

@@ -273,6 +273,7 @@ impl RateLimiter {
     }
 
     /// One `EVALSHA` (an `EVAL` when the node has not seen the script).
+    #[tracing::instrument(name = "rate limit script", skip_all, fields(otel.kind = "client", db.system = "redis", db.operation = "EVALSHA"))]
     async fn check_redis(
         &self,
         client: &Client,

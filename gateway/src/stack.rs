@@ -5,14 +5,16 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
+    extract::MatchedPath,
     middleware::{from_fn, from_fn_with_state},
 };
-use http::{HeaderName, HeaderValue, Method, Request};
+use http::{HeaderName, HeaderValue, Method, Request, Response};
+use taskgate_common::telemetry;
 use tower::ServiceBuilder;
 use tower_http::{
     classify::ServerErrorsFailureClass,
     cors::{AllowOrigin, CorsLayer},
-    trace::{DefaultOnResponse, TraceLayer},
+    trace::{DefaultOnResponse, OnResponse, TraceLayer},
 };
 use tracing::{Level, Span};
 
@@ -20,6 +22,7 @@ use crate::{
     auth::{self, EdgeAuth},
     edge,
     metrics::{self, Metrics},
+    protocol::Protocol,
     ratelimit::{self, RateLimiter},
 };
 
@@ -49,14 +52,10 @@ pub fn apply(router: Router, parts: Parts) -> Router {
         .layer(from_fn_with_state(Arc::new(edge::Shedder::new(parts.max_in_flight, parts.metrics)), edge::shed))
         // Before anything logs, so every log line and every backend call carries the id.
         .layer(from_fn(edge::request_id))
-        // One span per request, with the id, around everything that can log; one
-        // INFO line per response is the access log.
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(span)
-                .on_response(DefaultOnResponse::new().level(Level::INFO))
-                .on_failure(on_failure),
-        )
+        // One span per request, with the id, around everything that can log
+        // (when traces are exported, the server span continuing the client's
+        // `traceparent`); one INFO line per response is the access log.
+        .layer(TraceLayer::new_for_http().make_span_with(span).on_response(AccessLog).on_failure(on_failure))
         // Preflights are answered here, before authentication; CORS headers go on every answer.
         .layer(cors(&parts.cors_allowed_origins))
         // Strips client-supplied identity headers and verifies the token.
@@ -70,17 +69,59 @@ pub fn apply(router: Router, parts: Parts) -> Router {
     router.layer(stack)
 }
 
-/// The tracing span of one request.
+/// The tracing span of one request. With traces exported it is also the
+/// gateway's OpenTelemetry server span, a child of the client's
+/// `traceparent` (REST, gRPC and gRPC-web alike), named after the gRPC
+/// method or the REST route, with the standard HTTP attributes.
 fn span<B>(request: &Request<B>) -> tracing::Span {
     let id = request.headers().get(edge::REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
-    tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+    let (method, path) = (request.method(), request.uri().path());
+    if !telemetry::exporting() {
+        return tracing::info_span!("request", %method, %path, request_id = %id);
+    }
+    let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+    let name = match route {
+        // gRPC and gRPC-web: `pkg.Service/Method`, as the backends name their spans.
+        _ if Protocol::of(request.headers()).is_grpc() => path.trim_start_matches('/').to_owned(),
+        Some(route) => format!("{method} {route}"),
+        None => method.to_string(),
+    };
+    let span = tracing::info_span!(
+        "request",
+        %method,
+        %path,
+        request_id = %id,
+        otel.name = %name,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %method,
+        http.route = route,
+        url.path = %path,
+        http.response.status_code = tracing::field::Empty,
+    );
+    telemetry::extract(&span, request.headers());
+    span
+}
+
+/// The access log line (INFO, tower-http's), and the status on the span.
+#[derive(Debug, Clone, Copy)]
+struct AccessLog;
+
+impl<B> OnResponse<B> for AccessLog {
+    fn on_response(self, response: &Response<B>, latency: Duration, span: &Span) {
+        if telemetry::exporting() {
+            span.record("http.response.status_code", response.status().as_u16());
+        }
+        DefaultOnResponse::new().level(Level::INFO).on_response(response, latency, span);
+    }
 }
 
 /// A REST 5xx (or a body that failed) at ERROR, but for 503: those are
 /// answered on purpose (a backend unreachable, load shed, the rate-limit
 /// store down), each logged with its cause where it arises, once per
 /// incident, and the access log line has every one.
-fn on_failure(class: ServerErrorsFailureClass, latency: Duration, _span: &Span) {
+fn on_failure(class: ServerErrorsFailureClass, latency: Duration, span: &Span) {
+    span.record("otel.status_code", "error");
     if matches!(class, ServerErrorsFailureClass::StatusCode(status) if status == http::StatusCode::SERVICE_UNAVAILABLE)
     {
         return;
@@ -90,9 +131,10 @@ fn on_failure(class: ServerErrorsFailureClass, latency: Duration, _span: &Span) 
 
 /// CORS: any origin reflected without credentials for `*`, or the listed
 /// origins with credentials (cookies). The gRPC status and rate-limit headers
-/// are exposed to scripts.
+/// are exposed to scripts; W3C trace context may be sent, so a browser's
+/// traces continue through the gateway.
 pub fn cors(allowed: &str) -> CorsLayer {
-    const ALLOW: [&str; 10] = [
+    const ALLOW: [&str; 12] = [
         "authorization",
         "content-type",
         "x-grpc-web",
@@ -103,6 +145,8 @@ pub fn cors(allowed: &str) -> CorsLayer {
         "connect-protocol-version",
         "connect-timeout-ms",
         "accept",
+        "traceparent",
+        "tracestate",
     ];
     const EXPOSE: [&str; 7] = [
         "grpc-status",

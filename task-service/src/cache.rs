@@ -306,6 +306,7 @@ impl ListCache {
     }
 
     /// Reads `owner`'s entry of `shape` together with the current stamp.
+    #[tracing::instrument(name = "cache read", skip_all, fields(otel.kind = "client", db.system = "redis", db.operation = "EVAL", db.redis.script = "read"))]
     pub async fn lookup(&self, owner: Uuid, shape: Shape) -> Lookup {
         if !self.usable().await {
             return Lookup::Bypass;
@@ -345,6 +346,7 @@ impl ListCache {
 
     /// Stores `page` as `owner`'s entry of `shape` if its stamp is still
     /// current. Returns whether it was stored.
+    #[tracing::instrument(name = "cache fill", skip_all, fields(otel.kind = "client", db.system = "redis", db.operation = "EVAL", db.redis.script = "fill"))]
     pub async fn fill(&self, owner: Uuid, shape: Shape, page: &CachedPage) -> bool {
         // Redis went away since the lookup: do not wait on it for a fill.
         if !self.redis.available() {
@@ -385,6 +387,7 @@ impl ListCache {
     /// Returns the new version, or `None` when Redis could not be told; the
     /// caller then records the miss where other replicas see it (see
     /// [`ListCache::new_epoch`]).
+    #[tracing::instrument(name = "cache bump", skip_all, fields(otel.kind = "client", db.system = "redis", db.operation = "EVAL", db.redis.script = "bump"))]
     pub async fn publish(&self, owner: Uuid, change: &Change) -> Option<i64> {
         if let Some(reason) = self.redis.unavailable_reason() {
             self.went_down(reason);

@@ -30,7 +30,8 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli: Cli = settings::load();
     let settings = cli.settings;
-    telemetry::init(settings.log_format);
+    // Held to the end of `main`: dropping it sends the spans still queued.
+    let _telemetry = telemetry::init(settings.log_format, "task-service");
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => Application::build(settings).await?.run_until_stopped(shutdown::signal()).await,
         Command::Migrate => {

@@ -167,6 +167,7 @@ impl Repository {
     /// the id is recorded in the same transaction: a second call with the
     /// same id (within [`REQUEST_ID_LIFETIME`]) creates nothing and returns
     /// the first call's task, or refuses a different payload.
+    #[tracing::instrument(name = "tasks insert", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "INSERT", db.collection.name = "tasks"))]
     pub async fn create(&self, owner: Uuid, new: &NewTask, request: Option<&RequestId>) -> Result<Created, TaskError> {
         let result = self.create_in_transaction(owner, new, request).await;
         self.observe(result, "creating a task")?
@@ -255,6 +256,7 @@ impl Repository {
     }
 
     /// The task `id` if `owner` owns it.
+    #[tracing::instrument(name = "tasks select", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "SELECT", db.collection.name = "tasks"))]
     pub async fn get(&self, owner: Uuid, id: Uuid) -> Result<Task, TaskError> {
         let row = sqlx::query_as::<_, TaskRow>(
             "SELECT id, title, description, status, created_at, updated_at, version \
@@ -269,6 +271,7 @@ impl Repository {
 
     /// Applies `changes` to task `id` if `owner` owns it (and, with
     /// `expected`, only if its version is still that one), and returns it.
+    #[tracing::instrument(name = "tasks update", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "UPDATE", db.collection.name = "tasks"))]
     pub async fn update(
         &self,
         owner: Uuid,
@@ -321,6 +324,7 @@ impl Repository {
 
     /// Deletes task `id` if `owner` owns it (and, with `expected`, only if
     /// its version is still that one).
+    #[tracing::instrument(name = "tasks delete", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "DELETE", db.collection.name = "tasks"))]
     pub async fn delete(&self, owner: Uuid, id: Uuid, expected: Option<i64>) -> Result<(), TaskError> {
         let done =
             sqlx::query("DELETE FROM tasks WHERE id = $1 AND owner_id = $2 AND ($3::bigint IS NULL OR version = $3)")
@@ -339,6 +343,7 @@ impl Repository {
     /// Four static statements rather than one with `$n IS NULL OR ...`, so
     /// each has a plan that walks the `(owner_id, created_at DESC, id DESC)`
     /// index from the cursor: page 200 costs what page 1 costs.
+    #[tracing::instrument(name = "tasks list", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "SELECT", db.collection.name = "tasks"))]
     pub async fn list(
         &self,
         owner: Uuid,

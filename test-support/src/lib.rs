@@ -11,7 +11,9 @@
 //!   ([`PrivateRedis`], [`PrivatePostgres`]), or a private Redis Cluster
 //!   whose primaries it can kill ([`PrivateRedisCluster`]);
 //! - when it needs a backend's connections to fail mid-call, a TCP proxy in
-//!   front of the backend that it can cut ([`CuttableProxy`]).
+//!   front of the backend that it can cut ([`CuttableProxy`]);
+//! - when it checks the traces the services export, an OTLP receiver
+//!   ([`OtlpReceiver`]).
 //!
 //! `cargo xtask test` runs the Redis-touching integration tests twice: once
 //! with `TASKGATE_TEST_REDIS_URL` naming a single Redis, once naming a Redis
@@ -21,11 +23,13 @@
 //! are thrown away with the run), so nothing scans or deletes across nodes.
 //!
 //! # Layout
-//! Everything is in this file, but for [`proxy`] (the cuttable proxy); it is
-//! small on purpose.
+//! Everything is in this file, but for [`proxy`] (the cuttable proxy) and
+//! [`otlp`] (the trace receiver); it is small on purpose.
 
+pub mod otlp;
 pub mod proxy;
 
+pub use otlp::OtlpReceiver;
 pub use proxy::{Cut, CuttableProxy};
 
 use std::time::Duration;

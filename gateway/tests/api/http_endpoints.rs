@@ -7,11 +7,14 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use crate::helpers::{StackOptions, spawn_stack, spawn_stack_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cors_preflights_are_answered_without_a_token() {
+async fn cors_preflights_are_answered_without_a_token_and_allow_trace_context() {
     let stack = spawn_stack().await;
     for (path, headers) in [
-        ("/api/v1/tasks", "authorization,content-type,x-csrf-token"),
-        ("/taskgate.task.v1.TaskService/ListTasks", "x-grpc-web,content-type,x-user-agent,grpc-timeout"),
+        ("/api/v1/tasks", "authorization,content-type,x-csrf-token,traceparent,tracestate"),
+        (
+            "/taskgate.task.v1.TaskService/ListTasks",
+            "x-grpc-web,content-type,x-user-agent,grpc-timeout,traceparent,tracestate",
+        ),
     ] {
         let response = stack
             .http
