@@ -35,6 +35,7 @@ use tracing::Subscriber;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::{
     EnvFilter,
+    filter::LevelFilter,
     fmt::{
         FmtContext, FormatEvent, FormatFields,
         format::{self, Writer},
@@ -127,8 +128,8 @@ impl Drop for Telemetry {
 }
 
 /// Installs the global subscriber, exporting spans as `binary` when the
-/// `OTEL_*` variables say so ([`Export::from_env`]). The filter comes from
-/// `RUST_LOG` (default `info`). Must run inside a tokio runtime (the
+/// `OTEL_*` variables say so ([`Export::from_env`]). The log filter comes
+/// from `RUST_LOG` (default `info`); spans are exported from INFO up. Must run inside a tokio runtime (the
 /// exporter's gRPC channel). Calling it twice is harmless (tests start many
 /// services): the second call installs nothing and exports nothing.
 pub fn init(format: LogFormat, binary: &str) -> Telemetry {
@@ -147,17 +148,26 @@ pub fn init_with(format: LogFormat, export: Export) -> Telemetry {
         }
     });
     // No provider, no layer: tracing's spans cost what they did before.
-    let otel = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("taskgate")));
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    // Spans are exported from INFO up whatever `RUST_LOG` says (it chooses
+    // what is logged), so quiet logs still give whole traces.
+    let otel = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("taskgate")).with_filter(LevelFilter::INFO));
+    let registry = tracing_subscriber::registry().with(otel);
     let ids = provider.is_some();
     let installed = match format {
         LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().fmt_fields(format::JsonFields::new()).event_format(WithTraceIds {
-                inner: format::Format::default().json().flatten_event(true),
-                enabled: ids,
-            }))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .fmt_fields(format::JsonFields::new())
+                    .event_format(WithTraceIds {
+                        inner: format::Format::default().json().flatten_event(true),
+                        enabled: ids,
+                    })
+                    .with_filter(filter),
+            )
             .try_init(),
-        LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer().compact()).try_init(),
+        LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer().compact().with_filter(filter)).try_init(),
     };
     match installed {
         Ok(()) => {

@@ -18,6 +18,11 @@
 //!
 //! Each run is bounded: REQUESTS per path (default 5000) or 30 s, whichever
 //! comes first, with CONCURRENCY requests in flight (default 32).
+//!
+//! Tracing is off (no subscriber) unless `LOADGEN_TRACES` is set: `off`
+//! installs the services' subscriber without an exporter, `on` with one
+//! exporting every span to an in-process OTLP receiver, so the cost of
+//! traces can be measured (`RUST_LOG=warn` keeps the access log out of it).
 
 use std::{
     future::Future,
@@ -36,6 +41,21 @@ use taskgate_proto::{
 };
 use tonic::{Request, transport::Channel};
 
+/// The subscriber `LOADGEN_TRACES` asks for (see the module docs).
+async fn traces() -> (Option<taskgate_test_support::OtlpReceiver>, Option<taskgate_common::telemetry::Telemetry>) {
+    use taskgate_common::telemetry::{Export, LogFormat, init_with};
+    let export = |endpoint| Export { endpoint, service_name: "loadgen".into() };
+    match std::env::var("LOADGEN_TRACES").as_deref() {
+        Ok("on") => {
+            let receiver = taskgate_test_support::OtlpReceiver::start().await;
+            let telemetry = init_with(LogFormat::Json, export(Some(receiver.endpoint())));
+            (Some(receiver), Some(telemetry))
+        }
+        Ok(_) => (None, Some(init_with(LogFormat::Json, export(None)))),
+        Err(_) => (None, None),
+    }
+}
+
 /// The longest one path is driven.
 const MAX_RUN: Duration = Duration::from_secs(30);
 /// Requests before measuring, to open connections and warm caches.
@@ -47,6 +67,8 @@ async fn main() -> anyhow::Result<()> {
     let requests: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(5000);
     let concurrency: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(32);
 
+    // The receiver (when exporting) and the guard live to the end of the run.
+    let (_receiver, _telemetry) = traces().await;
     let stack = Stack::start().await?;
     println!(
         "taskgate loadgen: ListTasks ({} tasks per page), {requests} requests per path, {concurrency} in flight",

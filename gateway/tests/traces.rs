@@ -97,5 +97,6 @@ async fn a_rest_call_with_a_traceparent_is_traced_through_the_gateway_the_task_s
     let store = store_span(&spans, task).unwrap_or_else(|| panic!("no cache or database span: {names:?}"));
     let system = store.attributes.iter().find(|kv| kv.key == "db.system").and_then(|kv| kv.value.clone());
     assert!(system.is_some(), "the store span names its system: {store:?}");
-    drop(telemetry);
+    // Stopping the exporter blocks too.
+    tokio::task::spawn_blocking(move || drop(telemetry)).await.expect("stopping the exporter");
 }
