@@ -15,11 +15,14 @@
 //! - [`throttle`]: the failed-login sliding windows.
 //! - [`users`]: the `users` table.
 //! - [`error`]: [`AuthError`] and its mapping to gRPC statuses.
+//! - [`metrics`]: the service's own Prometheus series (logins, refreshes,
+//!   revocations, the hashing queue).
 
 pub mod domain;
 pub mod error;
 pub mod issuer;
 pub mod keys;
+pub mod metrics;
 pub mod password;
 pub mod service;
 pub mod sessions;

@@ -41,7 +41,7 @@ use argon2::{
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use crate::{domain::Password, error::AuthError};
+use crate::{domain::Password, error::AuthError, metrics::AuthMetrics};
 
 /// Memory cost in KiB (OWASP password storage cheat sheet: 19 MiB).
 pub const M_COST: u32 = 19_456;
@@ -87,6 +87,8 @@ struct Inner {
     /// the retry time of a refused hash, and how long Register waits when it
     /// answers without hashing.
     average_us: AtomicU64,
+    /// Where the queue's depth and the hashes' waits are counted.
+    metrics: AuthMetrics,
 }
 
 /// The right to run one hash (or verification) now or after the queued
@@ -230,8 +232,9 @@ fn worker(jobs: Arc<Mutex<Receiver<Job>>>) {
 
 impl PasswordHasher {
     /// Starts `threads` hashing threads (at least one) with a queue of
-    /// `queue_capacity` waiting hashes, and computes the dummy hash on them.
-    pub async fn new(threads: usize, queue_capacity: usize) -> anyhow::Result<Self> {
+    /// `queue_capacity` waiting hashes, and computes the dummy hash on them;
+    /// the queue's depth and waits are counted in `metrics`.
+    pub async fn new(threads: usize, queue_capacity: usize, metrics: AuthMetrics) -> anyhow::Result<Self> {
         let threads = threads.max(1);
         let (sender, receiver) = mpsc::sync_channel::<Job>(threads + queue_capacity);
         let receiver = Arc::new(Mutex::new(receiver));
@@ -250,6 +253,7 @@ impl PasswordHasher {
                 queue_capacity,
                 dummy_hash: std::sync::OnceLock::new(),
                 average_us: AtomicU64::new(50_000),
+                metrics,
             }),
         };
         let random = uuid::Uuid::new_v4().to_string();
@@ -298,9 +302,12 @@ impl PasswordHasher {
     ) -> Result<T, AuthError> {
         let (reply, result) = oneshot::channel();
         let inner = self.inner.clone();
+        let queued = Instant::now();
         let job: Job = Box::new(move |memory| {
             let _slot = slot;
             let started = Instant::now();
+            inner.metrics.hash_queue_depth.dec();
+            inner.metrics.hash_wait.observe(started.duration_since(queued).as_secs_f64());
             let outcome = f(memory);
             let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             // Moving average over about the last eight hashes.
@@ -309,10 +316,16 @@ impl PasswordHasher {
             // The caller may have gone (its call was cancelled): nothing to do.
             let _ = reply.send(outcome);
         });
+        // Counted before sending: the job may start (and be taken off) at once.
+        self.inner.metrics.hash_queue_depth.inc();
         match self.inner.jobs.try_send(job) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(AuthError::Busy { retry_after: self.retry_after() }),
+            Err(TrySendError::Full(_)) => {
+                self.inner.metrics.hash_queue_depth.dec();
+                return Err(AuthError::Busy { retry_after: self.retry_after() });
+            }
             Err(TrySendError::Disconnected(_)) => {
+                self.inner.metrics.hash_queue_depth.dec();
                 return Err(AuthError::Unexpected(anyhow::anyhow!("password hashing threads are gone")));
             }
         }
@@ -383,7 +396,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_is_refused_at_once_with_a_retry_time() {
-        let hasher = PasswordHasher::new(1, 1).await.expect("hasher");
+        let hasher = PasswordHasher::new(1, 1, AuthMetrics::default()).await.expect("hasher");
         let password = Password::parse("a long passphrase 42", &[]).expect("valid");
         // One hash runs, one waits, the rest are refused without waiting.
         let started = Instant::now();

@@ -21,6 +21,7 @@ use crate::{
     error::AuthError,
     issuer::{PairSpec, TokenIssuer, now_secs},
     keys::KeyStore,
+    metrics::AuthMetrics,
     password::{PasswordHasher, Verified},
     sessions::{EndReason, NewSession, RefreshOutcome, SessionStore},
     throttle::{LoginThrottle, Subject},
@@ -56,6 +57,8 @@ pub struct AuthApi {
     /// on the blocking pool) run at most this many at once, so a flood of
     /// registrations cannot take the cores from the cheap calls.
     pub(crate) strength_checks: Arc<Semaphore>,
+    /// Logins and refreshes by outcome, for `/metrics`.
+    pub(crate) metrics: AuthMetrics,
 }
 
 fn timestamp_ms(ms: i64) -> prost_types::Timestamp {
@@ -345,7 +348,14 @@ impl AuthApi {
             iat: now_secs(),
             session_exp: 0,
         };
-        match self.sessions.refresh(&claims.jti, &next).await? {
+        let outcome = self.sessions.refresh(&claims.jti, &next).await?;
+        self.metrics.refresh(match &outcome {
+            RefreshOutcome::Rotated(_) => "rotated",
+            RefreshOutcome::Grace(_) => "grace",
+            RefreshOutcome::Missing => "session_ended",
+            RefreshOutcome::Reuse => "reuse_detected",
+        });
+        match outcome {
             RefreshOutcome::Rotated(spec) | RefreshOutcome::Grace(spec) => {
                 Ok(RefreshResponse { tokens: Some(self.issuer.mint(&spec)?) })
             }
@@ -467,11 +477,22 @@ impl AuthService for AuthApi {
     async fn login(&self, request: Request<LoginRequest>) -> Result<Response<LoginResponse>, Status> {
         let ip = client_ip(&request);
         let ua = user_agent(request.metadata());
-        Ok(Response::new(AuthApi::login(self, request.into_inner(), &ua, &ip).await?))
+        let result = AuthApi::login(self, request.into_inner(), &ua, &ip).await;
+        self.metrics.login(&result);
+        Ok(Response::new(result?))
     }
 
     async fn refresh(&self, request: Request<RefreshRequest>) -> Result<Response<RefreshResponse>, Status> {
-        Ok(Response::new(AuthApi::refresh(self, request.into_inner()).await?))
+        let result = AuthApi::refresh(self, request.into_inner()).await;
+        // Outcomes the session store decided were counted there; these are
+        // the calls refused before it.
+        match &result {
+            Err(AuthError::TokenInvalid(_)) => self.metrics.refresh("invalid_token"),
+            Err(AuthError::InvalidArgument { .. }) => self.metrics.refresh("invalid_argument"),
+            Err(AuthError::SessionRevoked) | Ok(_) => {}
+            Err(_) => self.metrics.refresh("error"),
+        }
+        Ok(Response::new(result?))
     }
 
     async fn logout(&self, request: Request<LogoutRequest>) -> Result<Response<LogoutResponse>, Status> {

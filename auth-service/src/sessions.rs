@@ -54,7 +54,7 @@ use taskgate_common::{keys, redis::RedisHandle};
 use taskgate_tokens::session_key;
 use uuid::Uuid;
 
-use crate::{error::AuthError, error::SESSIONS_UNAVAILABLE, issuer::PairSpec};
+use crate::{error::AuthError, error::SESSIONS_UNAVAILABLE, issuer::PairSpec, metrics::AuthMetrics};
 
 /// Writes (or refreshes) the mirror of one live session, unless the session
 /// was ended meanwhile. KEYS: session, user index, end record. ARGV: uid,
@@ -330,6 +330,8 @@ pub struct SessionStore {
     dirty: Arc<AtomicBool>,
     /// The Lua scripts, hashed once.
     scripts: Arc<Scripts>,
+    /// Where ended sessions are counted, by reason.
+    metrics: AuthMetrics,
 }
 
 struct Scripts {
@@ -375,7 +377,14 @@ impl SessionStore {
                 page: Script::new(PAGE),
                 list: Script::new(LIST),
             }),
+            metrics: AuthMetrics::default(),
         }
+    }
+
+    /// This store, counting ended sessions in `metrics`.
+    pub fn with_metrics(mut self, metrics: AuthMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Preloads the scripts (best effort).
@@ -510,6 +519,7 @@ impl SessionStore {
             ip: s.ip.to_owned(),
         })
         .await?;
+        self.metrics.sessions_revoked(EndReason::SessionLimit, evicted.len() as u64);
         if !evicted.is_empty() {
             let evicted: Vec<String> = evicted.iter().map(Uuid::to_string).collect();
             for page in evicted.chunks(PAGE_SIZE) {
@@ -627,7 +637,7 @@ impl SessionStore {
     #[tracing::instrument(name = "sessions end", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "UPDATE", db.collection.name = "sessions"))]
     async fn end_in_database(&self, uid: &str, sid: &str, reason: EndReason) -> Result<Option<bool>, AuthError> {
         let (uid, sid) = (parse_id(uid)?, parse_id(sid)?);
-        Ok(sqlx::query_scalar(
+        let was_live: Option<bool> = sqlx::query_scalar(
             "WITH old AS (SELECT revoked_at FROM sessions WHERE id = $1 AND user_id = $2 FOR UPDATE)
              UPDATE sessions s SET revoked_at = COALESCE(s.revoked_at, now()),
                                    revoked_reason = COALESCE(s.revoked_reason, $3)
@@ -638,7 +648,11 @@ impl SessionStore {
         .bind(uid)
         .bind(reason.as_str())
         .fetch_optional(&self.db)
-        .await?)
+        .await?;
+        if was_live == Some(true) {
+            self.metrics.sessions_revoked(reason, 1);
+        }
+        Ok(was_live)
     }
 
     async fn end_mirror(&self, uid: &str, sid: &str) -> Result<(), AuthError> {
@@ -685,6 +699,7 @@ impl SessionStore {
         .bind(reason.as_str())
         .fetch_all(&self.db)
         .await?;
+        self.metrics.sessions_revoked(reason, ended.len() as u64);
         let ended: Vec<String> = ended.iter().map(Uuid::to_string).collect();
         for page in ended.chunks(PAGE_SIZE) {
             self.revoke_many(uid, page).await?;

@@ -20,6 +20,12 @@ pub struct Settings {
     #[arg(long, env = "AUTH_LISTEN_ADDR", default_value = "127.0.0.1:50051")]
     pub listen_addr: SocketAddr,
 
+    /// Address of the admin listener serving Prometheus metrics at
+    /// `/metrics` (plain HTTP): loopback by default; a deployment sets an
+    /// interface its Prometheus reaches (the manifests use 0.0.0.0:9091).
+    #[arg(long, env = "AUTH_ADMIN_ADDR", default_value = "127.0.0.1:9091")]
+    pub admin_addr: SocketAddr,
+
     /// PostgreSQL URL; the service uses the `auth` schema in it.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = taskgate_common::settings::secret)]
     pub database_url: SecretString,
@@ -161,6 +167,7 @@ impl Settings {
     pub fn for_tests(database_url: String, redis_url: String, redis_prefix: String) -> Self {
         Settings {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             database_url: database_url.into(),
             database_max_connections: 5,
             redis_url: redis_url.into(),

@@ -7,7 +7,12 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use secrecy::ExposeSecret as _;
 use sqlx::PgPool;
-use taskgate_common::{db, grpc, mtls::Mtls, redis::RedisHandle};
+use taskgate_common::{
+    db, grpc,
+    metrics::{Admin, Registry, grpc::GrpcServerMetrics},
+    mtls::Mtls,
+    redis::RedisHandle,
+};
 use taskgate_proto::{auth::v1::auth_service_server::AuthServiceServer, service_names};
 use taskgate_tokens::{RevocationCheck, RevocationPolicy, Verifier, VerifierConfig};
 
@@ -17,6 +22,7 @@ use crate::{
     error::AuthError,
     issuer::TokenIssuer,
     keys::{KeyCipher, KeyStore, KeyStoreSource},
+    metrics::AuthMetrics,
     password::{PasswordHasher, Verified},
     service::AuthApi,
     sessions::SessionStore,
@@ -50,6 +56,12 @@ pub struct Application {
     pool: PgPool,
     /// Mutual TLS material, when MTLS_* is set.
     mtls: Option<Mtls>,
+    /// The bound admin listener, serving every metric of this instance at `/metrics`.
+    admin: Admin,
+    /// Its address.
+    admin_addr: SocketAddr,
+    /// The go-grpc-prometheus series, counted by the server's layer.
+    grpc_metrics: Arc<GrpcServerMetrics>,
 }
 
 /// Applies the `auth` schema's migrations (the `migrate` command).
@@ -203,7 +215,12 @@ impl Application {
             }
         };
         let mtls = settings.mtls.load()?;
-        let hasher = PasswordHasher::new(settings.hashing_threads(), settings.hash_queue_capacity).await?;
+        // One registry per instance: tests run many services in one process.
+        let mut registry = Registry::default();
+        let grpc_metrics = GrpcServerMetrics::register(&mut registry, &[service_names::AUTH]);
+        let metrics = AuthMetrics::register(&mut registry);
+        let hasher =
+            PasswordHasher::new(settings.hashing_threads(), settings.hash_queue_capacity, metrics.clone()).await?;
         let users = Users::new(pool.clone());
 
         let mut verifier_config = VerifierConfig::new(settings.jwt_issuer.clone(), settings.jwt_audience.clone());
@@ -219,7 +236,8 @@ impl Application {
             settings.refresh_grace,
             settings.refresh_token_ttl,
             settings.max_sessions_per_user,
-        );
+        )
+        .with_metrics(metrics.clone());
         sessions.load_scripts().await;
         bootstrap_admin(&settings, &users, &hasher, &sessions).await?;
         let throttle = LoginThrottle::new(
@@ -252,12 +270,15 @@ impl Application {
             revocation: RevocationCheck::new(redis, settings.redis_prefix.clone(), RevocationPolicy::FailClosed),
             session_lifetime: settings.session_max_lifetime,
             strength_checks: Arc::new(tokio::sync::Semaphore::new(settings.hashing_threads())),
+            metrics,
         };
 
         let listener = tokio::net::TcpListener::bind(settings.listen_addr)
             .await
             .with_context(|| format!("binding AUTH_LISTEN_ADDR {}", settings.listen_addr))?;
         let local_addr = listener.local_addr().context("reading the bound address")?;
+        let admin = Admin::bind(settings.admin_addr, "AUTH_ADMIN_ADDR", registry).await?;
+        let admin_addr = admin.local_addr()?;
         Ok(Application {
             listener,
             local_addr,
@@ -266,12 +287,20 @@ impl Application {
             key_reload_interval: settings.key_reload_interval,
             pool,
             mtls,
+            admin,
+            admin_addr,
+            grpc_metrics,
         })
     }
 
     /// The address the server listens on.
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the admin listener (`/metrics`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
     }
 
     /// The signing keys (tests rotate through it).
@@ -303,10 +332,11 @@ impl Application {
         // from Postgres when it does (and once now, if it never was).
         let mirror = tokio::spawn(self.api.sessions.clone().keep_mirror_whole());
 
-        let router = grpc::backend_server(self.mtls.as_ref(), REQUEST_TIMEOUT)?
+        let router = grpc::backend_server(self.mtls.as_ref(), REQUEST_TIMEOUT, self.grpc_metrics)?
             .add_service(AuthServiceServer::new(self.api).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES));
         let result =
-            grpc::serve_backend(router, service_names::AUTH, self.listener, shutdown, grpc::DRAIN_TIMEOUT).await;
+            grpc::serve_backend(router, service_names::AUTH, self.listener, self.admin, shutdown, grpc::DRAIN_TIMEOUT)
+                .await;
         reloader.abort();
         mirror.abort();
         result

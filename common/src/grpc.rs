@@ -56,7 +56,7 @@ pub type TraceLayer = tower_http::trace::TraceLayer<
 
 /// A backend server's layers: [`trace_layer`] outermost, then whatever the
 /// service adds after it.
-pub type Layers = tower::layer::util::Stack<TraceLayer, tower::layer::util::Identity>;
+pub type Layers = crate::metrics::grpc::Layered<tower::layer::util::Stack<TraceLayer, tower::layer::util::Identity>>;
 
 /// How [`trace_layer`] names a call's span.
 pub type MakeSpan = fn(&http::Request<tonic::body::Body>) -> tracing::Span;
@@ -218,21 +218,31 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn backend_server(
     mtls: Option<&crate::mtls::Mtls>,
     request_timeout: Duration,
+    metrics: std::sync::Arc<crate::metrics::grpc::GrpcServerMetrics>,
 ) -> anyhow::Result<tonic::transport::Server<Layers>> {
-    Ok(server(mtls)?.timeout(request_timeout).layer(trace_layer()))
+    Ok(server(mtls)?
+        .timeout(request_timeout)
+        .layer(trace_layer())
+        // Inside the trace layer: counts every call that reaches the routes
+        // (unknown methods too, as `unknown`) with its final code.
+        .layer(crate::metrics::grpc::GrpcMetricsLayer::new(metrics)))
 }
 
 /// Serves `router` (the backend's own services on a [`backend_server`]), with
 /// grpc.health.v1 (SERVING for `name`) and reflection beside them, on
-/// `listener` until `shutdown` completes; then in-flight calls get up to
+/// `listener`, and `/metrics` on `admin`, until `shutdown` completes; then in-flight calls get up to
 /// `drain` to finish, and whatever is still open after it is dropped.
 pub async fn serve_backend(
     router: tonic::transport::server::Router<Layers>,
     name: &str,
     listener: tokio::net::TcpListener,
+    admin: crate::metrics::Admin,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     drain: Duration,
 ) -> anyhow::Result<()> {
+    // Stopped once the gRPC server has drained, so a scrape during the drain still answers.
+    let admin_addr = admin.local_addr()?;
+    let admin = admin.spawn();
     let (_reporter, health) = health(&[name]).await;
     let (reflection_v1, reflection_v1alpha) = reflection()?;
     let addr = listener.local_addr().context("reading the bound address")?;
@@ -243,7 +253,7 @@ pub async fn serve_backend(
         shutdown.await;
         let _ = stopped_tx.send(());
     };
-    tracing::info!(%addr, service = name, "listening");
+    tracing::info!(%addr, admin = %admin_addr, service = name, "listening");
     let serve = router
         .add_service(health)
         .add_service(reflection_v1)
@@ -267,6 +277,7 @@ pub async fn serve_backend(
             Ok(())
         }
     };
+    admin.abort();
     tracing::info!(service = name, "stopped");
     result
 }

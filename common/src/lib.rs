@@ -14,12 +14,15 @@
 //! - [`keys`]: the Redis key layout (per-user hash tags for Redis Cluster).
 //! - [`status`]: `tonic::Status` builders carrying google.rpc error details.
 //! - [`fault`]: the one classification of Postgres and Redis errors into gRPC codes.
+//! - [`metrics`]: Prometheus metrics: the go-grpc-prometheus server series
+//!   and the admin listener serving `/metrics`.
 
 pub mod balance;
 pub mod db;
 pub mod fault;
 pub mod grpc;
 pub mod keys;
+pub mod metrics;
 pub mod mtls;
 pub mod redis;
 pub mod settings;

@@ -1,41 +1,37 @@
-//! Prometheus metrics, hand-rolled: a few maps behind short-held mutexes and
-//! atomics, rendered as the text exposition format at `/metrics`.
+//! Prometheus metrics of the gateway, in `prometheus-client` series
+//! exported at `/metrics` on the admin listener:
 //!
-//! - `taskgate_gateway_requests_total{protocol,route,code}`: every response;
-//!   `code` is the gRPC code name for gRPC and gRPC-web (read from the
-//!   trailers), the HTTP status for REST.
-//! - `taskgate_gateway_request_duration_seconds{protocol,route}`: histogram,
-//!   from receipt to the end of the response body.
-//! - `taskgate_gateway_rate_limited_total{protocol}`: requests refused by the limit.
-//! - `taskgate_gateway_upstream_requests_total{service,method,code}` and
-//!   `taskgate_gateway_upstream_errors_total{service,method,code}`: calls the
-//!   gRPC proxy made to the backends, and those that failed in transport
-//!   (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED, UNKNOWN, INTERNAL).
-//! - `taskgate_gateway_ratelimit_fallback_active` (gauge) and
-//!   `taskgate_gateway_ratelimit_fallback_decisions_total`: the local limiter in use.
-//! - `taskgate_gateway_shed_total{protocol}`: requests refused by load shedding.
+//! - gRPC and gRPC-web calls, as go-grpc-prometheus names them, with a
+//!   `protocol` label (`grpc` or `grpc-web`):
+//!   `grpc_server_started_total{protocol,grpc_type,grpc_service,grpc_method}`,
+//!   `grpc_server_handled_total{...,grpc_code}` (the code read from the
+//!   trailers, or the gRPC-web trailer frame) and the
+//!   `grpc_server_handling_seconds{...}` histogram.
+//! - REST and the plain HTTP endpoints:
+//!   `http_server_requests_total{method,route,code}` and the
+//!   `http_server_request_duration_seconds{method,route}` histogram, from
+//!   receipt to the end of the response body.
+//! - The proxy's calls to the backends, as go-grpc-prometheus names a
+//!   client's: `grpc_client_handled_total{grpc_type,grpc_service,grpc_method,grpc_code}`.
+//! - `gateway_ratelimit_decisions_total{protocol,decision}` (`allowed`,
+//!   `limited`, `revoked`, `unavailable`), `gateway_ratelimit_fallback_active`
+//!   (gauge: 1 while Redis is unreachable and the local limiter decides) and
+//!   `gateway_ratelimit_fallback_decisions_total`.
+//! - `gateway_shed_total{protocol}`: requests refused by load shedding.
 //!
-//! Label values come only from fixed sets: a gRPC route is a method some
-//! served service declares (read from the descriptor sets), a REST route is a
-//! `google.api.http` template or one of the gateway's own endpoints, and
-//! anything else is `other`; on top of that, [`MAX_SERIES`] caps every map.
-//! `/metrics` copies each map under its lock and formats the copy after
-//! letting go, so a scrape never holds a lock the request path needs for
-//! longer than a copy of a few hundred entries.
+//! Label values come only from fixed sets: a gRPC method is one some proto
+//! the gateway serves declares (read from the descriptor sets), a REST route
+//! is a `google.api.http` template or one of the gateway's own endpoints, an
+//! HTTP method one of the standard ones, and anything else is `unknown` /
+//! `other`; so no request can add a label set. See
+//! [`taskgate_common::metrics`] for the locking.
 
 use std::{
-    collections::{HashMap, HashSet},
-    fmt::Write as _,
     pin::Pin,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
+    sync::Arc,
     task::{Context, Poll},
     time::Instant,
 };
-
-use prost::Message as _;
 
 use axum::{
     body::Body,
@@ -44,297 +40,285 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bytes::Bytes;
-use http::{HeaderMap, header::CONTENT_TYPE};
+use http::header::CONTENT_TYPE;
 use http_body::{Body as _, Frame, SizeHint};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use taskgate_common::metrics::{
+    GrpcCode, HistogramFamily,
+    grpc::{MethodLabels, declared_method},
+    histogram_family,
+};
 use taskgate_proto::HTTP_RULES;
 use tonic::Code;
 
 use crate::protocol::{Protocol, ReceivedAt};
 
-/// Upper bounds (seconds) of the latency histogram buckets.
-const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-
-/// One latency histogram.
-#[derive(Default, Clone)]
-struct Histogram {
-    /// Observations at or below each bucket bound (not cumulative; summed on render).
-    buckets: [u64; BUCKETS.len()],
-    /// Observations above the last bound.
-    overflow: u64,
-    /// Sum of all observations, in seconds.
-    sum: f64,
-    /// Number of observations.
-    count: u64,
+/// The labels of a gRPC or gRPC-web call at the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct GrpcLabels {
+    /// `grpc` or `grpc-web`.
+    pub protocol: &'static str,
+    /// `unary`, `client_stream`, `server_stream` or `bidi_stream`.
+    pub grpc_type: &'static str,
+    /// The fully qualified service, or `unknown`.
+    pub grpc_service: &'static str,
+    /// The method, or `unknown`.
+    pub grpc_method: &'static str,
 }
 
-impl Histogram {
-    fn observe(&mut self, seconds: f64) {
-        match BUCKETS.iter().position(|b| seconds <= *b) {
-            Some(i) => self.buckets[i] += 1,
-            None => self.overflow += 1,
-        }
-        self.sum += seconds;
-        self.count += 1;
-    }
+/// [`GrpcLabels`] and the code the call ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct GrpcCodeLabels {
+    /// `grpc` or `grpc-web`.
+    pub protocol: &'static str,
+    /// `unary`, `client_stream`, `server_stream` or `bidi_stream`.
+    pub grpc_type: &'static str,
+    /// The fully qualified service, or `unknown`.
+    pub grpc_service: &'static str,
+    /// The method, or `unknown`.
+    pub grpc_method: &'static str,
+    /// The code, as Go names it.
+    pub grpc_code: GrpcCode,
 }
 
-/// Most label sets one metric map holds; past it, new ones are counted
-/// under route `other`. The fixed label sets make this unreachable in
-/// practice (a few hundred at most); it is the backstop.
-pub const MAX_SERIES: usize = 2_000;
-
-/// A response code label: the gRPC code name, or the HTTP status for REST.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum CodeLabel {
-    /// A gRPC status code name (`OK`, `NOT_FOUND`).
-    Grpc(&'static str),
-    /// An HTTP status code.
-    Http(u16),
+/// The labels of a REST or plain HTTP request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The HTTP method ([`method_label`]).
+    pub method: &'static str,
+    /// The route template ([`route_label`]).
+    pub route: &'static str,
 }
 
-impl std::fmt::Display for CodeLabel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CodeLabel::Grpc(name) => f.write_str(name),
-            CodeLabel::Http(status) => write!(f, "{status}"),
-        }
-    }
+/// [`HttpLabels`] and the response's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct HttpCodeLabels {
+    /// The HTTP method ([`method_label`]).
+    pub method: &'static str,
+    /// The route template ([`route_label`]).
+    pub route: &'static str,
+    /// The response status; only the gateway chooses it.
+    pub code: u16,
 }
 
-/// Every metric the gateway exports. Shared by all requests of a replica.
-#[derive(Default)]
+/// A `protocol` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ProtocolLabel {
+    /// `grpc`, `grpc-web` or `rest`.
+    pub protocol: &'static str,
+}
+
+/// The labels of a rate-limit decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// `grpc`, `grpc-web` or `rest`.
+    pub protocol: &'static str,
+    /// `allowed`, `limited`, `revoked` or `unavailable`.
+    pub decision: &'static str,
+}
+
+/// The labels of a call the proxy made to a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ClientLabels {
+    /// `unary`, `client_stream`, `server_stream` or `bidi_stream`.
+    pub grpc_type: &'static str,
+    /// The backend's fully qualified service.
+    pub grpc_service: &'static str,
+    /// The method.
+    pub grpc_method: &'static str,
+    /// The code, as Go names it.
+    pub grpc_code: GrpcCode,
+}
+
+/// Every metric the gateway exports, and the registry that serves them.
+/// Shared by all requests of a replica.
 pub struct Metrics {
-    /// Responses by (protocol, route, code); at most [`MAX_SERIES`] entries.
-    requests: Mutex<HashMap<(&'static str, &'static str, CodeLabel), u64>>,
-    /// Latency by (protocol, route); at most [`MAX_SERIES`] entries.
-    latency: Mutex<HashMap<(&'static str, &'static str), Histogram>>,
-    /// Requests refused by load shedding, by protocol.
-    shed: Mutex<HashMap<&'static str, u64>>,
-    /// Rate-limit refusals by protocol.
-    rate_limited: Mutex<HashMap<&'static str, u64>>,
-    /// Proxied calls by (service, method, code).
-    upstream: Mutex<HashMap<(&'static str, &'static str, Code), u64>>,
-    /// Decisions made by the local fallback limiter.
-    fallback_decisions: AtomicU64,
-    /// Whether the local fallback limiter is in use right now.
-    fallback_active: AtomicBool,
+    /// The registry `/metrics` renders.
+    registry: Registry,
+    /// `grpc_server_started_total`.
+    grpc_started: Family<GrpcLabels, Counter>,
+    /// `grpc_server_handled_total`.
+    grpc_handled: Family<GrpcCodeLabels, Counter>,
+    /// `grpc_server_handling_seconds`.
+    grpc_handling: HistogramFamily<GrpcLabels>,
+    /// `http_server_requests_total`.
+    http_requests: Family<HttpCodeLabels, Counter>,
+    /// `http_server_request_duration_seconds`.
+    http_duration: HistogramFamily<HttpLabels>,
+    /// `grpc_client_handled_total`: the proxy's calls to the backends.
+    upstream: Family<ClientLabels, Counter>,
+    /// `gateway_ratelimit_decisions_total`.
+    decisions: Family<DecisionLabels, Counter>,
+    /// `gateway_ratelimit_fallback_decisions_total`.
+    fallback_decisions: Counter,
+    /// `gateway_ratelimit_fallback_active`.
+    fallback_active: Gauge,
+    /// `gateway_shed_total`.
+    shed: Family<ProtocolLabel, Counter>,
 }
 
 impl Metrics {
-    /// Empty metrics.
+    /// Empty metrics in a registry of their own (one per gateway instance).
     pub fn new() -> Arc<Metrics> {
-        Arc::new(Metrics::default())
+        let mut registry = Registry::default();
+        let m = Metrics {
+            grpc_started: Family::default(),
+            grpc_handled: Family::default(),
+            grpc_handling: histogram_family(),
+            http_requests: Family::default(),
+            http_duration: histogram_family(),
+            upstream: Family::default(),
+            decisions: Family::default(),
+            fallback_decisions: Counter::default(),
+            fallback_active: Gauge::default(),
+            shed: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("grpc_server_started", "RPCs started on the server", m.grpc_started.clone());
+        registry.register(
+            "grpc_server_handled",
+            "RPCs completed on the server, whatever their code",
+            m.grpc_handled.clone(),
+        );
+        registry.register(
+            "grpc_server_handling_seconds",
+            "Time from receiving an RPC to its final status (the end of its response stream)",
+            m.grpc_handling.clone(),
+        );
+        registry.register(
+            "http_server_requests",
+            "REST and plain HTTP requests, by method, route template and status",
+            m.http_requests.clone(),
+        );
+        registry.register(
+            "http_server_request_duration_seconds",
+            "Time from receipt to the end of the response body",
+            m.http_duration.clone(),
+        );
+        registry.register(
+            "grpc_client_handled",
+            "Calls the gateway made to the backends, by their code",
+            m.upstream.clone(),
+        );
+        registry.register(
+            "gateway_ratelimit_decisions",
+            "Rate-limit decisions, by protocol and decision",
+            m.decisions.clone(),
+        );
+        registry.register(
+            "gateway_ratelimit_fallback_decisions",
+            "Requests decided by the local fallback limiter while Redis was unreachable",
+            m.fallback_decisions.clone(),
+        );
+        registry.register(
+            "gateway_ratelimit_fallback_active",
+            "1 while Redis is unreachable and the per-replica limiter decides",
+            m.fallback_active.clone(),
+        );
+        registry.register("gateway_shed", "Requests refused because too many were in progress", m.shed.clone());
+        // The series an alert or dashboard reads even before their first
+        // event, so a missing series never hides a zero.
+        for protocol in [Protocol::Grpc, Protocol::GrpcWeb, Protocol::Rest] {
+            let protocol = protocol.as_str();
+            let _ = m.decisions.get_or_create(&DecisionLabels { protocol, decision: "limited" });
+            let _ = m.shed.get_or_create(&ProtocolLabel { protocol });
+        }
+        Arc::new(Metrics { registry, ..m })
     }
 
-    /// Counts one finished request.
-    pub fn request(&self, protocol: Protocol, route: &'static str, code: CodeLabel, seconds: f64) {
-        if let Ok(mut map) = self.latency.lock() {
-            let mut key = (protocol.as_str(), route);
-            if map.len() >= MAX_SERIES && !map.contains_key(&key) {
-                key.1 = "other";
-            }
-            map.entry(key).or_default().observe(seconds);
-        }
-        if let Ok(mut map) = self.requests.lock() {
-            let mut key = (protocol.as_str(), route, code);
-            if map.len() >= MAX_SERIES && !map.contains_key(&key) {
-                key = (protocol.as_str(), "other", CodeLabel::Grpc("OTHER"));
-            }
-            *map.entry(key).or_default() += 1;
-        }
+    /// Counts a gRPC or gRPC-web call that started.
+    pub fn grpc_started(&self, labels: GrpcLabels) {
+        self.grpc_started.get_or_create(&labels).inc();
+    }
+
+    /// Counts a gRPC or gRPC-web call that ended with `code` after `seconds`.
+    pub fn grpc_handled(&self, labels: GrpcLabels, code: Code, seconds: f64) {
+        let GrpcLabels { protocol, grpc_type, grpc_service, grpc_method } = labels;
+        let with_code = GrpcCodeLabels { protocol, grpc_type, grpc_service, grpc_method, grpc_code: GrpcCode(code) };
+        self.grpc_handled.get_or_create(&with_code).inc();
+        self.grpc_handling.get_or_create(&labels).observe(seconds);
+    }
+
+    /// Counts a REST or plain HTTP request answered with `status` after `seconds`.
+    pub fn http(&self, labels: HttpLabels, status: u16, seconds: f64) {
+        let HttpLabels { method, route } = labels;
+        self.http_requests.get_or_create(&HttpCodeLabels { method, route, code: status }).inc();
+        self.http_duration.get_or_create(&labels).observe(seconds);
     }
 
     /// Counts one request refused by load shedding.
     pub fn shed(&self, protocol: Protocol) {
-        if let Ok(mut map) = self.shed.lock() {
-            *map.entry(protocol.as_str()).or_default() += 1;
-        }
+        self.shed.get_or_create(&ProtocolLabel { protocol: protocol.as_str() }).inc();
     }
 
-    /// Counts one rate-limit refusal.
-    pub fn rate_limited(&self, protocol: Protocol) {
-        if let Ok(mut map) = self.rate_limited.lock() {
-            *map.entry(protocol.as_str()).or_default() += 1;
-        }
+    /// Counts one rate-limit decision: `allowed`, `limited`, `revoked` or `unavailable`.
+    pub fn ratelimit_decision(&self, protocol: Protocol, decision: &'static str) {
+        self.decisions.get_or_create(&DecisionLabels { protocol: protocol.as_str(), decision }).inc();
     }
 
-    /// Counts one call the proxy made to a backend.
+    /// Counts one call the proxy made to a backend: `service` is `auth` or
+    /// `task`, `method` the RPC's name.
     pub fn upstream(&self, service: &'static str, method: &'static str, code: Code) {
-        if let Ok(mut map) = self.upstream.lock() {
-            *map.entry((service, method, code)).or_default() += 1;
-        }
+        let service = match service {
+            "auth" => taskgate_proto::service_names::AUTH,
+            "task" => taskgate_proto::service_names::TASK,
+            other => other,
+        };
+        let grpc_type = taskgate_common::metrics::grpc::method_labels(service, method).map_or("unary", |m| m.grpc_type);
+        let labels = ClientLabels { grpc_type, grpc_service: service, grpc_method: method, grpc_code: GrpcCode(code) };
+        self.upstream.get_or_create(&labels).inc();
     }
 
     /// Counts one decision of the local fallback limiter.
     pub fn fallback_decision(&self) {
-        self.fallback_decisions.fetch_add(1, Ordering::Relaxed);
+        self.fallback_decisions.inc();
     }
 
     /// Records whether the local fallback limiter is in use.
     pub fn set_fallback_active(&self, active: bool) {
-        self.fallback_active.store(active, Ordering::Relaxed);
+        self.fallback_active.set(i64::from(active));
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        out.push_str("# HELP taskgate_gateway_requests_total Responses by protocol, route and code.\n");
-        out.push_str("# TYPE taskgate_gateway_requests_total counter\n");
-        // Copies under the lock, sorts and formats after letting go.
-        let mut rows: Vec<_> = snapshot(&self.requests);
-        rows.sort();
-        for ((protocol, route, code), n) in rows {
-            let _ = writeln!(
-                out,
-                "taskgate_gateway_requests_total{{protocol=\"{protocol}\",route=\"{}\",code=\"{code}\"}} {n}",
-                escape(route)
-            );
-        }
-        out.push_str(
-            "# HELP taskgate_gateway_request_duration_seconds Time from receipt to the end of the response.\n",
-        );
-        out.push_str("# TYPE taskgate_gateway_request_duration_seconds histogram\n");
-        {
-            let mut rows: Vec<_> = snapshot(&self.latency);
-            rows.sort_by(|a, b| a.0.cmp(&b.0));
-            for ((protocol, route), h) in rows {
-                let labels = format!("protocol=\"{protocol}\",route=\"{}\"", escape(route));
-                let mut cumulative = 0;
-                for (bound, n) in BUCKETS.iter().zip(h.buckets.iter()) {
-                    cumulative += n;
-                    let _ = writeln!(
-                        out,
-                        "taskgate_gateway_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
-                    );
-                }
-                let _ = writeln!(
-                    out,
-                    "taskgate_gateway_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-                    h.count
-                );
-                let _ = writeln!(out, "taskgate_gateway_request_duration_seconds_sum{{{labels}}} {}", h.sum);
-                let _ = writeln!(out, "taskgate_gateway_request_duration_seconds_count{{{labels}}} {}", h.count);
-            }
-        }
-        out.push_str("# HELP taskgate_gateway_rate_limited_total Requests refused by the rate limit.\n");
-        out.push_str("# TYPE taskgate_gateway_rate_limited_total counter\n");
-        let limited: HashMap<_, _> = snapshot(&self.rate_limited).into_iter().collect();
-        for protocol in ["grpc", "grpc-web", "rest"] {
-            let n = limited.get(protocol).copied().unwrap_or(0);
-            let _ = writeln!(out, "taskgate_gateway_rate_limited_total{{protocol=\"{protocol}\"}} {n}");
-        }
-        out.push_str("# HELP taskgate_gateway_shed_total Requests refused because too many were in flight.\n");
-        out.push_str("# TYPE taskgate_gateway_shed_total counter\n");
-        let shed: HashMap<_, _> = snapshot(&self.shed).into_iter().collect();
-        for protocol in ["grpc", "grpc-web", "rest"] {
-            let n = shed.get(protocol).copied().unwrap_or(0);
-            let _ = writeln!(out, "taskgate_gateway_shed_total{{protocol=\"{protocol}\"}} {n}");
-        }
-        out.push_str("# HELP taskgate_gateway_upstream_requests_total Calls the gRPC proxy made to the backends.\n");
-        out.push_str("# TYPE taskgate_gateway_upstream_requests_total counter\n");
-        let mut upstream: Vec<_> = snapshot(&self.upstream).into_iter().map(|((s, m, c), n)| (s, m, c, n)).collect();
-        upstream.sort_by_key(|(s, m, c, _)| (*s, *m, *c as i32));
-        for (service, method, code, n) in &upstream {
-            let _ = writeln!(
-                out,
-                "taskgate_gateway_upstream_requests_total{{service=\"{service}\",method=\"{method}\",code=\"{}\"}} {n}",
-                code_name(*code)
-            );
-        }
-        out.push_str("# HELP taskgate_gateway_upstream_errors_total Proxied calls that failed in transport.\n");
-        out.push_str("# TYPE taskgate_gateway_upstream_errors_total counter\n");
-        for (service, method, code, n) in upstream.iter().filter(|(_, _, c, _)| is_transport_error(*c)) {
-            let _ = writeln!(
-                out,
-                "taskgate_gateway_upstream_errors_total{{service=\"{service}\",method=\"{method}\",code=\"{}\"}} {n}",
-                code_name(*code)
-            );
-        }
-        out.push_str("# HELP taskgate_gateway_ratelimit_fallback_active 1 while Redis is unreachable and the local limiter decides.\n");
-        out.push_str("# TYPE taskgate_gateway_ratelimit_fallback_active gauge\n");
-        let active = u8::from(self.fallback_active.load(Ordering::Relaxed));
-        let _ = writeln!(out, "taskgate_gateway_ratelimit_fallback_active {active}");
-        out.push_str(
-            "# HELP taskgate_gateway_ratelimit_fallback_decisions_total Requests decided by the local limiter.\n",
-        );
-        out.push_str("# TYPE taskgate_gateway_ratelimit_fallback_decisions_total counter\n");
-        let n = self.fallback_decisions.load(Ordering::Relaxed);
-        let _ = writeln!(out, "taskgate_gateway_ratelimit_fallback_decisions_total {n}");
-        out
+        taskgate_common::metrics::render(&self.registry)
     }
 }
 
-/// The entries of `map`, copied while its lock is held (briefly).
-fn snapshot<K: Clone, V: Clone>(map: &Mutex<HashMap<K, V>>) -> Vec<(K, V)> {
-    map.lock().map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default()
-}
-
-/// Codes that mean the backend could not be reached or did not answer in time.
-fn is_transport_error(code: Code) -> bool {
-    matches!(code, Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::Internal)
-}
-
-/// The canonical upper-case name of a gRPC code (`OK`, `NOT_FOUND`).
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
+/// The bounded `method` label of a REST request: a standard HTTP method, or `other`.
+pub fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::PATCH => "PATCH",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "other",
     }
 }
 
-/// Escapes a label value.
-fn escape(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+/// The labels of a gRPC or gRPC-web call to `path`: a method some proto the
+/// gateway serves declares (taskgate's, health, reflection), or `unknown`.
+pub fn grpc_labels(protocol: Protocol, path: &str) -> GrpcLabels {
+    let m = declared_method(path).unwrap_or(MethodLabels::UNKNOWN);
+    GrpcLabels {
+        protocol: protocol.as_str(),
+        grpc_type: m.grpc_type,
+        grpc_service: m.grpc_service,
+        grpc_method: m.grpc_method,
+    }
 }
 
-/// Every gRPC method the gateway serves, as `/<package>.<Service>/<Method>`:
-/// read once from the descriptor sets of taskgate's protos, grpc.health.v1
-/// and server reflection (v1 and v1alpha), so no list is written by hand.
-static GRPC_METHODS: std::sync::LazyLock<HashSet<String>> = std::sync::LazyLock::new(|| {
-    let sets = [
-        taskgate_proto::FILE_DESCRIPTOR_SET,
-        tonic_health::pb::FILE_DESCRIPTOR_SET,
-        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-    ];
-    let mut methods = HashSet::new();
-    for bytes in sets {
-        let Ok(set) = prost_types::FileDescriptorSet::decode(bytes) else { continue };
-        for file in set.file {
-            let package = file.package().to_owned();
-            for service in file.service {
-                for method in &service.method {
-                    methods.insert(format!("/{package}.{}/{}", service.name(), method.name()));
-                }
-            }
-        }
-    }
-    methods
-});
-
-/// The route label of a request: a gRPC method the gateway serves, the REST
-/// path template from the `google.api.http` rules, a fixed endpoint, or
-/// `other`. Always a `'static` string from a fixed set, so no client can add
-/// a label value.
-pub fn route_label(protocol: Protocol, method: &http::Method, path: &str) -> &'static str {
-    if protocol.is_grpc() {
-        return GRPC_METHODS.get(path).map_or("other", String::as_str);
-    }
+/// The route label of a REST request: the path template from the
+/// `google.api.http` rules, a fixed endpoint, or `other`. Always a `'static`
+/// string from a fixed set, so no client can add a label value.
+pub fn route_label(method: &http::Method, path: &str) -> &'static str {
     if let Some(rule) = HTTP_RULES.iter().find(|r| r.verb == method.as_str() && template_matches(r.path, path)) {
         return rule.path;
     }
@@ -370,15 +354,23 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, mut request: Request, ne
     let start = Instant::now();
     request.extensions_mut().insert(ReceivedAt(start));
     let protocol = Protocol::of(request.headers());
-    let route = route_label(protocol, request.method(), request.uri().path());
-    let response = next.run(request).await;
-    let code = if protocol.is_grpc() {
-        grpc_status(response.headers()).map(CodeLabel::Grpc)
+    let kind = if protocol.is_grpc() {
+        let labels = grpc_labels(protocol, request.uri().path());
+        metrics.grpc_started(labels);
+        Kind::Grpc(labels)
     } else {
-        Some(CodeLabel::Http(response.status().as_u16()))
+        Kind::Http(HttpLabels {
+            method: method_label(request.method()),
+            route: route_label(request.method(), request.uri().path()),
+        })
     };
-    let record = Record { metrics, protocol, route, start, code };
-    if response.body().is_end_stream() {
+    let response = next.run(request).await;
+    let code = match kind {
+        Kind::Grpc(_) => GrpcCode::from_headers(response.headers()).map(|c| c.0),
+        Kind::Http(_) => None,
+    };
+    let record = Record { metrics, kind, start, status: response.status().as_u16(), code };
+    if code.is_some() || (kind.is_http() && response.body().is_end_stream()) {
         // Nothing left to observe (trailers-only answers, empty bodies): count it now.
         drop(record);
         return response;
@@ -387,26 +379,42 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, mut request: Request, ne
     Response::from_parts(parts, Body::new(Observed { inner: body, record: Some(record) }))
 }
 
-/// The `grpc-status` of a trailers-only response or of trailers, by name.
-fn grpc_status(headers: &HeaderMap) -> Option<&'static str> {
-    let code = headers.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
-    Some(code_name(Code::from_i32(code)))
+/// What a request is counted as.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// A gRPC or gRPC-web call.
+    Grpc(GrpcLabels),
+    /// A REST or plain HTTP request.
+    Http(HttpLabels),
+}
+
+impl Kind {
+    fn is_http(self) -> bool {
+        matches!(self, Kind::Http(_))
+    }
 }
 
 /// What is counted when a response body is finished (or dropped).
 struct Record {
+    /// Where it is counted.
     metrics: Arc<Metrics>,
-    protocol: Protocol,
-    route: &'static str,
+    /// Its labels.
+    kind: Kind,
+    /// When the request arrived.
     start: Instant,
-    /// The code, once known.
-    code: Option<CodeLabel>,
+    /// The HTTP status of the response.
+    status: u16,
+    /// The gRPC code, once known; a call dropped before one is `Canceled`.
+    code: Option<Code>,
 }
 
 impl Drop for Record {
     fn drop(&mut self) {
-        let code = self.code.take().unwrap_or(CodeLabel::Grpc("UNKNOWN"));
-        self.metrics.request(self.protocol, self.route, code, self.start.elapsed().as_secs_f64());
+        let seconds = self.start.elapsed().as_secs_f64();
+        match self.kind {
+            Kind::Grpc(labels) => self.metrics.grpc_handled(labels, self.code.unwrap_or(Code::Cancelled), seconds),
+            Kind::Http(labels) => self.metrics.http(labels, self.status, seconds),
+        }
     }
 }
 
@@ -424,29 +432,33 @@ impl http_body::Body for Observed {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        let protocol = self.record.as_ref().map(|r| r.protocol);
+        let grpc_web = matches!(self.record.as_ref().map(|r| r.kind), Some(Kind::Grpc(l)) if l.protocol == "grpc-web");
         let mut code = None;
+        let mut ended = false;
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref() {
-                    code = grpc_status(trailers);
+                    code = GrpcCode::from_headers(trailers).map(|c| c.0);
                 } else if let Some(data) = frame.data_ref()
-                    && protocol == Some(Protocol::GrpcWeb)
+                    && grpc_web
                     && data.first() == Some(&0x80)
                 {
                     code = grpc_web_trailer_status(&data[data.len().min(5)..]);
                 }
             }
-            Poll::Ready(None | Some(Err(_))) => {
-                // The end: count it before the response is even flushed.
-                self.record.take();
-            }
+            Poll::Ready(None | Some(Err(_))) => ended = true,
             Poll::Pending => {}
         }
-        if let (Some(code), Some(record)) = (code, self.record.as_mut()) {
-            record.code = Some(CodeLabel::Grpc(code));
+        if let Some(record) = self.record.as_mut() {
+            if code.is_some() {
+                record.code = code;
+            } else if ended && record.code.is_none() {
+                // The stream ended without a status: not a normal end.
+                record.code = Some(Code::Unknown);
+            }
         }
-        if self.inner.is_end_stream() {
+        if ended || code.is_some() || self.inner.is_end_stream() {
+            // The end: count it before the response is even flushed.
             self.record.take();
         }
         polled
@@ -462,18 +474,18 @@ impl http_body::Body for Observed {
 }
 
 /// The `grpc-status` line of a gRPC-web trailer block (`name:value\r\n` lines).
-fn grpc_web_trailer_status(block: &[u8]) -> Option<&'static str> {
+fn grpc_web_trailer_status(block: &[u8]) -> Option<Code> {
     let text = std::str::from_utf8(block).ok()?;
     text.split("\r\n")
         .filter_map(|line| line.split_once(':'))
         .find(|(k, _)| k.trim().eq_ignore_ascii_case("grpc-status"))
         .and_then(|(_, v)| v.trim().parse::<i32>().ok())
-        .map(|c| code_name(Code::from_i32(c)))
+        .map(Code::from_i32)
 }
 
 /// `GET /metrics`.
 pub async fn render(State(metrics): State<Arc<Metrics>>) -> Response {
-    ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics.render()).into_response()
+    ([(CONTENT_TYPE, taskgate_common::metrics::CONTENT_TYPE_TEXT)], metrics.render()).into_response()
 }
 
 #[cfg(test)]
@@ -484,59 +496,55 @@ mod tests {
 
     #[test]
     fn rest_routes_are_labelled_by_their_template() {
-        assert_eq!(route_label(Protocol::Rest, &Method::GET, "/api/v1/tasks"), "/api/v1/tasks");
-        assert_eq!(route_label(Protocol::Rest, &Method::GET, "/api/v1/tasks/0193-abc"), "/api/v1/tasks/{id}");
-        assert_eq!(route_label(Protocol::Rest, &Method::PATCH, "/api/v1/tasks/x"), "/api/v1/tasks/{task.id}");
-        assert_eq!(route_label(Protocol::Rest, &Method::GET, "/no/such/thing"), "other");
+        assert_eq!(route_label(&Method::GET, "/api/v1/tasks"), "/api/v1/tasks");
+        assert_eq!(route_label(&Method::GET, "/api/v1/tasks/0193-abc"), "/api/v1/tasks/{id}");
+        assert_eq!(route_label(&Method::PATCH, "/api/v1/tasks/x"), "/api/v1/tasks/{task.id}");
+        assert_eq!(route_label(&Method::GET, "/no/such/thing"), "other");
+        assert_eq!(method_label(&Method::from_bytes(b"BREW").expect("a method")), "other");
     }
 
     #[test]
-    fn grpc_routes_are_labelled_by_known_methods_only() {
-        let m = Method::POST;
+    fn grpc_calls_are_labelled_by_known_methods_only() {
+        let list = grpc_labels(Protocol::Grpc, "/taskgate.task.v1.TaskService/ListTasks");
+        assert_eq!((list.grpc_service, list.grpc_method), ("taskgate.task.v1.TaskService", "ListTasks"));
+        assert_eq!(grpc_labels(Protocol::Grpc, "/taskgate.task.v1.TaskService/WatchTasks").grpc_type, "server_stream");
+        assert_eq!(grpc_labels(Protocol::GrpcWeb, "/grpc.health.v1.Health/Check").grpc_method, "Check");
         assert_eq!(
-            route_label(Protocol::Grpc, &m, "/taskgate.task.v1.TaskService/ListTasks"),
-            "/taskgate.task.v1.TaskService/ListTasks"
+            grpc_labels(Protocol::Grpc, "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo").grpc_type,
+            "bidi_stream"
         );
-        assert_eq!(route_label(Protocol::Grpc, &m, "/taskgate.task.v1.TaskService/Nope"), "other");
-        assert_eq!(route_label(Protocol::Grpc, &m, "/grpc.health.v1.Health/Check"), "/grpc.health.v1.Health/Check");
-        assert_eq!(
-            route_label(Protocol::Grpc, &m, "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
-            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
-        );
-        assert_eq!(route_label(Protocol::Grpc, &m, "/grpc.reflection.deadbeef"), "other");
-        assert_eq!(route_label(Protocol::Grpc, &m, "/grpc.health.v1.Health/Nope"), "other");
-    }
-
-    #[test]
-    fn the_label_sets_are_capped() {
-        let m = Metrics::new();
-        for i in 0..(MAX_SERIES + 500) {
-            let code = CodeLabel::Http(u16::try_from(i % 60_000).unwrap_or(0));
-            m.request(Protocol::Rest, "/api/v1/tasks", code, 0.001);
+        for unknown in
+            ["/taskgate.task.v1.TaskService/Nope", "/grpc.reflection.deadbeef", "/grpc.health.v1.Health/Nope"]
+        {
+            let labels = grpc_labels(Protocol::Grpc, unknown);
+            assert_eq!((labels.grpc_service, labels.grpc_method), ("unknown", "unknown"), "{unknown}");
         }
-        assert!(m.requests.lock().map(|r| r.len()).unwrap_or(0) <= MAX_SERIES + 1);
     }
 
     #[test]
     fn the_exposition_has_counters_and_histograms() {
         let m = Metrics::new();
-        m.request(Protocol::Rest, "/api/v1/tasks", CodeLabel::Http(200), 0.003);
-        m.rate_limited(Protocol::Grpc);
+        m.http(HttpLabels { method: "GET", route: "/api/v1/tasks" }, 200, 0.003);
+        m.ratelimit_decision(Protocol::Grpc, "limited");
         m.upstream("task", "ListTasks", Code::Unavailable);
+        m.grpc_started(grpc_labels(Protocol::Grpc, "/taskgate.task.v1.TaskService/ListTasks"));
+        m.grpc_handled(grpc_labels(Protocol::Grpc, "/taskgate.task.v1.TaskService/ListTasks"), Code::NotFound, 0.01);
         let text = m.render();
-        assert!(
-            text.contains("taskgate_gateway_requests_total{protocol=\"rest\",route=\"/api/v1/tasks\",code=\"200\"} 1")
-        );
-        assert!(text.contains("le=\"0.005\"} 1"));
-        assert!(text.contains("taskgate_gateway_rate_limited_total{protocol=\"grpc\"} 1"));
-        assert!(text.contains(
-            "taskgate_gateway_upstream_errors_total{service=\"task\",method=\"ListTasks\",code=\"UNAVAILABLE\"} 1"
-        ));
+        for wanted in [
+            "http_server_requests_total{method=\"GET\",route=\"/api/v1/tasks\",code=\"200\"} 1",
+            "http_server_request_duration_seconds_bucket{method=\"GET\",route=\"/api/v1/tasks\",le=\"0.005\"} 1",
+            "gateway_ratelimit_decisions_total{protocol=\"grpc\",decision=\"limited\"} 1",
+            "grpc_client_handled_total{grpc_type=\"unary\",grpc_service=\"taskgate.task.v1.TaskService\",grpc_method=\"ListTasks\",grpc_code=\"Unavailable\"} 1",
+            "grpc_server_handled_total{protocol=\"grpc\",grpc_type=\"unary\",grpc_service=\"taskgate.task.v1.TaskService\",grpc_method=\"ListTasks\",grpc_code=\"NotFound\"} 1",
+            "gateway_ratelimit_fallback_active 0",
+        ] {
+            assert!(text.contains(wanted), "{wanted} missing from\n{text}");
+        }
     }
 
     #[test]
     fn grpc_web_trailer_blocks_are_read() {
-        assert_eq!(grpc_web_trailer_status(b"grpc-status:5\r\ngrpc-message:nope\r\n"), Some("NOT_FOUND"));
+        assert_eq!(grpc_web_trailer_status(b"grpc-status:5\r\ngrpc-message:nope\r\n"), Some(Code::NotFound));
         assert_eq!(grpc_web_trailer_status(b"garbage"), None);
     }
 }

@@ -153,6 +153,18 @@ pub enum Outcome {
     Unavailable,
 }
 
+impl Outcome {
+    /// The `decision` label of `gateway_ratelimit_decisions_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Limited => "limited",
+            Outcome::Revoked => "revoked",
+            Outcome::Unavailable => "unavailable",
+        }
+    }
+}
+
 /// A decision with what the `RateLimit` headers report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
@@ -414,7 +426,7 @@ pub async fn limit(State(limiter): State<Arc<RateLimiter>>, request: Request, ne
     if user.is_some()
         && let Err(wait) = limiter.check_address(&address)
     {
-        limiter.metrics.rate_limited(protocol);
+        limiter.metrics.ratelimit_decision(protocol, "limited");
         let decision = Decision { outcome: Outcome::Limited, remaining: 0, reset: wait };
         let message =
             format!("signed-in requests from one address are limited to {} per minute", limiter.per_address_limit);
@@ -426,6 +438,7 @@ pub async fn limit(State(limiter): State<Arc<RateLimiter>>, request: Request, ne
     };
     let session = claims.map(|c| (c.sub.as_str(), c.sid.as_str()));
     let decision = limiter.check(&subject, session).await;
+    limiter.metrics.ratelimit_decision(protocol, decision.outcome.label());
     let mut response = match decision.outcome {
         Outcome::Allowed => next.run(request).await,
         Outcome::Revoked => return reject(protocol, &Status::unauthenticated("session has been revoked")),
@@ -436,7 +449,6 @@ pub async fn limit(State(limiter): State<Arc<RateLimiter>>, request: Request, ne
             return response;
         }
         Outcome::Limited => {
-            limiter.metrics.rate_limited(protocol);
             let message = format!("rate limit of {} requests per minute exceeded", limiter.limit);
             return limited(protocol, &limiter, &decision, message);
         }

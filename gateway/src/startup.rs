@@ -36,8 +36,6 @@ use crate::{
 
 /// Redis clients in the pool; each multiplexes many commands.
 const REDIS_POOL_SIZE: usize = 4;
-/// How long shutdown waits for in-flight requests.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A built gateway, bound to its ports and ready to serve.
 pub struct Application {
@@ -171,7 +169,7 @@ impl Application {
                 tracing::error!(error = %e, "the admin listener failed");
             }
         });
-        serve::run(listener, app, tls, limits, DRAIN_TIMEOUT, shutdown).await;
+        serve::run(listener, app, tls, limits, taskgate_common::grpc::DRAIN_TIMEOUT, shutdown).await;
         admin.abort();
         Ok(())
     }

@@ -15,6 +15,11 @@ pub struct Settings {
     /// it from other hosts.
     #[arg(long, env = "TASK_LISTEN_ADDR", default_value = "127.0.0.1:50052")]
     pub listen_addr: SocketAddr,
+    /// Address of the admin listener serving Prometheus metrics at
+    /// `/metrics` (plain HTTP): loopback by default; a deployment sets an
+    /// interface its Prometheus reaches (the manifests use 0.0.0.0:9092).
+    #[arg(long, env = "TASK_ADMIN_ADDR", default_value = "127.0.0.1:9092")]
+    pub admin_addr: SocketAddr,
     /// PostgreSQL URL; the service uses (and migrates) the `task` schema in it.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = taskgate_common::settings::secret)]
     pub database_url: SecretString,
@@ -94,6 +99,7 @@ impl Settings {
     pub fn for_tests(database_url: String, redis_url: String, redis_prefix: String, auth_url: String) -> Self {
         Settings {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             database_url: SecretString::from(database_url),
             db_max_connections: 10,
             redis_url: redis_url.into(),

@@ -5,7 +5,12 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use secrecy::ExposeSecret as _;
-use taskgate_common::{balance::BalancedChannel, db, grpc, mtls::Mtls};
+use taskgate_common::{
+    balance::BalancedChannel,
+    db, grpc,
+    metrics::{Admin, Registry, grpc::GrpcServerMetrics},
+    mtls::Mtls,
+};
 use taskgate_proto::{service_names, task::v1::task_service_server::TaskServiceServer};
 use taskgate_tokens::{GrpcKeySource, RevocationCheck, RevocationPolicy, Verifier, VerifierConfig};
 use tokio::net::TcpListener;
@@ -34,6 +39,12 @@ pub struct Application {
     metrics: Arc<Metrics>,
     /// Mutual TLS material, when MTLS_* is set.
     mtls: Option<Mtls>,
+    /// The bound admin listener (`/metrics`).
+    admin: Admin,
+    /// Its address.
+    admin_addr: SocketAddr,
+    /// The go-grpc-prometheus series, counted by the server's layer.
+    grpc_metrics: Arc<GrpcServerMetrics>,
 }
 
 impl Application {
@@ -62,6 +73,10 @@ impl Application {
         let auth = Authenticator::new(verifier, revocation);
 
         let metrics = Arc::new(Metrics::default());
+        // One registry per instance: tests run many services in one process.
+        let mut registry = Registry::default();
+        let grpc_metrics = GrpcServerMetrics::register(&mut registry, &[service_names::TASK]);
+        metrics.register(&mut registry);
         taskgate_common::keys::validate_prefix(&settings.redis_prefix).map_err(anyhow::Error::msg)?;
         let cache = Arc::new(
             ListCache::new(
@@ -91,12 +106,28 @@ impl Application {
             .await
             .with_context(|| format!("binding TASK_LISTEN_ADDR {}", settings.listen_addr))?;
         let local_addr = listener.local_addr().context("reading the bound address")?;
-        Ok(Application { listener, local_addr, api: TaskApi::new(auth, store, hub), metrics, mtls })
+        let admin = Admin::bind(settings.admin_addr, "TASK_ADMIN_ADDR", registry).await?;
+        let admin_addr = admin.local_addr()?;
+        Ok(Application {
+            listener,
+            local_addr,
+            api: TaskApi::new(auth, store, hub),
+            metrics,
+            mtls,
+            admin,
+            admin_addr,
+            grpc_metrics,
+        })
     }
 
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the admin listener (`/metrics`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
     }
 
     /// This replica's watch streams (for tests).
@@ -128,7 +159,7 @@ impl Application {
         // Covers invalidations other replicas could not deliver to Redis.
         let sweeper = tokio::spawn(self.api.store().clone().sweep_forever());
         let hub = self.api.hub().clone();
-        let router = grpc::backend_server(self.mtls.as_ref(), REQUEST_TIMEOUT)?
+        let router = grpc::backend_server(self.mtls.as_ref(), REQUEST_TIMEOUT, self.grpc_metrics)?
             .add_service(TaskServiceServer::new(self.api).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES));
         // Open watch streams never end by themselves: end them when the stop
         // begins, so the drain waits only for ordinary calls.
@@ -136,7 +167,7 @@ impl Application {
             shutdown.await;
             hub.stop();
         };
-        let result = grpc::serve_backend(router, service_names::TASK, self.listener, shutdown, drain).await;
+        let result = grpc::serve_backend(router, service_names::TASK, self.listener, self.admin, shutdown, drain).await;
         sweeper.abort();
         result
     }

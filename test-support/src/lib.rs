@@ -23,9 +23,11 @@
 //! are thrown away with the run), so nothing scans or deletes across nodes.
 //!
 //! # Layout
-//! Everything is in this file, but for [`proxy`] (the cuttable proxy) and
-//! [`otlp`] (the trace receiver); it is small on purpose.
+//! Everything is in this file, but for [`proxy`] (the cuttable proxy),
+//! [`otlp`] (the trace receiver) and [`metrics`] (scraping `/metrics`); it
+//! is small on purpose.
 
+pub mod metrics;
 pub mod otlp;
 pub mod proxy;
 

@@ -48,6 +48,8 @@ pub fn run(postgres: &Postgres, redis_url: &str) -> Result {
         ("RATE_LIMIT_PER_MINUTE", PROOFS_RATE_LIMIT.to_owned()),
         ("RATE_LIMIT_PER_ADDRESS_PER_MINUTE", PROOFS_RATE_LIMIT.to_owned()),
         ("GATEWAY_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
+        ("AUTH_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
+        ("TASK_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
         ("LOGIN_MAX_FAILURES_PER_IP", PROOFS_LOGIN_FAILURES_PER_IP.to_owned()),
         ("REGISTER_MAX_PER_IP", PROOFS_REGISTER_PER_IP.to_owned()),
         ("LOGIN_DELAY_STEP_MS", "0".to_owned()),

@@ -1,5 +1,5 @@
-//! `cargo xtask lint`: formatting, clippy, the proto contract, the compose file and the Kubernetes
-//! manifests.
+//! `cargo xtask lint`: formatting, clippy, the proto contract, the compose file, the Kubernetes
+//! manifests, and the Prometheus rules and Grafana dashboard.
 //!
 //! Every check runs even when an earlier one failed, so one run shows everything to fix; `buf` and
 //! `docker-compose` are installed first when missing.
@@ -10,7 +10,7 @@ use devstack::which;
 
 use crate::{
     cmd::{self, Error, Result},
-    deps, manifests,
+    deps, manifests, observability,
 };
 
 /// One check: a name for the report and a way to build its command (which may install a tool).
@@ -27,6 +27,7 @@ const CHECKS: &[Check] = &[
     Check { name: "buf lint", command: buf_lint },
     Check { name: "docker-compose config", command: compose_config },
     Check { name: "kubernetes manifests", command: manifests::validate },
+    Check { name: "alerting rules and dashboard", command: observability::validate },
     Check { name: "clippy", command: clippy },
 ];
 

@@ -6,6 +6,7 @@
 //! - [`stores`]: the PostgreSQL and Redis that `run` and `migrate` use.
 //! - [`services`]: the three service binaries, their build and their settings.
 //! - [`manifests`]: the Kubernetes manifests check of `lint`.
+//! - [`observability`]: the alerting rules and dashboard check of `lint`.
 //! - [`run`], [`test`], [`lint`], [`migrate`]: one module per subcommand.
 
 mod clients;
@@ -14,6 +15,7 @@ mod deps;
 mod lint;
 mod manifests;
 mod migrate;
+mod observability;
 mod run;
 mod services;
 mod stores;

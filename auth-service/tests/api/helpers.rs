@@ -14,6 +14,8 @@ pub use taskgate_test_support::{PASSWORD, bearer, username};
 pub struct TestApp {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Its admin listener (`/metrics`).
+    pub admin: SocketAddr,
     /// A typed client over a real socket.
     pub client: AuthServiceClient<Channel>,
     /// The service's database (search_path = auth).
@@ -44,6 +46,7 @@ pub async fn spawn_app_on(database_url: String, redis_url: String, tweak: impl F
     tweak(&mut settings);
     let app = Application::build(settings.clone()).await.expect("building the app");
     let addr = app.local_addr();
+    let admin = app.admin_addr();
     let db = app.db_pool();
     let keys = app.key_store();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -51,7 +54,7 @@ pub async fn spawn_app_on(database_url: String, redis_url: String, tweak: impl F
         let _ = stopped.await;
     }));
     let client = AuthServiceClient::connect(format!("http://{addr}")).await.expect("connecting to the app");
-    TestApp { addr, client, db, keys, settings, _stop: stop }
+    TestApp { addr, admin, client, db, keys, settings, _stop: stop }
 }
 
 impl TestApp {

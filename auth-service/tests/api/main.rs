@@ -10,6 +10,7 @@ mod jwt_attacks;
 mod keys;
 mod login;
 mod memory;
+mod metrics;
 mod outages;
 mod sessions;
 mod tokens;

@@ -37,19 +37,27 @@ fn random_hex(len: usize) -> String {
     (0..len).map(|_| char::from(b"0123456789abcdef"[rng.gen_range(0..16)])).collect()
 }
 
-#[tokio::test]
-async fn metrics_stay_small_after_ten_thousand_random_paths() {
-    let gateway = spawn_lone_gateway(|_| {}).await;
-    let http = reqwest::Client::builder().http2_prior_knowledge().build().expect("h2 client");
-    let base = format!("http://{}", gateway.addr);
-    let paths: Vec<String> = (0..10_000)
+/// The sample lines (series) of a `/metrics` text.
+fn series(text: &str) -> usize {
+    text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count()
+}
+
+/// `count` random paths, a quarter each: like reflection, like a health
+/// method, like a TaskService method, and under the REST prefix.
+fn random_paths(count: usize) -> Vec<String> {
+    (0..count)
         .map(|i| match i % 4 {
             0 => format!("/grpc.reflection.{}", random_hex(200)),
             1 => format!("/grpc.health.v1.Health/{}", random_hex(200)),
             2 => format!("/taskgate.task.v1.TaskService/{}", random_hex(200)),
             _ => format!("/api/v1/{}", random_hex(200)),
         })
-        .collect();
+        .collect()
+}
+
+/// Sends every path of `paths` (gRPC for the first three kinds, REST for
+/// the fourth) over one HTTP/2 connection, 200 at a time.
+async fn send_all(http: &reqwest::Client, base: &str, paths: &[String]) {
     for chunk in paths.chunks(200) {
         join_all(chunk.iter().enumerate().map(|(i, path)| {
             let call = http.post(format!("{base}{path}"));
@@ -58,14 +66,32 @@ async fn metrics_stay_small_after_ten_thousand_random_paths() {
         }))
         .await;
     }
-    let metrics = reqwest::get(format!("http://{}/metrics", gateway.admin))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("metrics text");
+}
+
+#[tokio::test]
+async fn ten_thousand_random_paths_add_no_label_sets() {
+    let gateway = spawn_lone_gateway(|s| s.rate_limit_per_minute = 1_000_000).await;
+    let http = reqwest::Client::builder().http2_prior_knowledge().build().expect("h2 client");
+    let base = format!("http://{}", gateway.addr);
+    let scrape = || async {
+        reqwest::get(format!("http://{}/metrics", gateway.admin))
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("metrics text")
+    };
+    // A few of each kind first: they make the `unknown`/`other` series.
+    send_all(&http, &base, &random_paths(8)).await;
+    let before = scrape().await;
+
+    let paths = random_paths(10_000);
+    send_all(&http, &base, &paths).await;
+    let metrics = scrape().await;
+    assert_eq!(series(&metrics), series(&before), "series were added:\n{metrics}");
     assert!(metrics.len() < METRICS_LIMIT, "/metrics grew to {} bytes", metrics.len());
-    assert!(metrics.contains("route=\"other\""), "unknown paths are counted as `other`");
+    assert!(metrics.contains("route=\"other\""), "unknown REST paths are counted as `other`");
+    assert!(metrics.contains("grpc_method=\"unknown\""), "unknown gRPC methods are counted as `unknown`");
     assert!(!paths.iter().take(8).any(|p| metrics.contains(&p[p.len() - 40..])), "no client path is a label");
     // The public port does not serve /metrics at all.
     let public = reqwest::get(format!("{base}/metrics")).await.expect("GET /metrics on the public port");

@@ -13,8 +13,7 @@ use tonic::{Code, Request};
 use crate::helpers::{bearer, grpc_web, metric, spawn_stack};
 
 /// The sample counting ListTasks calls the gRPC proxy of a gateway forwarded.
-const FORWARDED_LISTS: &str =
-    "taskgate_gateway_upstream_requests_total{service=\"task\",method=\"ListTasks\",code=\"OK\"}";
+const FORWARDED_LISTS: &str = "grpc_client_handled_total{grpc_type=\"unary\",grpc_service=\"taskgate.task.v1.TaskService\",grpc_method=\"ListTasks\",grpc_code=\"OK\"}";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_access_token_is_refused_at_the_gateway_right_after_logout() {
@@ -118,11 +117,15 @@ async fn missing_or_invalid_tokens_are_refused_before_any_backend() {
     assert_eq!(reply.grpc_message, "malformed token");
 
     let metrics = stack.metrics_a().await;
-    assert!(!metrics.contains("taskgate_gateway_upstream_requests_total{service=\"task\""), "{metrics}");
+    assert!(
+        !metrics
+            .contains("grpc_client_handled_total{grpc_type=\"unary\",grpc_service=\"taskgate.task.v1.TaskService\""),
+        "{metrics}"
+    );
     assert_eq!(
         metric(
             &metrics,
-            "taskgate_gateway_requests_total{protocol=\"grpc\",route=\"/taskgate.task.v1.TaskService/ListTasks\",code=\"UNAUTHENTICATED\"}"
+            "grpc_server_handled_total{protocol=\"grpc\",grpc_type=\"unary\",grpc_service=\"taskgate.task.v1.TaskService\",grpc_method=\"ListTasks\",grpc_code=\"Unauthenticated\"}"
         ),
         2.0
     );

@@ -57,7 +57,7 @@ async fn login_and_list_tasks_work_over_grpc_web() {
 
     // The code in the trailer frame is what /metrics counts.
     let metrics = stack.metrics_a().await;
-    let sample = "taskgate_gateway_requests_total{protocol=\"grpc-web\",route=\"/taskgate.task.v1.TaskService/ListTasks\",code=\"OK\"} 1";
+    let sample = "grpc_server_handled_total{protocol=\"grpc-web\",grpc_type=\"unary\",grpc_service=\"taskgate.task.v1.TaskService\",grpc_method=\"ListTasks\",grpc_code=\"OK\"} 1";
     assert!(metrics.contains(sample), "{metrics}");
 }
 

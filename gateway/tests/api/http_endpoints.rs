@@ -60,14 +60,14 @@ async fn health_readiness_and_metrics_answer() {
     stack.http.get(stack.url_a("/api/v1/tasks")).send().await.expect("a 401 to count");
     let metrics = stack.metrics_a().await;
     for wanted in [
-        "taskgate_gateway_requests_total{protocol=\"rest\",route=\"/api/v1/tasks\",code=\"401\"} 1",
-        "taskgate_gateway_request_duration_seconds_bucket{protocol=\"rest\",route=\"/api/v1/tasks\",le=\"+Inf\"} 1",
-        "# TYPE taskgate_gateway_rate_limited_total counter",
-        "# TYPE taskgate_gateway_upstream_errors_total counter",
-        "taskgate_gateway_ratelimit_fallback_active 0",
+        "http_server_requests_total{method=\"GET\",route=\"/api/v1/tasks\",code=\"401\"} 1",
+        "http_server_request_duration_seconds_bucket{method=\"GET\",route=\"/api/v1/tasks\",le=\"+Inf\"} 1",
+        "# TYPE gateway_ratelimit_decisions_total counter",
+        "gateway_ratelimit_fallback_active 0",
     ] {
         assert!(metrics.contains(wanted), "{wanted} missing from\n{metrics}");
     }
+    taskgate_test_support::metrics::promtool_check(&metrics).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,7 @@ mod grpc;
 mod grpc_web;
 mod helpers;
 mod http_endpoints;
+mod metrics;
 mod openapi;
 mod postgres_restart;
 mod ratelimit;

@@ -117,7 +117,10 @@ async fn the_101st_request_in_a_minute_is_refused_across_replicas_and_protocols(
     let bob = stack.user().await;
     stack.task_a.clone().list_tasks(bearer(ListTasksRequest::default(), bob.access())).await.expect("bob is fine");
     let metrics = stack.metrics_a().await;
-    assert!(metric(&metrics, "taskgate_gateway_rate_limited_total{protocol=\"grpc\"}") >= 1.0, "{metrics}");
+    assert!(
+        metric(&metrics, "gateway_ratelimit_decisions_total{protocol=\"grpc\",decision=\"limited\"}") >= 1.0,
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,8 +181,8 @@ async fn without_redis_each_replica_limits_locally_and_recovers() {
         );
     }
     let metrics = stack.metrics_a().await;
-    assert_eq!(metric(&metrics, "taskgate_gateway_ratelimit_fallback_active"), 1.0, "{metrics}");
-    assert!(metric(&metrics, "taskgate_gateway_ratelimit_fallback_decisions_total") >= 101.0);
+    assert_eq!(metric(&metrics, "gateway_ratelimit_fallback_active"), 1.0, "{metrics}");
+    assert!(metric(&metrics, "gateway_ratelimit_fallback_decisions_total") >= 101.0);
 
     // Back to the shared limit once Redis returns (it lost its data, so the window is empty).
     redis.restart();
@@ -196,7 +199,7 @@ async fn without_redis_each_replica_limits_locally_and_recovers() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let metrics = stack.metrics_a().await;
-    assert_eq!(metric(&metrics, "taskgate_gateway_ratelimit_fallback_active"), 0.0);
+    assert_eq!(metric(&metrics, "gateway_ratelimit_fallback_active"), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -185,11 +185,11 @@ async fn under_load_a_frozen_redis_stops_slowing_requests_within_two_seconds_and
     assert!(failed.is_empty(), "requests failed outside the first two seconds: {failed:?}; {report}");
     assert!(frozen_p50 <= normal_p50 * SLOWDOWN, "slow two seconds into the freeze: {report}");
     assert!(frozen_max < taskgate_common::redis::COMMAND_TIMEOUT, "a request waited on redis: {report}");
-    assert_eq!(metric(&during, "taskgate_gateway_ratelimit_fallback_active"), 1.0, "the gateway limited locally");
+    assert_eq!(metric(&during, "gateway_ratelimit_fallback_active"), 1.0, "the gateway limited locally");
     // From two seconds after the thaw: as fast as normal, with Redis in use again.
     assert!(thawed_p50 <= normal_p50 * SLOWDOWN, "slow two seconds after the thaw: {report}");
     assert!(thawed_max < taskgate_common::redis::COMMAND_TIMEOUT, "a request waited on redis: {report}");
-    assert_eq!(metric(&after, "taskgate_gateway_ratelimit_fallback_active"), 0.0, "the gateway is back on redis");
+    assert_eq!(metric(&after, "gateway_ratelimit_fallback_active"), 0.0, "the gateway is back on redis");
     let refused = direct.expect_err("bob's revoked session is refused by the task service again");
     assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
 }

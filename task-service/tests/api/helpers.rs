@@ -46,6 +46,8 @@ pub enum Tokens {
 pub struct TestApp {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Its admin listener (`/metrics`).
+    pub admin: SocketAddr,
     /// A client on one channel to it.
     pub client: TaskServiceClient<Channel>,
     /// Its counters (Postgres list queries, cache hits).
@@ -128,6 +130,7 @@ async fn start(
     tweak(&mut settings);
     let app = Application::build(settings).await.expect("building the task service");
     let addr = app.local_addr();
+    let admin = app.admin_addr();
     let metrics = app.metrics();
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async move {
@@ -135,7 +138,19 @@ async fn start(
     }));
     let client = TaskServiceClient::connect(format!("http://{addr}")).await.expect("connecting to the task service");
     let db = taskgate_common::db::pool(&database_url, taskgate_common::db::TASK_SCHEMA, 4).expect("test pool");
-    TestApp { addr, client, metrics, db, redis_prefix, redis_url, tokens, database_url, auth_url, _stop: vec![stop] }
+    TestApp {
+        addr,
+        admin,
+        client,
+        metrics,
+        db,
+        redis_prefix,
+        redis_url,
+        tokens,
+        database_url,
+        auth_url,
+        _stop: vec![stop],
+    }
 }
 
 /// `request` with `token` as its bearer token.

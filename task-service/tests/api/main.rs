@@ -9,6 +9,7 @@ mod helpers;
 mod idempotency;
 mod large;
 mod list;
+mod metrics;
 mod outages;
 mod ownership;
 mod shutdown;
