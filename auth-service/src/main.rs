@@ -2,7 +2,7 @@
 //! `rotate-keys` and `revoke-key`. Everything else lives in the library.
 
 use auth_service::{Application, Settings};
-use taskgate_common::{grpc, settings, shutdown, telemetry};
+use taskgate_common::{grpc, settings, shutdown};
 
 /// What to do.
 #[derive(clap::Subcommand, Clone)]
@@ -24,20 +24,12 @@ enum Command {
     },
 }
 
-#[derive(clap::Parser)]
-#[command(name = "auth-service", about = "taskgate's accounts, tokens and sessions", long_about = None)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-    #[command(flatten)]
-    settings: Settings,
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli: Cli = settings::load();
-    // Held to the end of `main`: dropping it sends the spans still queued.
-    let _telemetry = telemetry::init(cli.settings.log_format, "auth-service");
+    let (cli, _telemetry) =
+        settings::start::<Settings, Command>("auth-service", "taskgate's accounts, tokens and sessions", |s| {
+            s.log_format
+        });
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => Application::build(cli.settings).await?.run_until_stopped(shutdown::signal()).await,
         Command::Migrate => auth_service::migrate(&cli.settings).await,

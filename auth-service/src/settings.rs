@@ -160,6 +160,18 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The failed-login and registration limits these settings give.
+    pub fn throttle(&self) -> crate::throttle::ThrottleConfig {
+        crate::throttle::ThrottleConfig {
+            max_per_account: self.login_max_failures_per_account,
+            max_per_ip: self.login_max_failures_per_ip,
+            window: self.login_failure_window,
+            delay_step: self.login_delay_step,
+            max_registrations_per_ip: self.register_max_per_ip,
+            register_window: self.register_window,
+        }
+    }
+
     /// Settings for an in-process test server on 127.0.0.1:0.
     ///
     /// Keys are published and used at once, the throttle is loose (tests that

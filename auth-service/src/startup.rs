@@ -9,7 +9,7 @@ use secrecy::ExposeSecret as _;
 use sqlx::PgPool;
 use taskgate_common::{
     db, grpc,
-    metrics::{Admin, Registry, grpc::GrpcServerMetrics},
+    metrics::{Registry, grpc::GrpcServerMetrics},
     mtls::Mtls,
     redis::RedisHandle,
 };
@@ -26,26 +26,20 @@ use crate::{
     password::{PasswordHasher, Verified},
     service::AuthApi,
     sessions::SessionStore,
-    throttle::{LoginThrottle, ThrottleConfig},
+    throttle::LoginThrottle,
     users::{NewUser, Users},
 };
 
-/// How long start-up waits for Postgres to accept migrations.
-const DATABASE_PATIENCE: Duration = Duration::from_secs(30);
 /// Longest any RPC may run.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Redis clients in the pool.
-const REDIS_POOL_SIZE: usize = 4;
 /// Added to the access-token lifetime for the revocation record's TTL: the
 /// verifiers accept tokens this long past `exp`.
 const VERIFIER_LEEWAY: Duration = Duration::from_secs(5);
 
 /// A built auth service, bound to its port, ready to run.
 pub struct Application {
-    /// The bound listener.
-    listener: tokio::net::TcpListener,
-    /// Its address (the real port when the settings asked for port 0).
-    local_addr: SocketAddr,
+    /// The bound gRPC and admin listeners.
+    listeners: grpc::Listeners,
     /// The RPC implementation.
     api: AuthApi,
     /// Signing keys, reloaded in the background.
@@ -56,10 +50,6 @@ pub struct Application {
     pool: PgPool,
     /// Mutual TLS material, when MTLS_* is set.
     mtls: Option<Mtls>,
-    /// The bound admin listener, serving every metric of this instance at `/metrics`.
-    admin: Admin,
-    /// Its address.
-    admin_addr: SocketAddr,
     /// The go-grpc-prometheus series, counted by the server's layer.
     grpc_metrics: Arc<GrpcServerMetrics>,
 }
@@ -67,7 +57,7 @@ pub struct Application {
 /// Applies the `auth` schema's migrations (the `migrate` command).
 pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     let pool = db::pool(settings.database_url.expose_secret(), db::AUTH_SCHEMA, 2)?;
-    db::migrate_when_ready(&pool, db::AUTH_SCHEMA, &db::AUTH_MIGRATOR, DATABASE_PATIENCE).await?;
+    db::migrate_when_ready(&pool, db::AUTH_SCHEMA, &db::AUTH_MIGRATOR, db::MIGRATION_PATIENCE).await?;
     pool.close().await;
     Ok(())
 }
@@ -76,7 +66,7 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
 pub async fn rotate_keys(settings: &Settings) -> anyhow::Result<String> {
     anyhow::ensure!(settings.signing_key_file.is_none(), "SIGNING_KEY_FILE is set: rotate by replacing the file");
     let pool = db::pool(settings.database_url.expose_secret(), db::AUTH_SCHEMA, 2)?;
-    db::migrate_when_ready(&pool, db::AUTH_SCHEMA, &db::AUTH_MIGRATOR, DATABASE_PATIENCE).await?;
+    db::migrate_when_ready(&pool, db::AUTH_SCHEMA, &db::AUTH_MIGRATOR, db::MIGRATION_PATIENCE).await?;
     let cipher = KeyCipher::from_setting(settings.key_encryption_key.as_ref())?;
     let kid = crate::keys::rotate(&pool, settings.key_publish_delay, cipher.as_ref()).await?;
     pool.close().await;
@@ -91,7 +81,7 @@ pub async fn revoke_key(settings: &Settings, kid: &str) -> anyhow::Result<Option
         "SIGNING_KEY_FILE is set: replace the file to withdraw its key"
     );
     let pool = db::pool(settings.database_url.expose_secret(), db::AUTH_SCHEMA, 2)?;
-    db::migrate_when_ready(&pool, db::AUTH_SCHEMA, &db::AUTH_MIGRATOR, DATABASE_PATIENCE).await?;
+    db::migrate_when_ready(&pool, db::AUTH_SCHEMA, &db::AUTH_MIGRATOR, db::MIGRATION_PATIENCE).await?;
     let cipher = KeyCipher::from_setting(settings.key_encryption_key.as_ref())?;
     let replacement = crate::keys::revoke(&pool, kid, cipher.as_ref()).await?;
     pool.close().await;
@@ -197,9 +187,9 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let pool = db::pool(settings.database_url.expose_secret(), db::AUTH_SCHEMA, settings.database_max_connections)?;
         if settings.migrate_at_start {
-            db::migrate_when_ready(&pool, db::AUTH_SCHEMA, &db::AUTH_MIGRATOR, DATABASE_PATIENCE).await?;
+            db::migrate_when_ready(&pool, db::AUTH_SCHEMA, &db::AUTH_MIGRATOR, db::MIGRATION_PATIENCE).await?;
         }
-        let redis = RedisHandle::connect(settings.redis_url.expose_secret(), REDIS_POOL_SIZE).await?;
+        let redis = RedisHandle::connect(settings.redis_url.expose_secret(), taskgate_common::redis::POOL_SIZE).await?;
 
         let keys = match &settings.signing_key_file {
             Some(path) => KeyStore::from_file(path)?,
@@ -240,18 +230,7 @@ impl Application {
         .with_metrics(metrics.clone());
         sessions.load_scripts().await;
         bootstrap_admin(&settings, &users, &hasher, &sessions).await?;
-        let throttle = LoginThrottle::new(
-            redis.clone(),
-            settings.redis_prefix.clone(),
-            ThrottleConfig {
-                max_per_account: settings.login_max_failures_per_account,
-                max_per_ip: settings.login_max_failures_per_ip,
-                window: settings.login_failure_window,
-                delay_step: settings.login_delay_step,
-                max_registrations_per_ip: settings.register_max_per_ip,
-                register_window: settings.register_window,
-            },
-        );
+        let throttle = LoginThrottle::new(redis.clone(), settings.redis_prefix.clone(), settings.throttle());
         throttle.load_scripts().await;
         let api = AuthApi {
             users,
@@ -273,34 +252,31 @@ impl Application {
             metrics,
         };
 
-        let listener = tokio::net::TcpListener::bind(settings.listen_addr)
-            .await
-            .with_context(|| format!("binding AUTH_LISTEN_ADDR {}", settings.listen_addr))?;
-        let local_addr = listener.local_addr().context("reading the bound address")?;
-        let admin = Admin::bind(settings.admin_addr, "AUTH_ADMIN_ADDR", registry).await?;
-        let admin_addr = admin.local_addr()?;
+        let listeners = grpc::Listeners::bind(
+            (settings.listen_addr, "AUTH_LISTEN_ADDR"),
+            (settings.admin_addr, "AUTH_ADMIN_ADDR"),
+            registry,
+        )
+        .await?;
         Ok(Application {
-            listener,
-            local_addr,
+            listeners,
             api,
             keys,
             key_reload_interval: settings.key_reload_interval,
             pool,
             mtls,
-            admin,
-            admin_addr,
             grpc_metrics,
         })
     }
 
     /// The address the server listens on.
     pub fn local_addr(&self) -> std::net::SocketAddr {
-        self.local_addr
+        self.listeners.grpc_addr()
     }
 
     /// The address of the admin listener (`/metrics`).
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin_addr
+        self.listeners.admin_addr()
     }
 
     /// The signing keys (tests rotate through it).
@@ -335,8 +311,7 @@ impl Application {
         let router = grpc::backend_server(self.mtls.as_ref(), REQUEST_TIMEOUT, self.grpc_metrics)?
             .add_service(AuthServiceServer::new(self.api).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES));
         let result =
-            grpc::serve_backend(router, service_names::AUTH, self.listener, self.admin, shutdown, grpc::DRAIN_TIMEOUT)
-                .await;
+            grpc::serve_backend(router, service_names::AUTH, self.listeners, shutdown, grpc::DRAIN_TIMEOUT).await;
         reloader.abort();
         mirror.abort();
         result

@@ -102,6 +102,10 @@ pub async fn migrate(pool: &PgPool, schema: &str, migrator: &Migrator) -> anyhow
     applied
 }
 
+/// How long a starting service waits for Postgres to accept its migrations
+/// ([`migrate_when_ready`]).
+pub const MIGRATION_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Retries `migrate` until Postgres answers or `patience` runs out, so that a
 /// service started together with its database waits for it.
 pub async fn migrate_when_ready(

@@ -68,8 +68,9 @@ pub type OnFailure = fn(GrpcFailureClass, Duration, &tracing::Span);
 /// layer does not count them as failures (they would page whoever watches
 /// the logs); each service logs what it must about them itself. ABORTED is
 /// among them: an edit that lost to a concurrent one (a stale etag), which
-/// the client resolves by reading again.
-pub const CLIENT_ERRORS: [GrpcCode; 8] = [
+/// the client resolves by reading again; so is UNIMPLEMENTED, a method the
+/// server does not have (a scanner probing paths must not page anyone).
+pub const CLIENT_ERRORS: [GrpcCode; 9] = [
     GrpcCode::InvalidArgument,
     GrpcCode::NotFound,
     GrpcCode::AlreadyExists,
@@ -78,6 +79,7 @@ pub const CLIENT_ERRORS: [GrpcCode; 8] = [
     GrpcCode::FailedPrecondition,
     GrpcCode::ResourceExhausted,
     GrpcCode::Aborted,
+    GrpcCode::Unimplemented,
 ];
 
 /// One span per call carrying its method and the gateway's `x-request-id`,
@@ -228,24 +230,62 @@ pub fn backend_server(
         .layer(crate::metrics::grpc::GrpcMetricsLayer::new(metrics)))
 }
 
+/// A backend's two listeners, bound: gRPC, and the admin endpoint serving
+/// `/metrics`. Port 0 becomes a real port, which the addresses tell.
+pub struct Listeners {
+    /// The gRPC listener.
+    grpc: tokio::net::TcpListener,
+    /// Its address.
+    grpc_addr: std::net::SocketAddr,
+    /// The admin endpoint.
+    admin: crate::metrics::Admin,
+    /// Its address.
+    admin_addr: std::net::SocketAddr,
+}
+
+impl Listeners {
+    /// Binds gRPC at `grpc` and the admin endpoint (serving `registry`) at
+    /// `admin`, each an address and the setting it comes from (named in the
+    /// error when the address is taken).
+    pub async fn bind(
+        grpc: (std::net::SocketAddr, &str),
+        admin: (std::net::SocketAddr, &str),
+        registry: crate::metrics::Registry,
+    ) -> anyhow::Result<Listeners> {
+        let listener = crate::metrics::bind(grpc.0, grpc.1).await?;
+        let grpc_addr = listener.local_addr().context("reading the bound address")?;
+        let admin = crate::metrics::Admin::bind(admin.0, admin.1, registry).await?;
+        let admin_addr = admin.local_addr()?;
+        Ok(Listeners { grpc: listener, grpc_addr, admin, admin_addr })
+    }
+
+    /// Where gRPC is served.
+    pub fn grpc_addr(&self) -> std::net::SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Where `/metrics` is served.
+    pub fn admin_addr(&self) -> std::net::SocketAddr {
+        self.admin_addr
+    }
+}
+
 /// Serves `router` (the backend's own services on a [`backend_server`]), with
 /// grpc.health.v1 (SERVING for `name`) and reflection beside them, on
-/// `listener`, and `/metrics` on `admin`, until `shutdown` completes; then in-flight calls get up to
+/// `listeners` (and `/metrics` on their admin endpoint) until `shutdown` completes; then in-flight calls get up to
 /// `drain` to finish, and whatever is still open after it is dropped.
 pub async fn serve_backend(
     router: tonic::transport::server::Router<Layers>,
     name: &str,
-    listener: tokio::net::TcpListener,
-    admin: crate::metrics::Admin,
+    listeners: Listeners,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     drain: Duration,
 ) -> anyhow::Result<()> {
+    let Listeners { grpc: listener, grpc_addr: addr, admin, admin_addr } = listeners;
     // Stopped once the gRPC server has drained, so a scrape during the drain still answers.
-    let admin_addr = admin.local_addr()?;
     let admin = admin.spawn();
     let (_reporter, health) = health(&[name]).await;
     let (reflection_v1, reflection_v1alpha) = reflection()?;
-    let addr = listener.local_addr().context("reading the bound address")?;
     // The server learns of the shutdown through `stopping`; the drain's clock
     // starts when it does.
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();

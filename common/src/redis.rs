@@ -81,6 +81,9 @@ use fred::{error::ErrorKind, prelude::*, types::config::ClusterDiscoveryPolicy};
 /// Redis outage adds to a request.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// Redis clients in each service's pool; each multiplexes many commands.
+pub const POOL_SIZE: usize = 4;
+
 /// Connects a pool of `size` clients to `url`.
 ///
 /// It does not wait for Redis to be reachable: the pool keeps reconnecting in

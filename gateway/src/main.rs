@@ -2,22 +2,11 @@
 //! `gateway healthcheck` asks a running gateway's grpc.health.v1 service, for
 //! container health checks.
 
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 use gateway::{Application, Settings};
-use taskgate_common::{grpc, settings, shutdown, telemetry};
+use taskgate_common::{grpc, settings, shutdown};
 
-/// taskgate's public edge: gRPC, gRPC-web and REST/JSON on one port.
-#[derive(Parser)]
-#[command(version, about)]
-struct Cli {
-    /// What to do; `serve` when omitted.
-    #[command(subcommand)]
-    command: Option<Command>,
-    /// Settings, from flags or the environment.
-    #[command(flatten)]
-    settings: Settings,
-}
-
+/// The subcommands.
 #[derive(Subcommand)]
 enum Command {
     /// Serve until Ctrl-C or SIGTERM.
@@ -28,9 +17,11 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli: Cli = settings::load();
-    // Held to the end of `main`: dropping it sends the spans still queued.
-    let _telemetry = telemetry::init(cli.settings.log_format, "gateway");
+    let (cli, _telemetry) = settings::start::<Settings, Command>(
+        "gateway",
+        "taskgate's public edge: gRPC, gRPC-web and REST/JSON on one port",
+        |s| s.log_format,
+    );
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => Application::build(cli.settings).await?.run_until_stopped(shutdown::signal()).await,
         Command::Healthcheck => grpc::healthcheck(cli.settings.listen_addr, "", None).await,

@@ -137,6 +137,14 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The rate limits these settings give.
+    pub fn limits(&self) -> crate::ratelimit::Limits {
+        crate::ratelimit::Limits {
+            per_subject: self.rate_limit_per_minute,
+            per_address: self.rate_limit_per_address_per_minute,
+        }
+    }
+
     /// Settings for an in-process gateway in tests: port 0 on 127.0.0.1,
     /// no TLS, the default limit, plain-HTTP cookies.
     pub fn for_tests(auth_url: String, task_url: String, redis_url: String, redis_prefix: String) -> Settings {

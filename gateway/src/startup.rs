@@ -26,16 +26,13 @@ use crate::{
     edge::{self, Demo, Readiness},
     metrics::{self, Metrics},
     proxy::{auth::AuthProxy, task::TaskProxy},
-    ratelimit::{Limits, RateLimiter},
+    ratelimit::RateLimiter,
     rest::{self, cookies::CookiePolicy},
     serve::{self, ConnectionLimits},
     stack, tls,
     upstream::Upstream,
     watch::WatchSlots,
 };
-
-/// Redis clients in the pool; each multiplexes many commands.
-const REDIS_POOL_SIZE: usize = 4;
 
 /// A built gateway, bound to its ports and ready to serve.
 pub struct Application {
@@ -86,22 +83,17 @@ impl Application {
         );
         let task_channel = channel(&settings.task_url, mtls.as_ref()).context("TASK_SERVICE_URL")?;
         // One handle (pool and circuit breaker) shared by the limiter and /readyz.
-        let redis =
-            taskgate_common::redis::RedisHandle::connect(settings.redis_url.expose_secret(), REDIS_POOL_SIZE).await?;
+        let redis = taskgate_common::redis::RedisHandle::connect(
+            settings.redis_url.expose_secret(),
+            taskgate_common::redis::POOL_SIZE,
+        )
+        .await?;
         let metrics = Metrics::new();
         let mut verifier_config = VerifierConfig::new(settings.jwt_issuer.clone(), settings.jwt_audience.clone());
         verifier_config.refresh_interval = Some(Duration::from_secs(settings.jwks_refresh_seconds));
         let verifier = Verifier::new(Arc::new(GrpcKeySource::new(auth_channel.clone())), verifier_config);
-        let limiter = RateLimiter::new(
-            redis.clone(),
-            settings.redis_prefix.clone(),
-            Limits {
-                per_subject: settings.rate_limit_per_minute,
-                per_address: settings.rate_limit_per_address_per_minute,
-            },
-            metrics.clone(),
-        )
-        .await;
+        let limiter =
+            RateLimiter::new(redis.clone(), settings.redis_prefix.clone(), settings.limits(), metrics.clone()).await;
         let cookies = CookiePolicy::new(settings.cookie_secure, settings.csrf_secret.as_ref());
 
         let auth_client = AuthServiceClient::new(auth_upstream);

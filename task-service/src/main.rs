@@ -2,18 +2,7 @@
 
 use secrecy::ExposeSecret as _;
 use task_service::{Application, Settings};
-use taskgate_common::{db, grpc, settings, shutdown, telemetry};
-
-/// Command line: settings from the environment, and what to do.
-#[derive(clap::Parser)]
-#[command(name = "task-service", version, about = "taskgate task service (gRPC)")]
-struct Cli {
-    /// What to do; `serve` when not given.
-    #[command(subcommand)]
-    command: Option<Command>,
-    #[command(flatten)]
-    settings: Settings,
-}
+use taskgate_common::{db, grpc, settings, shutdown};
 
 /// The subcommands.
 #[derive(clap::Subcommand)]
@@ -28,10 +17,9 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli: Cli = settings::load();
+    let (cli, _telemetry) =
+        settings::start::<Settings, Command>("task-service", "taskgate's task service (gRPC)", |s| s.log_format);
     let settings = cli.settings;
-    // Held to the end of `main`: dropping it sends the spans still queued.
-    let _telemetry = telemetry::init(settings.log_format, "task-service");
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => Application::build(settings).await?.run_until_stopped(shutdown::signal()).await,
         Command::Migrate => {

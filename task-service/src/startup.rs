@@ -8,41 +8,30 @@ use secrecy::ExposeSecret as _;
 use taskgate_common::{
     balance::BalancedChannel,
     db, grpc,
-    metrics::{Admin, Registry, grpc::GrpcServerMetrics},
+    metrics::{Registry, grpc::GrpcServerMetrics},
     mtls::Mtls,
 };
 use taskgate_proto::{service_names, task::v1::task_service_server::TaskServiceServer};
 use taskgate_tokens::{GrpcKeySource, RevocationCheck, RevocationPolicy, Verifier, VerifierConfig};
-use tokio::net::TcpListener;
 
 use crate::{
     Metrics, Settings, auth::Authenticator, cache::ListCache, repository::Repository, service::TaskApi,
     store::TaskStore, watch::Hub,
 };
 
-/// How long start-up waits for Postgres to accept the migrations.
-const MIGRATION_PATIENCE: Duration = Duration::from_secs(30);
-/// Redis clients in the pool.
-const REDIS_POOL_SIZE: usize = 4;
 /// Longest a single RPC may run before the server gives up on it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The task service, built and bound, ready to serve.
 pub struct Application {
-    /// The bound listener (port 0 in tests, resolved in `local_addr`).
-    listener: TcpListener,
-    /// Where the listener ended up.
-    local_addr: SocketAddr,
+    /// The bound gRPC and admin listeners (port 0 in tests, resolved in them).
+    listeners: grpc::Listeners,
     /// The gRPC service.
     api: TaskApi,
     /// Counters shared with the service, for tests.
     metrics: Arc<Metrics>,
     /// Mutual TLS material, when MTLS_* is set.
     mtls: Option<Mtls>,
-    /// The bound admin listener (`/metrics`).
-    admin: Admin,
-    /// Its address.
-    admin_addr: SocketAddr,
     /// The go-grpc-prometheus series, counted by the server's layer.
     grpc_metrics: Arc<GrpcServerMetrics>,
 }
@@ -53,12 +42,15 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let pool = db::pool(settings.database_url.expose_secret(), db::TASK_SCHEMA, settings.db_max_connections)?;
         if settings.migrate_at_start {
-            db::migrate_when_ready(&pool, db::TASK_SCHEMA, &db::TASK_MIGRATOR, MIGRATION_PATIENCE).await?;
+            db::migrate_when_ready(&pool, db::TASK_SCHEMA, &db::TASK_MIGRATOR, db::MIGRATION_PATIENCE).await?;
         }
         // One handle (pool and circuit breaker) for every Redis call of the
         // process: the revocation check, the list cache and WatchTasks.
-        let redis =
-            taskgate_common::redis::RedisHandle::connect(settings.redis_url.expose_secret(), REDIS_POOL_SIZE).await?;
+        let redis = taskgate_common::redis::RedisHandle::connect(
+            settings.redis_url.expose_secret(),
+            taskgate_common::redis::POOL_SIZE,
+        )
+        .await?;
 
         // One channel to the auth service's replicas for the life of the
         // process, balanced per call (over mutual TLS when it is on); it
@@ -102,32 +94,23 @@ impl Application {
             .with_fill_delay(settings.cache_fill_delay)
             .with_invalidate_delay(settings.cache_invalidate_delay);
 
-        let listener = TcpListener::bind(settings.listen_addr)
-            .await
-            .with_context(|| format!("binding TASK_LISTEN_ADDR {}", settings.listen_addr))?;
-        let local_addr = listener.local_addr().context("reading the bound address")?;
-        let admin = Admin::bind(settings.admin_addr, "TASK_ADMIN_ADDR", registry).await?;
-        let admin_addr = admin.local_addr()?;
-        Ok(Application {
-            listener,
-            local_addr,
-            api: TaskApi::new(auth, store, hub),
-            metrics,
-            mtls,
-            admin,
-            admin_addr,
-            grpc_metrics,
-        })
+        let listeners = grpc::Listeners::bind(
+            (settings.listen_addr, "TASK_LISTEN_ADDR"),
+            (settings.admin_addr, "TASK_ADMIN_ADDR"),
+            registry,
+        )
+        .await?;
+        Ok(Application { listeners, api: TaskApi::new(auth, store, hub), metrics, mtls, grpc_metrics })
     }
 
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.listeners.grpc_addr()
     }
 
     /// The address of the admin listener (`/metrics`).
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin_addr
+        self.listeners.admin_addr()
     }
 
     /// This replica's watch streams (for tests).
@@ -167,7 +150,7 @@ impl Application {
             shutdown.await;
             hub.stop();
         };
-        let result = grpc::serve_backend(router, service_names::TASK, self.listener, self.admin, shutdown, drain).await;
+        let result = grpc::serve_backend(router, service_names::TASK, self.listeners, shutdown, drain).await;
         sweeper.abort();
         result
     }

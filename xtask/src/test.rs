@@ -206,10 +206,10 @@ fn run_stages(stages: Vec<Stage>, postgres: &Postgres, env: &TestEnv) -> Result 
 }
 
 /// gRPC codes a client causes (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, PERMISSION_DENIED,
-/// RESOURCE_EXHAUSTED, FAILED_PRECONDITION, ABORTED, UNAUTHENTICATED), by number and by the names tonic's
+/// RESOURCE_EXHAUSTED, FAILED_PRECONDITION, ABORTED, UNIMPLEMENTED, UNAUTHENTICATED), by number and by the names tonic's
 /// `Code` prints: an ERROR line naming one would page whoever watches the logs for a user's
 /// mistake.
-const CLIENT_CODES: [(u8, &str); 8] = [
+const CLIENT_CODES: [(u8, &str); 9] = [
     (3, "InvalidArgument"),
     (5, "NotFound"),
     (6, "AlreadyExists"),
@@ -217,6 +217,7 @@ const CLIENT_CODES: [(u8, &str); 8] = [
     (8, "ResourceExhausted"),
     (9, "FailedPrecondition"),
     (10, "Aborted"),
+    (12, "Unimplemented"),
     (16, "Unauthenticated"),
 ];
 
