@@ -69,11 +69,12 @@ use std::{
 };
 
 use fred::{
-    interfaces::{KeysInterface as _, LuaInterface as _},
+    interfaces::{ClientLike as _, KeysInterface as _, LuaInterface as _},
     prelude::Value,
 };
 use serde::{Deserialize, Serialize};
 use taskgate_common::{keys, redis::RedisHandle};
+use taskgate_tokens::{RedisFailure, redis_failure};
 use uuid::Uuid;
 
 use crate::{Metrics, domain::TaskStatus, repository::Task};
@@ -115,9 +116,14 @@ pub const VERSION_TTL: Duration = Duration::from_secs(24 * 3600);
 // A missing version starts from Redis' own clock (`TIME`, in microseconds),
 // not a replica's, so replicas with skewed clocks cannot make it repeat.
 
-/// Reads the version and one entry in one round trip, creating a fresh
-/// version when missing. KEYS: version, pages. ARGV: field, version TTL.
+/// Checks that the caller's session is live, then reads the version and one
+/// entry, in one round trip, creating a fresh version when missing. A dead
+/// session reads nothing. KEYS: version, pages, session (all under the
+/// user's hash tag). ARGV: field, version TTL.
 const READ_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  return {'', '', 0}
+end
 local ver = redis.call('GET', KEYS[1])
 if not ver then
   local t = redis.call('TIME')
@@ -125,7 +131,7 @@ if not ver then
   redis.call('SET', KEYS[1], ver, 'EX', ARGV[2])
 end
 local entry = redis.call('HGET', KEYS[2], ARGV[1])
-return {ver, entry or ''}
+return {ver, entry or '', 1}
 ";
 
 /// Stores an entry only if the version is still the one it was loaded
@@ -201,6 +207,8 @@ pub struct CachedPage {
 pub enum Lookup {
     /// Redis cannot be used now: go to Postgres and store nothing.
     Bypass,
+    /// The caller's session is not live: answer nothing.
+    SessionEnded,
     /// A current entry.
     Hit(CachedPage),
     /// No current entry; load and fill under this stamp.
@@ -305,43 +313,68 @@ impl ListCache {
         self.failed_bumps.load(Ordering::SeqCst) == self.covered_bumps.load(Ordering::SeqCst)
     }
 
-    /// Reads `owner`'s entry of `shape` together with the current stamp.
+    /// Reads `owner`'s entry of `shape` together with the current stamp,
+    /// checking in the same round trip that the caller's session (the key
+    /// `session`) is live. Also returns what the read said of the session:
+    /// `None` when nothing was sent (the cache is not usable), so the caller
+    /// must check it on its own; else the answer or how Redis failed.
     #[tracing::instrument(name = "cache read", skip_all, fields(otel.kind = "client", db.system = "redis", db.operation = "EVAL", db.redis.script = "read"))]
-    pub async fn lookup(&self, owner: Uuid, shape: Shape) -> Lookup {
+    pub async fn lookup(
+        &self,
+        owner: Uuid,
+        shape: Shape,
+        session: String,
+    ) -> (Lookup, Option<Result<bool, RedisFailure>>) {
         if !self.usable().await {
-            return Lookup::Bypass;
+            return (Lookup::Bypass, None);
         }
         let epoch = self.epoch();
-        let keys = vec![self.key(owner, "ver"), self.key(owner, "pages")];
+        let keys = vec![self.key(owner, "ver"), self.key(owner, "pages"), session];
         let args = vec![shape.field(), VERSION_TTL.as_secs().to_string()];
-        let read = self.redis.pool().next_connected().eval::<Value, _, _, _>(READ_SCRIPT, keys, args).await;
+        let client = self.redis.pool().next_connected();
+        // A dropped connection fails at once (unreachable: the session check
+        // fails open, as the service's policy says) instead of waiting for a
+        // reconnection.
+        let read = client
+            .with_options(&taskgate_common::redis::fail_fast())
+            .eval::<Value, _, _, _>(READ_SCRIPT, keys, args)
+            .await;
         let reply = match self.redis.record(read) {
             Ok(reply) => reply,
             Err(e) => {
+                let failure = redis_failure(client, &e);
                 self.went_down(&e.to_string());
-                return Lookup::Bypass;
+                return (Lookup::Bypass, Some(Err(failure)));
             }
         };
         self.came_up();
         let mut parts = reply.into_array().into_iter();
-        let Some(version) = parts.next().and_then(|v| v.as_i64()) else {
-            tracing::error!("unexpected reply from the cache read script");
-            return Lookup::Bypass;
-        };
+        let version = parts.next();
         // An empty string (no entry) may arrive as nil.
         let entry = parts.next().and_then(Value::into_string).unwrap_or_default();
+        let live = parts.next().and_then(|v| v.as_i64());
+        if live == Some(0) {
+            return (Lookup::SessionEnded, Some(Ok(false)));
+        }
+        let Some(version) = version.and_then(|v| v.as_i64()).filter(|_| live == Some(1)) else {
+            tracing::error!("unexpected reply from the cache read script");
+            // The session was not seen live: the caller checks it on its own.
+            return (Lookup::Bypass, None);
+        };
         let stamp = Stamp { epoch, version };
-        if entry.is_empty() {
-            return Lookup::Miss(stamp);
-        }
-        match serde_json::from_str::<CachedPage>(&entry) {
-            Ok(page) if page.stamp == stamp => Lookup::Hit(page),
-            Ok(_) => Lookup::Miss(stamp),
-            Err(e) => {
-                tracing::warn!(error = %e, "unreadable cache entry, reloading");
-                Lookup::Miss(stamp)
+        let lookup = if entry.is_empty() {
+            Lookup::Miss(stamp)
+        } else {
+            match serde_json::from_str::<CachedPage>(&entry) {
+                Ok(page) if page.stamp == stamp => Lookup::Hit(page),
+                Ok(_) => Lookup::Miss(stamp),
+                Err(e) => {
+                    tracing::warn!(error = %e, "unreadable cache entry, reloading");
+                    Lookup::Miss(stamp)
+                }
             }
-        }
+        };
+        (lookup, Some(Ok(true)))
     }
 
     /// Stores `page` as `owner`'s entry of `shape` if its stamp is still

@@ -71,10 +71,12 @@ impl TaskService for TaskApi {
     }
 
     async fn list_tasks(&self, request: Request<ListTasksRequest>) -> Result<Response<ListTasksResponse>, Status> {
-        let owner = self.auth.owner(request.metadata()).await?;
+        // The session's liveness is checked with the cache read: one Redis
+        // round trip for a first page.
+        let (owner, session) = self.auth.verify(request.metadata()).await?;
         let r = request.get_ref();
         let query = ListQuery::parse(r.page_size, &r.page_token, r.status)?;
-        let page = self.store.list(owner, query).await?;
+        let page = self.store.list(owner, query, &session).await?;
         Ok(Response::new(ListTasksResponse {
             tasks: page.tasks.iter().map(to_proto).collect(),
             next_page_token: page.next.map(|t| t.encode()).unwrap_or_default(),

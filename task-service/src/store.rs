@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::{
     Metrics, TaskError,
+    auth::Session,
     cache::{CachedPage, Change, ListCache, Lookup, Shape, Stamp},
     domain::{ListQuery, PageToken, RequestId, TaskStatus},
     repository::{NewTask, Repository, Task, TaskChanges},
@@ -248,16 +249,25 @@ impl TaskStore {
         }
     }
 
-    /// One page of `owner`'s tasks. First pages come from the cache when it
-    /// is usable; later pages, and everything during a Redis outage, come
-    /// from Postgres.
-    pub async fn list(&self, owner: Uuid, query: ListQuery) -> Result<Page, TaskError> {
+    /// One page of `owner`'s tasks, for the caller whose token gave
+    /// `session`. First pages come from the cache when it is usable, and the
+    /// cache read checks that the session is live in the same round trip;
+    /// later pages, and everything during a Redis outage, come from Postgres
+    /// after a check of their own. Nothing is read for a session that ended.
+    pub async fn list(&self, owner: Uuid, query: ListQuery, session: &Session<'_>) -> Result<Page, TaskError> {
         let size = query.page_size.get();
         if query.after.is_some() {
+            session.check().await?;
             return self.list_from_postgres(owner, query).await;
         }
         let shape = Shape::for_page(query.filter, size);
-        let cached = match self.cache.lookup(owner, shape).await {
+        let (lookup, live) = self.cache.lookup(owner, shape, session.key()).await;
+        match live {
+            Some(answer) => session.judge(answer)?,
+            None => session.check().await?,
+        }
+        let cached = match lookup {
+            Lookup::SessionEnded => return Err(TaskError::Unauthenticated(taskgate_tokens::VerifyError::Revoked)),
             Lookup::Bypass => {
                 self.metrics.cache_bypass();
                 return self.list_from_postgres(owner, query).await;

@@ -100,34 +100,61 @@ impl RevocationCheck {
     /// open) nothing is sent: fail-open accepts the token and fail-closed
     /// refuses it with [`VerifyError::Unavailable`], at once.
     pub async fn check(&self, claims: &Claims) -> Result<(), VerifyError> {
-        if let Some(reason) = self.redis.unavailable_reason() {
-            return match self.policy {
-                RevocationPolicy::FailOpen => {
-                    tracing::debug!(reason, "revocation check skipped: redis unreachable");
-                    Ok(())
-                }
-                RevocationPolicy::FailClosed => {
-                    tracing::warn!(reason, "revocation check impossible: refusing the token");
-                    Err(VerifyError::Unavailable)
-                }
-            };
+        if let Some(answer) = self.while_unavailable() {
+            return answer;
         }
-        let key = session_key(&self.prefix, &claims.sub, &claims.sid);
         let client = self.redis.pool().next();
         let redis = client.with_options(&taskgate_common::redis::fail_fast());
-        match self.redis.record(redis.exists::<i64, _>(key).await) {
-            Ok(0) => Err(VerifyError::Revoked),
-            Ok(_) => Ok(()),
-            Err(e) => match (self.policy, redis_failure(client, &e)) {
-                (RevocationPolicy::FailOpen, RedisFailure::Unreachable) => {
-                    tracing::debug!(error = %e, "revocation check skipped: redis unreachable");
-                    Ok(())
-                }
-                _ => {
-                    tracing::warn!(error = %e, "revocation check failed: refusing the token");
-                    Err(VerifyError::Unavailable)
-                }
-            },
+        let answer = match self.redis.record(redis.exists::<i64, _>(self.key(claims)).await) {
+            Ok(n) => Ok(n > 0),
+            Err(e) => {
+                tracing::debug!(error = %e, "revocation check: redis failed");
+                Err(redis_failure(client, &e))
+            }
+        };
+        self.judge(answer)
+    }
+
+    /// The key that exists while `claims`' session is live, for a script
+    /// that checks it together with its own work, in the same round trip
+    /// (its answer goes to [`RevocationCheck::judge`]). The key carries the
+    /// user's hash tag, so it shares a Redis Cluster slot with their other keys.
+    pub fn key(&self, claims: &Claims) -> String {
+        session_key(&self.prefix, &claims.sub, &claims.sid)
+    }
+
+    /// The answer while Redis is unavailable (not connected, or its circuit
+    /// breaker open), when nothing should be sent: fail-open accepts,
+    /// fail-closed refuses. `None` while Redis is available.
+    pub fn while_unavailable(&self) -> Option<Result<(), VerifyError>> {
+        let reason = self.redis.unavailable_reason()?;
+        Some(match self.policy {
+            RevocationPolicy::FailOpen => {
+                tracing::debug!(reason, "revocation check skipped: redis unreachable");
+                Ok(())
+            }
+            RevocationPolicy::FailClosed => {
+                tracing::warn!(reason, "revocation check impossible: refusing the token");
+                Err(VerifyError::Unavailable)
+            }
+        })
+    }
+
+    /// What Redis said of the session's [`key`](RevocationCheck::key) means
+    /// for the token: `Ok(live)` from an `EXISTS` (alone or inside a script),
+    /// or how the command failed ([`redis_failure`]).
+    pub fn judge(&self, answer: Result<bool, RedisFailure>) -> Result<(), VerifyError> {
+        match answer {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(VerifyError::Revoked),
+            Err(RedisFailure::Unreachable) if self.policy == RevocationPolicy::FailOpen => {
+                tracing::debug!("revocation check skipped: redis unreachable");
+                Ok(())
+            }
+            Err(_) => {
+                tracing::warn!("revocation check failed: refusing the token");
+                Err(VerifyError::Unavailable)
+            }
         }
     }
 }

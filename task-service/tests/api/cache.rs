@@ -44,24 +44,41 @@ async fn the_fill_of_a_reader_that_loaded_before_a_write_is_refused() {
         .build_pool(1)
         .expect("pool");
     fred::prelude::ClientLike::init(&redis).await.expect("connect");
+    // The reader's session is live: its key exists (the auth service's mirror).
+    let session = taskgate_tokens::session_key(&app.redis_prefix, &owner.to_string(), "s1");
+    let _: () = fred::prelude::KeysInterface::set(&redis, &session, "1", None, None, false).await.expect("a session");
     let redis = taskgate_common::redis::RedisHandle::new(redis);
     let cache = ListCache::new(redis, app.redis_prefix.clone(), Duration::from_secs(60), 100, Default::default());
     assert!(cache.settle().await);
     let shape = Shape::for_page(None, 50);
+    let lookup = || {
+        let (cache, session) = (&cache, session.clone());
+        async move {
+            let (lookup, live) = cache.lookup(owner, shape, session).await;
+            assert_eq!(live, Some(Ok(true)), "the read checked the session");
+            lookup
+        }
+    };
 
     // A reader misses and (in real life) queries Postgres...
-    let Lookup::Miss(stamp) = cache.lookup(owner, shape).await else { panic!("expected a miss") };
+    let Lookup::Miss(stamp) = lookup().await else { panic!("expected a miss") };
     // ...a write commits and bumps the version...
     let change = task_service::cache::Change { kind: "deleted", data: serde_json::json!({ "id": owner }).to_string() };
     assert!(cache.publish(owner, &change).await.is_some());
     // ...and the reader's old list must not land in the cache.
     let stale = CachedPage { stamp, tasks: Vec::new(), more: false };
     assert!(!cache.fill(owner, shape, &stale).await, "a fill under an old version is refused");
-    let Lookup::Miss(current) = cache.lookup(owner, shape).await else { panic!("expected a miss") };
+    let Lookup::Miss(current) = lookup().await else { panic!("expected a miss") };
     assert_ne!(current, stamp);
     let fresh = CachedPage { stamp: current, tasks: Vec::new(), more: false };
     assert!(cache.fill(owner, shape, &fresh).await, "a fill under the current version is stored");
-    assert!(matches!(cache.lookup(owner, shape).await, Lookup::Hit(page) if page == fresh));
+    assert!(matches!(lookup().await, Lookup::Hit(page) if page == fresh));
+
+    // The same read for a session that ended reads nothing, in the same round trip.
+    let ended = taskgate_tokens::session_key(&app.redis_prefix, &owner.to_string(), "s2");
+    let (read, live) = cache.lookup(owner, shape, ended).await;
+    assert!(matches!(read, Lookup::SessionEnded), "an ended session's read returned the list");
+    assert_eq!(live, Some(Ok(false)));
 }
 
 /// What every read must reflect: the writes acknowledged before it started.
@@ -290,4 +307,80 @@ async fn a_list_too_large_for_the_cache_is_read_from_postgres_and_never_stored()
     let hits = app.metrics.cache_hits();
     app.first_page(&small, 0).await;
     assert_eq!(app.metrics.cache_hits(), hits + 1, "a small list is still cached");
+}
+
+/// Watches every command the Redis at `url` receives from its clients
+/// (`MONITOR` on a connection of its own; commands a script runs are told
+/// apart and left out) until the returned closure is called, which answers
+/// them by name.
+fn watch_commands(url: &str) -> impl FnOnce() -> HashMap<String, u64> + use<> {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let addr = url.trim_start_matches("redis://").split('/').next().expect("an address").to_owned();
+    let mut stream = std::net::TcpStream::connect(&addr).expect("connecting to redis");
+    stream.write_all(b"MONITOR\r\n").expect("sending MONITOR");
+    let mut reader = BufReader::new(stream.try_clone().expect("a second handle"));
+    let mut ok = String::new();
+    reader.read_line(&mut ok).expect("MONITOR attached");
+    assert_eq!(ok.trim(), "+OK");
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let lines = std::thread::spawn(move || {
+        stream.set_read_timeout(Some(Duration::from_millis(100))).expect("a read timeout");
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) => break,
+                Ok(_) => lines.push(line),
+                // Quiet for a moment: stop once asked to.
+                Err(_) if stopped.try_recv().is_ok() => break,
+                Err(_) => {}
+            }
+        }
+        lines
+    });
+    move || {
+        let _ = stop.send(());
+        let lines = lines.join().expect("the monitor");
+        let mut calls = HashMap::new();
+        // `+1700000000.123456 [0 127.0.0.1:50000] "evalsha" ...`; a script's own calls say `[0 lua]`.
+        for line in lines.iter().filter(|l| !l.contains(" lua]")) {
+            if let Some(name) = line.split('"').nth(1) {
+                *calls.entry(name.to_ascii_lowercase()).or_insert(0) += 1;
+            }
+        }
+        calls
+    }
+}
+
+#[tokio::test]
+async fn a_cached_first_page_costs_one_redis_command_and_an_ended_session_reads_nothing() {
+    let redis = taskgate_test_support::PrivateRedis::start();
+    let app = crate::helpers::spawn_app_on(taskgate_test_support::fresh_database().await, redis.url()).await;
+    let user = app.user().await;
+    app.create(&user, "a").await;
+    assert_eq!(app.first_page(&user, 0).await.len(), 1, "warms the cache");
+
+    const READS: u64 = 200;
+    let hits = app.metrics.cache_hits();
+    let stop = watch_commands(&redis.url());
+    for _ in 0..READS {
+        assert_eq!(app.first_page(&user, 0).await.len(), 1);
+    }
+    let calls = tokio::task::spawn_blocking(stop).await.expect("the monitor");
+    assert_eq!(app.metrics.cache_hits() - hits, READS, "every read was a cache hit");
+    let count = |name: &str| calls.get(name).copied().unwrap_or(0);
+    // One script per read, which checks the session too, and no separate
+    // EXISTS; the auth service's background work (its mirror check, once a
+    // second) adds a few commands.
+    let scripts = count("eval") + count("evalsha");
+    assert!((READS..READS + 20).contains(&scripts), "{scripts} scripts for {READS} reads: {calls:?}");
+    assert!(count("exists") < 20, "a separate session check per read: {calls:?}");
+    let total: u64 = calls.values().sum();
+    assert!(total < READS + 40, "{total} commands for {READS} reads: {calls:?}");
+
+    // Logout ends the session: the next read, a cache hit before, reads nothing.
+    let logout = taskgate_proto::auth::v1::LogoutRequest::default();
+    app.auth().logout(authed(&user.token, logout)).await.expect("logout");
+    let refused = app.list(&user, ListTasksRequest::default()).await.expect_err("a read after logout");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
 }
