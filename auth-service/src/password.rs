@@ -5,10 +5,18 @@
 //! - **Fixed threads, reused memory.** `HASH_THREADS` std threads (one per
 //!   permitted concurrent hash, default one per core but one) each own one 19 MiB
 //!   argon2 memory block, allocated on first use and reused for every hash
-//!   (`Argon2::hash_password_into_with_memory`). Hashing therefore never
-//!   allocates: glibc cannot strand freed 19 MiB blocks in per-thread arenas
-//!   (the growth to 400+ MiB that tokio's blocking pool caused), and resident
-//!   memory is bounded by idle + threads × 19 MiB.
+//!   (`Argon2::hash_password_into_with_memory`). Hashing therefore does not
+//!   allocate while hashes keep coming: glibc cannot strand freed 19 MiB
+//!   blocks in per-thread arenas (the growth to 400+ MiB that tokio's blocking
+//!   pool caused), and resident memory is bounded by idle + threads × 19 MiB.
+//! - **Memory given back when idle.** A thread that has had nothing to hash
+//!   for [`KEEP_MEMORY_IDLE`] frees its block, so after a flood the process
+//!   returns to its idle size. The block is reserved larger than glibc's
+//!   largest dynamic mmap threshold ([`RESERVED_BLOCKS`]), so glibc maps it
+//!   on its own and unmaps it on free, whatever it freed before (a 19 MiB
+//!   block would raise the threshold on its first free and live in an arena
+//!   afterwards, never returned); the part past 19 MiB is never touched, so
+//!   it is never resident.
 //! - **Bounded queue, fail fast.** A call that will hash takes a [`HashSlot`]
 //!   first, before it touches Postgres or Redis: there are `HASH_THREADS +
 //!   HASH_QUEUE_CAPACITY` of them, and when none is free the call is refused
@@ -27,9 +35,8 @@
 
 use std::{
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering},
-        mpsc::{self, Receiver, SyncSender, TrySendError},
     },
     time::{Duration, Instant},
 };
@@ -59,6 +66,15 @@ const SALT_LEN: usize = 16;
 /// The argon2 memory of one hashing thread.
 type Memory = Vec<Block>;
 
+/// How long a hashing thread keeps its memory with nothing to hash.
+pub const KEEP_MEMORY_IDLE: Duration = Duration::from_secs(10);
+
+/// The capacity a thread's memory is reserved with, in 1 KiB blocks: 33 MiB,
+/// past glibc's largest dynamic mmap threshold (32 MiB on 64-bit), so the
+/// block is always its own mapping, unmapped when freed. Only the first
+/// [`M_COST`] blocks are ever written.
+const RESERVED_BLOCKS: usize = 33 * 1024;
+
 /// A unit of work for a hashing thread: runs with that thread's memory.
 type Job = Box<dyn FnOnce(&mut Memory) + Send>;
 
@@ -72,7 +88,7 @@ pub struct PasswordHasher {
 
 struct Inner {
     /// The queue of hashes waiting for a thread (never full: the slots bound it).
-    jobs: SyncSender<Job>,
+    jobs: flume::Sender<Job>,
     /// One permit per hash that may run or wait: threads + queue capacity.
     slots: Arc<Semaphore>,
     /// Hashing threads (= hashes that may run at once).
@@ -111,7 +127,9 @@ pub enum Verified {
     YesRehashed(String),
 }
 
-fn params() -> anyhow::Result<Params> {
+/// The parameters every new hash uses ([`M_COST`], [`T_COST`], [`P_COST`]); the benchmark
+/// measures one hash with them for the login ceiling.
+pub fn params() -> anyhow::Result<Params> {
     Params::new(M_COST, T_COST, P_COST, Some(OUTPUT_LEN)).map_err(|e| anyhow::anyhow!("argon2 params: {e}"))
 }
 
@@ -120,6 +138,7 @@ fn params() -> anyhow::Result<Params> {
 /// old hash with a larger memory cost.
 fn with_blocks<T>(memory: &mut Memory, blocks: usize, f: impl FnOnce(&mut [Block]) -> T) -> T {
     if memory.len() < blocks && blocks <= M_COST as usize {
+        memory.reserve_exact(RESERVED_BLOCKS.saturating_sub(memory.len()));
         memory.resize(M_COST as usize, Block::new());
     }
     match memory.get_mut(..blocks) {
@@ -214,19 +233,27 @@ fn lower_priority() {
 
 /// One hashing thread: takes jobs until every sender is gone, running each
 /// with the thread's own argon2 memory (allocated on the first job, reused
-/// after).
-fn worker(jobs: Arc<Mutex<Receiver<Job>>>) {
+/// after, freed after [`KEEP_MEMORY_IDLE`] without a job).
+fn worker(jobs: flume::Receiver<Job>) {
     lower_priority();
     let mut memory: Memory = Vec::new();
     loop {
-        let job = {
-            let Ok(receiver) = jobs.lock() else { return };
-            match receiver.recv() {
-                Ok(job) => job,
-                Err(_) => return,
+        let job = if memory.capacity() == 0 {
+            jobs.recv().map_err(|_| ())
+        } else {
+            match jobs.recv_timeout(KEEP_MEMORY_IDLE) {
+                Ok(job) => Ok(job),
+                Err(flume::RecvTimeoutError::Timeout) => {
+                    memory = Vec::new();
+                    continue;
+                }
+                Err(flume::RecvTimeoutError::Disconnected) => Err(()),
             }
         };
-        job(&mut memory);
+        match job {
+            Ok(job) => job(&mut memory),
+            Err(()) => return,
+        }
     }
 }
 
@@ -236,8 +263,7 @@ impl PasswordHasher {
     /// the queue's depth and waits are counted in `metrics`.
     pub async fn new(threads: usize, queue_capacity: usize, metrics: AuthMetrics) -> anyhow::Result<Self> {
         let threads = threads.max(1);
-        let (sender, receiver) = mpsc::sync_channel::<Job>(threads + queue_capacity);
-        let receiver = Arc::new(Mutex::new(receiver));
+        let (sender, receiver) = flume::bounded::<Job>(threads + queue_capacity);
         for i in 0..threads {
             let receiver = receiver.clone();
             std::thread::Builder::new()
@@ -320,11 +346,11 @@ impl PasswordHasher {
         self.inner.metrics.hash_queue_depth.inc();
         match self.inner.jobs.try_send(job) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
+            Err(flume::TrySendError::Full(_)) => {
                 self.inner.metrics.hash_queue_depth.dec();
                 return Err(AuthError::Busy { retry_after: self.retry_after() });
             }
-            Err(TrySendError::Disconnected(_)) => {
+            Err(flume::TrySendError::Disconnected(_)) => {
                 self.inner.metrics.hash_queue_depth.dec();
                 return Err(AuthError::Unexpected(anyhow::anyhow!("password hashing threads are gone")));
             }
@@ -365,6 +391,7 @@ mod tests {
         assert_eq!(verify_with(&mut memory, b"a long passphrase", &hash).expect("verify"), Verified::Yes);
         assert_eq!(verify_with(&mut memory, b"another one", &hash).expect("verify"), Verified::No);
         assert_eq!(memory.len(), M_COST as usize, "the memory is kept for the next hash");
+        assert!(memory.capacity() >= RESERVED_BLOCKS, "reserved past glibc's mmap threshold");
     }
 
     #[test]

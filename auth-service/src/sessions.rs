@@ -45,10 +45,9 @@ use std::{
 use chrono::{DateTime, Utc};
 use fred::{
     prelude::*,
-    types::{Expiration, MultipleKeys, SetOptions},
+    types::{Expiration, SetOptions},
 };
 use futures::{StreamExt as _, TryStreamExt as _};
-use sha1::Digest as _;
 use sqlx::PgPool;
 use taskgate_common::{keys, redis::RedisHandle};
 use taskgate_tokens::session_key;
@@ -129,24 +128,18 @@ pub const PAGE_SIZE: usize = 100;
 /// while it runs could otherwise keep it going).
 const MAX_PAGES: usize = 50;
 
-/// A Lua script run with EVALSHA, falling back to EVAL when the server does
-/// not have it cached (first use, or after a Redis restart).
-pub(crate) struct Script {
-    /// The source.
-    lua: &'static str,
-    /// Its SHA1, as EVALSHA wants.
-    sha: String,
-}
+/// A Lua script (the shared [`taskgate_common::redis::Script`]: EVALSHA,
+/// EVAL when the node does not have it) behind this service's Redis policy.
+pub(crate) struct Script(taskgate_common::redis::Script);
 
 impl Script {
     pub(crate) fn new(lua: &'static str) -> Self {
-        let sha = format!("{:x}", sha1::Sha1::digest(lua.as_bytes()));
-        Script { lua, sha }
+        Script(taskgate_common::redis::Script::new(lua))
     }
 
     /// Runs the script; UNAVAILABLE at once when Redis is not connected or
     /// its circuit breaker is open (a frozen Redis costs no timeout).
-    #[tracing::instrument(name = "redis script", skip_all, fields(otel.kind = "client", db.system = "redis", db.operation = "EVALSHA", db.redis.script = %self.sha))]
+    #[tracing::instrument(name = "redis script", skip_all, fields(otel.kind = "client", db.system = "redis", db.operation = "EVALSHA", db.redis.script = %self.0.sha1()))]
     pub(crate) async fn run<R: FromValue>(
         &self,
         redis: &RedisHandle,
@@ -156,21 +149,7 @@ impl Script {
         if !redis.available() {
             return Err(AuthError::Unavailable(SESSIONS_UNAVAILABLE));
         }
-        let k: MultipleKeys = keys.iter().map(String::as_str).collect();
-        match redis.record(redis.pool().evalsha::<R, _, _, _>(self.sha.as_str(), k, args.clone()).await) {
-            Err(e) if e.details().contains("NOSCRIPT") => {
-                let k: MultipleKeys = keys.iter().map(String::as_str).collect();
-                Ok(redis.record(redis.pool().eval::<R, _, _, _>(self.lua, k, args).await)?)
-            }
-            other => Ok(other?),
-        }
-    }
-
-    /// Caches the script on the server (best effort; `run` copes without).
-    pub(crate) async fn load(&self, redis: &RedisHandle) {
-        if let Err(e) = redis.pool().script_load::<String, _>(self.lua).await {
-            tracing::debug!(error = %e, "could not preload a redis script");
-        }
+        Ok(redis.record(self.0.run(redis.pool(), keys, args).await)?)
     }
 }
 
@@ -385,19 +364,6 @@ impl SessionStore {
     pub fn with_metrics(mut self, metrics: AuthMetrics) -> Self {
         self.metrics = metrics;
         self
-    }
-
-    /// Preloads the scripts (best effort).
-    pub async fn load_scripts(&self) {
-        for s in [
-            &self.scripts.mirror,
-            &self.scripts.revoke,
-            &self.scripts.revoke_many,
-            &self.scripts.page,
-            &self.scripts.list,
-        ] {
-            s.load(&self.redis).await;
-        }
     }
 
     fn session_key(&self, uid: &str, sid: &str) -> String {

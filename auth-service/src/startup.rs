@@ -228,10 +228,8 @@ impl Application {
             settings.max_sessions_per_user,
         )
         .with_metrics(metrics.clone());
-        sessions.load_scripts().await;
         bootstrap_admin(&settings, &users, &hasher, &sessions).await?;
         let throttle = LoginThrottle::new(redis.clone(), settings.redis_prefix.clone(), settings.throttle());
-        throttle.load_scripts().await;
         let api = AuthApi {
             users,
             hasher,

@@ -161,12 +161,6 @@ impl LoginThrottle {
         }
     }
 
-    /// Preloads the scripts (best effort).
-    pub async fn load_scripts(&self) {
-        self.scripts.0.load(&self.redis).await;
-        self.scripts.1.load(&self.redis).await;
-    }
-
     fn account_key(&self, subject: &Subject) -> String {
         match subject {
             Subject::Account(uid) => keys::user_key(&self.prefix, uid, "throttle"),

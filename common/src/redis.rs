@@ -75,7 +75,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 pub use breaker::Breaker;
-use fred::{error::ErrorKind, prelude::*, types::config::ClusterDiscoveryPolicy};
+use fred::{
+    error::ErrorKind,
+    prelude::*,
+    types::{MultipleKeys, MultipleValues, config::ClusterDiscoveryPolicy},
+};
 
 /// How long a command may wait for Redis before failing; bounds the latency a
 /// Redis outage adds to a request.
@@ -228,6 +232,54 @@ impl From<Pool> for RedisHandle {
     /// [`RedisHandle::new`]: a breaker of its own for `pool`.
     fn from(pool: Pool) -> RedisHandle {
         RedisHandle::new(pool)
+    }
+}
+
+/// A Lua script as every service runs one: by `EVALSHA` (fred's
+/// [`fred::types::scripts::Script`], its SHA-1 computed once), so a call
+/// sends the script's hash, not its text. A node that does not have it
+/// cached (restarted, `SCRIPT FLUSH`, a new cluster node) answers `NOSCRIPT`,
+/// and that one call is sent whole with `EVAL`, which caches it on the node
+/// owning the keys' slot: the right node on a Redis Cluster too, where a
+/// `SCRIPT LOAD` would reach one node only. Every key the script touches
+/// must be in `keys`, all of them sharing one hash tag.
+#[derive(Debug, Clone)]
+pub struct Script {
+    /// The hash fred sends.
+    script: fred::types::scripts::Script,
+    /// The text, for the `NOSCRIPT` fallback.
+    lua: &'static str,
+}
+
+impl Script {
+    /// The script whose source is `lua`.
+    pub fn new(lua: &'static str) -> Script {
+        Script { script: fred::types::scripts::Script::from_lua(lua), lua }
+    }
+
+    /// The script's SHA-1, as `EVALSHA` names it.
+    pub fn sha1(&self) -> &str {
+        self.script.sha1()
+    }
+
+    /// Runs the script on `client` (a pool, or one of its clients) with
+    /// `keys` and `args`. fred 10 gives scripts no per-call options (a
+    /// `with_options` client has no `LuaInterface`; calling `eval` on one
+    /// reaches the plain client through `Deref`, options dropped), so a
+    /// caller that must not wait on a disconnected Redis asks
+    /// [`RedisHandle::available`] first.
+    pub async fn run<R, C>(&self, client: &C, keys: Vec<String>, args: Vec<String>) -> Result<R, fred::error::Error>
+    where
+        R: FromValue,
+        C: LuaInterface + Send + Sync,
+    {
+        // Converted once: a clone for the fallback then copies no string.
+        let keys = MultipleKeys::from(keys);
+        let args = MultipleValues::try_from(args)?;
+        match self.script.evalsha(client, keys.clone(), args.clone()).await {
+            Err(e) if e.details().starts_with("NOSCRIPT") => client.eval(self.lua, keys, args).await,
+            other => other,
+        }
     }
 }
 

@@ -20,86 +20,23 @@
 use std::{
     collections::BTreeMap,
     future::Future,
-    net::{SocketAddr, TcpStream},
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use fleet_tests::processes::{Process, Stack};
+
 use futures::StreamExt as _;
 use sqlx::{Connection as _, PgConnection};
 use taskgate_proto::{
-    auth::v1::{GetMeRequest, LoginRequest, RegisterRequest, auth_service_client::AuthServiceClient},
+    auth::v1::{GetMeRequest, LoginRequest, auth_service_client::AuthServiceClient},
     task::v1::{CreateTaskRequest, GetTaskRequest, ListTasksRequest, Task, task_service_client::TaskServiceClient},
 };
 use taskgate_test_support::{PASSWORD, bearer};
 
 /// Users the load is spread over (each call is made as one of them).
 const USERS: usize = 20;
-
-/// A service process and where it listens.
-struct Process {
-    /// Its name.
-    name: &'static str,
-    /// The running binary.
-    child: Child,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Process {
-    /// CPU seconds (user + system) the process used so far.
-    fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the `(comm)`: state is 3rd, utime 14th, stime 15th (1-based, whole line).
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-        (ticks(11) + ticks(12)) / 100.0
-    }
-
-    /// Resident memory now and at its peak, in MiB.
-    fn rss_mib(&self) -> (f64, f64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-                .unwrap_or(0.0)
-                / 1024.0
-        };
-        (field("VmRSS:"), field("VmHWM:"))
-    }
-}
-
-/// Starts a release binary with `env`; waits until it accepts TCP on `addr`.
-fn start(name: &'static str, addr: SocketAddr, env: &[(&str, String)]) -> anyhow::Result<Process> {
-    // TASKGATE_BIN_DIR picks another build (target/debug, say); release is what the doc reports.
-    let dir = std::env::var("TASKGATE_BIN_DIR")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release").to_owned());
-    let binary = std::path::Path::new(&dir).join(name);
-    let child = Command::new(&binary)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .map_err(|e| anyhow::anyhow!("starting {}: {e} (build it with --release first)", binary.display()))?;
-    let process = Process { name, child };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "{name} did not listen on {addr}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(process)
-}
 
 /// Redis' per-command call counts.
 fn redis_commandstats(port: &str) -> BTreeMap<String, u64> {
@@ -139,37 +76,11 @@ where
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let requests: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(3000);
-    let concurrency: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(32);
+    let (requests, concurrency) = taskgate_test_support::load::requests_and_concurrency(3000)?;
     let database_url = taskgate_test_support::fresh_database().await;
     let redis_url = taskgate_test_support::redis_url();
     let redis_port = redis_url.rsplit(':').next().unwrap_or("6379").trim_end_matches('/').to_owned();
-    let port = || devstack::free_port().map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
-    let (auth_addr, task_addr, gateway_addr) = (port()?, port()?, port()?);
-    let common = vec![
-        ("DATABASE_URL", database_url.clone()),
-        ("REDIS_URL", redis_url.clone()),
-        ("REDIS_PREFIX", taskgate_test_support::unique_prefix()),
-        ("AUTH_LISTEN_ADDR", auth_addr.to_string()),
-        ("TASK_LISTEN_ADDR", task_addr.to_string()),
-        ("GATEWAY_LISTEN_ADDR", gateway_addr.to_string()),
-        ("AUTH_SERVICE_URL", format!("http://{auth_addr}")),
-        ("TASK_SERVICE_URL", format!("http://{task_addr}")),
-        // Every call comes from 127.0.0.1: lift the limits that would measure refusals instead.
-        ("RATE_LIMIT_PER_MINUTE", "1000000000".to_owned()),
-        ("RATE_LIMIT_PER_ADDRESS_PER_MINUTE", "1000000000".to_owned()),
-        ("REGISTER_MAX_PER_IP", "1000000".to_owned()),
-        // The login throttle counts attempts in flight; 32 at once from one address would trip it.
-        ("LOGIN_MAX_FAILURES_PER_ACCOUNT", "1000000".to_owned()),
-        ("LOGIN_MAX_FAILURES_PER_IP", "1000000".to_owned()),
-        ("LOGIN_DELAY_STEP_MS", "0".to_owned()),
-    ];
-    let processes = [
-        start("auth-service", auth_addr, &common)?,
-        start("task-service", task_addr, &common)?,
-        start("gateway", gateway_addr, &common)?,
-    ];
+    let Stack { processes, gateway: gateway_addr, .. } = Stack::start(&database_url, &redis_url)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     println!("idle RSS (MiB):");
     for p in &processes {
@@ -184,16 +95,7 @@ async fn main() -> anyhow::Result<()> {
     let mut names = Vec::new();
     for u in 0..USERS {
         let name = format!("cap{u}{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        auth.clone()
-            .register(RegisterRequest { username: Some(name.clone()), password: PASSWORD.into(), ..Default::default() })
-            .await?;
-        let pair = auth
-            .clone()
-            .login(LoginRequest { login: name.clone(), password: PASSWORD.into(), ..Default::default() })
-            .await?
-            .into_inner()
-            .tokens
-            .ok_or_else(|| anyhow::anyhow!("no tokens"))?;
+        let (_, pair) = taskgate_test_support::register_and_login(&auth, &name).await;
         for t in 0..10 {
             let created = task
                 .clone()

@@ -24,14 +24,7 @@
 //! exporting every span to an in-process OTLP receiver, so the cost of
 //! traces can be measured (`RUST_LOG=warn` keeps the access log out of it).
 
-use std::{
-    future::Future,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use bytes::{BufMut as _, BytesMut};
 use prost::Message as _;
@@ -39,6 +32,7 @@ use taskgate_proto::{
     auth::v1::{LoginRequest, RegisterRequest, auth_service_client::AuthServiceClient},
     task::v1::{CreateTaskRequest, ListTasksRequest, Task, task_service_client::TaskServiceClient},
 };
+use taskgate_test_support::load::{Run, closed_loop};
 use tonic::{Request, transport::Channel};
 
 /// The subscriber `LOADGEN_TRACES` asks for (see the module docs).
@@ -58,14 +52,10 @@ async fn traces() -> (Option<taskgate_test_support::OtlpReceiver>, Option<taskga
 
 /// The longest one path is driven.
 const MAX_RUN: Duration = Duration::from_secs(30);
-/// Requests before measuring, to open connections and warm caches.
-const WARM_UP: usize = 200;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let requests: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(5000);
-    let concurrency: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(32);
+    let (requests, concurrency) = taskgate_test_support::load::requests_and_concurrency(5000)?;
 
     // The receiver (when exporting) and the guard live to the end of the run.
     let (_receiver, _telemetry) = traces().await;
@@ -74,14 +64,14 @@ async fn main() -> anyhow::Result<()> {
         "taskgate loadgen: ListTasks ({} tasks per page), {requests} requests per path, {concurrency} in flight",
         stack.tasks
     );
-    println!("{:<34} {:>10} {:>10} {:>10} {:>8}", "path", "req/s", "p50 ms", "p99 ms", "errors");
+    Run::header();
 
     let http = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
     let url = format!("http://{}/api/v1/tasks", stack.gateway);
     let auth = format!("Bearer {}", stack.token);
     let rest = {
         let (http, url, auth) = (http.clone(), url.clone(), auth.clone());
-        drive(requests, concurrency, move || {
+        closed_loop(requests, concurrency, MAX_RUN, move |_| {
             let call = http.get(&url).header("authorization", &auth).send();
             async move { call.await.map(|r| r.status().is_success()).unwrap_or(false) }
         })
@@ -100,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
     frame.put_u32(u32::try_from(payload.len())?);
     frame.put_slice(&payload);
     let frame = frame.freeze();
-    let web = drive(requests, concurrency, move || {
+    let web = closed_loop(requests, concurrency, MAX_RUN, move |_| {
         let call = http
             .post(&web_url)
             .header("content-type", "application/grpc-web+proto")
@@ -142,91 +132,13 @@ async fn drive_grpc(client: TaskServiceClient<Channel>, token: &str, requests: u
         Ok(v) => v,
         Err(_) => return Run::default(),
     };
-    drive(requests, concurrency, move || {
+    closed_loop(requests, concurrency, MAX_RUN, move |_| {
         let mut client = client.clone();
         let mut request = Request::new(ListTasksRequest::default());
         request.metadata_mut().insert("authorization", auth.clone());
         async move { client.list_tasks(request).await.is_ok() }
     })
     .await
-}
-
-/// What one path measured.
-#[derive(Default)]
-struct Run {
-    /// Latency of every successful measured request, in milliseconds.
-    latencies: Vec<f64>,
-    /// Failed requests.
-    errors: usize,
-    /// Wall time of the measured part.
-    elapsed: Duration,
-}
-
-impl Run {
-    fn rate(&self) -> f64 {
-        (self.latencies.len() + self.errors) as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
-    }
-
-    fn percentile(&self, p: f64) -> f64 {
-        if self.latencies.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((self.latencies.len() as f64 * p).ceil() as usize).clamp(1, self.latencies.len()) - 1;
-        self.latencies[i]
-    }
-
-    fn print(&self, name: &str) {
-        println!(
-            "{name:<34} {:>10.0} {:>10.2} {:>10.2} {:>8}",
-            self.rate(),
-            self.percentile(0.50),
-            self.percentile(0.99),
-            self.errors
-        );
-    }
-}
-
-/// Runs `call` `requests` times (after a warm-up), `concurrency` at once,
-/// stopping early after [`MAX_RUN`].
-async fn drive<F, Fut>(requests: usize, concurrency: usize, call: F) -> Run
-where
-    F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = bool> + Send + 'static,
-{
-    let call = Arc::new(call);
-    for _ in 0..WARM_UP.min(requests) {
-        call().await;
-    }
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let workers: Vec<_> = (0..concurrency.max(1))
-        .map(|_| {
-            let (call, next) = (call.clone(), next.clone());
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                let mut errors = 0;
-                while next.fetch_add(1, Ordering::Relaxed) < requests && started.elapsed() < MAX_RUN {
-                    let t = Instant::now();
-                    if call().await {
-                        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
-                    } else {
-                        errors += 1;
-                    }
-                }
-                (latencies, errors)
-            })
-        })
-        .collect();
-    let mut run = Run::default();
-    for worker in workers {
-        if let Ok((latencies, errors)) = worker.await {
-            run.latencies.extend(latencies);
-            run.errors += errors;
-        }
-    }
-    run.elapsed = started.elapsed();
-    run.latencies.sort_by(f64::total_cmp);
-    run
 }
 
 /// The in-process system under test.

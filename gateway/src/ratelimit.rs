@@ -53,7 +53,10 @@ use governor::{
     state::keyed::DefaultKeyedStateStore,
 };
 use http::{HeaderMap, HeaderValue, header::RETRY_AFTER};
-use taskgate_common::{keys, redis::RedisHandle};
+use taskgate_common::{
+    keys,
+    redis::{RedisHandle, Script},
+};
 use taskgate_tokens::{Claims, RedisFailure, redis_failure, session_key};
 use tonic::Status;
 
@@ -189,11 +192,8 @@ pub struct RateLimiter {
     limit_arg: String,
     /// See `limit_arg`.
     window_arg: String,
-    /// Redis options of the hot path: fail at once while disconnected.
-    fail_fast: Options,
-    /// SHA1 of the loaded script; empty until the first successful `SCRIPT LOAD`.
-    /// (A `Str` shares its bytes, so reading it per call allocates nothing.)
-    sha: std::sync::RwLock<fred::bytes_utils::Str>,
+    /// The window script.
+    script: Script,
     /// The per-replica fallback used while Redis is unreachable.
     local: Local,
     /// The per-replica ceiling of signed-in requests per address.
@@ -207,8 +207,7 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    /// A limiter of `limit` requests per minute per subject on `redis`. Loads
-    /// the script if Redis answers; otherwise it is loaded on first use.
+    /// A limiter of `limit` requests per minute per subject on `redis`.
     pub async fn new(redis: RedisHandle, prefix: String, limits: Limits, metrics: Arc<Metrics>) -> Arc<RateLimiter> {
         let limit = limits.per_subject.max(1);
         let limiter = Arc::new(RateLimiter {
@@ -217,19 +216,13 @@ impl RateLimiter {
             limit,
             limit_arg: limit.to_string(),
             window_arg: WINDOW.as_millis().to_string(),
-            fail_fast: taskgate_common::redis::fail_fast(),
-            sha: std::sync::RwLock::new(fred::bytes_utils::Str::new()),
+            script: Script::new(SCRIPT),
             local: Local::new(limit),
             per_address: Local::new(limits.per_address.max(1)),
             per_address_limit: limits.per_address.max(1),
             degraded: AtomicBool::new(false),
             metrics,
         });
-        if limiter.redis.available()
-            && let Err(e) = limiter.redis.record(limiter.load_script().await)
-        {
-            tracing::warn!(error = %e, "loading the rate-limit script failed; will retry on first use");
-        }
         spawn_local_cleanup(Arc::downgrade(&limiter));
         limiter
     }
@@ -292,33 +285,14 @@ impl RateLimiter {
         subject: &str,
         session: Option<(&str, &str)>,
     ) -> Result<Decision, fred::error::Error> {
-        // Built twice at most (the second time only when the node lacks the script), so the
-        // common EVALSHA path clones nothing.
-        let keys = || {
-            let mut keys = Vec::with_capacity(2);
-            keys.push(window_key(&self.prefix, subject));
-            if let Some((uid, sid)) = session {
-                keys.push(session_key(&self.prefix, uid, sid));
-            }
-            keys
-        };
+        let mut keys = Vec::with_capacity(2);
+        keys.push(window_key(&self.prefix, subject));
+        if let Some((uid, sid)) = session {
+            keys.push(session_key(&self.prefix, uid, sid));
+        }
         let member = uuid::Uuid::new_v4().simple().to_string();
-        let args = || vec![self.limit_arg.clone(), self.window_arg.clone(), member.clone()];
-        let sha = self.sha.read().map(|s| s.clone()).unwrap_or_default();
-        let redis = client.with_options(&self.fail_fast);
-        // A miss runs the script with EVAL, which goes to the node owning the
-        // keys' slot and caches it there: SCRIPT LOAD reaches one node only,
-        // so on a Redis Cluster a reload-then-EVALSHA could miss again.
-        let reply: Vec<i64> = if sha.is_empty() {
-            // Learn the hash for the next calls; this one sends the script.
-            let _ = self.load_script().await;
-            redis.eval(SCRIPT, keys(), args()).await?
-        } else {
-            match redis.evalsha(sha, keys(), args()).await {
-                Err(e) if e.details().starts_with("NOSCRIPT") => redis.eval(SCRIPT, keys(), args()).await?,
-                other => other?,
-            }
-        };
+        let args = vec![self.limit_arg.clone(), self.window_arg.clone(), member];
+        let reply: Vec<i64> = self.script.run(client, keys, args).await?;
         let (outcome, remaining, reset_ms) = match reply.as_slice() {
             [o, r, t] => (*o, *r, *t),
             _ => {
@@ -338,15 +312,6 @@ impl RateLimiter {
             remaining: u32::try_from(remaining.max(0)).unwrap_or(0),
             reset: Duration::from_millis(u64::try_from(reset_ms.max(0)).unwrap_or(0)),
         })
-    }
-
-    /// `SCRIPT LOAD`, remembering the hash.
-    async fn load_script(&self) -> Result<String, fred::error::Error> {
-        let sha: String = self.redis.pool().next().script_load(SCRIPT).await?;
-        if let Ok(mut guard) = self.sha.write() {
-            *guard = sha.clone().into();
-        }
-        Ok(sha)
     }
 
     /// The in-process decision: same quota, this replica only, no revocation check.

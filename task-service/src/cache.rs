@@ -62,18 +62,18 @@
 
 use std::{
     sync::{
-        Arc,
+        Arc, LazyLock,
         atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
     },
     time::Duration,
 };
 
-use fred::{
-    interfaces::{ClientLike as _, KeysInterface as _, LuaInterface as _},
-    prelude::Value,
-};
+use fred::{interfaces::KeysInterface as _, prelude::Value};
 use serde::{Deserialize, Serialize};
-use taskgate_common::{keys, redis::RedisHandle};
+use taskgate_common::{
+    keys,
+    redis::{RedisHandle, Script},
+};
 use taskgate_tokens::{RedisFailure, redis_failure};
 use uuid::Uuid;
 
@@ -170,6 +170,13 @@ redis.call('EXPIRE', KEYS[3], ARGV[1])
 redis.call('SPUBLISH', KEYS[4], v)
 return v
 ";
+
+/// [`READ_SCRIPT`], run by its hash.
+static READ: LazyLock<Script> = LazyLock::new(|| Script::new(READ_SCRIPT));
+/// [`FILL_SCRIPT`], run by its hash.
+static FILL: LazyLock<Script> = LazyLock::new(|| Script::new(FILL_SCRIPT));
+/// [`BUMP_SCRIPT`], run by its hash.
+static BUMP: LazyLock<Script> = LazyLock::new(|| Script::new(BUMP_SCRIPT));
 
 /// One change of a user's list, as the event log records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -318,7 +325,7 @@ impl ListCache {
     /// `session`) is live. Also returns what the read said of the session:
     /// `None` when nothing was sent (the cache is not usable), so the caller
     /// must check it on its own; else the answer or how Redis failed.
-    #[tracing::instrument(name = "cache read", skip_all, fields(otel.kind = "client", db.system = "redis", db.operation = "EVAL", db.redis.script = "read"))]
+    #[tracing::instrument(name = "cache read", skip_all, fields(otel.kind = "client", db.system = "redis", db.operation = "EVALSHA", db.redis.script = "read"))]
     pub async fn lookup(
         &self,
         owner: Uuid,
@@ -332,13 +339,10 @@ impl ListCache {
         let keys = vec![self.key(owner, "ver"), self.key(owner, "pages"), session];
         let args = vec![shape.field(), VERSION_TTL.as_secs().to_string()];
         let client = self.redis.pool().next_connected();
-        // A dropped connection fails at once (unreachable: the session check
-        // fails open, as the service's policy says) instead of waiting for a
-        // reconnection.
-        let read = client
-            .with_options(&taskgate_common::redis::fail_fast())
-            .eval::<Value, _, _, _>(READ_SCRIPT, keys, args)
-            .await;
+        // `usable` has just seen a connected client and a closed breaker; a
+        // failure now counts as unreachable (the session check fails open,
+        // as the service's policy says).
+        let read = READ.run::<Value, _>(client, keys, args).await;
         let reply = match self.redis.record(read) {
             Ok(reply) => reply,
             Err(e) => {
@@ -379,7 +383,7 @@ impl ListCache {
 
     /// Stores `page` as `owner`'s entry of `shape` if its stamp is still
     /// current. Returns whether it was stored.
-    #[tracing::instrument(name = "cache fill", skip_all, fields(otel.kind = "client", db.system = "redis", db.operation = "EVAL", db.redis.script = "fill"))]
+    #[tracing::instrument(name = "cache fill", skip_all, fields(otel.kind = "client", db.system = "redis", db.operation = "EVALSHA", db.redis.script = "fill"))]
     pub async fn fill(&self, owner: Uuid, shape: Shape, page: &CachedPage) -> bool {
         // Redis went away since the lookup: do not wait on it for a fill.
         if !self.redis.available() {
@@ -398,7 +402,7 @@ impl ListCache {
         }
         let keys = vec![self.key(owner, "ver"), self.key(owner, "pages")];
         let args = vec![shape.field(), page.stamp.version.to_string(), entry, self.ttl.as_secs().max(1).to_string()];
-        let filled = self.redis.pool().next_connected().eval::<i64, _, _, _>(FILL_SCRIPT, keys, args).await;
+        let filled = FILL.run::<i64, _>(self.redis.pool().next_connected(), keys, args).await;
         match self.redis.record(filled) {
             Ok(stored) => {
                 self.came_up();
@@ -420,7 +424,7 @@ impl ListCache {
     /// Returns the new version, or `None` when Redis could not be told; the
     /// caller then records the miss where other replicas see it (see
     /// [`ListCache::new_epoch`]).
-    #[tracing::instrument(name = "cache bump", skip_all, fields(otel.kind = "client", db.system = "redis", db.operation = "EVAL", db.redis.script = "bump"))]
+    #[tracing::instrument(name = "cache bump", skip_all, fields(otel.kind = "client", db.system = "redis", db.operation = "EVALSHA", db.redis.script = "bump"))]
     pub async fn publish(&self, owner: Uuid, change: &Change) -> Option<i64> {
         if let Some(reason) = self.redis.unavailable_reason() {
             self.went_down(reason);
@@ -437,7 +441,7 @@ impl ListCache {
                 change.kind.to_owned(),
                 change.data.clone(),
             ];
-            let bumped = self.redis.pool().next_connected().eval::<i64, _, _, _>(BUMP_SCRIPT, keys, args).await;
+            let bumped = BUMP.run::<i64, _>(self.redis.pool().next_connected(), keys, args).await;
             match self.redis.record(bumped) {
                 Ok(version) => {
                     self.came_up();

@@ -45,7 +45,7 @@ use std::{
     collections::HashMap,
     pin::Pin,
     sync::{
-        Arc, Mutex,
+        Arc, LazyLock, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::{Context, Poll},
@@ -56,14 +56,16 @@ use anyhow::Context as _;
 use fred::{
     clients::SubscriberClient,
     interfaces::{
-        EventInterface as _, KeysInterface as _, LuaInterface as _, PubsubInterface as _, SortedSetsInterface as _,
-        StreamsInterface as _,
+        EventInterface as _, KeysInterface as _, PubsubInterface as _, SortedSetsInterface as _, StreamsInterface as _,
     },
     prelude::{ClientLike as _, Value},
     types::Builder,
 };
 use futures::Stream;
-use taskgate_common::{keys, redis::RedisHandle};
+use taskgate_common::{
+    keys,
+    redis::{RedisHandle, Script},
+};
 use taskgate_proto::task::v1::{self as pb, TaskEventType, WatchTasksResponse};
 use taskgate_tokens::{Claims, VerifyError, session_key};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -123,6 +125,11 @@ redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {redis.call('EXISTS', KEYS[2]), redis.call('GET', KEYS[3]) or ''}
 ";
+
+/// [`OPEN_SCRIPT`], run by its hash.
+static OPEN: LazyLock<Script> = LazyLock::new(|| Script::new(OPEN_SCRIPT));
+/// [`CHECK_SCRIPT`], run by its hash.
+static CHECK: LazyLock<Script> = LazyLock::new(|| Script::new(CHECK_SCRIPT));
 
 /// What a user's watchers on this replica are told.
 #[derive(Debug, Clone, Copy, Default)]
@@ -354,7 +361,7 @@ impl Hub {
             member.clone(),
             VERSION_TTL.as_secs().to_string(),
         ];
-        let opened = self.redis.pool().next_connected().eval::<Value, _, _, _>(OPEN_SCRIPT, keys, args).await;
+        let opened = OPEN.run::<Value, _>(self.redis.pool().next_connected(), keys, args).await;
         let reply = self.redis.record(opened).map_err(|e| {
             tracing::debug!(error = %e, "opening a watch stream");
             TaskError::EventsUnavailable
@@ -572,7 +579,7 @@ impl Watcher {
         if !redis.available() {
             return Ok(());
         }
-        let checked = redis.pool().next_connected().eval::<Value, _, _, _>(CHECK_SCRIPT, keys, args).await;
+        let checked = CHECK.run::<Value, _>(redis.pool().next_connected(), keys, args).await;
         let reply = match redis.record(checked) {
             Ok(reply) => reply,
             // A Redis blip: the stream stays; the next check tries again.

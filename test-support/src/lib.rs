@@ -24,9 +24,10 @@
 //!
 //! # Layout
 //! Everything is in this file, but for [`proxy`] (the cuttable proxy),
-//! [`otlp`] (the trace receiver) and [`metrics`] (scraping `/metrics`); it
-//! is small on purpose.
+//! [`otlp`] (the trace receiver), [`metrics`] (scraping `/metrics`) and
+//! [`load`] (bounded load for the benchmarks); it is small on purpose.
 
+pub mod load;
 pub mod metrics;
 pub mod otlp;
 pub mod proxy;

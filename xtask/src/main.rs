@@ -9,6 +9,7 @@
 //! - [`observability`]: the alerting rules and dashboard check of `lint`.
 //! - [`run`], [`test`], [`lint`], [`migrate`]: one module per subcommand.
 
+mod bench;
 mod clients;
 mod cmd;
 mod deps;
@@ -41,6 +42,11 @@ commands:
                             (--skip-cluster, --skip-clients leave stages out)
   lint                      cargo fmt --check, clippy -D warnings, buf lint, docker-compose config,
                             kubernetes-validate --strict on deploy/kubernetes
+  bench [REQUESTS] [CONCURRENCY]
+                            build the release binaries, start throwaway PostgreSQL and Redis servers
+                            and measure: lists through the gateway against direct, create, login
+                            against the argon2id ceiling, reads during a login flood, and each
+                            service's memory idle, at the flood's peak and a minute later
   migrate [--debug]         apply the auth and task database migrations to DATABASE_URL
 
 environment:
@@ -86,6 +92,10 @@ fn dispatch(args: &[String]) -> Result<(), Error> {
             no_arguments(command, rest)?;
             cmd::catch_stop_signals()?;
             lint::lint()
+        }
+        "bench" => {
+            cmd::catch_stop_signals()?;
+            bench::bench(rest)
         }
         "migrate" => {
             cmd::catch_stop_signals()?;

@@ -260,14 +260,14 @@ fn check_error_log(path: &std::path::Path) -> Result {
 }
 
 /// A fresh folder that is deleted, with everything in it, when dropped.
-struct Scratch {
+pub struct Scratch {
     /// The folder.
-    path: PathBuf,
+    pub path: PathBuf,
 }
 
 impl Scratch {
     /// Creates `path` empty, removing what an earlier process with the same id left there.
-    fn create(path: PathBuf) -> Result<Self> {
+    pub fn create(path: PathBuf) -> Result<Self> {
         match fs::remove_dir_all(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}

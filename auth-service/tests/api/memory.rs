@@ -1,14 +1,16 @@
 //! The auth service's resident memory under logins (#12): hashing runs on a
 //! fixed set of threads that reuse their argon2 memory, so 50 logins cannot
-//! grow the process past idle + 2 × threads × 19 MiB. The binary runs as its
-//! own process, so other tests' servers do not count.
+//! grow the process past idle + 2 × threads × 19 MiB, and a thread left
+//! without work frees its memory, so the process then returns to its idle
+//! size. The binary runs as its own process, so other tests' servers do not
+//! count.
 
 use std::{
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use auth_service::password::MEMORY_PER_THREAD;
+use auth_service::password::{KEEP_MEMORY_IDLE, MEMORY_PER_THREAD};
 use taskgate_proto::auth::v1::auth_service_client::AuthServiceClient;
 
 use crate::helpers::username;
@@ -35,7 +37,8 @@ fn resident(pid: u32) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_auth_service_resident_memory_after_fifty_logins_stays_within_the_hashing_threads_bound() {
+async fn the_auth_service_resident_memory_after_fifty_logins_stays_within_the_hashing_threads_bound_and_returns_to_idle()
+ {
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
     let child = Command::new(env!("CARGO_BIN_EXE_auth-service"))
         .env_clear()
@@ -96,4 +99,17 @@ async fn the_auth_service_resident_memory_after_fifty_logins_stays_within_the_ha
         after >> 20,
         idle >> 20
     );
+
+    // Nothing to hash for KEEP_MEMORY_IDLE: every thread frees its block, and the process is back
+    // at its idle size (which included the block the registration's hash took).
+    tokio::time::sleep(KEEP_MEMORY_IDLE + Duration::from_secs(3)).await;
+    let settled = resident(pid);
+    eprintln!("auth-service RSS {} s after the logins: {} MiB", KEEP_MEMORY_IDLE.as_secs() + 3, settled >> 20);
+    assert!(
+        settled + HASH_THREADS * MEMORY_PER_THREAD * 9 / 10 <= after,
+        "RSS {} MiB after the threads went idle: the {HASH_THREADS} x 19 MiB of hashing memory (RSS {} MiB) was not given back",
+        settled >> 20,
+        after >> 20
+    );
+    assert!(settled <= idle, "RSS {} MiB after the logins settled > {} MiB idle", settled >> 20, idle >> 20);
 }

@@ -352,6 +352,17 @@ fn watch_commands(url: &str) -> impl FnOnce() -> HashMap<String, u64> + use<> {
     }
 }
 
+/// `SCRIPT FLUSH` on the Redis at `url`: it forgets every cached script.
+fn script_flush(url: &str) {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let addr = url.trim_start_matches("redis://").split('/').next().expect("an address").to_owned();
+    let mut stream = std::net::TcpStream::connect(&addr).expect("connecting to redis");
+    stream.write_all(b"SCRIPT FLUSH\r\n").expect("sending SCRIPT FLUSH");
+    let mut ok = String::new();
+    BufReader::new(stream).read_line(&mut ok).expect("an answer");
+    assert_eq!(ok.trim(), "+OK");
+}
+
 #[tokio::test]
 async fn a_cached_first_page_costs_one_redis_command_and_an_ended_session_reads_nothing() {
     let redis = taskgate_test_support::PrivateRedis::start();
@@ -374,9 +385,24 @@ async fn a_cached_first_page_costs_one_redis_command_and_an_ended_session_reads_
     // second) adds a few commands.
     let scripts = count("eval") + count("evalsha");
     assert!((READS..READS + 20).contains(&scripts), "{scripts} scripts for {READS} reads: {calls:?}");
+    assert!(count("evalsha") >= READS, "each read sends the script's hash, not its text: {calls:?}");
     assert!(count("exists") < 20, "a separate session check per read: {calls:?}");
     let total: u64 = calls.values().sum();
     assert!(total < READS + 40, "{total} commands for {READS} reads: {calls:?}");
+
+    // A Redis that forgot its scripts (restarted, SCRIPT FLUSH) answers the hash with NOSCRIPT:
+    // that read sends the text once and is still served from the cache; the next send the hash.
+    script_flush(&redis.url());
+    let hits = app.metrics.cache_hits();
+    let stop = watch_commands(&redis.url());
+    for _ in 0..3 {
+        assert_eq!(app.first_page(&user, 0).await.len(), 1);
+    }
+    let calls = tokio::task::spawn_blocking(stop).await.expect("the monitor");
+    let count = |name: &str| calls.get(name).copied().unwrap_or(0);
+    assert_eq!(app.metrics.cache_hits() - hits, 3, "every read was a cache hit: {calls:?}");
+    assert!((1..=3).contains(&count("eval")), "the text is sent again after NOSCRIPT, once: {calls:?}");
+    assert!(count("evalsha") >= 3, "{calls:?}");
 
     // Logout ends the session: the next read, a cache hit before, reads nothing.
     let logout = taskgate_proto::auth::v1::LogoutRequest::default();

@@ -1,0 +1,283 @@
+//! The benchmark: what a request costs through the gateway, what a login costs against the
+//! argon2id ceiling, and what each service holds in memory, in one run.
+//!
+//! Starts the three release binaries as separate processes on free loopback ports against the
+//! PostgreSQL and Redis named by `TASKGATE_TEST_DATABASE_URL` and `TASKGATE_TEST_REDIS_URL` (a
+//! fresh database, a fresh key prefix); `cargo xtask bench` builds everything, starts throwaway
+//! servers and runs it. It prints, one after the other:
+//!
+//! 1. the machine: cores and load average;
+//! 2. each service's resident memory (RSS) idle, after seeding (and the hashing threads' idle
+//!    time);
+//! 3. a list of 20 tasks (ListTasks, page size 20) three ways: REST `GET /api/v1/tasks` and
+//!    native gRPC through the gateway, and native gRPC straight to the task service, with the
+//!    gateway/direct ratios;
+//! 4. create: REST `POST /api/v1/tasks`;
+//! 5. login through the gateway against the ceiling: cores ÷ the time of one argon2id hash with
+//!    the service's parameters, measured here first;
+//! 6. task reads paced at 200/s, p99 idle and during a login flood;
+//! 7. each service's RSS idle, at the peak of the flood, and one minute after it.
+//!
+//! ```text
+//! cargo xtask bench [REQUESTS] [CONCURRENCY]
+//! ```
+//!
+//! Bounded: REQUESTS per path (default 5000) or 20 s, CONCURRENCY in flight (default 32), against
+//! 127.0.0.1 only; the whole run takes about three minutes.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use fleet_tests::processes::Stack;
+use taskgate_proto::{
+    auth::v1::{LoginRequest, auth_service_client::AuthServiceClient},
+    task::v1::{CreateTaskRequest, ListTasksRequest, Task, task_service_client::TaskServiceClient},
+};
+use taskgate_test_support::{
+    PASSWORD, bearer,
+    load::{ClosedLoop, Run, closed_loop, paced},
+};
+use tonic::transport::Channel;
+
+/// Users the load is spread over (each call is made as one of them).
+const USERS: usize = 20;
+/// Tasks each user has: a list returns all of them on one page.
+const TASKS_PER_USER: usize = 20;
+/// The longest one closed-loop path is driven.
+const MAX_RUN: Duration = Duration::from_secs(20);
+/// The rate of the paced reads, idle and during the login flood.
+const READS_PER_SECOND: u32 = 200;
+/// How long the paced reads (and the flood) last.
+const PACED: Duration = Duration::from_secs(10);
+/// Logins in flight during the flood: within the auth service's hashing queue (32 by default).
+const FLOOD_CONCURRENCY: usize = 16;
+/// How long after the flood the memory is read again.
+const SETTLE: Duration = Duration::from_secs(60);
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let (requests, concurrency) = taskgate_test_support::load::requests_and_concurrency(5000)?;
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    println!("taskgate bench: {cores} cores, load average {} (1, 5, 15 min) at the start", load_average());
+
+    let database_url = taskgate_test_support::fresh_database().await;
+    let redis_url = taskgate_test_support::redis_url();
+    let Stack { processes, task: task_addr, gateway: gateway_addr, .. } = Stack::start(&database_url, &redis_url)?;
+
+    let gateway = channel(gateway_addr).await?;
+    let direct = channel(task_addr).await?;
+    let users = Arc::new(seed(&gateway).await?);
+    // Idle: the seeding's logins over, and the hashing threads' memory given back.
+    tokio::time::sleep(auth_service::password::KEEP_MEMORY_IDLE + Duration::from_secs(2)).await;
+    let idle: Vec<f64> = processes.iter().map(|p| p.rss_mib().0).collect();
+
+    println!("\n{requests} requests per path (at most {} s), {concurrency} in flight", MAX_RUN.as_secs());
+    Run::header();
+    let http = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
+    let rest = {
+        let (http, users) = (http.clone(), users.clone());
+        let url = format!("http://{gateway_addr}/api/v1/tasks?page_size={TASKS_PER_USER}");
+        closed_loop(requests, concurrency, MAX_RUN, move |i| {
+            let call = http.get(&url).header("authorization", &users[i % USERS].bearer).send();
+            async move { call.await.is_ok_and(|r| r.status().is_success()) }
+        })
+        .await
+    };
+    rest.print("list 20, REST via gateway");
+    let grpc = list_grpc(&gateway, &users, requests, concurrency).await;
+    grpc.print("list 20, gRPC via gateway");
+    let straight = list_grpc(&direct, &users, requests, concurrency).await;
+    straight.print("list 20, gRPC direct to task service");
+    let create = {
+        let (http, users) = (http.clone(), users.clone());
+        let url = format!("http://{gateway_addr}/api/v1/tasks");
+        closed_loop(requests, concurrency, MAX_RUN, move |i| {
+            let call = http
+                .post(&url)
+                .header("authorization", &users[i % USERS].bearer)
+                .json(&serde_json::json!({ "title": format!("bench {i}") }))
+                .send();
+            async move { call.await.is_ok_and(|r| r.status().is_success()) }
+        })
+        .await
+    };
+    create.print("create, REST via gateway");
+
+    let hash = one_hash_time().await?;
+    let ceiling = cores as f64 / hash.as_secs_f64();
+    let logins = requests / 20;
+    let login = closed_loop(logins, FLOOD_CONCURRENCY, MAX_RUN, {
+        let (auth, users) = (AuthServiceClient::new(gateway.clone()), users.clone());
+        move |i| {
+            let (mut auth, name) = (auth.clone(), users[i % USERS].name.clone());
+            async move {
+                auth.login(LoginRequest { login: name, password: PASSWORD.into(), ..Default::default() }).await.is_ok()
+            }
+        }
+    })
+    .await;
+    login.print("login, gRPC via gateway");
+
+    // Reads paced at a fixed rate, alone and then beside a login flood that lasts as long.
+    let reads_idle = paced_reads(&gateway, &users).await;
+    let flood = tokio::spawn(login_flood(AuthServiceClient::new(gateway.clone()), users.clone()));
+    let mut peak = vec![0.0_f64; processes.len()];
+    let reads = paced_reads(&gateway, &users);
+    tokio::pin!(reads);
+    let mut sample = tokio::time::interval(Duration::from_millis(100));
+    let reads_flood = loop {
+        tokio::select! {
+            run = &mut reads => break run,
+            _ = sample.tick() => {
+                for (peak, p) in peak.iter_mut().zip(&processes) {
+                    *peak = peak.max(p.rss_mib().0);
+                }
+            }
+        }
+    };
+    let flooded = flood.await?;
+    for (peak, p) in peak.iter_mut().zip(&processes) {
+        *peak = peak.max(p.rss_mib().0);
+    }
+    println!(
+        "\nreads paced at {READS_PER_SECOND}/s for {} s (gRPC via gateway), during a flood of {} logins ({FLOOD_CONCURRENCY} in flight):",
+        PACED.as_secs(),
+        flooded
+    );
+    Run::header();
+    reads_idle.print("reads, idle");
+    reads_flood.print("reads, during the login flood");
+
+    println!("\nwaiting {} s for the memory to settle", SETTLE.as_secs());
+    tokio::time::sleep(SETTLE).await;
+    let after: Vec<f64> = processes.iter().map(|p| p.rss_mib().0).collect();
+    println!("\nresident memory (MiB)      idle   flood peak   a minute after");
+    for (i, p) in processes.iter().enumerate() {
+        println!("  {:<22} {:>6.1} {:>12.1} {:>16.1}", p.name, idle[i], peak[i], after[i]);
+    }
+    let sum = |v: &[f64]| v.iter().sum::<f64>();
+    println!("  {:<22} {:>6.1} {:>12.1} {:>16.1}", "all three", sum(&idle), sum(&peak), sum(&after));
+
+    println!("\nsummary");
+    println!(
+        "  list 20 via gateway / direct:  gRPC x{:.2}, REST x{:.2}",
+        grpc.rate() / straight.rate(),
+        rest.rate() / straight.rate()
+    );
+    println!(
+        "  login: {:.1}/s against a ceiling of {ceiling:.1}/s ({cores} cores / {:.1} ms per hash): x{:.2}",
+        login.ok_rate(),
+        hash.as_secs_f64() * 1000.0,
+        login.ok_rate() / ceiling
+    );
+    println!(
+        "  reads p99: {:.2} ms idle, {:.2} ms during the flood: x{:.2}",
+        reads_idle.percentile(0.99),
+        reads_flood.percentile(0.99),
+        reads_flood.percentile(0.99) / reads_idle.percentile(0.99)
+    );
+    println!("  load average {} (1, 5, 15 min) at the end", load_average());
+    Ok(())
+}
+
+/// A signed-in bench user.
+struct User {
+    /// The login name.
+    name: String,
+    /// `Bearer <access token>`.
+    bearer: String,
+    /// The access token alone.
+    token: String,
+}
+
+/// Registers [`USERS`] users through the gateway, signs each in and gives each
+/// [`TASKS_PER_USER`] tasks.
+async fn seed(gateway: &Channel) -> anyhow::Result<Vec<User>> {
+    let (auth, task) = (AuthServiceClient::new(gateway.clone()), TaskServiceClient::new(gateway.clone()));
+    let mut users = Vec::new();
+    for u in 0..USERS {
+        let name = format!("bench{u}{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let token = taskgate_test_support::register_and_login(&auth, &name).await.1.access_token;
+        for t in 0..TASKS_PER_USER {
+            let create = CreateTaskRequest {
+                task: Some(Task { title: format!("task {t}"), ..Default::default() }),
+                ..Default::default()
+            };
+            task.clone().create_task(bearer(create, &token)).await?;
+        }
+        users.push(User { name, bearer: format!("Bearer {token}"), token });
+    }
+    Ok(users)
+}
+
+/// One HTTP/2 connection to `addr`.
+async fn channel(addr: SocketAddr) -> anyhow::Result<Channel> {
+    Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.tcp_nodelay(true).connect().await?)
+}
+
+/// ListTasks (a page of 20) over `channel`, closed loop.
+async fn list_grpc(channel: &Channel, users: &Arc<Vec<User>>, requests: usize, concurrency: usize) -> Run {
+    let (client, users) = (TaskServiceClient::new(channel.clone()), users.clone());
+    closed_loop(requests, concurrency, MAX_RUN, move |i| list_one(&client, &users[i % USERS].token)).await
+}
+
+/// One ListTasks call; whether it succeeded.
+fn list_one(client: &TaskServiceClient<Channel>, token: &str) -> impl Future<Output = bool> + Send + use<> {
+    let mut client = client.clone();
+    let request = bearer(ListTasksRequest { page_size: TASKS_PER_USER as i32, ..Default::default() }, token);
+    async move { client.list_tasks(request).await.is_ok() }
+}
+
+/// ListTasks through the gateway at [`READS_PER_SECOND`] for [`PACED`].
+async fn paced_reads(gateway: &Channel, users: &Arc<Vec<User>>) -> Run {
+    let client = TaskServiceClient::new(gateway.clone());
+    paced(READS_PER_SECOND, PACED, |i| list_one(&client, &users[i % USERS].token)).await
+}
+
+/// Logins, [`FLOOD_CONCURRENCY`] in flight, for [`PACED`]; how many were made.
+async fn login_flood(auth: AuthServiceClient<Channel>, users: Arc<Vec<User>>) -> usize {
+    let flood = ClosedLoop { requests: usize::MAX, concurrency: FLOOD_CONCURRENCY, max_run: PACED, warm_up: 0 };
+    let run = flood
+        .run(move |i| {
+            let (mut auth, name) = (auth.clone(), users[i % USERS].name.clone());
+            async move {
+                auth.login(LoginRequest { login: name, password: PASSWORD.into(), ..Default::default() }).await.is_ok()
+            }
+        })
+        .await;
+    run.latencies.len() + run.errors
+}
+
+/// The median time of one argon2id hash with the auth service's parameters, on one thread
+/// (off the async workers) while the stack is idle, into memory allocated once and reused, as the
+/// service's hashing threads do.
+async fn one_hash_time() -> anyhow::Result<Duration> {
+    tokio::task::spawn_blocking(|| {
+        use argon2::{Algorithm, Argon2, Block, Version};
+        let params = auth_service::password::params()?;
+        let mut memory = vec![Block::new(); params.block_count()];
+        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+        let mut out = [0u8; 32];
+        let mut times = Vec::new();
+        for _ in 0..9 {
+            let t = Instant::now();
+            argon2
+                .hash_password_into_with_memory(PASSWORD.as_bytes(), b"sixteen byte salt", &mut out, &mut memory)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            times.push(t.elapsed());
+        }
+        times.sort();
+        Ok(times[times.len() / 2])
+    })
+    .await?
+}
+
+/// `/proc/loadavg`'s first three fields.
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}

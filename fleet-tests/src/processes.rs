@@ -1,0 +1,149 @@
+//! The three release binaries run as separate processes, for the measurements
+//! that need each service on its own (CPU time and resident memory per
+//! service): the benchmark (`examples/bench.rs`) and the capacity figures
+//! (`examples/capacity.rs`).
+
+use std::{
+    net::{SocketAddr, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// How long a service may take from spawn to accepting TCP (it applies migrations first).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A service process; killed when dropped.
+pub struct Process {
+    /// The binary's name: `auth-service`, `task-service` or `gateway`.
+    pub name: &'static str,
+    /// The running binary.
+    child: Child,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Process {
+    /// Starts binary `name` from [`bin_dir`] with `env` (and `RUST_LOG=warn`), and waits until it
+    /// accepts TCP on `addr`.
+    pub fn start(name: &'static str, addr: SocketAddr, env: &[(&str, String)]) -> anyhow::Result<Process> {
+        let binary = bin_dir().join(name);
+        let child = Command::new(&binary)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("starting {}: {e} (build it with --release first)", binary.display()))?;
+        let process = Process { name, child };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "{name} did not listen on {addr}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(process)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU seconds (user + system) the process used so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the `(comm)`: utime is the 14th and stime the 15th of the whole line.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    /// Resident memory now and at its peak so far (`VmRSS`, `VmHWM`), in MiB.
+    pub fn rss_mib(&self) -> (f64, f64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+                .unwrap_or(0.0)
+                / 1024.0
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+/// Where the binaries are: `TASKGATE_BIN_DIR`, or this workspace's `target/release` (the figures
+/// the docs report are of the release build).
+pub fn bin_dir() -> PathBuf {
+    std::env::var_os("TASKGATE_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release")))
+}
+
+/// The three services, each a process of its own, on free loopback ports.
+pub struct Stack {
+    /// auth-service, task-service and the gateway, in that order.
+    pub processes: [Process; 3],
+    /// Where the auth service listens.
+    pub auth: SocketAddr,
+    /// Where the task service listens.
+    pub task: SocketAddr,
+    /// Where the gateway listens.
+    pub gateway: SocketAddr,
+}
+
+impl Stack {
+    /// Starts the three binaries against `database_url` and `redis_url` (a fresh key prefix),
+    /// with [`stack_settings`].
+    pub fn start(database_url: &str, redis_url: &str) -> anyhow::Result<Stack> {
+        let port = || devstack::free_port().map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
+        let (auth, task, gateway) = (port()?, port()?, port()?);
+        let settings = stack_settings(database_url, redis_url, auth, task, gateway);
+        let processes = [
+            Process::start("auth-service", auth, &settings)?,
+            Process::start("task-service", task, &settings)?,
+            Process::start("gateway", gateway, &settings)?,
+        ];
+        Ok(Stack { processes, auth, task, gateway })
+    }
+}
+
+/// The settings every process of a benchmark stack shares: the stores, the three services on the
+/// given loopback addresses, and the limits lifted that would otherwise measure refusals (every
+/// call comes from 127.0.0.1, and the login throttle counts attempts in flight).
+pub fn stack_settings(
+    database_url: &str,
+    redis_url: &str,
+    auth: SocketAddr,
+    task: SocketAddr,
+    gateway: SocketAddr,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", database_url.to_owned()),
+        ("REDIS_URL", redis_url.to_owned()),
+        ("REDIS_PREFIX", taskgate_test_support::unique_prefix()),
+        ("AUTH_LISTEN_ADDR", auth.to_string()),
+        ("TASK_LISTEN_ADDR", task.to_string()),
+        ("GATEWAY_LISTEN_ADDR", gateway.to_string()),
+        ("AUTH_SERVICE_URL", format!("http://{auth}")),
+        ("TASK_SERVICE_URL", format!("http://{task}")),
+        // Metrics ports on free ports, so a stack running beside this one does not collide.
+        ("AUTH_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
+        ("TASK_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
+        ("GATEWAY_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
+        ("RATE_LIMIT_PER_MINUTE", "1000000000".to_owned()),
+        ("RATE_LIMIT_PER_ADDRESS_PER_MINUTE", "1000000000".to_owned()),
+        ("REGISTER_MAX_PER_IP", "1000000".to_owned()),
+        ("LOGIN_MAX_FAILURES_PER_ACCOUNT", "1000000".to_owned()),
+        ("LOGIN_MAX_FAILURES_PER_IP", "1000000".to_owned()),
+        ("LOGIN_DELAY_STEP_MS", "0".to_owned()),
+    ]
+}
