@@ -5,7 +5,6 @@
 
 use std::{env, fmt::Write as _, fs, path::PathBuf};
 
-use prost::Message as _;
 use prost_reflect::{DynamicMessage, ReflectMessage as _, Value};
 
 const PROTO_ROOT: &str = "../proto";
@@ -19,8 +18,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     compiler.include_imports(true).include_source_info(true);
     compiler.open_files(FILES)?;
     let pool = compiler.descriptor_pool();
+    // Encoded by protox itself: `prost_types` would drop the custom options
+    // (google.api.http, taskgate.api.v1.policy) that reflection clients and
+    // the gateway read.
+    fs::write(out_dir.join("taskgate_descriptor.bin"), compiler.encode_file_descriptor_set())?;
     let fds = compiler.file_descriptor_set();
-    fs::write(out_dir.join("taskgate_descriptor.bin"), fds.encode_to_vec())?;
 
     tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
 

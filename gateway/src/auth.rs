@@ -19,10 +19,12 @@ use axum::{
     response::Response,
 };
 use http::{HeaderMap, HeaderValue, Method, header::AUTHORIZATION};
+use prost_reflect::{DynamicMessage, MethodDescriptor};
 use taskgate_tokens::{Claims, TokenKind, Verifier, VerifyError};
 use tonic::Status;
 
 use crate::{
+    policy::{RateLimit, Route},
     protocol::{ClientAddr, ClientIp, Protocol, reject},
     rest::cookies::CookiePolicy,
 };
@@ -93,32 +95,6 @@ enum Credential<'a> {
     Bearer(&'a str),
     /// The `tg_access` cookie.
     Cookie(&'a str),
-}
-
-/// True for the routes anyone may call without a token.
-pub fn is_public(path: &str) -> bool {
-    matches!(
-        path,
-        "/healthz"
-            | "/readyz"
-            | "/metrics"
-            | "/openapi.json"
-            | "/.well-known/jwks.json"
-            | "/api/v1/auth/register"
-            | "/api/v1/auth/login"
-            | "/api/v1/auth/refresh"
-            | "/api/v1/auth/logout"
-            | "/taskgate.auth.v1.AuthService/Register"
-            | "/taskgate.auth.v1.AuthService/Login"
-            | "/taskgate.auth.v1.AuthService/Refresh"
-            | "/taskgate.auth.v1.AuthService/Logout"
-            | "/taskgate.auth.v1.AuthService/GetJwks"
-            | "/docs"
-            | "/demo"
-    ) || path.starts_with("/docs/")
-        || path.starts_with("/demo/")
-        || path.starts_with("/grpc.health.v1.Health/")
-        || path.starts_with("/grpc.reflection.")
 }
 
 /// The client's address: `peer`, unless `peer` is a trusted proxy; then the
@@ -195,7 +171,7 @@ fn is_unsafe(method: &Method) -> bool {
 
 /// The authentication middleware (see the module documentation).
 ///
-/// Public routes pass without a token. A token sent to one is still verified:
+/// Routes whose contract policy is public pass without a token. A token sent to one is still verified:
 /// a good one makes the call the user's (logout names its session that way,
 /// and the user's budget is charged); a bad one, or a cookie without its CSRF
 /// token on a write, is dropped and the call goes on anonymously, so an
@@ -211,9 +187,10 @@ pub async fn authenticate(State(auth): State<Arc<EdgeAuth>>, mut request: Reques
         request.extensions_mut().insert(ClientIp(ip));
     }
     let protocol = Protocol::of(request.headers());
-    let public = is_public(request.uri().path());
-    if is_refresh(request.uri().path()) {
-        request = match charge_refresh_to_its_user(&auth, request, protocol).await {
+    let route = Route::of(&request);
+    let public = route.is_public();
+    if route.rate_limit == RateLimit::RefreshTokenOwner {
+        request = match charge_refresh_to_its_user(&auth, request, protocol, route.rpc).await {
             Ok(request) => request,
             Err(response) => return *response,
         };
@@ -253,40 +230,26 @@ pub async fn authenticate(State(auth): State<Arc<EdgeAuth>>, mut request: Reques
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefreshOf(pub String);
 
-/// Whether `path` is the Refresh RPC, in gRPC or REST form (the REST path
-/// from the contract's `google.api.http` rule).
-fn is_refresh(path: &str) -> bool {
-    static REST: std::sync::LazyLock<Option<&'static str>> = std::sync::LazyLock::new(|| {
-        taskgate_proto::HTTP_RULES
-            .iter()
-            .find(|r| r.service == taskgate_proto::service_names::AUTH && r.method == "Refresh")
-            .map(|r| r.path)
-    });
-    let grpc = path
-        .strip_prefix('/')
-        .and_then(|p| p.strip_prefix(taskgate_proto::service_names::AUTH))
-        .is_some_and(|m| m == "/Refresh");
-    grpc || *REST == Some(path)
-}
-
-/// Reads a Refresh call's refresh token (gRPC or gRPC-web message, JSON
-/// body, or the refresh cookie) and, if its signature verifies, marks the
-/// request [`RefreshOf`] its user. The body (a few hundred bytes) is read
+/// Reads the `refresh_token` field of a call whose policy charges it to
+/// the refresh token's owner (from the gRPC or gRPC-web message, decoded
+/// as `rpc`'s request type, the JSON body, or the refresh cookie) and, if
+/// its signature verifies, marks the request [`RefreshOf`] its user. The body (a few hundred bytes) is read
 /// into memory and put back; one larger than any valid message is refused.
 async fn charge_refresh_to_its_user(
     auth: &EdgeAuth,
     request: Request,
     protocol: Protocol,
+    rpc: Option<&MethodDescriptor>,
 ) -> Result<Request, Box<Response>> {
     let (parts, body) = request.into_parts();
     let bytes = axum::body::to_bytes(body, taskgate_common::grpc::MAX_MESSAGE_BYTES)
         .await
         .map_err(|_| Box::new(reject(protocol, &Status::invalid_argument("request body too large"))))?;
     let token = match protocol {
-        Protocol::Grpc | Protocol::GrpcWeb => grpc_refresh_token(&bytes),
+        Protocol::Grpc | Protocol::GrpcWeb => rpc.and_then(|rpc| grpc_refresh_token(rpc, &bytes)),
         Protocol::Rest => serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
-            .and_then(|v| v.get("refresh_token")?.as_str().map(str::to_owned))
+            .and_then(|v| v.get(REFRESH_TOKEN_FIELD)?.as_str().map(str::to_owned))
             .or_else(|| auth.cookies.refresh_token(&parts.headers).map(str::to_owned)),
     };
     let mut request = Request::from_parts(parts, axum::body::Body::from(bytes));
@@ -298,16 +261,19 @@ async fn charge_refresh_to_its_user(
     Ok(request)
 }
 
-/// The refresh token in the first message of a (binary) gRPC or gRPC-web
-/// RefreshRequest body.
-fn grpc_refresh_token(body: &[u8]) -> Option<String> {
-    use prost::Message as _;
+/// The request field `RATE_LIMIT_REFRESH_TOKEN_OWNER` reads.
+const REFRESH_TOKEN_FIELD: &str = "refresh_token";
+
+/// The `refresh_token` field of the first message of a (binary) gRPC or
+/// gRPC-web body, decoded as `rpc`'s request type.
+fn grpc_refresh_token(rpc: &MethodDescriptor, body: &[u8]) -> Option<String> {
     let (&flag, rest) = body.split_first()?;
     let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
     let message = rest.get(4..4 + len)?;
     (flag == 0).then_some(())?;
-    let request = taskgate_proto::auth::v1::RefreshRequest::decode(message).ok()?;
-    Some(request.refresh_token).filter(|t| !t.is_empty())
+    let request = DynamicMessage::decode(rpc.input(), message).ok()?;
+    let token = request.get_field_by_name(REFRESH_TOKEN_FIELD)?.as_str()?.to_owned();
+    Some(token).filter(|t| !t.is_empty())
 }
 
 /// The request without the credential that failed: an unverified Bearer
@@ -381,29 +347,5 @@ mod tests {
         let h = headers(&[("cookie", "tg_access=planted-by-a-sibling")]);
         assert_eq!(credential(&h, &policy), None, "secure cookies are read by their prefixed names only");
         assert_eq!(credential(&HeaderMap::new(), &policy), None);
-    }
-
-    #[test]
-    fn public_routes_are_exactly_the_listed_ones() {
-        for p in [
-            "/api/v1/auth/login",
-            "/.well-known/jwks.json",
-            "/docs",
-            "/docs/index.html",
-            "/taskgate.auth.v1.AuthService/Login",
-            "/grpc.health.v1.Health/Check",
-            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-        ] {
-            assert!(is_public(p), "{p} should be public");
-        }
-        for p in [
-            "/api/v1/tasks",
-            "/api/v1/users/me",
-            "/taskgate.auth.v1.AuthService/GetMe",
-            "/taskgate.task.v1.TaskService/ListTasks",
-            "/docsx",
-        ] {
-            assert!(!is_public(p), "{p} should need a token");
-        }
     }
 }

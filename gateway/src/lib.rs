@@ -8,6 +8,7 @@
 //! - [`serve`]: the public port's connection loop and its bounds.
 //! - [`stack`]: the middleware stack, in order.
 //! - [`auth`]: identity-header stripping, token verification, cookies and CSRF.
+//! - [`policy`]: each request's route and the policy `proto/` declares for it.
 //! - [`ratelimit`]: the Redis sliding-window limit with revocation check, and
 //!   the local fallback.
 //! - [`proxy`]: the gRPC services as forwarding proxies to the backends.
@@ -24,6 +25,7 @@
 pub mod auth;
 pub mod edge;
 pub mod metrics;
+pub mod policy;
 pub mod protocol;
 pub mod proxy;
 pub mod ratelimit;

@@ -21,7 +21,8 @@
 //!
 //! Label values come only from fixed sets: a gRPC method is one some proto
 //! the gateway serves declares (read from the descriptor sets), a REST route
-//! is a `google.api.http` template or one of the gateway's own endpoints, an
+//! is the path template axum matched, of a `google.api.http` binding or one
+//! of the gateway's own endpoints ([`crate::policy`]), an
 //! HTTP method one of the standard ones, and anything else is `unknown` /
 //! `other`; so no request can add a label set. See
 //! [`taskgate_common::metrics`] for the locking.
@@ -52,10 +53,12 @@ use taskgate_common::metrics::{
     grpc::{MethodLabels, declared_method},
     histogram_family,
 };
-use taskgate_proto::HTTP_RULES;
 use tonic::Code;
 
-use crate::protocol::{Protocol, ReceivedAt};
+use crate::{
+    policy::Route,
+    protocol::{Protocol, ReceivedAt},
+};
 
 /// The labels of a gRPC or gRPC-web call at the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -90,7 +93,7 @@ pub struct GrpcCodeLabels {
 pub struct HttpLabels {
     /// The HTTP method ([`method_label`]).
     pub method: &'static str,
-    /// The route template ([`route_label`]).
+    /// The path template axum matched ([`Route::label`]).
     pub route: &'static str,
 }
 
@@ -99,7 +102,7 @@ pub struct HttpLabels {
 pub struct HttpCodeLabels {
     /// The HTTP method ([`method_label`]).
     pub method: &'static str,
-    /// The route template ([`route_label`]).
+    /// The path template axum matched ([`Route::label`]).
     pub route: &'static str,
     /// The response status; only the gateway chooses it.
     pub code: u16,
@@ -315,39 +318,6 @@ pub fn grpc_labels(protocol: Protocol, path: &str) -> GrpcLabels {
     }
 }
 
-/// The route label of a REST request: the path template from the
-/// `google.api.http` rules, a fixed endpoint, or `other`. Always a `'static`
-/// string from a fixed set, so no client can add a label value.
-pub fn route_label(method: &http::Method, path: &str) -> &'static str {
-    if let Some(rule) = HTTP_RULES.iter().find(|r| r.verb == method.as_str() && template_matches(r.path, path)) {
-        return rule.path;
-    }
-    match path {
-        "/healthz" => "/healthz",
-        "/readyz" => "/readyz",
-        "/metrics" => "/metrics",
-        "/openapi.json" => "/openapi.json",
-        "/docs" => "/docs",
-        p if p.starts_with("/docs/") => "/docs/*",
-        p if p == "/demo" || p.starts_with("/demo/") => "/demo/*",
-        _ => "other",
-    }
-}
-
-/// True when `path` fits `template` segment by segment (`{var}` matches one segment).
-fn template_matches(template: &str, path: &str) -> bool {
-    let mut t = template.split('/');
-    let mut p = path.split('/');
-    loop {
-        match (t.next(), p.next()) {
-            (None, None) => return true,
-            (Some(ts), Some(ps)) if ts.starts_with('{') && !ps.is_empty() => continue,
-            (Some(ts), Some(ps)) if ts == ps => continue,
-            _ => return false,
-        }
-    }
-}
-
 /// The outermost middleware: stamps [`ReceivedAt`], and counts the response
 /// when its body ends (so gRPC codes in trailers are seen).
 pub async fn track(State(metrics): State<Arc<Metrics>>, mut request: Request, next: Next) -> Response {
@@ -359,10 +329,7 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, mut request: Request, ne
         metrics.grpc_started(labels);
         Kind::Grpc(labels)
     } else {
-        Kind::Http(HttpLabels {
-            method: method_label(request.method()),
-            route: route_label(request.method(), request.uri().path()),
-        })
+        Kind::Http(HttpLabels { method: method_label(request.method()), route: Route::of(&request).label })
     };
     let response = next.run(request).await;
     let code = match kind {
@@ -495,11 +462,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rest_routes_are_labelled_by_their_template() {
-        assert_eq!(route_label(&Method::GET, "/api/v1/tasks"), "/api/v1/tasks");
-        assert_eq!(route_label(&Method::GET, "/api/v1/tasks/0193-abc"), "/api/v1/tasks/{id}");
-        assert_eq!(route_label(&Method::PATCH, "/api/v1/tasks/x"), "/api/v1/tasks/{task.id}");
-        assert_eq!(route_label(&Method::GET, "/no/such/thing"), "other");
+    fn unknown_methods_are_other() {
+        assert_eq!(method_label(&Method::GET), "GET");
         assert_eq!(method_label(&Method::from_bytes(b"BREW").expect("a method")), "other");
     }
 

@@ -63,6 +63,7 @@ use tonic::Status;
 use crate::{
     auth::RefreshOf,
     metrics::Metrics,
+    policy::{RateLimit, Route},
     protocol::{ClientAddr, ClientIp, Protocol, reject},
 };
 
@@ -369,15 +370,10 @@ fn window_key(prefix: &str, subject: &str) -> String {
     }
 }
 
-/// Routes the limit does not apply to: probes and scrapes.
-fn is_exempt(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/metrics")
-}
-
 /// The rate-limit middleware: one decision per request, headers on every
 /// response it lets through or refuses.
 pub async fn limit(State(limiter): State<Arc<RateLimiter>>, request: Request, next: Next) -> Response {
-    if is_exempt(request.uri().path()) {
+    if Route::of(&request).rate_limit == RateLimit::Exempt {
         return next.run(request).await;
     }
     let protocol = Protocol::of(request.headers());
@@ -444,12 +440,5 @@ mod tests {
         assert_eq!(ceil_secs(Duration::from_millis(1)), 1);
         assert_eq!(ceil_secs(Duration::from_millis(1000)), 1);
         assert_eq!(ceil_secs(Duration::from_millis(59_001)), 60);
-    }
-
-    #[test]
-    fn probes_are_not_counted() {
-        assert!(is_exempt("/healthz"));
-        assert!(is_exempt("/metrics"));
-        assert!(!is_exempt("/api/v1/tasks"));
     }
 }

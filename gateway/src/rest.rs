@@ -23,7 +23,7 @@ pub mod error;
 mod extract;
 mod json;
 pub mod openapi;
-mod routes;
+pub(crate) mod routes;
 pub mod watch;
 
 use axum::{Router, routing::get};

@@ -22,6 +22,7 @@ use crate::{
     auth::{self, EdgeAuth},
     edge,
     metrics::{self, Metrics},
+    policy,
     protocol::Protocol,
     ratelimit::{self, RateLimiter},
 };
@@ -45,7 +46,9 @@ pub struct Parts {
 /// Wraps every route of `router` in the stack, outermost layer first.
 pub fn apply(router: Router, parts: Parts) -> Router {
     let stack = ServiceBuilder::new()
-        // Outermost, so every response is counted, the refusals of the layers below included.
+        // First, so every layer below reads the route's policy from the contract.
+        .layer(from_fn(policy::classify))
+        // So every response is counted, the refusals of the layers below included.
         .layer(from_fn_with_state(parts.metrics.clone(), metrics::track))
         // Load shedding before any work is spent on a request: past the in-flight
         // limit, RESOURCE_EXHAUSTED / 503 with Retry-After at once, never a queue.

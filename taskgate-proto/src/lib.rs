@@ -5,8 +5,18 @@
 //! - [`task::v1`]: `taskgate.task.v1` messages, `TaskService` client and server.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptor set, for server reflection.
 //! - [`HTTP_RULES`]: the `google.api.http` REST bindings declared on each RPC.
+//! - [`api::v1`]: the `taskgate.api.v1.policy` method option; [`policy`]
+//!   reads it from a method's descriptor, [`descriptor_pool`] holds them all.
 
 #![allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used)]
+
+/// The `taskgate.api.*` packages: options the contract annotates itself with.
+pub mod api {
+    /// The `taskgate.api.v1` package: the route [`Policy`](v1::Policy) option.
+    pub mod v1 {
+        tonic::include_proto!("taskgate.api.v1");
+    }
+}
 
 /// The `taskgate.auth.*` packages.
 pub mod auth {
@@ -27,6 +37,33 @@ pub mod task {
 /// The encoded `FileDescriptorSet` of every proto file (with imports), for
 /// `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("taskgate_descriptor");
+
+/// Every file of the contract (with imports) as a `prost-reflect` pool,
+/// decoded once: what the gateway reads route policies and bindings from.
+pub fn descriptor_pool() -> &'static prost_reflect::DescriptorPool {
+    static POOL: std::sync::LazyLock<prost_reflect::DescriptorPool> = std::sync::LazyLock::new(|| {
+        prost_reflect::DescriptorPool::decode(FILE_DESCRIPTOR_SET).expect("the build wrote a valid descriptor set")
+    });
+    &POOL
+}
+
+/// The `taskgate.api.v1.policy` option of `method`, from whatever pool it
+/// belongs to (a test's own protos included); the default (all fields
+/// unspecified, read as token required and charged to the caller) when the
+/// method declares none or its pool does not know the option.
+pub fn policy(method: &prost_reflect::MethodDescriptor) -> api::v1::Policy {
+    let Some(extension) = method.parent_pool().get_extension_by_name("taskgate.api.v1.policy") else {
+        return api::v1::Policy::default();
+    };
+    let options = method.options();
+    if !options.has_extension(&extension) {
+        return api::v1::Policy::default();
+    }
+    match options.get_extension(&extension).as_message() {
+        Some(message) => message.transcode_to().unwrap_or_default(),
+        None => api::v1::Policy::default(),
+    }
+}
 
 /// One REST binding declared with a `google.api.http` annotation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +122,28 @@ mod tests {
         let patch = HTTP_RULES.iter().find(|r| r.verb == "PATCH").expect("PATCH binding");
         assert_eq!(patch.method, "UpdateTask");
         assert_eq!(patch.path, "/api/v1/tasks/{task.id}");
+    }
+
+    #[test]
+    fn every_rpc_declares_its_policy() {
+        use api::v1::{Access, RateLimit};
+        let pool = descriptor_pool();
+        let mut seen = 0;
+        for service in pool.services().filter(|s| s.full_name().starts_with("taskgate.")) {
+            for method in service.methods() {
+                let p = policy(&method);
+                assert_ne!(p.access(), Access::Unspecified, "{} declares no access", method.full_name());
+                assert_ne!(p.rate_limit(), RateLimit::Unspecified, "{} declares no rate limit", method.full_name());
+                seen += 1;
+            }
+        }
+        assert!(seen >= 18, "only {seen} methods");
+        let login =
+            pool.get_service_by_name(service_names::AUTH).and_then(|s| s.methods().find(|m| m.name() == "Login"));
+        assert_eq!(policy(&login.expect("Login")).access(), Access::Public);
+        let refresh =
+            pool.get_service_by_name(service_names::AUTH).and_then(|s| s.methods().find(|m| m.name() == "Refresh"));
+        assert_eq!(policy(&refresh.expect("Refresh")).rate_limit(), RateLimit::RefreshTokenOwner);
     }
 
     #[test]

@@ -24,18 +24,7 @@ use http::{HeaderValue, header};
 use serde_json::{Map, Value, json};
 use taskgate_proto::{HTTP_RULES, HttpRule};
 
-use crate::rest::routes::axum_path;
-
-/// How an operation authenticates.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Auth {
-    /// Anonymous.
-    None,
-    /// A Bearer token or the `tg_access` cookie.
-    Required,
-    /// Either anonymous or authenticated (logout).
-    Optional,
-}
+use crate::{policy::Access, rest::routes::axum_path};
 
 /// What the document says about one operation, beyond its path and verb.
 struct Operation {
@@ -45,8 +34,6 @@ struct Operation {
     tag: &'static str,
     /// A one-line summary.
     summary: &'static str,
-    /// How it authenticates.
-    auth: Auth,
     /// Names of its parameters in `components/parameters`.
     params: &'static [&'static str],
     /// The request body's schema name, and whether a body is required.
@@ -109,7 +96,6 @@ fn operation(method: &str, verb: &str) -> Option<Operation> {
             id: "register",
             tag: "auth",
             summary: "Create a user with at least one of username, email or phone",
-            auth: Auth::None,
             params: &[],
             body: Some(("RegisterRequest", true)),
             success: 201,
@@ -121,7 +107,6 @@ fn operation(method: &str, verb: &str) -> Option<Operation> {
             id: "login",
             tag: "auth",
             summary: "Check a login name and password and start a session",
-            auth: Auth::None,
             params: &["Cookies"],
             body: Some(("LoginRequest", true)),
             success: 200,
@@ -133,7 +118,6 @@ fn operation(method: &str, verb: &str) -> Option<Operation> {
             id: "refresh",
             tag: "auth",
             summary: "Exchange a refresh token for a new token pair",
-            auth: Auth::None,
             params: &["Cookies"],
             body: Some(("RefreshRequest", true)),
             success: 200,
@@ -145,7 +129,6 @@ fn operation(method: &str, verb: &str) -> Option<Operation> {
             id: "logout",
             tag: "auth",
             summary: "End the session named by a refresh token, the tg_refresh cookie or the Bearer token",
-            auth: Auth::Optional,
             params: &[],
             body: Some(("LogoutRequest", false)),
             success: 204,
@@ -157,7 +140,6 @@ fn operation(method: &str, verb: &str) -> Option<Operation> {
             id: "logoutAll",
             tag: "auth",
             summary: "End every session of the caller",
-            auth: Auth::Required,
             params: &[],
             body: Some(("Empty", false)),
             success: 204,
@@ -169,7 +151,6 @@ fn operation(method: &str, verb: &str) -> Option<Operation> {
             id: "getMe",
             tag: "users",
             summary: "The caller's user",
-            auth: Auth::Required,
             params: &[],
             body: None,
             success: 200,
@@ -181,7 +162,6 @@ fn operation(method: &str, verb: &str) -> Option<Operation> {
             id: "listSessions",
             tag: "auth",
             summary: "The caller's live sessions, newest first",
-            auth: Auth::Required,
             params: &[],
             body: None,
             success: 200,
@@ -193,7 +173,6 @@ fn operation(method: &str, verb: &str) -> Option<Operation> {
             id: "revokeSession",
             tag: "auth",
             summary: "End one of the caller's sessions",
-            auth: Auth::Required,
             params: &["SessionId"],
             body: None,
             success: 204,
@@ -205,7 +184,6 @@ fn operation(method: &str, verb: &str) -> Option<Operation> {
             id: "getJwks",
             tag: "keys",
             summary: "The public keys that verify access and refresh tokens (JSON Web Key Set)",
-            auth: Auth::None,
             params: &[],
             body: None,
             success: 200,
@@ -217,7 +195,6 @@ fn operation(method: &str, verb: &str) -> Option<Operation> {
             id: "disableUser",
             tag: "admin",
             summary: "Disable a user and end all of their sessions (admin only)",
-            auth: Auth::Required,
             params: &["UserId"],
             body: Some(("Empty", false)),
             success: 200,
@@ -229,7 +206,6 @@ fn operation(method: &str, verb: &str) -> Option<Operation> {
             id: "changePassword",
             tag: "auth",
             summary: "Change the caller's password: every session ends and the caller gets a new pair",
-            auth: Auth::Required,
             params: &["Cookies"],
             body: Some(("ChangePasswordRequest", true)),
             success: 200,
@@ -241,7 +217,6 @@ fn operation(method: &str, verb: &str) -> Option<Operation> {
             id: "enableUser",
             tag: "admin",
             summary: "Re-enable a disabled user (admin only)",
-            auth: Auth::Required,
             params: &["UserId"],
             body: Some(("Empty", false)),
             success: 200,
@@ -253,7 +228,6 @@ fn operation(method: &str, verb: &str) -> Option<Operation> {
             id: "createTask",
             tag: "tasks",
             summary: "Create a task owned by the caller",
-            auth: Auth::Required,
             params: &["IdempotencyKey"],
             body: Some(("TaskInput", true)),
             success: 201,
@@ -265,7 +239,6 @@ fn operation(method: &str, verb: &str) -> Option<Operation> {
             id: "getTask",
             tag: "tasks",
             summary: "One of the caller's tasks",
-            auth: Auth::Required,
             params: &["TaskId", "IfNoneMatch"],
             body: None,
             success: 200,
@@ -277,7 +250,6 @@ fn operation(method: &str, verb: &str) -> Option<Operation> {
             id: "listTasks",
             tag: "tasks",
             summary: "The caller's tasks, newest first, one page at a time",
-            auth: Auth::Required,
             params: &["PageSize", "PageToken", "StatusFilter"],
             body: None,
             success: 200,
@@ -289,7 +261,6 @@ fn operation(method: &str, verb: &str) -> Option<Operation> {
             id: "replaceTask",
             tag: "tasks",
             summary: "Replace a task: fields not given take their defaults",
-            auth: Auth::Required,
             params: &["TaskId", "IfMatch"],
             body: Some(("TaskReplace", true)),
             success: 200,
@@ -301,7 +272,6 @@ fn operation(method: &str, verb: &str) -> Option<Operation> {
             id: "updateTask",
             tag: "tasks",
             summary: "Change exactly the fields given",
-            auth: Auth::Required,
             params: &["TaskId", "IfMatch"],
             body: Some(("TaskPatch", true)),
             success: 200,
@@ -313,7 +283,6 @@ fn operation(method: &str, verb: &str) -> Option<Operation> {
             id: "deleteTask",
             tag: "tasks",
             summary: "Delete one of the caller's tasks",
-            auth: Auth::Required,
             params: &["TaskId", "IfMatch"],
             body: None,
             success: 204,
@@ -325,7 +294,6 @@ fn operation(method: &str, verb: &str) -> Option<Operation> {
             id: "watchTasks",
             tag: "tasks",
             summary: "The caller's task events as Server-Sent Events, replayed from a version and then live",
-            auth: Auth::Required,
             params: &["Since", "LastEventId"],
             body: None,
             success: 200,
@@ -445,12 +413,22 @@ fn operation_object(rule: &HttpRule, op: &Operation) -> Value {
             "content": { "application/json": { "schema": schema_ref(schema) } },
         });
     }
-    match op.auth {
-        Auth::None => object["security"] = json!([]),
-        Auth::Optional => object["security"] = json!([{}, { "bearerAuth": [] }, { "cookieAuth": [] }]),
-        Auth::Required => {}
+    // Who may call it is the RPC's policy option in the contract; a required
+    // token is the document's default `security`.
+    match rpc_access(rule) {
+        Access::Public => object["security"] = json!([]),
+        Access::TokenOptional => object["security"] = json!([{}, { "bearerAuth": [] }, { "cookieAuth": [] }]),
+        Access::TokenRequired | Access::Unspecified => {}
     }
     object
+}
+
+/// The `access` of the policy option of the RPC `rule` binds.
+fn rpc_access(rule: &HttpRule) -> Access {
+    taskgate_proto::descriptor_pool()
+        .get_service_by_name(rule.service)
+        .and_then(|s| s.methods().find(|m| m.name() == rule.method))
+        .map_or(Access::TokenRequired, |m| taskgate_proto::policy(&m).access())
 }
 
 /// The reusable schemas.

@@ -286,6 +286,59 @@ async fn reflection_lists_both_services_without_a_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_describes_each_rpcs_policy_option() {
+    use prost::Message as _;
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let stack = spawn_stack().await;
+    let mut client = ServerReflectionClient::new(lazy_channel(stack.gateway_a));
+    // As a reflection client (grpcurl, buf curl) does: the file declaring
+    // the service, then each import it names, by file name.
+    let mut wanted = vec![MessageRequest::FileContainingSymbol("taskgate.auth.v1.AuthService".into())];
+    // Each file as served (raw: prost_types would drop the custom options)
+    // and its decoded form, for its name and imports.
+    let mut files: Vec<(Vec<u8>, prost_types::FileDescriptorProto)> = Vec::new();
+    while let Some(message_request) = wanted.pop() {
+        let request = ServerReflectionRequest { host: String::new(), message_request: Some(message_request) };
+        let mut replies =
+            client.server_reflection_info(futures::stream::iter([request])).await.expect("reflection").into_inner();
+        let reply = replies.message().await.expect("a reply").expect("one message");
+        let Some(MessageResponse::FileDescriptorResponse(served)) = reply.message_response else {
+            panic!("not a file descriptor answer: {reply:?}");
+        };
+        for bytes in served.file_descriptor_proto {
+            let file = prost_types::FileDescriptorProto::decode(bytes.as_slice()).expect("a file descriptor");
+            if files.iter().any(|(_, f)| f.name == file.name) {
+                continue;
+            }
+            for dependency in &file.dependency {
+                if !files.iter().any(|(_, f)| f.name.as_ref() == Some(dependency)) {
+                    wanted.push(MessageRequest::FileByFilename(dependency.clone()));
+                }
+            }
+            files.push((bytes, file));
+        }
+    }
+    // Imports before the files that import them.
+    files.reverse();
+    let mut set = Vec::new();
+    for (bytes, _) in &files {
+        // FileDescriptorSet field 1, length-delimited: each file as served.
+        prost::encoding::bytes::encode(1, bytes, &mut set);
+    }
+    let pool = prost_reflect::DescriptorPool::decode(set.as_slice()).expect("the served files form a pool");
+    let auth = pool.get_service_by_name("taskgate.auth.v1.AuthService").expect("AuthService served");
+    let policy = |name: &str| taskgate_proto::policy(&auth.methods().find(|m| m.name() == name).expect("method"));
+    use taskgate_proto::api::v1::{Access, RateLimit};
+    assert_eq!(policy("Login").access(), Access::Public);
+    assert_eq!(policy("Logout").access(), Access::TokenOptional);
+    assert_eq!(policy("GetMe").access(), Access::TokenRequired);
+    assert_eq!(policy("Refresh").rate_limit(), RateLimit::RefreshTokenOwner);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_methods_answer_unimplemented_not_a_json_404() {
     let stack = spawn_stack().await;
     let alice = stack.user().await;
