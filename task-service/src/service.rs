@@ -1,9 +1,11 @@
 //! The `taskgate.task.v1.TaskService` gRPC implementation: authenticate,
-//! parse the request into domain types, call the store, convert back.
+//! check the request against the contract's `buf.validate` rules, parse it
+//! into domain types, call the store, convert back.
 
 use std::sync::Arc;
 
 use prost_types::{FieldMask, Timestamp};
+use taskgate_common::validate;
 use taskgate_proto::task::v1::{
     self as pb, CreateTaskRequest, CreateTaskResponse, DeleteTaskRequest, DeleteTaskResponse, GetTaskRequest,
     GetTaskResponse, ListTasksRequest, ListTasksResponse, UpdateTaskRequest, UpdateTaskResponse, WatchTasksRequest,
@@ -54,6 +56,7 @@ impl TaskService for TaskApi {
 
     async fn create_task(&self, request: Request<CreateTaskRequest>) -> Result<Response<CreateTaskResponse>, Status> {
         let owner = self.auth.owner(request.metadata()).await?;
+        validate::check(request.get_ref())?;
         let CreateTaskRequest { task, request_id } = request.into_inner();
         let input = task.unwrap_or_default();
         let (title, description, status) = parse_fields(&input)?;
@@ -65,6 +68,7 @@ impl TaskService for TaskApi {
 
     async fn get_task(&self, request: Request<GetTaskRequest>) -> Result<Response<GetTaskResponse>, Status> {
         let owner = self.auth.owner(request.metadata()).await?;
+        validate::check(request.get_ref())?;
         let id = TaskId::parse(&request.get_ref().id).map_err(|e| TaskError::invalid("id", e))?;
         let task = self.store.get(owner, id.0).await?;
         Ok(Response::new(GetTaskResponse { task: Some(to_proto(&task)) }))
@@ -74,6 +78,7 @@ impl TaskService for TaskApi {
         // The session's liveness is checked with the cache read: one Redis
         // round trip for a first page.
         let (owner, session) = self.auth.verify(request.metadata()).await?;
+        validate::check(request.get_ref())?;
         let r = request.get_ref();
         let query = ListQuery::parse(r.page_size, &r.page_token, r.status)?;
         let page = self.store.list(owner, query, &session).await?;
@@ -86,6 +91,7 @@ impl TaskService for TaskApi {
 
     async fn update_task(&self, request: Request<UpdateTaskRequest>) -> Result<Response<UpdateTaskResponse>, Status> {
         let owner = self.auth.owner(request.metadata()).await?;
+        validate::check(request.get_ref())?;
         let UpdateTaskRequest { task, update_mask } = request.into_inner();
         let etag = task.as_ref().map(|t| t.etag.as_str()).unwrap_or_default();
         let expected = Etag::parse(etag).map_err(|e| TaskError::invalid("etag", e))?;
@@ -96,6 +102,7 @@ impl TaskService for TaskApi {
 
     async fn delete_task(&self, request: Request<DeleteTaskRequest>) -> Result<Response<DeleteTaskResponse>, Status> {
         let owner = self.auth.owner(request.metadata()).await?;
+        validate::check(request.get_ref())?;
         let id = TaskId::parse(&request.get_ref().id).map_err(|e| TaskError::invalid("id", e))?;
         let expected = Etag::parse(&request.get_ref().etag).map_err(|e| TaskError::invalid("etag", e))?;
         self.store.delete(owner, id.0, expected.map(|e| e.0)).await?;
@@ -104,6 +111,7 @@ impl TaskService for TaskApi {
 
     async fn watch_tasks(&self, request: Request<WatchTasksRequest>) -> Result<Response<WatchStream>, Status> {
         let (owner, claims) = self.auth.caller(request.metadata()).await?;
+        validate::check(request.get_ref())?;
         let stream = self.hub.open(owner, claims, request.get_ref().since).await?;
         Ok(Response::new(stream))
     }

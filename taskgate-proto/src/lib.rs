@@ -5,6 +5,11 @@
 //! - [`task::v1`]: `taskgate.task.v1` messages, `TaskService` client and server.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptor set, for server reflection.
 //! - [`HTTP_RULES`]: the `google.api.http` REST bindings declared on each RPC.
+//! - [`DESCRIPTOR_POOL`]: the same descriptors, decoded; every taskgate message
+//!   implements `prost_reflect::ReflectMessage` over it, which is how the
+//!   services' validator reads the `buf.validate` rules.
+//! - [`auth::v1::rules`], [`task::v1::rules`]: the limits declared with
+//!   `buf.validate` annotations, as constants for the services' domain types.
 
 #![allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used)]
 
@@ -13,6 +18,12 @@ pub mod auth {
     /// The `taskgate.auth.v1` package.
     pub mod v1 {
         tonic::include_proto!("taskgate.auth.v1");
+
+        /// The numeric and pattern rules of the `buf.validate` annotations in
+        /// `taskgate/auth/v1/auth.proto`, named `MESSAGE_FIELD_RULE`.
+        pub mod rules {
+            include!(concat!(env!("OUT_DIR"), "/rules.taskgate.auth.v1.rs"));
+        }
     }
 }
 
@@ -21,12 +32,24 @@ pub mod task {
     /// The `taskgate.task.v1` package.
     pub mod v1 {
         tonic::include_proto!("taskgate.task.v1");
+
+        /// The numeric and pattern rules of the `buf.validate` annotations in
+        /// `taskgate/task/v1/task.proto`, named `MESSAGE_FIELD_RULE`.
+        pub mod rules {
+            include!(concat!(env!("OUT_DIR"), "/rules.taskgate.task.v1.rs"));
+        }
     }
 }
 
 /// The encoded `FileDescriptorSet` of every proto file (with imports), for
 /// `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("taskgate_descriptor");
+
+/// [`FILE_DESCRIPTOR_SET`] decoded, once.
+pub static DESCRIPTOR_POOL: std::sync::LazyLock<prost_reflect::DescriptorPool> = std::sync::LazyLock::new(|| {
+    prost_reflect::DescriptorPool::decode(FILE_DESCRIPTOR_SET)
+        .expect("the descriptor set built with this crate decodes")
+});
 
 /// One REST binding declared with a `google.api.http` annotation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
