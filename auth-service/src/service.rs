@@ -126,11 +126,17 @@ impl AuthApi {
         })
     }
 
-    async fn register(&self, req: RegisterRequest, ip: &str) -> Result<RegisterResponse, AuthError> {
+    async fn register(&self, mut req: RegisterRequest, ip: &str) -> Result<RegisterResponse, AuthError> {
+        // Blank login names are not given, and usernames and email addresses
+        // are trimmed: the contract's rules apply to what is kept. (A phone
+        // number is normalised by its domain type, which drops separators.)
+        req.username = given(req.username).map(|s| s.trim().to_owned());
+        req.email = given(req.email).map(|s| s.trim().to_owned());
+        req.phone = given(req.phone);
         check(&req)?;
-        let username = given(req.username).map(|s| Username::parse(&s)).transpose()?;
-        let email = given(req.email).map(|s| Email::parse(&s)).transpose()?;
-        let phone = given(req.phone).map(|s| Phone::parse(&s)).transpose()?;
+        let username = req.username.map(|s| Username::parse(&s)).transpose()?;
+        let email = req.email.map(|s| Email::parse(&s)).transpose()?;
+        let phone = req.phone.map(|s| Phone::parse(&s)).transpose()?;
         if username.is_none() && email.is_none() && phone.is_none() {
             return Err(AuthError::invalid("username", "give at least one of username, email or phone"));
         }

@@ -56,8 +56,10 @@ impl TaskService for TaskApi {
 
     async fn create_task(&self, request: Request<CreateTaskRequest>) -> Result<Response<CreateTaskResponse>, Status> {
         let owner = self.auth.owner(request.metadata()).await?;
-        let contract = contract(request.get_ref())?;
-        let CreateTaskRequest { task, request_id } = request.into_inner();
+        let mut request = request.into_inner();
+        trim_title(request.task.as_mut());
+        let contract = contract(&request)?;
+        let CreateTaskRequest { task, request_id } = request;
         let input = task.unwrap_or_default();
         let (title, description, status) = with_contract(contract, parse_fields(&input))?;
         let request_id = RequestId::parse(&request_id).map_err(|e| TaskError::invalid("request_id", e))?;
@@ -92,8 +94,10 @@ impl TaskService for TaskApi {
 
     async fn update_task(&self, request: Request<UpdateTaskRequest>) -> Result<Response<UpdateTaskResponse>, Status> {
         let owner = self.auth.owner(request.metadata()).await?;
-        let contract = contract(request.get_ref())?;
-        let UpdateTaskRequest { task, update_mask } = request.into_inner();
+        let mut request = request.into_inner();
+        trim_title(request.task.as_mut());
+        let contract = contract(&request)?;
+        let UpdateTaskRequest { task, update_mask } = request;
         let etag = task.as_ref().map(|t| t.etag.as_str()).unwrap_or_default();
         let parsed = Etag::parse(etag)
             .map_err(|e| TaskError::invalid("etag", e))
@@ -120,6 +124,16 @@ impl TaskService for TaskApi {
         validate::check(request.get_ref())?;
         let stream = self.hub.open(owner, claims, request.get_ref().since).await?;
         Ok(Response::new(stream))
+    }
+}
+
+/// Titles are kept trimmed: the contract's limits apply to the trimmed title.
+fn trim_title(task: Option<&mut pb::Task>) {
+    if let Some(task) = task {
+        let trimmed = task.title.trim();
+        if trimmed.len() != task.title.len() {
+            task.title = trimmed.to_owned();
+        }
     }
 }
 
