@@ -7,7 +7,12 @@
 //! and add what the contract cannot say (trimming, normalising, the shape of
 //! an email address or phone number, password strength).
 
-use std::{collections::HashSet, sync::OnceLock};
+use std::{
+    collections::HashSet,
+    sync::{LazyLock, OnceLock},
+};
+
+use regex::Regex;
 
 use taskgate_proto::auth::v1::rules;
 
@@ -92,21 +97,27 @@ impl Email {
     }
 }
 
+/// `RegisterRequest.phone`'s pattern: `+` and 8 to 15 digits, the first
+/// not 0, with spaces, dots, dashes, parentheses and no-break spaces
+/// anywhere.
+static PHONE_PATTERN: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(rules::REGISTER_REQUEST_PHONE_PATTERN).expect("the contract's phone pattern compiles"));
+
 /// A phone number in E.164 form: `+` and 8 to 15 digits, the first not 0.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Phone(String);
 
 impl Phone {
-    /// Normalises `raw` (drops spaces, dashes, dots and parentheses) and
-    /// checks it is E.164.
+    /// Checks `raw` against the contract's pattern and normalises it to
+    /// E.164 (drops spaces, dashes, dots and parentheses).
     pub fn parse(raw: &str) -> Result<Self, AuthError> {
-        let s: String = raw.chars().filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')' | '\u{a0}')).collect();
-        let bad = || AuthError::invalid("phone", "must be in international form: '+' and 8 to 15 digits");
-        let digits = s.strip_prefix('+').ok_or_else(bad)?;
-        if !(8..=15).contains(&digits.len()) || !digits.chars().all(|c| c.is_ascii_digit()) || digits.starts_with('0') {
-            return Err(bad());
+        if !PHONE_PATTERN.is_match(raw) {
+            return Err(AuthError::invalid(
+                "phone",
+                "must be in international (E.164) form: '+' and the digits, the first not 0",
+            ));
         }
-        Ok(Phone(s))
+        Ok(Phone(raw.chars().filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')' | '\u{a0}')).collect()))
     }
 
     /// The E.164 number.
@@ -249,6 +260,10 @@ mod tests {
             declared("ChangePasswordRequest", "current_password", "string.max_bytes"),
             "a password is bounded the same wherever it is checked"
         );
+        let Value::String(phone) = declared("RegisterRequest", "phone", "string.pattern") else {
+            panic!("the phone pattern is a string");
+        };
+        assert_eq!(phone, rules::REGISTER_REQUEST_PHONE_PATTERN, "Phone::parse checks the declared pattern");
         for message in ["RevokeSessionRequest", "DisableUserRequest", "EnableUserRequest"] {
             assert_eq!(declared(message, "id", "string.uuid"), Value::Bool(true), "{message}");
         }
@@ -295,6 +310,10 @@ mod tests {
         assert!(Phone::parse("+1234567").is_err());
         assert!(Phone::parse("+1234567890123456").is_err());
         assert!(Phone::parse("+44abc5550100").is_err());
+        assert!(Phone::parse("+01234567890").is_err(), "the first digit is not 0");
+        assert_eq!(Phone::parse(" +1.234\u{a0}567-8 ").expect("8 digits").as_str(), "+12345678");
+        assert!(Phone::parse("+123456789012345").is_ok(), "15 digits");
+        assert!(Phone::parse("").is_err());
     }
 
     fn reason(e: AuthError) -> String {
