@@ -48,8 +48,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// Renders one constant per numeric or pattern rule of the `buf.validate`
 /// field annotations in `package`, named `MESSAGE_FIELD_RULE` (for example
-/// `TASK_TITLE_MAX_LEN` for `Task.title`'s `string.max_len`). Lengths are
-/// `usize`; signed bounds keep the field's type; patterns are `&str`.
+/// `TASK_TITLE_MAX_LEN` for `Task.title`'s `string.max_len`). Lengths and
+/// counts are `usize`; bounds keep the field's type; patterns are `&str`.
 fn rule_constants(pool: &prost_reflect::DescriptorPool, package: &str) -> Result<String, Box<dyn std::error::Error>> {
     let ext = pool.get_extension_by_name("buf.validate.field").ok_or("buf.validate.field extension not found")?;
     let mut out = String::new();
@@ -68,7 +68,13 @@ fn rule_constants(pool: &prost_reflect::DescriptorPool, package: &str) -> Result
                 let Value::Message(typed) = typed else { continue };
                 for (rule, value) in typed.fields() {
                     let (ty, literal) = match value {
-                        Value::U64(n) => ("usize", n.to_string()),
+                        // Lengths and counts (`max_len`, `min_bytes`, `max_items`, ...).
+                        Value::U64(n)
+                            if ["_len", "_bytes", "_items", "_pairs"].iter().any(|s| rule.name().ends_with(s)) =>
+                        {
+                            ("usize", n.to_string())
+                        }
+                        Value::U64(n) => ("u64", n.to_string()),
                         Value::U32(n) => ("u32", n.to_string()),
                         Value::I32(n) => ("i32", n.to_string()),
                         Value::I64(n) => ("i64", n.to_string()),
