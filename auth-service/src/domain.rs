@@ -1,14 +1,38 @@
 //! Validated input types. Requests are parsed into these at the edge, so the
 //! rest of the service never sees an unchecked login name or password.
+//!
+//! The limits are declared once, with `buf.validate` annotations in
+//! `proto/taskgate/auth/v1/auth.proto`, and checked there by the validator
+//! before a handler runs; the types here take the same limits from [`rules`]
+//! and add what the contract cannot say (trimming, normalising, the shape of
+//! an email address or phone number, password strength).
 
-use std::{collections::HashSet, sync::OnceLock};
+use std::{
+    collections::HashSet,
+    sync::{LazyLock, OnceLock},
+};
+
+use regex::Regex;
+
+use taskgate_proto::auth::v1::rules;
 
 use crate::error::AuthError;
+
+/// The fewest characters in a username (`RegisterRequest.username`'s `min_len`).
+pub const USERNAME_MIN_CHARS: usize = rules::REGISTER_REQUEST_USERNAME_MIN_LEN;
+/// The most characters in a username (`RegisterRequest.username`'s `max_len`).
+pub const USERNAME_MAX_CHARS: usize = rules::REGISTER_REQUEST_USERNAME_MAX_LEN;
+/// The longest email address, in bytes (`RegisterRequest.email`'s `max_bytes`).
+pub const EMAIL_MAX_BYTES: usize = rules::REGISTER_REQUEST_EMAIL_MAX_BYTES;
+/// The fewest characters in a new password (`RegisterRequest.password`'s `min_len`).
+pub const PASSWORD_MIN_CHARS: usize = rules::REGISTER_REQUEST_PASSWORD_MIN_LEN;
+/// The most characters in a new password (`RegisterRequest.password`'s `max_len`).
+pub const PASSWORD_MAX_CHARS: usize = rules::REGISTER_REQUEST_PASSWORD_MAX_LEN;
 
 /// The common-password list shipped with the service (one per line, lowercase).
 const COMMON_PASSWORDS: &str = include_str!("../data/common-passwords.txt");
 
-/// A username: 3-64 characters of ASCII letters, digits and `._-`. Its case is
+/// A username: [`USERNAME_MIN_CHARS`] to [`USERNAME_MAX_CHARS`] characters of ASCII letters, digits and `._-`. Its case is
 /// kept; uniqueness is case-insensitive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Username(String);
@@ -18,8 +42,11 @@ impl Username {
     pub fn parse(raw: &str) -> Result<Self, AuthError> {
         let s = raw.trim();
         let len = s.chars().count();
-        if !(3..=64).contains(&len) {
-            return Err(AuthError::invalid("username", "must be 3 to 64 characters long"));
+        if !(USERNAME_MIN_CHARS..=USERNAME_MAX_CHARS).contains(&len) {
+            return Err(AuthError::invalid(
+                "username",
+                format!("must be {USERNAME_MIN_CHARS} to {USERNAME_MAX_CHARS} characters long"),
+            ));
         }
         if !s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
             return Err(AuthError::invalid("username", "may contain only letters, digits, '.', '_' and '-'"));
@@ -38,12 +65,12 @@ impl Username {
 pub struct Email(String);
 
 impl Email {
-    /// Checks the shape of `raw` (`local@domain.tld`, no spaces, at most 254
-    /// characters) and lowercases it.
+    /// Checks the shape of `raw` (`local@domain.tld`, no spaces, at most
+    /// [`EMAIL_MAX_BYTES`] bytes) and lowercases it.
     pub fn parse(raw: &str) -> Result<Self, AuthError> {
         let s = raw.trim().to_lowercase();
         let bad = || AuthError::invalid("email", "is not a valid email address");
-        if s.len() > 254 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if s.len() > EMAIL_MAX_BYTES || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(bad());
         }
         let (local, domain) = s.split_once('@').ok_or_else(bad)?;
@@ -70,21 +97,27 @@ impl Email {
     }
 }
 
+/// `RegisterRequest.phone`'s pattern: `+` and 8 to 15 digits, the first
+/// not 0, with spaces, dots, dashes, parentheses and no-break spaces
+/// anywhere.
+static PHONE_PATTERN: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(rules::REGISTER_REQUEST_PHONE_PATTERN).expect("the contract's phone pattern compiles"));
+
 /// A phone number in E.164 form: `+` and 8 to 15 digits, the first not 0.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Phone(String);
 
 impl Phone {
-    /// Normalises `raw` (drops spaces, dashes, dots and parentheses) and
-    /// checks it is E.164.
+    /// Checks `raw` against the contract's pattern and normalises it to
+    /// E.164 (drops spaces, dashes, dots and parentheses).
     pub fn parse(raw: &str) -> Result<Self, AuthError> {
-        let s: String = raw.chars().filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')' | '\u{a0}')).collect();
-        let bad = || AuthError::invalid("phone", "must be in international form: '+' and 8 to 15 digits");
-        let digits = s.strip_prefix('+').ok_or_else(bad)?;
-        if !(8..=15).contains(&digits.len()) || !digits.chars().all(|c| c.is_ascii_digit()) || digits.starts_with('0') {
-            return Err(bad());
+        if !PHONE_PATTERN.is_match(raw) {
+            return Err(AuthError::invalid(
+                "phone",
+                "must be in international (E.164) form: '+' and the digits, the first not 0",
+            ));
         }
-        Ok(Phone(s))
+        Ok(Phone(raw.chars().filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')' | '\u{a0}')).collect()))
     }
 
     /// The E.164 number.
@@ -93,7 +126,7 @@ impl Phone {
     }
 }
 
-/// A password fit to be set: 8-128 characters, not on the common-password
+/// A password fit to be set: [`PASSWORD_MIN_CHARS`] to [`PASSWORD_MAX_CHARS`] characters, not on the common-password
 /// list, and not easy to guess by zxcvbn's estimate. Deliberately not
 /// `Debug`, so it cannot end up in a log line.
 pub struct Password(String);
@@ -112,11 +145,17 @@ impl Password {
     /// blocking pool).
     pub fn parse(raw: &str, related: &[&str]) -> Result<Self, AuthError> {
         let len = raw.chars().count();
-        if len < 8 {
-            return Err(AuthError::invalid("password", "must be at least 8 characters long"));
+        if len < PASSWORD_MIN_CHARS {
+            return Err(AuthError::invalid(
+                "password",
+                format!("must be at least {PASSWORD_MIN_CHARS} characters long"),
+            ));
         }
-        if len > 128 {
-            return Err(AuthError::invalid("password", "must be at most 128 characters long"));
+        if len > PASSWORD_MAX_CHARS {
+            return Err(AuthError::invalid(
+                "password",
+                format!("must be at most {PASSWORD_MAX_CHARS} characters long"),
+            ));
         }
         if is_common_password(raw) {
             return Err(AuthError::invalid(
@@ -199,10 +238,58 @@ impl LoginName {
 mod tests {
     use super::*;
 
+    /// A rule declared in auth.proto, read from the descriptors at run time.
+    fn declared(message: &str, field: &str, rule: &str) -> prost_reflect::Value {
+        taskgate_common::validate::declared_rule(&format!("taskgate.auth.v1.{message}"), field, rule)
+            .unwrap_or_else(|| panic!("{message}.{field} declares no {rule}"))
+    }
+
+    #[test]
+    fn the_domain_limits_are_the_rules_declared_in_the_proto() {
+        use prost_reflect::Value;
+        let len = |n: usize| Value::U64(n as u64);
+        assert_eq!(declared("RegisterRequest", "username", "string.min_len"), len(USERNAME_MIN_CHARS));
+        assert_eq!(declared("RegisterRequest", "username", "string.max_len"), len(USERNAME_MAX_CHARS));
+        assert_eq!(declared("RegisterRequest", "email", "string.max_bytes"), len(EMAIL_MAX_BYTES));
+        for (message, field) in [("RegisterRequest", "password"), ("ChangePasswordRequest", "new_password")] {
+            assert_eq!(declared(message, field, "string.min_len"), len(PASSWORD_MIN_CHARS), "{message}.{field}");
+            assert_eq!(declared(message, field, "string.max_len"), len(PASSWORD_MAX_CHARS), "{message}.{field}");
+        }
+        assert_eq!(
+            declared("LoginRequest", "password", "string.max_bytes"),
+            declared("ChangePasswordRequest", "current_password", "string.max_bytes"),
+            "a password is bounded the same wherever it is checked"
+        );
+        let Value::String(phone) = declared("RegisterRequest", "phone", "string.pattern") else {
+            panic!("the phone pattern is a string");
+        };
+        assert_eq!(phone, rules::REGISTER_REQUEST_PHONE_PATTERN, "Phone::parse checks the declared pattern");
+        for message in ["RevokeSessionRequest", "DisableUserRequest", "EnableUserRequest"] {
+            assert_eq!(declared(message, "id", "string.uuid"), Value::Bool(true), "{message}");
+        }
+        // And the domain types draw the line exactly there.
+        let name = |n: usize| "a".repeat(n);
+        assert!(Username::parse(&name(USERNAME_MIN_CHARS)).is_ok());
+        assert!(Username::parse(&name(USERNAME_MIN_CHARS - 1)).is_err());
+        assert!(Username::parse(&name(USERNAME_MAX_CHARS)).is_ok());
+        assert!(Username::parse(&name(USERNAME_MAX_CHARS + 1)).is_err());
+        let Value::String(pattern) = declared("RegisterRequest", "username", "string.pattern") else {
+            panic!("the username pattern is a string");
+        };
+        assert_eq!(pattern, "^[A-Za-z0-9._-]*$", "the characters Username::parse allows");
+        assert!(
+            reason(Password::parse(&"x".repeat(PASSWORD_MIN_CHARS - 1), &[]).err().expect("short"))
+                .contains("at least")
+        );
+        assert!(
+            reason(Password::parse(&"x".repeat(PASSWORD_MAX_CHARS + 1), &[]).err().expect("long")).contains("at most")
+        );
+    }
+
     #[test]
     fn usernames_are_checked_for_length_and_characters() {
         assert!(Username::parse("ab").is_err());
-        assert!(Username::parse(&"a".repeat(65)).is_err());
+        assert!(Username::parse(&"a".repeat(USERNAME_MAX_CHARS + 1)).is_err());
         assert!(Username::parse("bad name").is_err());
         assert!(Username::parse("héllo").is_err());
         assert_eq!(Username::parse(" Al.ice_-1 ").expect("valid").as_str(), "Al.ice_-1");
@@ -223,6 +310,10 @@ mod tests {
         assert!(Phone::parse("+1234567").is_err());
         assert!(Phone::parse("+1234567890123456").is_err());
         assert!(Phone::parse("+44abc5550100").is_err());
+        assert!(Phone::parse("+01234567890").is_err(), "the first digit is not 0");
+        assert_eq!(Phone::parse(" +1.234\u{a0}567-8 ").expect("8 digits").as_str(), "+12345678");
+        assert!(Phone::parse("+123456789012345").is_ok(), "15 digits");
+        assert!(Phone::parse("").is_err());
     }
 
     fn reason(e: AuthError) -> String {
@@ -235,7 +326,7 @@ mod tests {
     #[test]
     fn passwords_are_checked_for_length_commonness_and_strength() {
         assert!(Password::parse("short", &[]).is_err());
-        assert!(Password::parse(&"x".repeat(129), &[]).is_err());
+        assert!(Password::parse(&"x".repeat(PASSWORD_MAX_CHARS + 1), &[]).is_err());
         assert!(reason(Password::parse("Password1", &[]).err().expect("common")).contains("most commonly used"));
         assert!(Password::parse("QWERTY123", &[]).is_err());
         assert!(reason(Password::parse("aaaaaaaaaaaa", &[]).err().expect("weak")).starts_with("password is too easy"));

@@ -18,6 +18,10 @@ pub enum AuthError {
         /// What is wrong with it, for the user.
         reason: String,
     },
+    /// The request breaks rules of the contract (`buf.validate` annotations
+    /// in `proto/`): one `(field, reason)` per broken rule.
+    #[error("invalid argument: {0:?}")]
+    Violations(Vec<(String, String)>),
     /// A user with this login name exists already.
     #[error("a user with this {0} already exists")]
     AlreadyExists(&'static str),
@@ -84,6 +88,12 @@ impl AuthError {
     }
 }
 
+/// Checks `message` against the contract's `buf.validate` rules.
+pub fn check<M: prost_reflect::ReflectMessage>(message: &M) -> Result<(), AuthError> {
+    let violations = taskgate_common::validate::violations(message)?;
+    if violations.is_empty() { Ok(()) } else { Err(AuthError::Violations(violations)) }
+}
+
 impl From<sqlx::Error> for AuthError {
     /// The workspace's one classification ([`Fault`]); a unique violation
     /// the caller did not expect to name is a bare ALREADY_EXISTS.
@@ -119,6 +129,7 @@ impl From<AuthError> for Status {
     fn from(e: AuthError) -> Self {
         match e {
             AuthError::InvalidArgument { field, reason } => status::invalid_field(field, reason),
+            AuthError::Violations(violations) => status::invalid_fields(violations),
             AuthError::AlreadyExists(_) => Status::already_exists(e.to_string()),
             AuthError::InvalidCredentials | AuthError::SessionRevoked => Status::unauthenticated(e.to_string()),
             AuthError::TokenInvalid(v) => Status::from(v),

@@ -92,7 +92,7 @@ impl AuthMetrics {
             Err(AuthError::InvalidCredentials) => "invalid_credentials",
             Err(AuthError::Throttled { .. }) => "throttled",
             Err(AuthError::Busy { .. }) => "busy",
-            Err(AuthError::InvalidArgument { .. }) => "invalid_argument",
+            Err(AuthError::InvalidArgument { .. } | AuthError::Violations(_)) => "invalid_argument",
             Err(_) => "error",
         };
         self.logins.get_or_create(&Outcome { outcome }).inc();

@@ -1,5 +1,6 @@
-//! The `AuthService` gRPC implementation: each RPC parses its request into
-//! domain types, does its work through the stores, and returns an
+//! The `AuthService` gRPC implementation: each RPC checks its request
+//! against the contract's `buf.validate` rules (after authenticating the
+//! caller, for the Bearer calls), parses it into domain types, does its work through the stores, and returns an
 //! [`AuthError`] that becomes a status in one place.
 
 use std::{sync::Arc, time::Duration};
@@ -18,7 +19,7 @@ use uuid::Uuid;
 
 use crate::{
     domain::{Email, LoginName, Password, Phone, Username},
-    error::AuthError,
+    error::{AuthError, check},
     issuer::{PairSpec, TokenIssuer, now_secs},
     keys::KeyStore,
     metrics::AuthMetrics,
@@ -27,10 +28,6 @@ use crate::{
     throttle::{LoginThrottle, Subject},
     users::{NewUser, UserRow, Users},
 };
-
-/// Longest password accepted at login, in bytes: hashing megabytes of input
-/// would be a cheap denial of service.
-const MAX_LOGIN_PASSWORD_BYTES: usize = 1024;
 
 /// Everything the RPCs need. Cheap to clone.
 #[derive(Clone)]
@@ -129,10 +126,17 @@ impl AuthApi {
         })
     }
 
-    async fn register(&self, req: RegisterRequest, ip: &str) -> Result<RegisterResponse, AuthError> {
-        let username = given(req.username).map(|s| Username::parse(&s)).transpose()?;
-        let email = given(req.email).map(|s| Email::parse(&s)).transpose()?;
-        let phone = given(req.phone).map(|s| Phone::parse(&s)).transpose()?;
+    async fn register(&self, mut req: RegisterRequest, ip: &str) -> Result<RegisterResponse, AuthError> {
+        // Blank login names are not given, and usernames and email addresses
+        // are trimmed: the contract's rules apply to what is kept. (A phone
+        // number is normalised by its domain type, which drops separators.)
+        req.username = given(req.username).map(|s| s.trim().to_owned());
+        req.email = given(req.email).map(|s| s.trim().to_owned());
+        req.phone = given(req.phone);
+        check(&req)?;
+        let username = req.username.map(|s| Username::parse(&s)).transpose()?;
+        let email = req.email.map(|s| Email::parse(&s)).transpose()?;
+        let phone = req.phone.map(|s| Phone::parse(&s)).transpose()?;
         if username.is_none() && email.is_none() && phone.is_none() {
             return Err(AuthError::invalid("username", "give at least one of username, email or phone"));
         }
@@ -217,12 +221,12 @@ impl AuthApi {
     }
 
     async fn login(&self, req: LoginRequest, user_agent: &str, ip: &str) -> Result<LoginResponse, AuthError> {
+        // The contract bounds the password's length (`max_bytes`): hashing
+        // megabytes of input would be a cheap denial of service.
+        check(&req)?;
         let raw = if req.login.trim().is_empty() { req.username } else { req.login };
         if raw.trim().is_empty() {
             return Err(AuthError::invalid("login", "must not be empty"));
-        }
-        if req.password.len() > MAX_LOGIN_PASSWORD_BYTES {
-            return Err(AuthError::invalid("password", "is too long"));
         }
         // A slot on the hashing threads first: a flood is refused here,
         // before it costs a database connection or a Redis call.
@@ -291,12 +295,8 @@ impl AuthApi {
             Some(user) if user.disabled_at.is_none() => user,
             _ => return Err(AuthError::SessionRevoked),
         };
-        if req.current_password.is_empty() {
-            return Err(AuthError::invalid("current_password", "is required"));
-        }
-        if req.current_password.len() > MAX_LOGIN_PASSWORD_BYTES {
-            return Err(AuthError::invalid("current_password", "is too long"));
-        }
+        // Also requires `current_password` and bounds its length.
+        check(&req)?;
         if req.new_password == req.current_password {
             return Err(AuthError::invalid("new_password", "must differ from the current password"));
         }
@@ -334,6 +334,7 @@ impl AuthApi {
     }
 
     async fn refresh(&self, req: RefreshRequest) -> Result<RefreshResponse, AuthError> {
+        check(&req)?;
         if req.refresh_token.trim().is_empty() {
             return Err(AuthError::invalid("refresh_token", "must not be empty"));
         }
@@ -368,6 +369,7 @@ impl AuthApi {
     }
 
     async fn logout(&self, metadata: &MetadataMap, req: LogoutRequest) -> Result<LogoutResponse, AuthError> {
+        check(&req)?;
         let claims = if req.refresh_token.trim().is_empty() {
             self.caller(metadata).await?
         } else {
@@ -422,6 +424,7 @@ impl AuthApi {
         req: RevokeSessionRequest,
     ) -> Result<RevokeSessionResponse, AuthError> {
         let claims = self.caller(metadata).await?;
+        check(&req)?;
         let sid = parse_uuid("id", &req.id)?.to_string();
         // Someone else's session looks exactly like a missing one.
         if !self.sessions.end_owned(&claims.sub, &sid, EndReason::RevokedByUser).await? {
@@ -447,6 +450,7 @@ impl AuthApi {
         req: DisableUserRequest,
     ) -> Result<DisableUserResponse, AuthError> {
         let admin_id = self.admin(metadata).await?;
+        check(&req)?;
         let target = parse_uuid("id", &req.id)?;
         let user = self.users.disable(target).await?.ok_or(AuthError::NotFound("user"))?;
         let n = self.sessions.end_all(&user.id.to_string(), EndReason::UserDisabled).await?;
@@ -460,6 +464,7 @@ impl AuthApi {
         req: EnableUserRequest,
     ) -> Result<EnableUserResponse, AuthError> {
         let admin_id = self.admin(metadata).await?;
+        check(&req)?;
         let target = parse_uuid("id", &req.id)?;
         let user = self.users.enable(target).await?.ok_or(AuthError::NotFound("user"))?;
         tracing::info!(%admin_id, user_id = %user.id, "user enabled");
@@ -488,7 +493,9 @@ impl AuthService for AuthApi {
         // the calls refused before it.
         match &result {
             Err(AuthError::TokenInvalid(_)) => self.metrics.refresh("invalid_token"),
-            Err(AuthError::InvalidArgument { .. }) => self.metrics.refresh("invalid_argument"),
+            Err(AuthError::InvalidArgument { .. } | AuthError::Violations(_)) => {
+                self.metrics.refresh("invalid_argument")
+            }
             Err(AuthError::SessionRevoked) | Ok(_) => {}
             Err(_) => self.metrics.refresh("error"),
         }
@@ -501,10 +508,14 @@ impl AuthService for AuthApi {
     }
 
     async fn logout_all(&self, request: Request<LogoutAllRequest>) -> Result<Response<LogoutAllResponse>, Status> {
+        // Requests without fields are checked too: a rule added to one later
+        // is enforced without touching the handler.
+        check(request.get_ref())?;
         Ok(Response::new(AuthApi::logout_all(self, request.metadata()).await?))
     }
 
     async fn get_me(&self, request: Request<GetMeRequest>) -> Result<Response<GetMeResponse>, Status> {
+        check(request.get_ref())?;
         Ok(Response::new(AuthApi::get_me(self, request.metadata()).await?))
     }
 
@@ -512,6 +523,7 @@ impl AuthService for AuthApi {
         &self,
         request: Request<ListSessionsRequest>,
     ) -> Result<Response<ListSessionsResponse>, Status> {
+        check(request.get_ref())?;
         Ok(Response::new(AuthApi::list_sessions(self, request.metadata()).await?))
     }
 
@@ -523,7 +535,8 @@ impl AuthService for AuthApi {
         Ok(Response::new(AuthApi::revoke_session(self, &metadata, req).await?))
     }
 
-    async fn get_jwks(&self, _request: Request<GetJwksRequest>) -> Result<Response<GetJwksResponse>, Status> {
+    async fn get_jwks(&self, request: Request<GetJwksRequest>) -> Result<Response<GetJwksResponse>, Status> {
+        check(request.get_ref())?;
         Ok(Response::new(GetJwksResponse { keys: self.keys.jwks() }))
     }
 

@@ -13,6 +13,8 @@
 //! - [`mtls`]: mutual TLS between the services, and who may speak for a client.
 //! - [`keys`]: the Redis key layout (per-user hash tags for Redis Cluster).
 //! - [`status`]: `tonic::Status` builders carrying google.rpc error details.
+//! - [`validate`]: checking request messages against the contract's
+//!   `buf.validate` rules (INVALID_ARGUMENT naming each broken field).
 //! - [`fault`]: the one classification of Postgres and Redis errors into gRPC codes.
 //! - [`metrics`]: Prometheus metrics: the go-grpc-prometheus server series
 //!   and the admin listener serving `/metrics`.
@@ -29,3 +31,4 @@ pub mod settings;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;
+pub mod validate;

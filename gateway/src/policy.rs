@@ -112,7 +112,7 @@ pub struct Routes {
 impl Routes {
     /// The routes of taskgate's own contract, built once.
     pub fn contract() -> &'static Routes {
-        static ROUTES: LazyLock<Routes> = LazyLock::new(|| Routes::from_pool(taskgate_proto::descriptor_pool()));
+        static ROUTES: LazyLock<Routes> = LazyLock::new(|| Routes::from_pool(&taskgate_proto::DESCRIPTOR_POOL));
         &ROUTES
     }
 
@@ -214,7 +214,7 @@ mod tests {
         let mut templates: Vec<String> = routes.rest.keys().map(|(_, t)| (*t).to_owned()).collect();
         templates.extend(OWN_ENDPOINTS.iter().map(|(t, _, _)| (*t).to_owned()));
         // As the gateway routes its gRPC services.
-        templates.extend(taskgate_proto::descriptor_pool().services().map(|s| format!("/{}/{{*rest}}", s.full_name())));
+        templates.extend(taskgate_proto::DESCRIPTOR_POOL.services().map(|s| format!("/{}/{{*rest}}", s.full_name())));
         templates.sort_unstable();
         templates.dedup();
         let found = std::sync::Arc::new(std::sync::Mutex::new(None));

@@ -1,5 +1,11 @@
 //! Validated input types. Requests are parsed into these at the edge, so the
 //! rest of the service never sees an unchecked string or number.
+//!
+//! Every limit a request must keep is declared once, with a `buf.validate`
+//! annotation in `proto/taskgate/task/v1/task.proto`, and checked there by
+//! the validator before a handler runs; the types here take the same limits
+//! from [`rules`] and add what the contract cannot say (trimming, NUL,
+//! defaults).
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
@@ -7,18 +13,20 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
+use taskgate_proto::task::v1::rules;
+
 use crate::TaskError;
 
-/// The most characters a title may have, after trimming.
-pub const TITLE_MAX_CHARS: usize = 200;
-/// The most characters a description may have.
-pub const DESCRIPTION_MAX_CHARS: usize = 10_000;
+/// The most characters a title may have (`Task.title`'s `max_len`).
+pub const TITLE_MAX_CHARS: usize = rules::TASK_TITLE_MAX_LEN;
+/// The most characters a description may have (`Task.description`'s `max_len`).
+pub const DESCRIPTION_MAX_CHARS: usize = rules::TASK_DESCRIPTION_MAX_LEN;
 /// The page size used when a request gives none.
 pub const DEFAULT_PAGE_SIZE: usize = 50;
 /// The largest page served; larger requests are served this many.
 pub const MAX_PAGE_SIZE: usize = 500;
 
-/// A task title: trimmed, 1 to 200 characters, no NUL.
+/// A task title: trimmed, 1 to [`TITLE_MAX_CHARS`] characters, no NUL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskTitle(String);
 
@@ -44,13 +52,14 @@ impl TaskTitle {
     }
 }
 
-/// A create's idempotency key (AIP-155): 1 to 128 visible ASCII characters.
+/// A create's idempotency key (AIP-155): 1 to [`RequestId::MAX_LEN`] visible
+/// ASCII characters (the contract's pattern `^[!-~]*$`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestId(String);
 
 impl RequestId {
     /// The longest request id accepted.
-    pub const MAX_LEN: usize = 128;
+    pub const MAX_LEN: usize = rules::CREATE_TASK_REQUEST_REQUEST_ID_MAX_LEN;
 
     /// Checks `raw`; an empty string means "no request id".
     pub fn parse(raw: &str) -> Result<Option<Self>, String> {
@@ -98,7 +107,8 @@ impl Etag {
     }
 }
 
-/// A task description: at most 10,000 characters, no NUL; may be empty.
+/// A task description: at most [`DESCRIPTION_MAX_CHARS`] characters, no NUL;
+/// may be empty.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TaskDescription(String);
 
@@ -207,7 +217,7 @@ impl PageSize {
     /// negative is an error.
     pub fn parse(raw: i32) -> Result<Self, String> {
         match raw {
-            n if n < 0 => Err("must not be negative".into()),
+            n if n < rules::LIST_TASKS_REQUEST_PAGE_SIZE_GTE => Err("must not be negative".into()),
             0 => Ok(PageSize(DEFAULT_PAGE_SIZE)),
             n => Ok(PageSize((n as usize).min(MAX_PAGE_SIZE))),
         }
@@ -319,6 +329,34 @@ impl ListQuery {
 mod tests {
     use super::*;
 
+    /// A rule declared in task.proto, read from the descriptors at run time.
+    fn declared(message: &str, field: &str, rule: &str) -> prost_reflect::Value {
+        taskgate_common::validate::declared_rule(&format!("taskgate.task.v1.{message}"), field, rule)
+            .unwrap_or_else(|| panic!("{message}.{field} declares no {rule}"))
+    }
+
+    #[test]
+    fn the_domain_limits_are_the_rules_declared_in_the_proto() {
+        use prost_reflect::Value;
+        let len = |n: usize| Value::U64(n as u64);
+        assert_eq!(declared("Task", "title", "string.max_len"), len(TITLE_MAX_CHARS));
+        assert_eq!(declared("Task", "description", "string.max_len"), len(DESCRIPTION_MAX_CHARS));
+        assert_eq!(declared("CreateTaskRequest", "request_id", "string.max_len"), len(RequestId::MAX_LEN));
+        assert_eq!(declared("ListTasksRequest", "page_size", "int32.gte"), Value::I32(0));
+        assert_eq!(declared("GetTaskRequest", "id", "string.uuid"), Value::Bool(true));
+        assert_eq!(declared("DeleteTaskRequest", "id", "string.uuid"), Value::Bool(true));
+        // And the domain types draw the line exactly there.
+        assert!(TaskTitle::parse(&"t".repeat(TITLE_MAX_CHARS)).is_ok());
+        assert!(TaskTitle::parse(&"t".repeat(TITLE_MAX_CHARS + 1)).is_err());
+        assert!(TaskDescription::parse(&"d".repeat(DESCRIPTION_MAX_CHARS)).is_ok());
+        assert!(TaskDescription::parse(&"d".repeat(DESCRIPTION_MAX_CHARS + 1)).is_err());
+        assert!(RequestId::parse(&"r".repeat(RequestId::MAX_LEN)).is_ok());
+        assert!(PageSize::parse(0).is_ok() && PageSize::parse(-1).is_err());
+        // The pattern is the domain's "visible ASCII".
+        assert_eq!(declared("CreateTaskRequest", "request_id", "string.pattern"), Value::String("^[!-~]*$".into()));
+        assert!((0u8..=127).filter(u8::is_ascii_graphic).eq(b'!'..=b'~'));
+    }
+
     #[test]
     fn etags_parse_with_or_without_http_quoting() {
         assert_eq!(Etag::parse("").expect("empty"), None);
@@ -335,7 +373,7 @@ mod tests {
         assert_eq!(RequestId::parse("").expect("empty"), None);
         assert!(RequestId::parse("6f1d0b5e-8c1a-4a53-9d7e-2b8e0d8c1a11").expect("uuid").is_some());
         assert!(RequestId::parse("has space").is_err());
-        assert!(RequestId::parse(&"x".repeat(129)).is_err());
+        assert!(RequestId::parse(&"x".repeat(RequestId::MAX_LEN + 1)).is_err());
     }
 
     #[test]
@@ -343,16 +381,16 @@ mod tests {
         assert_eq!(TaskTitle::parse("  buy milk ").expect("valid").as_str(), "buy milk");
         assert!(TaskTitle::parse("   ").is_err());
         assert!(TaskTitle::parse("").is_err());
-        assert!(TaskTitle::parse(&"é".repeat(200)).is_ok());
-        assert!(TaskTitle::parse(&"é".repeat(201)).is_err());
+        assert!(TaskTitle::parse(&"é".repeat(TITLE_MAX_CHARS)).is_ok());
+        assert!(TaskTitle::parse(&"é".repeat(TITLE_MAX_CHARS + 1)).is_err());
         assert!(TaskTitle::parse("a\0b").is_err());
     }
 
     #[test]
     fn descriptions_are_bounded_in_characters() {
         assert!(TaskDescription::parse("").is_ok());
-        assert!(TaskDescription::parse(&"ü".repeat(10_000)).is_ok());
-        assert!(TaskDescription::parse(&"a".repeat(10_001)).is_err());
+        assert!(TaskDescription::parse(&"ü".repeat(DESCRIPTION_MAX_CHARS)).is_ok());
+        assert!(TaskDescription::parse(&"a".repeat(DESCRIPTION_MAX_CHARS + 1)).is_err());
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The `taskgate.task.v1.TaskService` gRPC implementation: authenticate,
-//! parse the request into domain types, call the store, convert back.
+//! check the request against the contract's `buf.validate` rules, parse it
+//! into domain types, call the store, convert back.
 
 use std::sync::Arc;
 
 use prost_types::{FieldMask, Timestamp};
+use taskgate_common::validate;
 use taskgate_proto::task::v1::{
     self as pb, CreateTaskRequest, CreateTaskResponse, DeleteTaskRequest, DeleteTaskResponse, GetTaskRequest,
     GetTaskResponse, ListTasksRequest, ListTasksResponse, UpdateTaskRequest, UpdateTaskResponse, WatchTasksRequest,
@@ -54,9 +56,12 @@ impl TaskService for TaskApi {
 
     async fn create_task(&self, request: Request<CreateTaskRequest>) -> Result<Response<CreateTaskResponse>, Status> {
         let owner = self.auth.owner(request.metadata()).await?;
-        let CreateTaskRequest { task, request_id } = request.into_inner();
+        let mut request = request.into_inner();
+        trim_title(request.task.as_mut());
+        let contract = contract(&request)?;
+        let CreateTaskRequest { task, request_id } = request;
         let input = task.unwrap_or_default();
-        let (title, description, status) = parse_fields(&input)?;
+        let (title, description, status) = with_contract(contract, parse_fields(&input))?;
         let request_id = RequestId::parse(&request_id).map_err(|e| TaskError::invalid("request_id", e))?;
         let new = NewTask { title, description, status: status.unwrap_or_default() };
         let task = self.store.create(owner, new, request_id).await?;
@@ -65,7 +70,9 @@ impl TaskService for TaskApi {
 
     async fn get_task(&self, request: Request<GetTaskRequest>) -> Result<Response<GetTaskResponse>, Status> {
         let owner = self.auth.owner(request.metadata()).await?;
-        let id = TaskId::parse(&request.get_ref().id).map_err(|e| TaskError::invalid("id", e))?;
+        let contract = contract(request.get_ref())?;
+        let id =
+            with_contract(contract, TaskId::parse(&request.get_ref().id).map_err(|e| TaskError::invalid("id", e)))?;
         let task = self.store.get(owner, id.0).await?;
         Ok(Response::new(GetTaskResponse { task: Some(to_proto(&task)) }))
     }
@@ -74,8 +81,9 @@ impl TaskService for TaskApi {
         // The session's liveness is checked with the cache read: one Redis
         // round trip for a first page.
         let (owner, session) = self.auth.verify(request.metadata()).await?;
+        let contract = contract(request.get_ref())?;
         let r = request.get_ref();
-        let query = ListQuery::parse(r.page_size, &r.page_token, r.status)?;
+        let query = with_contract(contract, ListQuery::parse(r.page_size, &r.page_token, r.status))?;
         let page = self.store.list(owner, query, &session).await?;
         Ok(Response::new(ListTasksResponse {
             tasks: page.tasks.iter().map(to_proto).collect(),
@@ -86,26 +94,72 @@ impl TaskService for TaskApi {
 
     async fn update_task(&self, request: Request<UpdateTaskRequest>) -> Result<Response<UpdateTaskResponse>, Status> {
         let owner = self.auth.owner(request.metadata()).await?;
-        let UpdateTaskRequest { task, update_mask } = request.into_inner();
+        let mut request = request.into_inner();
+        trim_title(request.task.as_mut());
+        let contract = contract(&request)?;
+        let UpdateTaskRequest { task, update_mask } = request;
         let etag = task.as_ref().map(|t| t.etag.as_str()).unwrap_or_default();
-        let expected = Etag::parse(etag).map_err(|e| TaskError::invalid("etag", e))?;
-        let (id, changes) = parse_update(task, update_mask)?;
+        let parsed = Etag::parse(etag)
+            .map_err(|e| TaskError::invalid("etag", e))
+            .and_then(|expected| Ok((expected, parse_update(task, update_mask)?)));
+        let (expected, (id, changes)) = with_contract(contract, parsed)?;
         let task = self.store.update(owner, id.0, &changes, expected.map(|e| e.0)).await?;
         Ok(Response::new(UpdateTaskResponse { task: Some(to_proto(&task)) }))
     }
 
     async fn delete_task(&self, request: Request<DeleteTaskRequest>) -> Result<Response<DeleteTaskResponse>, Status> {
         let owner = self.auth.owner(request.metadata()).await?;
-        let id = TaskId::parse(&request.get_ref().id).map_err(|e| TaskError::invalid("id", e))?;
-        let expected = Etag::parse(&request.get_ref().etag).map_err(|e| TaskError::invalid("etag", e))?;
+        let contract = contract(request.get_ref())?;
+        let r = request.get_ref();
+        let parsed = TaskId::parse(&r.id)
+            .map_err(|e| TaskError::invalid("id", e))
+            .and_then(|id| Ok((id, Etag::parse(&r.etag).map_err(|e| TaskError::invalid("etag", e))?)));
+        let (id, expected) = with_contract(contract, parsed)?;
         self.store.delete(owner, id.0, expected.map(|e| e.0)).await?;
         Ok(Response::new(DeleteTaskResponse {}))
     }
 
     async fn watch_tasks(&self, request: Request<WatchTasksRequest>) -> Result<Response<WatchStream>, Status> {
         let (owner, claims) = self.auth.caller(request.metadata()).await?;
+        validate::check(request.get_ref())?;
         let stream = self.hub.open(owner, claims, request.get_ref().since).await?;
         Ok(Response::new(stream))
+    }
+}
+
+/// Titles are kept trimmed: the contract's limits apply to the trimmed title.
+fn trim_title(task: Option<&mut pb::Task>) {
+    if let Some(task) = task {
+        let trimmed = task.title.trim();
+        if trimmed.len() != task.title.len() {
+            task.title = trimmed.to_owned();
+        }
+    }
+}
+
+/// The `(field, reason)` of every `buf.validate` rule of the contract that
+/// `request` breaks.
+fn contract<M: prost_reflect::ReflectMessage>(request: &M) -> Result<Vec<(String, String)>, Status> {
+    validate::violations(request).map_err(|e| TaskError::Unexpected(e).into())
+}
+
+/// The domain's reading of a request, given the contract's violations of
+/// it: one answer names every bad field, whichever of the two found it (the
+/// contract's description first when both did).
+fn with_contract<T>(contract: Vec<(String, String)>, parsed: Result<T, TaskError>) -> Result<T, Status> {
+    match parsed {
+        Ok(value) if contract.is_empty() => Ok(value),
+        Err(TaskError::InvalidArgument(domain)) => {
+            let mut all = contract;
+            for (field, reason) in domain {
+                if !all.iter().any(|(f, _)| f == field) {
+                    all.push((field.to_owned(), reason));
+                }
+            }
+            Err(taskgate_common::status::invalid_fields(all))
+        }
+        Err(other) if contract.is_empty() => Err(other.into()),
+        _ => Err(taskgate_common::status::invalid_fields(contract)),
     }
 }
 
@@ -194,6 +248,29 @@ mod tests {
             TaskError::InvalidArgument(v) => v.into_iter().map(|(f, _)| f).collect(),
             other => panic!("expected invalid argument, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_contracts_and_the_domains_violations_are_reported_together() {
+        use tonic_types::StatusExt as _;
+        let named = |status: Status| -> Vec<String> {
+            let details = status.get_error_details();
+            details
+                .bad_request()
+                .expect("a BadRequest detail")
+                .field_violations
+                .iter()
+                .map(|v| v.field.clone())
+                .collect()
+        };
+        let contract = || vec![("description".to_owned(), "value length must be at most 10000 characters".to_owned())];
+        let domain =
+            TaskError::InvalidArgument(vec![("title", "must not be empty".into()), ("description", "x".into())]);
+        assert_eq!(named(with_contract::<()>(contract(), Err(domain)).expect_err("invalid")), ["description", "title"]);
+        assert_eq!(named(with_contract(contract(), Ok(())).expect_err("invalid")), ["description"]);
+        assert_eq!(with_contract(Vec::new(), Ok(7)).expect("valid"), 7);
+        let not_found = with_contract::<()>(Vec::new(), Err(TaskError::NotFound)).expect_err("not found");
+        assert_eq!(not_found.code(), tonic::Code::NotFound);
     }
 
     #[test]

@@ -5,8 +5,13 @@
 //! - [`task::v1`]: `taskgate.task.v1` messages, `TaskService` client and server.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptor set, for server reflection.
 //! - [`HTTP_RULES`]: the `google.api.http` REST bindings declared on each RPC.
+//! - [`DESCRIPTOR_POOL`]: the same descriptors, decoded; every taskgate message
+//!   implements `prost_reflect::ReflectMessage` over it, which is how the
+//!   services' validator reads the `buf.validate` rules.
+//! - [`auth::v1::rules`], [`task::v1::rules`]: the limits declared with
+//!   `buf.validate` annotations, as constants for the services' domain types.
 //! - [`api::v1`]: the `taskgate.api.v1.policy` method option; [`policy`]
-//!   reads it from a method's descriptor, [`descriptor_pool`] holds them all.
+//!   reads it from a method's descriptor.
 
 #![allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used)]
 
@@ -23,6 +28,12 @@ pub mod auth {
     /// The `taskgate.auth.v1` package.
     pub mod v1 {
         tonic::include_proto!("taskgate.auth.v1");
+
+        /// The numeric and pattern rules of the `buf.validate` annotations in
+        /// `taskgate/auth/v1/auth.proto`, named `MESSAGE_FIELD_RULE`.
+        pub mod rules {
+            include!(concat!(env!("OUT_DIR"), "/rules.taskgate.auth.v1.rs"));
+        }
     }
 }
 
@@ -31,6 +42,12 @@ pub mod task {
     /// The `taskgate.task.v1` package.
     pub mod v1 {
         tonic::include_proto!("taskgate.task.v1");
+
+        /// The numeric and pattern rules of the `buf.validate` annotations in
+        /// `taskgate/task/v1/task.proto`, named `MESSAGE_FIELD_RULE`.
+        pub mod rules {
+            include!(concat!(env!("OUT_DIR"), "/rules.taskgate.task.v1.rs"));
+        }
     }
 }
 
@@ -38,14 +55,11 @@ pub mod task {
 /// `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("taskgate_descriptor");
 
-/// Every file of the contract (with imports) as a `prost-reflect` pool,
-/// decoded once: what the gateway reads route policies and bindings from.
-pub fn descriptor_pool() -> &'static prost_reflect::DescriptorPool {
-    static POOL: std::sync::LazyLock<prost_reflect::DescriptorPool> = std::sync::LazyLock::new(|| {
-        prost_reflect::DescriptorPool::decode(FILE_DESCRIPTOR_SET).expect("the build wrote a valid descriptor set")
-    });
-    &POOL
-}
+/// [`FILE_DESCRIPTOR_SET`] decoded, once.
+pub static DESCRIPTOR_POOL: std::sync::LazyLock<prost_reflect::DescriptorPool> = std::sync::LazyLock::new(|| {
+    prost_reflect::DescriptorPool::decode(FILE_DESCRIPTOR_SET)
+        .expect("the descriptor set built with this crate decodes")
+});
 
 /// The `taskgate.api.v1.policy` option of `method`, from whatever pool it
 /// belongs to (a test's own protos included); the default (all fields
@@ -127,7 +141,7 @@ mod tests {
     #[test]
     fn every_rpc_declares_its_policy() {
         use api::v1::{Access, RateLimit};
-        let pool = descriptor_pool();
+        let pool = &*DESCRIPTOR_POOL;
         let mut seen = 0;
         for service in pool.services().filter(|s| s.full_name().starts_with("taskgate.")) {
             for method in service.methods() {

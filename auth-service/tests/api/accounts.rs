@@ -187,3 +187,33 @@ async fn the_admin_bootstrap_never_promotes_an_account_it_cannot_prove_is_the_op
         .expect("user row");
     assert!(is_admin);
 }
+
+#[tokio::test]
+async fn the_contract_applies_to_trimmed_login_names_and_blank_ones_are_not_given() {
+    use taskgate_proto::auth::v1::rules::REGISTER_REQUEST_USERNAME_MAX_LEN;
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+    // A username at the declared max_len, padded: kept trimmed.
+    let long = format!("{}{}", username(), "x".repeat(REGISTER_REQUEST_USERNAME_MAX_LEN));
+    let long = &long[..REGISTER_REQUEST_USERNAME_MAX_LEN];
+    let request =
+        RegisterRequest { username: Some(format!("  {long} ")), password: PASSWORD.into(), ..Default::default() };
+    let user = client.register(request).await.expect("a padded username").into_inner().user.expect("user");
+    assert_eq!(user.username, long);
+    // Blank names are not given, whatever rules they would break.
+    let email = format!("{}@example.com", username());
+    let request = RegisterRequest {
+        username: Some(String::new()),
+        email: Some(email.clone()),
+        phone: Some("  ".into()),
+        password: PASSWORD.into(),
+    };
+    let user = client.register(request).await.expect("blank username and phone").into_inner().user.expect("user");
+    assert_eq!((user.username.as_str(), user.email.as_str(), user.phone.as_str()), ("", email.as_str(), ""));
+    // One character over max_len is named by the contract.
+    let over = format!("{long}y");
+    let request = RegisterRequest { username: Some(over), password: PASSWORD.into(), ..Default::default() };
+    let status = client.register(request).await.expect_err("a username over max_len");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(bad_request_field(&status), "username");
+}

@@ -240,3 +240,28 @@ async fn a_burst_of_logins_does_not_stall_other_calls() {
     // async workers, JWKS calls would wait behind them.
     assert!(typical < Duration::from_millis(250), "median JWKS latency during a login burst: {typical:?}");
 }
+
+#[tokio::test]
+async fn a_password_over_the_declared_limit_is_refused_before_any_work() {
+    use taskgate_proto::auth::v1::rules::LOGIN_REQUEST_PASSWORD_MAX_BYTES;
+
+    use crate::helpers::bad_request_field;
+    let app = spawn_app().await;
+    let name = username();
+    app.register(&name).await;
+    // `LoginRequest.password`'s max_bytes: enforced by the contract's
+    // validator alone (the service has no length check of its own).
+    let request = LoginRequest {
+        login: name.clone(),
+        password: "p".repeat(LOGIN_REQUEST_PASSWORD_MAX_BYTES + 1),
+        ..Default::default()
+    };
+    let status = app.client.clone().login(request).await.expect_err("an over-long password");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(bad_request_field(&status), "password");
+    // At the limit it is an ordinary wrong password.
+    let request =
+        LoginRequest { login: name, password: "p".repeat(LOGIN_REQUEST_PASSWORD_MAX_BYTES), ..Default::default() };
+    let status = app.client.clone().login(request).await.expect_err("a wrong password");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+}

@@ -10,7 +10,8 @@ It is the same as running, from the repository root::
     python -m grpc_tools.protoc -I proto \\
         --python_out=OUT --grpc_python_out=OUT --pyi_out=OUT \\
         taskgate/auth/v1/auth.proto taskgate/task/v1/task.proto \\
-        google/api/annotations.proto google/api/http.proto
+        google/api/annotations.proto google/api/http.proto \\
+        buf/validate/validate.proto taskgate/api/v1/policy.proto
 """
 
 from __future__ import annotations
@@ -21,13 +22,18 @@ import sys
 from pathlib import Path
 
 # The contract's files, relative to proto/. The two google/api files are
-# imported by the taskgate protos for their HTTP annotations, so their Python
-# modules must exist too (googleapis-common-protos is not needed).
+# imported by the taskgate protos for their HTTP annotations, and
+# buf/validate/validate.proto and taskgate/api/v1/policy.proto for their
+# validation rules and route policies, so their Python
+# modules must exist too (googleapis-common-protos and protovalidate are not
+# needed).
 PROTO_FILES = (
     "taskgate/auth/v1/auth.proto",
     "taskgate/task/v1/task.proto",
     "google/api/annotations.proto",
     "google/api/http.proto",
+    "buf/validate/validate.proto",
+    "taskgate/api/v1/policy.proto",
 )
 
 PACKAGE_DIR = Path(__file__).resolve().parent

@@ -425,7 +425,7 @@ fn operation_object(rule: &HttpRule, op: &Operation) -> Value {
 
 /// The `access` of the policy option of the RPC `rule` binds.
 fn rpc_access(rule: &HttpRule) -> Access {
-    taskgate_proto::descriptor_pool()
+    taskgate_proto::DESCRIPTOR_POOL
         .get_service_by_name(rule.service)
         .and_then(|s| s.methods().find(|m| m.name() == rule.method))
         .map_or(Access::TokenRequired, |m| taskgate_proto::policy(&m).access())

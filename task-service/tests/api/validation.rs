@@ -1,7 +1,8 @@
 //! Bad input: INVALID_ARGUMENT with a BadRequest detail naming the field,
 //! and nothing written.
 
-use taskgate_proto::task::v1::{ListTasksRequest, Task, TaskStatus};
+use taskgate_proto::task::v1::{ListTasksRequest, Task, TaskStatus, rules::TASK_TITLE_MAX_LEN};
+use tonic_types::StatusExt as _;
 
 use crate::helpers::{assert_invalid, spawn_app};
 
@@ -89,4 +90,31 @@ async fn list_rejects_bad_page_sizes_statuses_and_tokens() {
     assert_invalid(app.list(&user, request).await, "page_token");
     let request = ListTasksRequest { page_size: 2, page_token: token, status: TaskStatus::Done as i32 };
     assert_invalid(app.list(&user, request).await, "page_token");
+}
+
+#[tokio::test]
+async fn the_rules_declared_in_the_proto_are_enforced_over_grpc() {
+    let app = spawn_app().await;
+    let user = app.user().await;
+    // One character over `Task.title`'s max_len (after trimming).
+    let over = format!(" {} ", "t".repeat(TASK_TITLE_MAX_LEN + 1));
+    let status = app.try_create(&user, titled(&over)).await.expect_err("a title over the declared max_len");
+    assert_invalid(Err::<(), _>(status.clone()), "title");
+    let details = status.get_error_details();
+    let violation = &details.bad_request().expect("a BadRequest detail").field_violations[0];
+    assert!(violation.description.contains(&TASK_TITLE_MAX_LEN.to_string()), "{violation:?}");
+    assert_eq!(app.count_tasks(user.id).await, 0, "nothing was created");
+    // Padding does not count: at the limit once trimmed, it is accepted.
+    let padded = format!("  {}  ", "t".repeat(TASK_TITLE_MAX_LEN));
+    app.try_create(&user, titled(&padded)).await.expect("a title at the limit once trimmed");
+
+    let task = app.create(&user, "original").await;
+    // The contract holds for every field of the message, including one the
+    // update mask leaves alone (the domain would never read that title).
+    let update = Task { id: task.id.clone(), ..titled(&"t".repeat(TASK_TITLE_MAX_LEN + 1)) };
+    assert_invalid(app.update(&user, update, Some(&["status"])).await, "title");
+    // `GetTaskRequest.id` must be a UUID in its canonical form; the braced
+    // form the domain parser reads is refused by the contract first.
+    assert_invalid(app.get(&user, &format!("{{{}}}", task.id)).await, "id");
+    assert_eq!(app.get(&user, &task.id).await.expect("get"), task, "the task is unchanged");
 }
