@@ -21,6 +21,7 @@
 use std::sync::Arc;
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use cookie::{Cookie, SameSite};
 use hmac::{Hmac, Mac as _};
 use http::{HeaderMap, HeaderValue, header};
 use rand::RngCore as _;
@@ -118,15 +119,24 @@ impl CookiePolicy {
         unverified_sid(token).is_some_and(|sid| self.csrf_ok(headers, &sid))
     }
 
-    /// One `set-cookie` value with taskgate's attributes.
-    fn set_cookie(&self, name: &str, value: &str, path: &str, max_age: i64, http_only: bool) -> Option<HeaderValue> {
-        let http_only = if http_only { "; HttpOnly" } else { "" };
-        let secure = if self.inner.secure { "; Secure" } else { "" };
-        let max_age = max_age.max(0);
-        HeaderValue::from_str(&format!(
-            "{name}={value}; Path={path}; Max-Age={max_age}{http_only}{secure}; SameSite=Strict"
-        ))
-        .ok()
+    /// One `set-cookie` value with taskgate's attributes, formatted by the
+    /// `cookie` crate (RFC 6265).
+    fn set_cookie(
+        &self,
+        name: &'static str,
+        value: &str,
+        path: &'static str,
+        max_age: i64,
+        http_only: bool,
+    ) -> Option<HeaderValue> {
+        let cookie = Cookie::build((name, value.to_owned()))
+            .path(path)
+            .max_age(cookie::time::Duration::seconds(max_age.max(0)))
+            .http_only(http_only)
+            .secure(self.inner.secure)
+            .same_site(SameSite::Strict)
+            .build();
+        HeaderValue::from_str(&cookie.to_string()).ok()
     }
 
     /// Adds the three session cookies for `tokens` to `headers`; the CSRF
@@ -158,16 +168,19 @@ impl CookiePolicy {
     }
 }
 
-/// The value of cookie `name` in the request's `Cookie` headers.
+/// The value of cookie `name` in the request's `Cookie` headers (every
+/// header, each split and parsed by the `cookie` crate), without the double
+/// quotes RFC 6265 allows around it.
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim().trim_matches('"'))
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name)
+        .and_then(|c| c.value_raw())
+        .map(|v| v.trim_matches('"'))
         .filter(|v| !v.is_empty())
 }
 
@@ -210,18 +223,22 @@ mod tests {
         let policy = policy(true);
         policy.set_session(&mut headers, &tokens);
         let cookies = set_cookies(&headers);
-        assert_eq!(
-            cookies[0],
-            format!("__Host-tg_access={}; Path=/; Max-Age=900; HttpOnly; Secure; SameSite=Strict", tokens.access_token)
-        );
-        assert_eq!(
-            cookies[1],
-            "__Secure-tg_refresh=d.e.f; Path=/api/v1/auth; Max-Age=86400; HttpOnly; Secure; SameSite=Strict"
-        );
-        assert_eq!(
-            cookies[2],
-            format!("__Host-tg_csrf={}; Path=/; Max-Age=86400; Secure; SameSite=Strict", policy.csrf_token("s1"))
-        );
+        let parsed: Vec<Cookie<'_>> =
+            cookies.iter().map(|c| Cookie::parse(c.as_str()).expect("a Set-Cookie")).collect();
+        let expected = [
+            ("__Host-tg_access", tokens.access_token.clone(), "/", 900, true),
+            ("__Secure-tg_refresh", "d.e.f".to_owned(), "/api/v1/auth", 86_400, true),
+            ("__Host-tg_csrf", policy.csrf_token("s1"), "/", 86_400, false),
+        ];
+        assert_eq!(parsed.len(), expected.len());
+        for (cookie, (name, value, path, max_age, http_only)) in parsed.iter().zip(expected) {
+            assert_eq!((cookie.name(), cookie.value()), (name, value.as_str()));
+            assert_eq!(cookie.path(), Some(path), "{name}");
+            assert_eq!(cookie.max_age(), Some(cookie::time::Duration::seconds(max_age)), "{name}");
+            assert_eq!(cookie.http_only(), Some(http_only).filter(|h| *h), "{name}");
+            assert_eq!(cookie.secure(), Some(true), "{name}");
+            assert_eq!(cookie.same_site(), Some(SameSite::Strict), "{name}");
+        }
     }
 
     #[test]
@@ -252,7 +269,11 @@ mod tests {
         let mut headers = HeaderMap::new();
         policy(false).clear_session(&mut headers);
         let cookies = set_cookies(&headers);
-        assert_eq!(cookies[0], "tg_access=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict");
+        let access = Cookie::parse(cookies[0].as_str()).expect("a Set-Cookie");
+        assert_eq!((access.name(), access.value(), access.path()), ("tg_access", "", Some("/")));
+        assert_eq!(access.max_age(), Some(cookie::time::Duration::ZERO));
+        assert_eq!((access.http_only(), access.secure()), (Some(true), None));
+        assert_eq!(access.same_site(), Some(SameSite::Strict));
     }
 
     #[test]
@@ -263,5 +284,8 @@ mod tests {
         assert_eq!(policy(true).access_token(&h), Some("abc"));
         assert_eq!(policy(false).access_token(&h), Some("planted"));
         assert_eq!(cookie(&h, "missing"), None);
+        h.append(header::COOKIE, HeaderValue::from_static("q=\"quoted\"; broken; =novalue; e="));
+        assert_eq!(cookie(&h, "q"), Some("quoted"));
+        assert_eq!(cookie(&h, "e"), None, "an empty value is no cookie");
     }
 }
