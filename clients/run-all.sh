@@ -4,8 +4,9 @@
 #
 #   1. python       generated grpcio stubs: register, login, refresh, task CRUD, logout
 #   2. bufcurl      `buf curl` with server reflection, over grpc and grpcweb
-#   3. browser      the /demo page in headless Chromium (playwright-core)
-#   4. schemathesis REST fuzzing of /openapi.json, logged in
+#   3. manual       every command the READMEs show (curl, grpcurl, buf curl), as written
+#   4. browser      the /demo page in headless Chromium (playwright-core)
+#   5. schemathesis REST fuzzing of /openapi.json, logged in
 #
 #   TASKGATE_GATEWAY_ADDR=127.0.0.1:8080 clients/run-all.sh
 #
@@ -89,6 +90,11 @@ bufcurl_stage() {
   "$clients/bufcurl/run.sh"
 }
 
+manual_stage() {
+  web_deps
+  PYTHON="$python" "$clients/manual/run.sh"
+}
+
 browser_stage() {
   if [[ ! -x /usr/bin/chromium && -z "${CHROMIUM:-}" ]]; then
     echo "installing Debian's chromium (Playwright cannot download browsers here)"
@@ -111,6 +117,7 @@ schemathesis_stage() {
 
 stage python python_stage
 stage bufcurl bufcurl_stage
+stage manual manual_stage
 stage browser browser_stage
 stage schemathesis schemathesis_stage
 summary
