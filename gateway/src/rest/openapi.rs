@@ -5,7 +5,9 @@
 //! request, responses and parameters are described here, next to the
 //! schemas of `rest::json`. Every operation documents its error
 //! responses (the google.rpc.Status JSON of [`crate::rest::error`]) and a
-//! `default` for anything unexpected.
+//! `default` for anything unexpected. Each operation's `security` is its
+//! RPC's `taskgate.api.v1.policy` option, and the lengths in the schemas are
+//! the `buf.validate` rules of the contract (`taskgate_proto::*::rules`).
 //!
 //! [`check`] and [`check_response`] are a small JSON Schema checker for the
 //! subset used here, so tests can hold real responses to the document.
@@ -22,7 +24,7 @@ use std::sync::LazyLock;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, header};
 use serde_json::{Map, Value, json};
-use taskgate_proto::{HTTP_RULES, HttpRule};
+use taskgate_proto::{HTTP_RULES, HttpRule, auth::v1::rules as auth_rules, task::v1::rules as task_rules};
 
 use crate::{policy::Access, rest::routes::axum_path};
 
@@ -60,7 +62,8 @@ fn not_blank() -> String {
 
 /// What the auth service accepts as a username (it trims first), or blank.
 fn username_pattern() -> String {
-    format!("^[{WS}]*([A-Za-z0-9._-]{{3,64}})?[{WS}]*$")
+    let (min, max) = (auth_rules::REGISTER_REQUEST_USERNAME_MIN_LEN, auth_rules::REGISTER_REQUEST_USERNAME_MAX_LEN);
+    format!("^[{WS}]*([A-Za-z0-9._-]{{{min},{max}}})?[{WS}]*$")
 }
 
 /// A subset of what the auth service accepts as an email address (ASCII
@@ -80,7 +83,9 @@ fn phone_pattern() -> String {
 
 /// A task title: 1-200 characters after trimming, no NUL.
 fn title_pattern() -> String {
-    format!("^[{WS}]*[^{WS}\\u0000]([^\\u0000]{{0,198}}[^{WS}\\u0000])?[{WS}]*$")
+    // The first and last characters are matched on their own.
+    let inner = task_rules::TASK_TITLE_MAX_LEN - 2;
+    format!("^[{WS}]*[^{WS}\\u0000]([^\\u0000]{{0,{inner}}}[^{WS}\\u0000])?[{WS}]*$")
 }
 
 /// Free text without NUL.
@@ -440,11 +445,10 @@ fn schemas() -> Value {
     // trimming, which only a pattern can say.
     let title = json!({
         "type": "string",
-        "description": "1-200 characters after trimming surrounding spaces; no NUL",
+        "description": format!("1-{} characters after trimming surrounding spaces; no NUL", task_rules::TASK_TITLE_MAX_LEN),
         "pattern": title_pattern(),
     });
-    let description =
-        json!({ "type": "string", "maxLength": 10000, "description": "No NUL", "pattern": NO_NUL_PATTERN });
+    let description = json!({ "type": "string", "maxLength": task_rules::TASK_DESCRIPTION_MAX_LEN, "description": "No NUL", "pattern": NO_NUL_PATTERN });
     let status = schema_ref("TaskStatus");
     let etag = json!({
         "type": "string",
@@ -608,9 +612,13 @@ fn schemas() -> Value {
                 },
                 "password": {
                     "type": "string",
-                    "minLength": 8,
-                    "maxLength": 128,
-                    "description": "8-128 characters, not one of the most common passwords",
+                    "minLength": auth_rules::REGISTER_REQUEST_PASSWORD_MIN_LEN,
+                    "maxLength": auth_rules::REGISTER_REQUEST_PASSWORD_MAX_LEN,
+                    "description": format!(
+                        "{}-{} characters, not one of the most common passwords",
+                        auth_rules::REGISTER_REQUEST_PASSWORD_MIN_LEN,
+                        auth_rules::REGISTER_REQUEST_PASSWORD_MAX_LEN
+                    ),
                 },
             },
             "anyOf": [
@@ -627,9 +635,13 @@ fn schemas() -> Value {
                 "current_password": { "type": "string", "description": "The caller's current password" },
                 "new_password": {
                     "type": "string",
-                    "minLength": 8,
-                    "maxLength": 128,
-                    "description": "8-128 characters, not a common password and not easy to guess",
+                    "minLength": auth_rules::CHANGE_PASSWORD_REQUEST_NEW_PASSWORD_MIN_LEN,
+                    "maxLength": auth_rules::CHANGE_PASSWORD_REQUEST_NEW_PASSWORD_MAX_LEN,
+                    "description": format!(
+                        "{}-{} characters, not a common password and not easy to guess",
+                        auth_rules::CHANGE_PASSWORD_REQUEST_NEW_PASSWORD_MIN_LEN,
+                        auth_rules::CHANGE_PASSWORD_REQUEST_NEW_PASSWORD_MAX_LEN
+                    ),
                 },
             },
             "additionalProperties": false,
@@ -726,10 +738,15 @@ fn parameters() -> Value {
         },
         "IdempotencyKey": {
             "name": "Idempotency-Key", "in": "header", "required": false,
-            "description": "The create's request id (AIP-155), 1-128 visible ASCII characters: a retry with the \
+            "description": format!("The create's request id (AIP-155), 1-{} visible ASCII characters: a retry with the \
                 same key and body returns the first call's task; the same key with another body is a 400. \
-                Remembered per user for 24 hours.",
-            "schema": { "type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[!-~]+$" },
+                Remembered per user for 24 hours.", task_rules::CREATE_TASK_REQUEST_REQUEST_ID_MAX_LEN),
+            "schema": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": task_rules::CREATE_TASK_REQUEST_REQUEST_ID_MAX_LEN,
+                "pattern": "^[!-~]+$",
+            },
         },
         "Since": {
             "name": "since", "in": "query", "required": false,
