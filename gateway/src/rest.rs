@@ -105,6 +105,7 @@ mod tests {
     use axum::body::Body;
     use http::{Request, StatusCode, header};
     use serde_json::Value;
+    use taskgate_test_support::openapi::check_response;
     use tower::ServiceExt as _;
 
     use super::*;
@@ -260,9 +261,9 @@ mod tests {
     async fn errors_match_the_documented_error_schema() {
         let doc = openapi::document();
         let (status, _, body) = send(request("POST", "/api/v1/tasks", r#"{"title": 1}"#)).await;
-        openapi::check_response(&doc, "POST", "/api/v1/tasks", status.as_u16(), Some(&body)).expect("documented 400");
+        check_response(&doc, "POST", "/api/v1/tasks", status.as_u16(), Some(&body)).expect("documented 400");
         let (status, _, body) = send(request("GET", "/api/v1/users/me", "")).await;
-        openapi::check_response(&doc, "GET", "/api/v1/users/me", status.as_u16(), Some(&body)).expect("documented 503");
+        check_response(&doc, "GET", "/api/v1/users/me", status.as_u16(), Some(&body)).expect("documented 503");
     }
 
     #[tokio::test]

@@ -29,6 +29,7 @@
 
 pub mod load;
 pub mod metrics;
+pub mod openapi;
 pub mod otlp;
 pub mod proxy;
 

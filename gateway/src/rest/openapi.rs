@@ -9,8 +9,8 @@
 //! RPC's `taskgate.api.v1.policy` option, and the lengths in the schemas are
 //! the `buf.validate` rules of the contract (`taskgate_proto::*::rules`).
 //!
-//! [`check`] and [`check_response`] are a small JSON Schema checker for the
-//! subset used here, so tests can hold real responses to the document.
+//! Tests hold real responses to the document with the `jsonschema` crate
+//! (`taskgate_test_support::openapi`).
 //!
 //! A copy is committed as `gateway/static/openapi.json` for tools that want
 //! the document without a running gateway; a test fails when it is stale
@@ -851,119 +851,6 @@ pub async fn serve() -> Response {
     response
 }
 
-/// Resolves a local `$ref` (`#/components/...`) in `doc`.
-fn resolve<'a>(doc: &'a Value, mut schema: &'a Value) -> Result<&'a Value, String> {
-    while let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
-        let pointer = reference.strip_prefix('#').ok_or_else(|| format!("non-local $ref {reference}"))?;
-        schema = doc.pointer(pointer).ok_or_else(|| format!("dangling $ref {reference}"))?;
-    }
-    Ok(schema)
-}
-
-/// The JSON Schema type name of `value`.
-fn type_name(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
-/// Checks `value` against `schema` (resolved in `doc`), for the JSON Schema
-/// subset this document uses: `$ref`, `type` (one or a list), `enum`,
-/// `properties`, `required`, `additionalProperties: false`, `items`, `anyOf`
-/// and the `uuid` and `date-time` formats. The error names the JSON path.
-pub fn check(doc: &Value, schema: &Value, value: &Value) -> Result<(), String> {
-    check_at(doc, schema, value, "$")
-}
-
-/// [`check`] at JSON path `at`.
-fn check_at(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
-    let schema = resolve(doc, schema)?;
-    let actual = type_name(value);
-    if let Some(expected) = schema.get("type") {
-        let allowed: Vec<&str> = match expected {
-            Value::String(t) => vec![t.as_str()],
-            Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
-            _ => Vec::new(),
-        };
-        let ok = allowed.iter().any(|t| *t == actual || (*t == "number" && actual == "integer"));
-        if !ok {
-            return Err(format!("{at}: expected {allowed:?}, got {actual} {value}"));
-        }
-    }
-    if let Some(options) = schema.get("enum").and_then(Value::as_array)
-        && !options.contains(value)
-    {
-        return Err(format!("{at}: {value} is not one of {options:?}"));
-    }
-    if let (Some(format), Value::String(text)) = (schema.get("format").and_then(Value::as_str), value) {
-        let ok = match format {
-            "uuid" => uuid::Uuid::try_parse(text).is_ok(),
-            "date-time" => chrono::DateTime::parse_from_rfc3339(text).is_ok(),
-            _ => true,
-        };
-        if !ok {
-            return Err(format!("{at}: {text:?} is not a {format}"));
-        }
-    }
-    if let Some(options) = schema.get("anyOf").and_then(Value::as_array)
-        && !options.iter().any(|option| check_at(doc, option, value, at).is_ok())
-    {
-        return Err(format!("{at}: matches none of anyOf"));
-    }
-    if let Value::Object(fields) = value {
-        let properties = schema.get("properties").and_then(Value::as_object);
-        for name in schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
-            if !fields.contains_key(name) {
-                return Err(format!("{at}: missing required field {name}"));
-            }
-        }
-        for (name, field) in fields {
-            match properties.and_then(|p| p.get(name)) {
-                Some(property) => check_at(doc, property, field, &format!("{at}.{name}"))?,
-                None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => {
-                    return Err(format!("{at}: undocumented field {name}"));
-                }
-                None => {}
-            }
-        }
-    }
-    if let (Value::Array(items), Some(item_schema)) = (value, schema.get("items")) {
-        for (i, item) in items.iter().enumerate() {
-            check_at(doc, item_schema, item, &format!("{at}[{i}]"))?;
-        }
-    }
-    Ok(())
-}
-
-/// Checks a response against the document: `status` must be documented for
-/// `verb path` (or fall under `default`), and `body` must match its schema;
-/// a documented response without content must have no body.
-pub fn check_response(doc: &Value, verb: &str, path: &str, status: u16, body: Option<&Value>) -> Result<(), String> {
-    let operation = doc
-        .get("paths")
-        .and_then(|p| p.get(path))
-        .and_then(|item| item.get(verb.to_ascii_lowercase()))
-        .ok_or_else(|| format!("{verb} {path} is not documented"))?;
-    let responses = operation.get("responses").ok_or_else(|| format!("{verb} {path} has no responses"))?;
-    let response = responses
-        .get(status.to_string())
-        .or_else(|| responses.get("default"))
-        .ok_or_else(|| format!("{verb} {path} does not document {status}"))?;
-    let response = resolve(doc, response)?;
-    match (response.pointer("/content/application~1json/schema"), body) {
-        (Some(schema), Some(body)) => check(doc, schema, body).map_err(|e| format!("{verb} {path} {status}: {e}")),
-        (Some(_), None) => Err(format!("{verb} {path} {status}: documented a JSON body, got none")),
-        (None, Some(body)) => Err(format!("{verb} {path} {status}: documented no body, got {body}")),
-        (None, None) => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -1065,7 +952,8 @@ mod tests {
     }
 
     #[test]
-    fn the_checker_catches_shape_mistakes() {
+    fn the_schemas_refuse_shape_mistakes() {
+        use taskgate_test_support::openapi::{check, check_response};
         let doc = document();
         let user = schema_ref("User");
         let good = json!({"id": "6f1d0b5e-8c1a-4a53-9d7e-2b8e0d8c1a11", "username": "a", "email": null,
@@ -1077,9 +965,12 @@ mod tests {
         let mut missing = good.clone();
         missing.as_object_mut().expect("object").remove("phone");
         assert!(check(&doc, &user, &missing).is_err());
-        let mut wrong = good;
+        let mut wrong = good.clone();
         wrong["created_at"] = json!("yesterday");
         assert!(check(&doc, &user, &wrong).is_err());
+        let mut not_uuid = good;
+        not_uuid["id"] = json!("42");
+        assert!(check(&doc, &user, &not_uuid).is_err());
         let error = crate::rest::error::json_body(&taskgate_common::status::invalid_field("title", "empty"));
         check_response(&doc, "POST", "/api/v1/tasks", 400, Some(&error)).expect("the error shape is documented");
         check_response(&doc, "DELETE", "/api/v1/tasks/{id}", 204, None).expect("204 has no body");

@@ -2,10 +2,10 @@
 //! real stack, and each response's status and body must be what the document
 //! says, including the error responses.
 
-use gateway::rest::openapi::check_response;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use taskgate_proto::HTTP_RULES;
+use taskgate_test_support::openapi::check_response;
 
 use crate::{
     helpers::{PASSWORD, spawn_stack},
