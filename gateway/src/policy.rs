@@ -23,6 +23,7 @@ use axum::{
 };
 use http::Method;
 use prost_reflect::{DescriptorPool, MethodDescriptor};
+use taskgate_proto::HttpRule;
 pub use taskgate_proto::api::v1::{Access, RateLimit};
 
 use crate::rest::routes::axum_path;
@@ -112,27 +113,33 @@ pub struct Routes {
 impl Routes {
     /// The routes of taskgate's own contract, built once.
     pub fn contract() -> &'static Routes {
-        static ROUTES: LazyLock<Routes> = LazyLock::new(|| Routes::from_pool(&taskgate_proto::DESCRIPTOR_POOL));
+        static ROUTES: LazyLock<Routes> =
+            LazyLock::new(|| Routes::new(&taskgate_proto::DESCRIPTOR_POOL, taskgate_proto::HTTP_RULES));
         &ROUTES
     }
 
-    /// The routes of every service in `pool` (leaked once: a contract's
-    /// routes live as long as the process).
-    pub fn from_pool(pool: &DescriptorPool) -> Routes {
+    /// The routes of every method of every service in `pool`, and of each
+    /// of `bindings` (the `google.api.http` rules the build extracted from
+    /// the same descriptors). A contract's routes live as long as the
+    /// process, so its method descriptors are leaked once.
+    pub fn new(pool: &DescriptorPool, bindings: &[HttpRule]) -> Routes {
         let mut routes = Routes::default();
-        let http = pool.get_extension_by_name("google.api.http");
         for service in pool.services() {
             for method in service.methods() {
                 let method: &'static MethodDescriptor = Box::leak(Box::new(method));
                 let path = format!("/{}/{}", service.full_name(), method.name());
                 routes.grpc.insert(path, Route::of_rpc(method, "other"));
-                let Some(http) = &http else { continue };
-                for (verb, template) in bindings(method, http) {
-                    let label: &'static str = axum_path(&template).leak();
-                    let Ok(verb) = Method::from_bytes(verb.as_bytes()) else { continue };
-                    routes.rest.insert((verb, label), Route::of_rpc(method, label));
-                }
             }
+        }
+        for rule in bindings {
+            let path = format!("/{}/{}", rule.service, rule.method);
+            let (Some(rpc), Ok(verb)) =
+                (routes.grpc.get(&path).and_then(|r| r.rpc), Method::from_bytes(rule.verb.as_bytes()))
+            else {
+                continue;
+            };
+            let label: &'static str = axum_path(rule.path).leak();
+            routes.rest.insert((verb, label), Route::of_rpc(rpc, label));
         }
         routes
     }
@@ -162,33 +169,6 @@ impl Routes {
             None => Route::UNDECLARED,
         }
     }
-}
-
-/// `(HTTP method, path template)` of each `google.api.http` binding of
-/// `method`, additional bindings included.
-fn bindings(method: &MethodDescriptor, http: &prost_reflect::ExtensionDescriptor) -> Vec<(String, String)> {
-    let options = method.options();
-    if !options.has_extension(http) {
-        return Vec::new();
-    }
-    let value = options.get_extension(http);
-    let Some(rule) = value.as_message() else { return Vec::new() };
-    let mut rules = vec![rule.clone()];
-    if let Some(more) = rule.get_field_by_name("additional_bindings").and_then(|v| v.as_list().map(<[_]>::to_vec)) {
-        rules.extend(more.iter().filter_map(|v| v.as_message().cloned()));
-    }
-    let mut out = Vec::new();
-    for rule in rules {
-        for verb in ["get", "put", "post", "delete", "patch"] {
-            if rule.has_field_by_name(verb)
-                && let Some(value) = rule.get_field_by_name(verb)
-                && let Some(template) = value.as_str()
-            {
-                out.push((verb.to_ascii_uppercase(), template.to_owned()));
-            }
-        }
-    }
-    out
 }
 
 /// The outermost middleware: finds the request's [`Route`] once and leaves
