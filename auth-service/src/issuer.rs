@@ -85,8 +85,9 @@ impl TokenIssuer {
             access_token: self.sign(TokenKind::Access, &claims(&spec.access_jti, access_exp))?,
             refresh_token: self.sign(TokenKind::Refresh, &claims(&spec.refresh_jti, refresh_exp))?,
             token_type: "Bearer".into(),
-            expires_in: access_exp - spec.iat,
-            refresh_expires_in: refresh_exp - spec.iat,
+            // Lifetimes are configured in seconds well inside i32.
+            expires_in: i32::try_from(access_exp - spec.iat).unwrap_or(i32::MAX),
+            refresh_expires_in: i32::try_from(refresh_exp - spec.iat).unwrap_or(i32::MAX),
         })
     }
 }

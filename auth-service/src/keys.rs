@@ -142,7 +142,7 @@ fn jwk(kid: &str, public: &[u8]) -> Jwk {
         x: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(public),
         kid: kid.into(),
         alg: "EdDSA".into(),
-        key_use: "sig".into(),
+        r#use: "sig".into(),
     }
 }
 

@@ -411,8 +411,8 @@ impl AuthApi {
                 created_at: Some(timestamp_ms(s.created_ms)),
                 last_refreshed_at: (s.last_refresh_ms > 0).then(|| timestamp_ms(s.last_refresh_ms)),
                 expires_at: Some(timestamp_ms(s.abs_exp.saturating_mul(1000))),
-                user_agent: s.user_agent,
-                ip_address: s.ip,
+                user_agent: Some(s.user_agent).filter(|ua| !ua.is_empty()),
+                ip_address: Some(s.ip).filter(|ip| !ip.is_empty()),
             })
             .collect();
         Ok(ListSessionsResponse { sessions })

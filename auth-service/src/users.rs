@@ -35,9 +35,9 @@ impl UserRow {
     pub fn to_proto(&self) -> taskgate_proto::auth::v1::User {
         taskgate_proto::auth::v1::User {
             id: self.id.to_string(),
-            username: self.username.clone().unwrap_or_default(),
-            email: self.email.clone().unwrap_or_default(),
-            phone: self.phone.clone().unwrap_or_default(),
+            username: self.username.clone(),
+            email: self.email.clone(),
+            phone: self.phone.clone(),
             created_at: Some(prost_types::Timestamp {
                 seconds: self.created_at.timestamp(),
                 nanos: i32::try_from(self.created_at.timestamp_subsec_nanos()).unwrap_or(0),

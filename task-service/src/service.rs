@@ -103,7 +103,18 @@ impl TaskService for TaskApi {
             .map_err(|e| TaskError::invalid("etag", e))
             .and_then(|expected| Ok((expected, parse_update(task, update_mask)?)));
         let (expected, (id, changes)) = with_contract(contract, parsed)?;
-        let task = self.store.update(owner, id.0, &changes, expected.map(|e| e.0)).await?;
+        let expected = expected.map(|e| e.0);
+        let task = match changes {
+            Some(changes) => self.store.update(owner, id.0, &changes, expected).await?,
+            // A mask with no paths: nothing changes, but the condition holds.
+            None => {
+                let task = self.store.get(owner, id.0).await?;
+                if expected.is_some_and(|version| version != task.version) {
+                    return Err(TaskError::EtagMismatch.into());
+                }
+                task
+            }
+        };
         Ok(Response::new(UpdateTaskResponse { task: Some(to_proto(&task)) }))
     }
 
@@ -179,16 +190,24 @@ fn parse_fields(task: &pb::Task) -> Result<(TaskTitle, TaskDescription, Option<T
 /// The paths an update mask may name.
 const UPDATABLE: [&str; 3] = ["title", "description", "status"];
 
-/// Reads an UpdateTask request: an empty mask or `*` replaces all three
-/// fields (absent ones take their defaults: empty description, TODO);
-/// otherwise only the named fields change.
-fn parse_update(task: Option<pb::Task>, mask: Option<FieldMask>) -> Result<(TaskId, TaskChanges), TaskError> {
+/// Reads an UpdateTask request: no mask, or `*`, replaces all three fields
+/// (absent ones take their defaults: empty description, TODO); otherwise
+/// only the named fields change. `etag` in a mask is the write's condition,
+/// not a change; a mask naming nothing else changes nothing (`None`).
+fn parse_update(task: Option<pb::Task>, mask: Option<FieldMask>) -> Result<(TaskId, Option<TaskChanges>), TaskError> {
     let Some(task) = task else {
         return Err(TaskError::invalid("task", "is required"));
     };
     let mut violations = Vec::new();
     let id = TaskId::parse(&task.id).map_err(|e| violations.push(("id", e))).ok();
-    let paths: Vec<String> = mask.map(|m| m.paths).unwrap_or_default();
+    let given = mask.is_some();
+    let paths: Vec<String> = mask.map(|m| m.paths).unwrap_or_default().into_iter().filter(|p| p != "etag").collect();
+    if given && paths.is_empty() {
+        return match id {
+            Some(id) if violations.is_empty() => Ok((id, None)),
+            _ => Err(TaskError::InvalidArgument(violations)),
+        };
+    }
     let full = paths.is_empty() || paths.iter().all(|p| p == "*");
     if !full {
         for path in &paths {
@@ -213,7 +232,7 @@ fn parse_update(task: Option<pb::Task>, mask: Option<FieldMask>) -> Result<(Task
             .map(Option::unwrap_or_default);
     }
     match id {
-        Some(id) if violations.is_empty() => Ok((id, changes)),
+        Some(id) if violations.is_empty() => Ok((id, Some(changes))),
         _ => Err(TaskError::InvalidArgument(violations)),
     }
 }
@@ -276,11 +295,23 @@ mod tests {
     #[test]
     fn an_empty_mask_replaces_every_field_with_defaults() {
         let (_, changes) = parse_update(Some(task("new")), None).expect("valid");
+        let changes = changes.expect("a replace");
         assert_eq!(changes.title.as_ref().map(TaskTitle::as_str), Some("new"));
         assert_eq!(changes.description.as_ref().map(TaskDescription::as_str), Some(""));
         assert_eq!(changes.status, Some(TaskStatus::Todo));
         let star = FieldMask { paths: vec!["*".into()] };
-        assert_eq!(parse_update(Some(task("new")), Some(star)).expect("valid").1, changes);
+        assert_eq!(parse_update(Some(task("new")), Some(star)).expect("valid").1, Some(changes));
+    }
+
+    #[test]
+    fn a_mask_with_no_paths_but_etag_changes_nothing() {
+        for paths in [vec![], vec!["etag".to_owned()]] {
+            let (_, changes) = parse_update(Some(task("")), Some(FieldMask { paths })).expect("valid");
+            assert_eq!(changes, None);
+        }
+        let mut bad = task("");
+        bad.id = "nope".into();
+        assert_eq!(fields(parse_update(Some(bad), Some(FieldMask::default())).expect_err("invalid")), ["id"]);
     }
 
     #[test]
@@ -288,7 +319,7 @@ mod tests {
         let mut t = task("");
         t.status = TaskStatus::Done.to_proto();
         let (_, changes) = parse_update(Some(t), Some(FieldMask { paths: vec!["status".into()] })).expect("valid");
-        assert_eq!(changes, TaskChanges { status: Some(TaskStatus::Done), ..Default::default() });
+        assert_eq!(changes, Some(TaskChanges { status: Some(TaskStatus::Done), ..Default::default() }));
     }
 
     #[test]

@@ -375,7 +375,7 @@ mod tests {
                 x,
                 kid: kid.into(),
                 alg: "EdDSA".into(),
-                key_use: "sig".into(),
+                r#use: "sig".into(),
             },
         }
     }

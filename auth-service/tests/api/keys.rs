@@ -23,7 +23,7 @@ async fn the_jwks_publishes_ed25519_keys_matching_the_token_kid() {
     assert_eq!(keys.len(), 1);
     let key = &keys[0];
     assert_eq!(
-        (key.kty.as_str(), key.crv.as_str(), key.alg.as_str(), key.key_use.as_str()),
+        (key.kty.as_str(), key.crv.as_str(), key.alg.as_str(), key.r#use.as_str()),
         ("OKP", "Ed25519", "EdDSA", "sig")
     );
     assert_eq!(key.x.len(), 43, "32 bytes in base64url without padding");

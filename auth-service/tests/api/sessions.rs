@@ -96,11 +96,11 @@ async fn list_sessions_shows_each_session_with_its_agent_address_and_current_fla
     let laptop_sid = jwt_claims(&laptop.access_token)["sid"].as_str().expect("sid").to_owned();
     let phone_session = sessions.iter().find(|s| s.id == phone_sid).expect("phone session listed");
     let laptop_session = sessions.iter().find(|s| s.id == laptop_sid).expect("laptop session listed");
-    assert!(phone_session.user_agent.contains("phone-app/1.0"), "{}", phone_session.user_agent);
-    assert_eq!(phone_session.ip_address, "203.0.113.7");
+    assert!(phone_session.user_agent().contains("phone-app/1.0"), "{:?}", phone_session.user_agent);
+    assert_eq!(phone_session.ip_address(), "203.0.113.7");
     assert!(phone_session.last_refreshed_at.is_some());
     assert!(!phone_session.current);
-    assert_eq!(laptop_session.ip_address, "127.0.0.1");
+    assert_eq!(laptop_session.ip_address(), "127.0.0.1");
     assert!(laptop_session.last_refreshed_at.is_none());
     assert!(laptop_session.current);
     assert!(laptop_session.created_at.is_some() && laptop_session.expires_at.is_some());

@@ -11,6 +11,7 @@ It is the same as running, from the repository root::
         --python_out=OUT --grpc_python_out=OUT --pyi_out=OUT \\
         taskgate/auth/v1/auth.proto taskgate/task/v1/task.proto \\
         google/api/annotations.proto google/api/http.proto \\
+        google/api/field_behavior.proto \\
         buf/validate/validate.proto taskgate/api/v1/policy.proto
 """
 
@@ -21,8 +22,9 @@ import shutil
 import sys
 from pathlib import Path
 
-# The contract's files, relative to proto/. The two google/api files are
-# imported by the taskgate protos for their HTTP annotations, and
+# The contract's files, relative to proto/. The google/api files are
+# imported by the taskgate protos for their HTTP and field behaviour
+# annotations, and
 # buf/validate/validate.proto and taskgate/api/v1/policy.proto for their
 # validation rules and route policies, so their Python
 # modules must exist too (googleapis-common-protos and protovalidate are not
@@ -32,6 +34,7 @@ PROTO_FILES = (
     "taskgate/task/v1/task.proto",
     "google/api/annotations.proto",
     "google/api/http.proto",
+    "google/api/field_behavior.proto",
     "buf/validate/validate.proto",
     "taskgate/api/v1/policy.proto",
 )

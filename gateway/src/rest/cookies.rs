@@ -126,12 +126,12 @@ impl CookiePolicy {
         name: &'static str,
         value: &str,
         path: &'static str,
-        max_age: i64,
+        max_age: i32,
         http_only: bool,
     ) -> Option<HeaderValue> {
         let cookie = Cookie::build((name, value.to_owned()))
             .path(path)
-            .max_age(cookie::time::Duration::seconds(max_age.max(0)))
+            .max_age(cookie::time::Duration::seconds(i64::from(max_age.max(0))))
             .http_only(http_only)
             .secure(self.inner.secure)
             .same_site(SameSite::Strict)

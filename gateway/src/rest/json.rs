@@ -34,18 +34,13 @@ fn rfc3339_or_null(time: Option<&Timestamp>) -> Value {
     time.map_or(Value::Null, |t| Value::String(rfc3339(Some(t))))
 }
 
-/// `text`, or `null` when empty.
-fn string_or_null(text: &str) -> Value {
-    if text.is_empty() { Value::Null } else { Value::String(text.to_owned()) }
-}
-
 /// A user: `{"id","username","email","phone","created_at"}`.
 pub fn user(user: &User) -> Value {
     json!({
         "id": user.id,
-        "username": string_or_null(&user.username),
-        "email": string_or_null(&user.email),
-        "phone": string_or_null(&user.phone),
+        "username": user.username,
+        "email": user.email,
+        "phone": user.phone,
         "created_at": rfc3339(user.created_at.as_ref()),
     })
 }
@@ -68,15 +63,15 @@ pub fn session(session: &Session) -> Value {
         "created_at": rfc3339(session.created_at.as_ref()),
         "last_refreshed_at": rfc3339_or_null(session.last_refreshed_at.as_ref()),
         "expires_at": rfc3339(session.expires_at.as_ref()),
-        "user_agent": string_or_null(&session.user_agent),
-        "ip_address": string_or_null(&session.ip_address),
+        "user_agent": session.user_agent,
+        "ip_address": session.ip_address,
         "current": session.current,
     })
 }
 
 /// A JSON Web Key, with `key_use` under its JWK name `use`.
 pub fn jwk(key: &Jwk) -> Value {
-    json!({"kty": key.kty, "crv": key.crv, "x": key.x, "kid": key.kid, "alg": key.alg, "use": key.key_use})
+    json!({"kty": key.kty, "crv": key.crv, "x": key.x, "kid": key.kid, "alg": key.alg, "use": key.r#use})
 }
 
 /// A task.
@@ -183,9 +178,9 @@ mod tests {
     fn empty_login_names_are_null() {
         let rendered = user(&User {
             id: "u".into(),
-            username: "alice".into(),
-            email: String::new(),
-            phone: String::new(),
+            username: Some("alice".into()),
+            email: None,
+            phone: None,
             created_at: Some(Timestamp { seconds: 0, nanos: 0 }),
         });
         assert_eq!(rendered["username"], "alice");
@@ -196,7 +191,7 @@ mod tests {
 
     #[test]
     fn jwks_use_the_jwk_field_name() {
-        let key = Jwk { key_use: "sig".into(), ..Default::default() };
+        let key = Jwk { r#use: "sig".into(), ..Default::default() };
         assert_eq!(jwk(&key)["use"], "sig");
     }
 

@@ -75,3 +75,24 @@ async fn writes_without_an_etag_behave_as_before_and_a_malformed_one_is_invalid(
     let theirs = Task { id: created.id.clone(), title: "x".into(), etag: created.etag, ..Default::default() };
     assert_code(app.update(&other, theirs, None).await, Code::NotFound);
 }
+
+#[tokio::test]
+async fn a_mask_with_no_paths_changes_nothing_but_still_checks_the_etag() {
+    let app = spawn_app().await;
+    let user = app.user().await;
+    let created = app.create(&user, "keep me").await;
+    let blank = Task { id: created.id.clone(), ..Default::default() };
+    let same = app.update(&user, blank.clone(), Some(&[])).await.expect("an empty mask");
+    assert_eq!(same, created, "nothing changed, the etag included");
+    let with_etag = Task { etag: created.etag.clone(), ..blank.clone() };
+    assert_eq!(app.update(&user, with_etag, Some(&["etag"])).await.expect("etag only"), created);
+    app.update(
+        &user,
+        Task { id: created.id.clone(), title: "moved on".into(), ..Default::default() },
+        Some(&["title"]),
+    )
+    .await
+    .expect("a real change");
+    let stale = Task { etag: created.etag.clone(), ..blank };
+    assert_code(app.update(&user, stale, Some(&[])).await, Code::Aborted);
+}

@@ -470,14 +470,8 @@ pub fn keypair() -> (String, EncodingKey, Jwk) {
     let der = signing.to_pkcs8_der().expect("pkcs8");
     let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signing.verifying_key().as_bytes());
     let kid = Uuid::new_v4().simple().to_string();
-    let jwk = Jwk {
-        kty: "OKP".into(),
-        crv: "Ed25519".into(),
-        x,
-        kid: kid.clone(),
-        alg: "EdDSA".into(),
-        key_use: "sig".into(),
-    };
+    let jwk =
+        Jwk { kty: "OKP".into(), crv: "Ed25519".into(), x, kid: kid.clone(), alg: "EdDSA".into(), r#use: "sig".into() };
     (kid, EncodingKey::from_ed_der(der.as_bytes()), jwk)
 }
 
