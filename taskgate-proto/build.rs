@@ -1,13 +1,12 @@
 //! Compiles `proto/` with protox (pure Rust, no system `protoc`), generates the
-//! tonic/prost code, writes the descriptor set used by server reflection, and
-//! extracts the `google.api.http` annotations into a Rust table that the
-//! gateway serves its REST routes from, and the numeric and pattern limits of
-//! the `buf.validate` annotations into constants the services' domain types
-//! use (so every limit is written once, in the proto).
+//! tonic/prost code, writes the descriptor set used by server reflection
+//! (and, decoded, by the gateway's REST layer), and extracts the numeric and
+//! pattern limits of the `buf.validate` annotations into constants the
+//! services' domain types use (so every limit is written once, in the proto).
 
 use std::{env, fmt::Write as _, fs, path::PathBuf};
 
-use prost_reflect::{DynamicMessage, ReflectMessage as _, Value};
+use prost_reflect::Value;
 
 const PROTO_ROOT: &str = "../proto";
 const FILES: &[&str] = &["taskgate/auth/v1/auth.proto", "taskgate/task/v1/task.proto"];
@@ -39,7 +38,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     builder.compile_fds(fds)?;
 
-    fs::write(out_dir.join("http_rules.rs"), http_rules(&pool)?)?;
     for package in ["taskgate.auth.v1", "taskgate.task.v1"] {
         fs::write(out_dir.join(format!("rules.{package}.rs")), rule_constants(&pool, package)?)?;
     }
@@ -114,65 +112,4 @@ fn upper_snake(name: &str) -> String {
         out.push(c.to_ascii_uppercase());
     }
     out
-}
-
-/// Renders every `google.api.http` binding (including additional bindings)
-/// as one `HttpRule` literal, in declaration order.
-fn http_rules(pool: &prost_reflect::DescriptorPool) -> Result<String, Box<dyn std::error::Error>> {
-    let ext = pool.get_extension_by_name("google.api.http").ok_or("google.api.http extension not found")?;
-    let mut out = String::from("&[\n");
-    for service in pool.services() {
-        if !service.full_name().starts_with("taskgate.") {
-            continue;
-        }
-        for method in service.methods() {
-            let options = method.options();
-            if !options.has_extension(&ext) {
-                continue;
-            }
-            let rule = options.get_extension(&ext);
-            let Value::Message(rule) = rule.as_ref() else {
-                return Err("google.api.http is not a message".into());
-            };
-            let mut rules = vec![rule.clone()];
-            if let Some(Value::List(more)) = rule.get_field_by_name("additional_bindings").map(|v| v.into_owned()) {
-                for r in more {
-                    if let Value::Message(m) = r {
-                        rules.push(m);
-                    }
-                }
-            }
-            for r in rules {
-                let (verb, path) = pattern(&r)?;
-                let body = string_field(&r, "body");
-                let response_body = string_field(&r, "response_body");
-                writeln!(
-                    out,
-                    "    HttpRule {{ service: {:?}, method: {:?}, verb: {:?}, path: {:?}, body: {:?}, response_body: {:?} }},",
-                    service.full_name(),
-                    method.name(),
-                    verb,
-                    path,
-                    body,
-                    response_body
-                )?;
-            }
-        }
-    }
-    out.push(']');
-    Ok(out)
-}
-
-fn pattern(rule: &DynamicMessage) -> Result<(&'static str, String), Box<dyn std::error::Error>> {
-    for (field, verb) in [("get", "GET"), ("put", "PUT"), ("post", "POST"), ("delete", "DELETE"), ("patch", "PATCH")] {
-        let desc = rule.descriptor().get_field_by_name(field).ok_or("bad HttpRule descriptor")?;
-        if rule.has_field(&desc) {
-            return Ok((verb, string_field(rule, field)));
-        }
-    }
-    Err("google.api.http rule without a supported verb".into())
-}
-
-fn string_field(rule: &DynamicMessage, name: &str) -> String {
-    rule.get_field_by_name(name).and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }

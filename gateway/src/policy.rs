@@ -114,7 +114,7 @@ impl Routes {
     /// The routes of taskgate's own contract, built once.
     pub fn contract() -> &'static Routes {
         static ROUTES: LazyLock<Routes> =
-            LazyLock::new(|| Routes::new(&taskgate_proto::DESCRIPTOR_POOL, taskgate_proto::HTTP_RULES));
+            LazyLock::new(|| Routes::new(&taskgate_proto::DESCRIPTOR_POOL, &taskgate_proto::HTTP_RULES));
         &ROUTES
     }
 
@@ -138,7 +138,7 @@ impl Routes {
             else {
                 continue;
             };
-            let label: &'static str = axum_path(rule.path).leak();
+            let label: &'static str = axum_path(&rule.path).leak();
             routes.rest.insert((verb, label), Route::of_rpc(rpc, label));
         }
         routes

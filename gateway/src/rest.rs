@@ -73,14 +73,14 @@ pub fn router_with_hashing_client(
     watch: WatchSlots,
 ) -> Router {
     let mut router = Router::new();
-    for rule in HTTP_RULES {
+    for rule in HTTP_RULES.iter() {
         let (Some(binding), Some(filter)) = (binding_for(rule), method_filter(rule.verb)) else {
             // The tests make this unreachable; a contract change without a
             // handler must not stop the gateway serving everything else.
             tracing::error!(service = rule.service, method = rule.method, verb = rule.verb, "no REST handler");
             continue;
         };
-        let path = axum_path(rule.path);
+        let path = axum_path(&rule.path);
         if path != binding.path {
             // The handler's extractors expect its own path variables.
             tracing::error!(path, expected = binding.path, method = rule.method, "REST handler path differs");
@@ -150,9 +150,9 @@ mod tests {
     #[tokio::test]
     async fn every_annotated_route_is_served() {
         let id = "6f1d0b5e-8c1a-4a53-9d7e-2b8e0d8c1a11";
-        for rule in HTTP_RULES {
-            let path = axum_path(rule.path).replace("{id}", id);
-            let body = match rule.method {
+        for rule in HTTP_RULES.iter() {
+            let path = axum_path(&rule.path).replace("{id}", id);
+            let body = match rule.method.as_str() {
                 "CreateTask" | "UpdateTask" => r#"{"title": "t"}"#,
                 "Register" => r#"{"username": "alice", "password": "correct horse"}"#,
                 "Login" => r#"{"login": "alice", "password": "correct horse"}"#,

@@ -4,14 +4,16 @@
 //! - [`auth::v1`]: `taskgate.auth.v1` messages, `AuthService` client and server.
 //! - [`task::v1`]: `taskgate.task.v1` messages, `TaskService` client and server.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptor set, for server reflection.
-//! - [`HTTP_RULES`]: the `google.api.http` REST bindings declared on each RPC.
+//! - [`HTTP_RULES`]: the `google.api.http` REST bindings declared on each RPC
+//!   ([`http_rules`] reads them from any pool, a test's own protos included).
 //! - [`DESCRIPTOR_POOL`]: the same descriptors, decoded; every taskgate message
 //!   implements `prost_reflect::ReflectMessage` over it, which is how the
 //!   services' validator reads the `buf.validate` rules.
 //! - [`auth::v1::rules`], [`task::v1::rules`]: the limits declared with
 //!   `buf.validate` annotations, as constants for the services' domain types.
-//! - [`api::v1`]: the `taskgate.api.v1.policy` method option; [`policy`]
-//!   reads it from a method's descriptor.
+//! - [`api::v1`]: the `taskgate.api.v1.policy` and `taskgate.api.v1.rest`
+//!   method options; [`policy`] and [`rest`] read them from a method's
+//!   descriptor.
 
 #![allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used)]
 
@@ -66,38 +68,96 @@ pub static DESCRIPTOR_POOL: std::sync::LazyLock<prost_reflect::DescriptorPool> =
 /// unspecified, read as token required and charged to the caller) when the
 /// method declares none or its pool does not know the option.
 pub fn policy(method: &prost_reflect::MethodDescriptor) -> api::v1::Policy {
-    let Some(extension) = method.parent_pool().get_extension_by_name("taskgate.api.v1.policy") else {
-        return api::v1::Policy::default();
+    method_option(method, "taskgate.api.v1.policy")
+}
+
+/// The method option `name` of `method` as `T`; the default when the method
+/// declares none or its pool does not know the option.
+fn method_option<T: prost::Message + Default>(method: &prost_reflect::MethodDescriptor, name: &str) -> T {
+    let Some(extension) = method.parent_pool().get_extension_by_name(name) else {
+        return T::default();
     };
     let options = method.options();
     if !options.has_extension(&extension) {
-        return api::v1::Policy::default();
+        return T::default();
     }
     match options.get_extension(&extension).as_message() {
         Some(message) => message.transcode_to().unwrap_or_default(),
-        None => api::v1::Policy::default(),
+        None => T::default(),
     }
 }
 
-/// One REST binding declared with a `google.api.http` annotation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One REST binding declared with a `google.api.http` annotation (the rule
+/// itself or one of its `additional_bindings`), read from a descriptor pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpRule {
     /// The full service name, such as `taskgate.task.v1.TaskService`.
-    pub service: &'static str,
+    pub service: String,
     /// The RPC name, such as `ListTasks`.
-    pub method: &'static str,
+    pub method: String,
     /// The HTTP method in upper case.
     pub verb: &'static str,
     /// The path template, with `{field}` variables.
-    pub path: &'static str,
+    pub path: String,
     /// The request field the body maps to (`*` for the whole request), or empty.
-    pub body: &'static str,
+    pub body: String,
     /// The response field that is the HTTP body, or empty for the whole response.
-    pub response_body: &'static str,
+    pub response_body: String,
+    /// The RPC.
+    pub descriptor: prost_reflect::MethodDescriptor,
+}
+
+/// Every `google.api.http` binding of the services in `pool` (additional
+/// bindings included), in declaration order. A rule with a verb this
+/// reader does not know (`custom`) is left out.
+pub fn http_rules(pool: &prost_reflect::DescriptorPool) -> Vec<HttpRule> {
+    let Some(extension) = pool.get_extension_by_name("google.api.http") else {
+        return Vec::new();
+    };
+    let mut rules = Vec::new();
+    for method in pool.services().flat_map(|s| s.methods().collect::<Vec<_>>()) {
+        let options = method.options();
+        if !options.has_extension(&extension) {
+            continue;
+        }
+        let Some(rule) = options.get_extension(&extension).as_message().cloned() else { continue };
+        let additional = match rule.get_field_by_name("additional_bindings").as_deref() {
+            Some(prost_reflect::Value::List(more)) => more.iter().filter_map(|r| r.as_message().cloned()).collect(),
+            _ => Vec::new(),
+        };
+        for r in std::iter::once(rule).chain(additional) {
+            let text = |name: &str| r.get_field_by_name(name).and_then(|v| v.as_str().map(str::to_owned));
+            let verbs = [("get", "GET"), ("put", "PUT"), ("post", "POST"), ("delete", "DELETE"), ("patch", "PATCH")];
+            let Some((verb, path)) = verbs.iter().find_map(|(field, verb)| {
+                let present = prost_reflect::ReflectMessage::descriptor(&r)
+                    .get_field_by_name(field)
+                    .is_some_and(|f| r.has_field(&f));
+                present.then(|| (*verb, text(field).unwrap_or_default()))
+            }) else {
+                continue;
+            };
+            rules.push(HttpRule {
+                service: method.parent_service().full_name().to_owned(),
+                method: method.name().to_owned(),
+                verb,
+                path,
+                body: text("body").unwrap_or_default(),
+                response_body: text("response_body").unwrap_or_default(),
+                descriptor: method.clone(),
+            });
+        }
+    }
+    rules
 }
 
 /// Every `google.api.http` binding in the contract, in declaration order.
-pub const HTTP_RULES: &[HttpRule] = include!(concat!(env!("OUT_DIR"), "/http_rules.rs"));
+pub static HTTP_RULES: std::sync::LazyLock<Vec<HttpRule>> = std::sync::LazyLock::new(|| http_rules(&DESCRIPTOR_POOL));
+
+/// The `taskgate.api.v1.rest` option of `method` (its REST-only behaviour),
+/// or the default when it declares none or its pool lacks the option.
+pub fn rest(method: &prost_reflect::MethodDescriptor) -> api::v1::Rest {
+    method_option(method, "taskgate.api.v1.rest")
+}
 
 /// The names services register with grpc.health.v1 and reflection.
 pub mod service_names {

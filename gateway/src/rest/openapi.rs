@@ -431,7 +431,7 @@ fn operation_object(rule: &HttpRule, op: &Operation) -> Value {
 /// The `access` of the policy option of the RPC `rule` binds.
 fn rpc_access(rule: &HttpRule) -> Access {
     taskgate_proto::DESCRIPTOR_POOL
-        .get_service_by_name(rule.service)
+        .get_service_by_name(&rule.service)
         .and_then(|s| s.methods().find(|m| m.name() == rule.method))
         .map_or(Access::TokenRequired, |m| taskgate_proto::policy(&m).access())
 }
@@ -788,9 +788,9 @@ fn responses() -> Value {
 /// The whole OpenAPI 3.1 document.
 pub fn document() -> Value {
     let mut paths = Map::new();
-    for rule in HTTP_RULES {
-        let Some(op) = operation(rule.method, rule.verb) else { continue };
-        let item = paths.entry(axum_path(rule.path)).or_insert_with(|| json!({}));
+    for rule in HTTP_RULES.iter() {
+        let Some(op) = operation(&rule.method, rule.verb) else { continue };
+        let item = paths.entry(axum_path(&rule.path)).or_insert_with(|| json!({}));
         item[rule.verb.to_ascii_lowercase()] = operation_object(rule, &op);
     }
     json!({
@@ -885,17 +885,17 @@ mod tests {
             })
             .collect();
         let annotated: BTreeSet<(String, String)> =
-            HTTP_RULES.iter().map(|r| (r.verb.to_owned(), axum_path(r.path))).collect();
+            HTTP_RULES.iter().map(|r| (r.verb.to_owned(), axum_path(&r.path))).collect();
         assert_eq!(documented, annotated);
     }
 
     #[test]
     fn every_rule_has_its_own_description() {
-        for rule in HTTP_RULES {
-            assert!(operation(rule.method, rule.verb).is_some(), "no OpenAPI operation for {}", rule.method);
+        for rule in HTTP_RULES.iter() {
+            assert!(operation(&rule.method, rule.verb).is_some(), "no OpenAPI operation for {}", rule.method);
         }
         let ids: BTreeSet<&str> =
-            HTTP_RULES.iter().filter_map(|r| operation(r.method, r.verb)).map(|op| op.id).collect();
+            HTTP_RULES.iter().filter_map(|r| operation(&r.method, r.verb)).map(|op| op.id).collect();
         assert_eq!(ids.len(), HTTP_RULES.len(), "operation ids must be unique");
     }
 

@@ -596,7 +596,7 @@ mod tests {
     #[test]
     fn every_annotated_rule_has_a_handler_and_every_handler_a_rule() {
         let rules: BTreeSet<(&str, &str, &str, String)> =
-            HTTP_RULES.iter().map(|r| (r.service, r.method, r.verb, axum_path(r.path))).collect();
+            HTTP_RULES.iter().map(|r| (r.service.as_str(), r.method.as_str(), r.verb, axum_path(&r.path))).collect();
         let handlers: BTreeSet<(&str, &str, &str, String)> =
             BINDINGS.iter().map(|b| (b.service, b.method, b.verb, b.path.to_owned())).collect();
         let unhandled: Vec<_> = rules.difference(&handlers).collect();
@@ -608,7 +608,7 @@ mod tests {
 
     #[test]
     fn every_verb_in_the_contract_has_a_method_filter() {
-        for rule in HTTP_RULES {
+        for rule in HTTP_RULES.iter() {
             assert!(method_filter(rule.verb).is_some(), "no method filter for {}", rule.verb);
         }
     }
