@@ -26,7 +26,7 @@ use prost_reflect::{DescriptorPool, MethodDescriptor};
 use taskgate_proto::HttpRule;
 pub use taskgate_proto::api::v1::{Access, RateLimit};
 
-use crate::rest::routes::axum_path;
+use crate::rest::transcode::axum_path;
 
 /// The gateway's own endpoints (path templates as axum matches them) and
 /// their policy: probes are exempt from the rate limit; the document, the

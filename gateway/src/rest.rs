@@ -1,43 +1,53 @@
 //! REST/JSON routes, transcoded to the backends' gRPC APIs as declared by the
 //! `google.api.http` annotations in `proto/`.
 //!
-//! The router is built from `taskgate_proto::HTTP_RULES`: a route exists
-//! exactly when an annotation declares it and `routes` has its handler.
+//! The router is built from the bindings of a descriptor pool (the
+//! contract's, or a test's own): a route exists exactly when an annotation
+//! declares it, and one generic handler ([`transcode`]) serves them all.
 //! Every failure, including a path or method that does not exist and a body
 //! that is not valid JSON, is answered in the one JSON error shape.
 //!
 //! # Layout
+//! - [`transcode`]: bindings compiled from the descriptors, and the handler.
+//! - [`json`]: the JSON form of messages (proto3 JSON with REST-friendly rules).
 //! - [`error`]: the one JSON error shape (google.rpc.Status) and the
 //!   gRPC-to-HTTP status table.
-//! - `routes`: the handlers and the registry tying them to the annotations.
-//! - `extract`: reading bodies, queries and path ids, with JSON rejections.
-//! - `json`: the JSON forms of users, tokens, sessions, keys and tasks.
+//! - `extract`: reading bodies and query strings, with JSON rejections.
 //! - [`cookies`]: the browser session cookies (`?cookies=true`) and CSRF tokens.
 //! - [`openapi`]: the OpenAPI 3.1 document at `/openapi.json`.
 //! - `docs`: Swagger UI at `/docs`, vendored and embedded.
-//! - [`watch`]: WatchTasks as Server-Sent Events.
+//! - [`watch`]: server-streaming RPCs as Server-Sent Events.
 
 pub mod cookies;
 mod docs;
 pub mod error;
 mod extract;
-mod json;
+pub mod json;
 pub mod openapi;
-pub(crate) mod routes;
+pub mod transcode;
 pub mod watch;
 
-use axum::{Router, routing::get};
-use taskgate_proto::{
-    HTTP_RULES, auth::v1::auth_service_client::AuthServiceClient, task::v1::task_service_client::TaskServiceClient,
-};
+use std::sync::Arc;
 
+use axum::{
+    Router,
+    extract::Request,
+    routing::{MethodFilter, get, on},
+};
+use http::{Method, StatusCode, Uri};
+use taskgate_proto::HttpRule;
+use tonic::Status;
+
+pub use crate::rest::transcode::Backends;
 use crate::{
-    rest::routes::{Backends, axum_path, binding_for, method_filter},
-    upstream::Upstream,
+    rest::{
+        error::RestError,
+        transcode::{Binding, Shared},
+    },
     watch::WatchSlots,
 };
 
-/// The REST routes, forwarding to `auth` and `task` over their balanced channels.
+/// The REST routes of taskgate's contract, forwarding to `backends`.
 ///
 /// Authentication and rate limiting are layers the caller wraps around this
 /// router; by the time a handler runs, any token (header or cookie) has been
@@ -50,54 +60,72 @@ use crate::{
 /// Session cookies (`?cookies=true`) are named, set and CSRF-checked as
 /// `cookies` says (the same policy the authentication layer reads them with).
 ///
-/// `watch` bounds the WatchTasks streams this replica serves, together with
-/// the gRPC proxy's.
-pub fn router(
-    auth: AuthServiceClient<Upstream>,
-    task: TaskServiceClient<Upstream>,
-    cookies: cookies::CookiePolicy,
-    watch: WatchSlots,
-) -> Router {
-    router_with_hashing_client(auth.clone(), auth, task, cookies, watch)
-}
-
-/// [`router`], with Register, Login and ChangePassword (the calls that hash
-/// a password) sent over `auth_hashing`, a connection of their own, so a
-/// flood of them never queues cheap auth calls behind it on one HTTP/2
-/// connection.
-pub fn router_with_hashing_client(
-    auth: AuthServiceClient<Upstream>,
-    auth_hashing: AuthServiceClient<Upstream>,
-    task: TaskServiceClient<Upstream>,
-    cookies: cookies::CookiePolicy,
-    watch: WatchSlots,
-) -> Router {
-    let mut router = Router::new();
-    for rule in HTTP_RULES.iter() {
-        let (Some(binding), Some(filter)) = (binding_for(rule), method_filter(rule.verb)) else {
-            // The tests make this unreachable; a contract change without a
-            // handler must not stop the gateway serving everything else.
-            tracing::error!(service = rule.service, method = rule.method, verb = rule.verb, "no REST handler");
-            continue;
-        };
-        let path = axum_path(&rule.path);
-        if path != binding.path {
-            // The handler's extractors expect its own path variables.
-            tracing::error!(path, expected = binding.path, method = rule.method, "REST handler path differs");
-            continue;
-        }
-        router = router.route(&path, (binding.route)(filter));
-    }
-    router
+/// `watch` bounds the streams this replica serves, together with the gRPC
+/// proxy's.
+pub fn router(backends: Backends, cookies: cookies::CookiePolicy, watch: WatchSlots) -> Router {
+    router_for(taskgate_proto::HTTP_RULES.iter().cloned(), backends, cookies, watch)
         .route("/openapi.json", get(openapi::serve))
         .route("/docs", get(docs::index))
         .route("/docs/", get(|| async { axum::response::Redirect::permanent("/docs") }))
         .route("/docs/{file}", get(docs::asset))
         // Must follow every `route`: it only applies to routes already added.
-        .method_not_allowed_fallback(routes::method_not_allowed)
-        .fallback(routes::not_found)
-        .with_state(Backends { auth, auth_hashing, task, watch })
-        .layer(axum::Extension(cookies))
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+}
+
+/// The REST routes of `rules` (the bindings of any descriptor pool, see
+/// `taskgate_proto::http_rules`), without the document, docs or fallbacks.
+/// A binding the transcoder cannot serve is logged and left out (a test
+/// makes this unreachable for the contract).
+pub fn router_for(
+    rules: impl IntoIterator<Item = HttpRule>,
+    backends: Backends,
+    cookies: cookies::CookiePolicy,
+    watch: WatchSlots,
+) -> Router {
+    let shared = Shared { backends, cookies, watch };
+    let mut router = Router::new();
+    for rule in rules {
+        let (method, verb) = (rule.method.clone(), rule.verb);
+        let (Some(filter), Ok(binding)) = (method_filter(verb), Binding::new(rule)) else {
+            tracing::error!(method, verb, "a REST binding the transcoder cannot serve");
+            continue;
+        };
+        let binding = Arc::new(binding);
+        let path = binding.axum_path.clone();
+        let shared = shared.clone();
+        router = router.route(
+            &path,
+            on(filter, move |request: Request| transcode::handle(binding.clone(), shared.clone(), request)),
+        );
+    }
+    router
+}
+
+/// The axum method filter for an upper-case HTTP verb.
+fn method_filter(verb: &str) -> Option<MethodFilter> {
+    match verb {
+        "GET" => Some(MethodFilter::GET),
+        "POST" => Some(MethodFilter::POST),
+        "PUT" => Some(MethodFilter::PUT),
+        "PATCH" => Some(MethodFilter::PATCH),
+        "DELETE" => Some(MethodFilter::DELETE),
+        _ => None,
+    }
+}
+
+/// 404 for a path no binding serves, in the JSON error shape.
+async fn not_found(method: Method, uri: Uri) -> RestError {
+    Status::not_found(format!("no route for {method} {}", uri.path())).into()
+}
+
+/// 405 for a known path with another method, in the JSON error shape
+/// (axum adds the `allow` header).
+async fn method_not_allowed(method: Method, uri: Uri) -> RestError {
+    RestError::with_http(
+        StatusCode::METHOD_NOT_ALLOWED,
+        Status::unimplemented(format!("method {method} is not allowed on {}", uri.path())),
+    )
 }
 
 #[cfg(test)]
@@ -105,10 +133,15 @@ mod tests {
     use axum::body::Body;
     use http::{Request, StatusCode, header};
     use serde_json::Value;
+    use taskgate_proto::{
+        HTTP_RULES,
+        service_names::{AUTH, TASK},
+    };
     use taskgate_test_support::openapi::check_response;
     use tower::ServiceExt as _;
 
     use super::*;
+    use crate::{rest::transcode::axum_path, upstream::Upstream};
 
     /// A router whose backends are at an address nothing listens on, so any
     /// request that reaches a backend fails with UNAVAILABLE.
@@ -117,12 +150,10 @@ mod tests {
             .connect_timeout(std::time::Duration::from_millis(200))
             .connect_lazy();
         let channel = taskgate_common::balance::BalancedChannel::from(channel);
-        router(
-            AuthServiceClient::new(Upstream::new("auth", channel.clone())),
-            TaskServiceClient::new(Upstream::new("task", channel)),
-            cookies::CookiePolicy::new(true, None),
-            WatchSlots::new(10),
-        )
+        let backends = Backends::new()
+            .with(AUTH, Upstream::new("auth", channel.clone()))
+            .with(TASK, Upstream::new("task", channel));
+        router(backends, cookies::CookiePolicy::new(true, None), WatchSlots::new(10))
     }
 
     /// Sends one request; returns the status, headers and body (as JSON when
@@ -157,7 +188,7 @@ mod tests {
                 "Register" => r#"{"username": "alice", "password": "correct horse"}"#,
                 "Login" => r#"{"login": "alice", "password": "correct horse"}"#,
                 "Refresh" => r#"{"refresh_token": "x"}"#,
-                "ChangePassword" => r#"{"current_password": "a", "new_password": "b"}"#,
+                "ChangePassword" => r#"{"current_password": "a", "new_password": "correct horse"}"#,
                 _ => "",
             };
             let (status, _, json) = send(request(rule.verb, &path, body)).await;
@@ -198,7 +229,6 @@ mod tests {
             ("POST", "/api/v1/tasks", r#"{"title": "t", "status": "blocked"}"#, "status"),
             ("POST", "/api/v1/tasks", r#"{"title": "t", "owner": "me"}"#, "owner"),
             ("POST", "/api/v1/tasks", r#"{"description": "no title"}"#, "title"),
-            ("POST", "/api/v1/auth/login", r#"{"password": "p"}"#, "login"),
             ("POST", "/api/v1/auth/register", r#"{"username": "a"}"#, "password"),
             ("POST", "/api/v1/auth/refresh", "", "refresh_token"),
             ("GET", "/api/v1/tasks?page_size=ten", "", "page_size"),

@@ -78,9 +78,9 @@ impl Application {
         // replica): a flood of them must not queue Refresh, Logout or GetMe
         // behind it on one HTTP/2 connection.
         let auth_upstream = Upstream::new("auth", auth_channel.clone());
-        let auth_hashing = AuthServiceClient::new(
-            auth_upstream.sharing_incidents(channel(&settings.auth_url, mtls.as_ref()).context("AUTH_SERVICE_URL")?),
-        );
+        let auth_hashing_upstream =
+            auth_upstream.sharing_incidents(channel(&settings.auth_url, mtls.as_ref()).context("AUTH_SERVICE_URL")?);
+        let auth_hashing = AuthServiceClient::new(auth_hashing_upstream.clone());
         let task_channel = channel(&settings.task_url, mtls.as_ref()).context("TASK_SERVICE_URL")?;
         // One handle (pool and circuit breaker) shared by the limiter and /readyz.
         let redis = taskgate_common::redis::RedisHandle::connect(
@@ -96,8 +96,9 @@ impl Application {
             RateLimiter::new(redis.clone(), settings.redis_prefix.clone(), settings.limits(), metrics.clone()).await;
         let cookies = CookiePolicy::new(settings.cookie_secure, settings.csrf_secret.as_ref());
 
-        let auth_client = AuthServiceClient::new(auth_upstream);
-        let task_client = TaskServiceClient::new(Upstream::new("task", task_channel.clone()));
+        let auth_client = AuthServiceClient::new(auth_upstream.clone());
+        let task_upstream = Upstream::new("task", task_channel.clone());
+        let task_client = TaskServiceClient::new(task_upstream.clone());
         let watch = WatchSlots::new(settings.max_watch_streams as usize);
         let (grpc, health) = grpc_routes(
             AuthProxy::new(auth_client.clone(), auth_hashing.clone(), metrics.clone()),
@@ -116,8 +117,10 @@ impl Application {
                 .route("/demo/", get(edge::demo).with_state(demo.clone()))
                 .route("/demo/{*path}", get(edge::demo).with_state(demo));
         }
-        let rest_routes =
-            rest::router_with_hashing_client(auth_client, auth_hashing, task_client, cookies.clone(), watch);
+        let backends = rest::Backends::new()
+            .with_expensive(service_names::AUTH, auth_upstream, auth_hashing_upstream)
+            .with(service_names::TASK, task_upstream);
+        let rest_routes = rest::router(backends, cookies.clone(), watch);
         let routes = routes.merge(grpc).merge(rest_routes);
 
         let app = stack::apply(

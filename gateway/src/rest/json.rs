@@ -1,231 +1,332 @@
-//! The JSON forms of the API's messages: proto messages from the backends
-//! rendered as the documented REST shapes (snake_case fields, RFC 3339 times,
-//! lowercase task statuses, absent login names as `null`), and task request
-//! bodies parsed into proto messages.
+//! The JSON form of the contract's messages on the REST surface, by one
+//! general rule instead of per-message code: proto3 JSON (prost-reflect's
+//! serializer and deserializer) with
 //!
-//! The shapes here and the schemas in [`crate::rest::openapi`] describe the
-//! same thing; the OpenAPI tests check every rendered example against them.
+//! - proto field names (`refresh_token`, not `refreshToken`);
+//! - every field present in responses: a field without presence carries its
+//!   default, a field with presence (proto3 `optional`, messages) is `null`
+//!   when unset;
+//! - enum values by their short lowercase name: the value's name without the
+//!   enum's own name as prefix (`TASK_STATUS_IN_PROGRESS` is `in_progress`);
+//!   requests may name any value but the zero one;
+//! - 64-bit integers as strings and times in RFC 3339, as proto3 JSON has them.
+//!
+//! Requests are held to the contract: an unknown field, a `null`, an enum
+//! name that does not exist or a value of the wrong type is a 400 whose
+//! BadRequest detail names the field.
 
-use chrono::{DateTime, SecondsFormat};
-use prost_types::{FieldMask, Timestamp};
-use serde_json::{Value, json};
-use taskgate_common::status::invalid_field;
-use taskgate_proto::{
-    auth::v1::{Jwk, Session, TokenPair, User},
-    task::v1::{Task, TaskEventType, TaskStatus, WatchTasksResponse},
+use prost_reflect::{
+    DeserializeOptions, DynamicMessage, EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage as _,
+    SerializeOptions, Value as ProtoValue,
 };
+use serde_json::{Map, Value};
+use taskgate_common::status::{invalid_field, invalid_fields};
 
-use crate::rest::{error::RestError, extract::JsonObject};
+use crate::rest::error::RestError;
 
-/// The task fields a client may write, in the order they are documented.
-pub const WRITABLE_TASK_FIELDS: [&str; 3] = ["title", "description", "status"];
-
-/// `time` in RFC 3339 (UTC, `Z`, fractional seconds only when non-zero); the
-/// Unix epoch for an unset time, which the backends never send for the
-/// fields rendered with this.
-pub fn rfc3339(time: Option<&Timestamp>) -> String {
-    let (seconds, nanos) = time.map_or((0, 0), |t| (t.seconds, t.nanos));
-    let nanos = u32::try_from(nanos).unwrap_or(0);
-    DateTime::from_timestamp(seconds, nanos).unwrap_or_default().to_rfc3339_opts(SecondsFormat::AutoSi, true)
+/// `message` as REST JSON.
+pub fn render(message: &DynamicMessage) -> Value {
+    let options =
+        SerializeOptions::new().use_proto_field_name(true).skip_default_fields(false).stringify_64_bit_integers(true);
+    let mut value = message.serialize_with_options(serde_json::value::Serializer, &options).unwrap_or(Value::Null);
+    friendly(&message.descriptor(), &mut value);
+    value
 }
 
-/// `time` in RFC 3339, or `null` when unset.
-fn rfc3339_or_null(time: Option<&Timestamp>) -> Value {
-    time.map_or(Value::Null, |t| Value::String(rfc3339(Some(t))))
+/// Applies the REST rules to the proto3 JSON `value` of a `desc` message:
+/// `null` for unset fields with presence, short enum names.
+fn friendly(desc: &MessageDescriptor, value: &mut Value) {
+    let Value::Object(fields) = value else { return };
+    for field in desc.fields() {
+        match fields.get_mut(field.name()) {
+            Some(value) => each_value(&field, value, &mut |kind, value| match kind {
+                Kind::Enum(e) => {
+                    if let Some(name) = value.as_str().and_then(|full| short_name(e, full)) {
+                        *value = Value::String(name);
+                    }
+                }
+                Kind::Message(m) if !is_well_known(m) => friendly(m, value),
+                _ => {}
+            }),
+            None if field.supports_presence() => {
+                fields.insert(field.name().to_owned(), Value::Null);
+            }
+            None => {}
+        }
+    }
 }
 
-/// A user: `{"id","username","email","phone","created_at"}`.
-pub fn user(user: &User) -> Value {
-    json!({
-        "id": user.id,
-        "username": user.username,
-        "email": user.email,
-        "phone": user.phone,
-        "created_at": rfc3339(user.created_at.as_ref()),
+/// Calls `visit` with the kind of each single value `value` holds for
+/// `field`: the value itself, each element of a list, each value of a map.
+fn each_value(field: &FieldDescriptor, value: &mut Value, visit: &mut impl FnMut(&Kind, &mut Value)) {
+    let kind = if field.is_map() {
+        match field.kind() {
+            Kind::Message(entry) => entry.map_entry_value_field().kind(),
+            kind => kind,
+        }
+    } else {
+        field.kind()
+    };
+    match value {
+        Value::Array(items) if field.is_list() => items.iter_mut().for_each(|v| visit(&kind, v)),
+        Value::Object(entries) if field.is_map() => entries.values_mut().for_each(|v| visit(&kind, v)),
+        value => visit(&kind, value),
+    }
+}
+
+/// Whether proto3 JSON gives `message` a form of its own (Timestamp as a
+/// string, and so on), which the REST rules leave alone.
+fn is_well_known(message: &MessageDescriptor) -> bool {
+    message.package_name() == "google.protobuf"
+}
+
+/// The REST name of the value of `enum_` named `full`.
+fn short_name(enum_: &EnumDescriptor, full: &str) -> Option<String> {
+    let prefix = format!("{}_", upper_snake(enum_.name()));
+    Some(full.strip_prefix(&prefix).unwrap_or(full).to_ascii_lowercase())
+}
+
+/// `TaskStatus` as `TASK_STATUS`.
+fn upper_snake(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+/// The value of `enum_` whose REST name is `name`; never the zero value,
+/// which means "not given".
+fn enum_value(enum_: &EnumDescriptor, name: &str) -> Option<prost_reflect::EnumValueDescriptor> {
+    enum_.values().filter(|v| v.number() != 0).find(|v| short_name(enum_, v.name()).as_deref() == Some(name))
+}
+
+/// The REST names a request may use for `enum_`, for error messages.
+fn enum_names(enum_: &EnumDescriptor) -> String {
+    let names: Vec<String> =
+        enum_.values().filter(|v| v.number() != 0).filter_map(|v| short_name(enum_, v.name())).collect();
+    names.join(", ")
+}
+
+/// Reads a JSON object into a `desc` message, refusing unknown fields,
+/// `null`s, unknown enum names and wrongly typed values by name.
+pub fn parse(desc: &MessageDescriptor, object: Map<String, Value>) -> Result<DynamicMessage, RestError> {
+    let mut object = Value::Object(object);
+    let mut violations = Vec::new();
+    proto_names(desc, &mut object, "", &mut violations);
+    if !violations.is_empty() {
+        return Err(invalid_fields(violations).into());
+    }
+    let options = DeserializeOptions::new().deny_unknown_fields(true);
+    let mut track = serde_path_to_error::Track::new();
+    let deserializer = serde_path_to_error::Deserializer::new(object, &mut track);
+    DynamicMessage::deserialize_with_options(desc.clone(), deserializer, &options).map_err(|e| {
+        let path = track.path().to_string();
+        invalid_field(leaf(&path), format!("has the wrong type or form: {e}")).into()
     })
 }
 
-/// A token pair; `token_type` is always `Bearer`.
-pub fn token_pair(tokens: &TokenPair) -> Value {
-    json!({
-        "access_token": tokens.access_token,
-        "refresh_token": tokens.refresh_token,
-        "token_type": "Bearer",
-        "expires_in": tokens.expires_in,
-        "refresh_expires_in": tokens.refresh_expires_in,
+/// Checks `value` against `desc` and rewrites REST enum names to proto
+/// names, collecting `(field, problem)` for what cannot be read. `path` is
+/// where `value` sits, for nested names.
+fn proto_names(desc: &MessageDescriptor, value: &mut Value, path: &str, violations: &mut Vec<(String, String)>) {
+    let Value::Object(fields) = value else {
+        violations.push((leaf(path).to_owned(), "must be a JSON object".to_owned()));
+        return;
+    };
+    for (name, value) in fields.iter_mut() {
+        let Some(field) = desc.get_field_by_name(name) else {
+            violations.push((name.clone(), "unknown field".to_owned()));
+            continue;
+        };
+        if value.is_null() {
+            violations.push((name.clone(), "must not be null".to_owned()));
+            continue;
+        }
+        each_value(&field, value, &mut |kind, value| match kind {
+            Kind::Enum(e) => match value.as_str().and_then(|n| enum_value(e, n)) {
+                Some(v) => *value = Value::String(v.name().to_owned()),
+                None => violations.push((name.clone(), format!("must be one of {}", enum_names(e)))),
+            },
+            Kind::Message(m) if !is_well_known(m) => proto_names(m, value, name, violations),
+            _ => {}
+        });
+    }
+}
+
+/// The last field name of a path such as `task.title` or `tasks[2].id`.
+pub fn leaf(path: &str) -> &str {
+    let last = path.rsplit('.').next().unwrap_or(path);
+    last.split('[').next().unwrap_or(last)
+}
+
+/// Reads `text` (a query parameter, path variable or header) as a value of
+/// `field`; the error says what was expected.
+pub fn parse_text(field: &FieldDescriptor, text: &str) -> Result<ProtoValue, String> {
+    let number = || format!("must be a whole number in the range of {}", kind_name(&field.kind()));
+    Ok(match field.kind() {
+        Kind::String => ProtoValue::String(text.to_owned()),
+        Kind::Bool => match text {
+            "true" => ProtoValue::Bool(true),
+            "false" => ProtoValue::Bool(false),
+            _ => return Err("must be true or false".into()),
+        },
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => ProtoValue::I32(text.parse().map_err(|_| number())?),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => ProtoValue::I64(text.parse().map_err(|_| number())?),
+        Kind::Uint32 | Kind::Fixed32 => ProtoValue::U32(text.parse().map_err(|_| number())?),
+        Kind::Uint64 | Kind::Fixed64 => ProtoValue::U64(text.parse().map_err(|_| number())?),
+        Kind::Double => ProtoValue::F64(text.parse().map_err(|_| "must be a number".to_owned())?),
+        Kind::Float => ProtoValue::F32(text.parse().map_err(|_| "must be a number".to_owned())?),
+        Kind::Enum(e) => match enum_value(&e, text) {
+            Some(v) => ProtoValue::EnumNumber(v.number()),
+            None => return Err(format!("must be one of {}", enum_names(&e))),
+        },
+        Kind::Bytes | Kind::Message(_) => return Err("cannot be given as text".into()),
     })
 }
 
-/// A session, with `null` for what is unknown or never happened.
-pub fn session(session: &Session) -> Value {
-    json!({
-        "id": session.id,
-        "created_at": rfc3339(session.created_at.as_ref()),
-        "last_refreshed_at": rfc3339_or_null(session.last_refreshed_at.as_ref()),
-        "expires_at": rfc3339(session.expires_at.as_ref()),
-        "user_agent": session.user_agent,
-        "ip_address": session.ip_address,
-        "current": session.current,
-    })
-}
-
-/// A JSON Web Key, with `key_use` under its JWK name `use`.
-pub fn jwk(key: &Jwk) -> Value {
-    json!({"kty": key.kty, "crv": key.crv, "x": key.x, "kid": key.kid, "alg": key.alg, "use": key.r#use})
-}
-
-/// A task.
-pub fn task(task: &Task) -> Value {
-    json!({
-        "id": task.id,
-        "title": task.title,
-        "description": task.description,
-        "status": status_name(task.status),
-        "created_at": rfc3339(task.created_at.as_ref()),
-        "updated_at": rfc3339(task.updated_at.as_ref()),
-        "etag": task.etag,
-    })
-}
-
-/// The SSE `event` name of a watch event type.
-pub fn event_name(kind: TaskEventType) -> &'static str {
+/// The proto type name of a scalar kind, for messages.
+fn kind_name(kind: &Kind) -> &'static str {
     match kind {
-        TaskEventType::Created => "created",
-        TaskEventType::Updated => "updated",
-        TaskEventType::Deleted => "deleted",
-        TaskEventType::Heartbeat => "heartbeat",
-        TaskEventType::Unspecified => "unspecified",
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => "int32",
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => "int64",
+        Kind::Uint32 | Kind::Fixed32 => "uint32",
+        Kind::Uint64 | Kind::Fixed64 => "uint64",
+        _ => "its type",
     }
 }
 
-/// A watch event: `{"type", "task", "version"}`; a deleted task is only
-/// `{"id"}`. The version is a string, as proto3 JSON writes 64-bit integers.
-pub fn watch_event(event: &WatchTasksResponse) -> Value {
-    let kind = TaskEventType::try_from(event.r#type).unwrap_or(TaskEventType::Unspecified);
-    let task = match (&event.task, kind) {
-        (Some(t), TaskEventType::Deleted) => json!({ "id": t.id }),
-        (Some(t), _) => task(t),
-        (None, _) => Value::Null,
+/// The field at the dotted `path` (`task.id`) of a `desc` message, if every
+/// step but the last is a message field.
+pub fn field_at(desc: &MessageDescriptor, path: &str) -> Option<FieldDescriptor> {
+    let (first, rest) = match path.split_once('.') {
+        Some((first, rest)) => (first, Some(rest)),
+        None => (path, None),
     };
-    json!({ "type": event_name(kind), "task": task, "version": event.version.to_string() })
-}
-
-/// The JSON name of a task status (`todo`, `in_progress`, `done`); an
-/// unspecified status is a new task's, `todo`.
-pub fn status_name(status: i32) -> &'static str {
-    match TaskStatus::try_from(status) {
-        Ok(TaskStatus::InProgress) => "in_progress",
-        Ok(TaskStatus::Done) => "done",
-        Ok(TaskStatus::Todo | TaskStatus::Unspecified) | Err(_) => "todo",
+    let field = desc.get_field_by_name(first)?;
+    match (rest, field.kind()) {
+        (None, _) => Some(field),
+        (Some(rest), Kind::Message(inner)) if !field.is_list() && !field.is_map() => field_at(&inner, rest),
+        _ => None,
     }
 }
 
-/// The task status named `name` in JSON, or a 400 naming `field`.
-pub fn parse_status(field: &str, name: &str) -> Result<TaskStatus, RestError> {
-    match name {
-        "todo" => Ok(TaskStatus::Todo),
-        "in_progress" => Ok(TaskStatus::InProgress),
-        "done" => Ok(TaskStatus::Done),
-        _ => Err(invalid_field(field, "must be one of todo, in_progress, done").into()),
+/// Sets the field at the dotted `path` of `message` (a repeated field gets
+/// `value` appended), creating the messages on the way.
+pub fn set_at(message: &mut DynamicMessage, path: &str, value: ProtoValue) {
+    let (first, rest) = match path.split_once('.') {
+        Some((first, rest)) => (first, Some(rest)),
+        None => (path, None),
+    };
+    let Some(field) = message.descriptor().get_field_by_name(first) else { return };
+    match rest {
+        Some(rest) => {
+            if let ProtoValue::Message(inner) = message.get_field_mut(&field) {
+                set_at(inner, rest, value);
+            }
+        }
+        None if field.is_list() => {
+            if let ProtoValue::List(items) = message.get_field_mut(&field) {
+                items.push(value);
+            }
+        }
+        None => message.set_field(&field, value),
     }
 }
 
-/// A task request body (create, replace or patch) read into a [`Task`] with
-/// `id` set, plus the update mask naming exactly the fields that were present.
-/// `title_required` makes a missing title a 400 (create and replace). An
-/// `etag` field (replace and patch) makes the write conditional; it is not a
-/// field the write changes.
-pub fn task_body(mut body: JsonObject, id: String, title_required: bool) -> Result<(Task, FieldMask), RestError> {
-    let paths: Vec<String> =
-        WRITABLE_TASK_FIELDS.iter().filter(|field| body.has(field)).map(|field| (*field).to_owned()).collect();
-    let title = if title_required { Some(body.require_string("title")?) } else { body.take_string("title")? };
-    let description = body.take_string("description")?;
-    let status = match body.take_string("status")? {
-        Some(name) => parse_status("status", &name)?,
-        None => TaskStatus::Unspecified,
-    };
-    let etag = if id.is_empty() { None } else { body.take_string("etag")? };
-    body.finish()?;
-    let task = Task {
-        id,
-        title: title.unwrap_or_default(),
-        description: description.unwrap_or_default(),
-        status: status as i32,
-        created_at: None,
-        updated_at: None,
-        etag: etag.unwrap_or_default(),
-    };
-    Ok((task, FieldMask { paths }))
+/// The non-empty string at the dotted `path` of `message`, if any.
+pub fn string_at(message: &DynamicMessage, path: &str) -> Option<String> {
+    match path.split_once('.') {
+        Some((first, rest)) => match message.get_field_by_name(first)?.as_ref() {
+            ProtoValue::Message(inner) => string_at(inner, rest),
+            _ => None,
+        },
+        None => message.get_field_by_name(path)?.as_str().filter(|s| !s.is_empty()).map(str::to_owned),
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use taskgate_proto::DESCRIPTOR_POOL;
+
     use super::*;
 
-    fn body(text: &str) -> JsonObject {
-        JsonObject::parse(text.as_bytes()).expect("a JSON object")
+    fn message(name: &str) -> MessageDescriptor {
+        DESCRIPTOR_POOL.get_message_by_name(name).expect("a contract message")
+    }
+
+    fn object(text: &str) -> Map<String, Value> {
+        serde_json::from_str(text).expect("a JSON object")
+    }
+
+    fn field_of(error: RestError) -> String {
+        let details = tonic_types::StatusExt::get_error_details(&error.status);
+        details.bad_request().expect("a BadRequest detail").field_violations[0].field.clone()
     }
 
     #[test]
-    fn times_are_rfc3339_in_utc() {
-        let time = Timestamp { seconds: 1_700_000_000, nanos: 0 };
-        assert_eq!(rfc3339(Some(&time)), "2023-11-14T22:13:20Z");
-        let time = Timestamp { seconds: 1_700_000_000, nanos: 500_000_000 };
-        assert_eq!(rfc3339(Some(&time)), "2023-11-14T22:13:20.500Z");
-    }
-
-    #[test]
-    fn empty_login_names_are_null() {
-        let rendered = user(&User {
-            id: "u".into(),
-            username: Some("alice".into()),
-            email: None,
-            phone: None,
-            created_at: Some(Timestamp { seconds: 0, nanos: 0 }),
-        });
-        assert_eq!(rendered["username"], "alice");
-        assert_eq!(rendered["email"], Value::Null);
-        assert_eq!(rendered["phone"], Value::Null);
-        assert_eq!(rendered["created_at"], "1970-01-01T00:00:00Z");
-    }
-
-    #[test]
-    fn jwks_use_the_jwk_field_name() {
-        let key = Jwk { r#use: "sig".into(), ..Default::default() };
-        assert_eq!(jwk(&key)["use"], "sig");
-    }
-
-    #[test]
-    fn statuses_round_trip_through_their_json_names() {
-        for status in [TaskStatus::Todo, TaskStatus::InProgress, TaskStatus::Done] {
-            let name = status_name(status as i32);
-            assert_eq!(parse_status("status", name).expect("a known status"), status);
+    fn enums_use_their_short_lowercase_names_both_ways() {
+        let task = parse(&message("taskgate.task.v1.Task"), object(r#"{"title": "t", "status": "in_progress"}"#))
+            .expect("a valid task");
+        assert_eq!(task.get_field_by_name("status").and_then(|v| v.as_enum_number()), Some(2));
+        assert_eq!(render(&task)["status"], "in_progress");
+        for bad in [r#""TASK_STATUS_TODO""#, r#""unspecified""#, "1", r#""blocked""#] {
+            let text = format!(r#"{{"status": {bad}}}"#);
+            let error = parse(&message("taskgate.task.v1.Task"), object(&text)).expect_err(bad);
+            assert_eq!(field_of(error), "status", "{bad}");
         }
-        assert!(parse_status("status", "TODO").is_err());
-        assert!(parse_status("status", "blocked").is_err());
     }
 
     #[test]
-    fn the_patch_mask_lists_exactly_the_fields_present() {
-        let (task, mask) = task_body(body(r#"{"status": "done"}"#), "t".into(), false).expect("a valid patch");
-        assert_eq!(mask.paths, ["status"]);
-        assert_eq!(task.status, TaskStatus::Done as i32);
-
-        let (_, mask) = task_body(body(r#"{"description": "", "title": "x"}"#), "t".into(), false).expect("valid");
-        assert_eq!(mask.paths, ["title", "description"]);
+    fn responses_have_every_field_with_null_for_unset_presence() {
+        let user = DynamicMessage::new(message("taskgate.auth.v1.User"));
+        let json = render(&user);
+        assert_eq!(json["id"], "");
+        assert_eq!(json["email"], Value::Null);
+        assert_eq!(json["created_at"], Value::Null);
+        let list = DynamicMessage::new(message("taskgate.task.v1.ListTasksResponse"));
+        assert_eq!(render(&list), serde_json::json!({"tasks": [], "next_page_token": "", "version": "0"}));
     }
 
     #[test]
-    fn create_and_replace_need_a_title() {
-        assert!(task_body(body(r#"{"description": "d"}"#), String::new(), true).is_err());
-        let (task, _) = task_body(body(r#"{"title": "t"}"#), String::new(), true).expect("a valid task");
-        assert_eq!(task.status, TaskStatus::Unspecified as i32);
+    fn requests_name_the_field_that_is_wrong() {
+        let task = message("taskgate.task.v1.Task");
+        for (text, field) in [
+            (r#"{"title": 5}"#, "title"),
+            (r#"{"title": "t", "owner": "me"}"#, "owner"),
+            (r#"{"title": null}"#, "title"),
+            (r#"{"created_at": "yesterday"}"#, "created_at"),
+        ] {
+            assert_eq!(field_of(parse(&task, object(text)).expect_err(text)), field, "{text}");
+        }
+        assert!(parse(&task, object(r#"{"refreshToken": "x"}"#)).is_err(), "JSON names are not accepted");
     }
 
     #[test]
-    fn unknown_task_fields_and_statuses_are_refused() {
-        assert!(task_body(body(r#"{"title": "t", "owner": "x"}"#), String::new(), true).is_err());
-        assert!(task_body(body(r#"{"title": "t", "status": "blocked"}"#), String::new(), true).is_err());
-        assert!(task_body(body(r#"{"title": "t", "status": null}"#), String::new(), true).is_err());
+    fn text_is_read_as_the_fields_type() {
+        let list = message("taskgate.task.v1.ListTasksRequest");
+        let size = list.get_field_by_name("page_size").expect("page_size");
+        assert_eq!(parse_text(&size, "20"), Ok(ProtoValue::I32(20)));
+        for bad in ["", "ten", "1.5", "2147483648"] {
+            assert!(parse_text(&size, bad).is_err(), "{bad}");
+        }
+        let status = list.get_field_by_name("status").expect("status");
+        assert_eq!(parse_text(&status, "done"), Ok(ProtoValue::EnumNumber(3)));
+        assert!(parse_text(&status, "").is_err());
+    }
+
+    #[test]
+    fn nested_paths_are_set_and_read() {
+        let mut update = DynamicMessage::new(message("taskgate.task.v1.UpdateTaskRequest"));
+        set_at(&mut update, "task.id", ProtoValue::String("t1".into()));
+        set_at(&mut update, "task.etag", ProtoValue::String("7".into()));
+        assert_eq!(string_at(&update, "task.id").as_deref(), Some("t1"));
+        assert_eq!(string_at(&update, "task.title"), None);
+        assert!(field_at(&update.descriptor(), "task.nope").is_none());
+        assert_eq!(leaf("task.title"), "title");
+        assert_eq!(leaf("tasks[2].id"), "id");
     }
 }

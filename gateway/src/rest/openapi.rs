@@ -26,7 +26,7 @@ use http::{HeaderValue, header};
 use serde_json::{Map, Value, json};
 use taskgate_proto::{HTTP_RULES, HttpRule, auth::v1::rules as auth_rules, task::v1::rules as task_rules};
 
-use crate::{policy::Access, rest::routes::axum_path};
+use crate::{policy::Access, rest::transcode::axum_path};
 
 /// What the document says about one operation, beyond its path and verb.
 struct Operation {

@@ -1,128 +1,131 @@
-//! `GET /api/v1/tasks:watch`: WatchTasks as Server-Sent Events.
+//! Server-streaming RPCs as Server-Sent Events (`text/event-stream`).
 //!
-//! Each task event is one SSE event whose `event` is `created`, `updated` or
-//! `deleted`, whose `id` is the list version after it (so a browser's
-//! `EventSource` resumes with `Last-Event-ID` after a reconnect, missing
-//! nothing), and whose `data` is `{"type", "task", "version"}`. Heartbeats are
-//! SSE comments. A stream that ends with an error sends one `error` event
-//! carrying the google.rpc.Status JSON (e.g. `FAILED_PRECONDITION` with the
-//! `LIST_AGAIN` reason: list again and watch from the new version) and
-//! closes. An error before the stream starts is an ordinary JSON error.
+//! Each message is one event: its `data` is the message's REST JSON, its
+//! `event` the value of the field the RPC's `sse_event_field` names, and its
+//! `id` the `sse_id_field` (so a browser's `EventSource` resumes with
+//! `Last-Event-ID` after a reconnect, missing nothing). Events named
+//! `sse_comment_event` (keep-alives) are sent as SSE comments. A stream that
+//! ends with an error sends one `error` event carrying the google.rpc.Status
+//! JSON and closes; an error before the stream starts is an ordinary JSON
+//! error. WatchTasks is the contract's one such RPC.
 
-use axum::{
-    extract::State,
-    response::{
-        IntoResponse, Response,
-        sse::{Event, Sse},
-    },
+use axum::response::{
+    IntoResponse, Response,
+    sse::{Event, Sse},
 };
 use futures::{Stream, StreamExt as _, stream};
-use http::{HeaderMap, HeaderValue, header};
-use taskgate_common::status::invalid_field;
-use taskgate_proto::task::v1::{TaskEventType, WatchTasksRequest, WatchTasksResponse};
+use http::{HeaderValue, header};
+use prost_reflect::DynamicMessage;
+use serde_json::Value;
+use taskgate_proto::api::v1::Rest;
+use tokio::sync::OwnedSemaphorePermit;
 use tonic::Status;
 
 use crate::{
-    rest::{
-        error::{RestError, json_body},
-        extract::{QueryParams, grpc_request},
-        json,
-        routes::Backends,
-    },
+    rest::{error::json_body, json},
     watch::Held,
 };
 
-/// `GET /api/v1/tasks:watch[?since=]` with optional `Last-Event-ID` → 200
-/// `text/event-stream`.
-pub async fn watch_tasks(
-    State(b): State<Backends>,
-    headers: HeaderMap,
-    query: QueryParams,
-) -> Result<Response, RestError> {
-    let since = since(&headers, &query)?;
-    let permit = b.watch.acquire()?;
-    let response = b.task.clone().watch_tasks(grpc_request(&headers, WatchTasksRequest { since })).await?;
-    let events = sse_events(Held::new(response.into_inner(), permit));
-    let mut response = Sse::new(events).into_response();
+/// The response streaming `messages` as Server-Sent Events, holding
+/// `permit` (this replica's open-stream bound) until the stream ends.
+pub fn sse<S>(rest: &Rest, messages: S, permit: OwnedSemaphorePermit) -> Response
+where
+    S: Stream<Item = Result<DynamicMessage, Status>> + Send + Unpin + 'static,
+{
+    let naming = Naming {
+        event: rest.sse_event_field.clone(),
+        id: rest.sse_id_field.clone(),
+        comment: rest.sse_comment_event.clone(),
+    };
+    let mut response = Sse::new(events(naming, Held::new(messages, permit))).into_response();
     let out = response.headers_mut();
     out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     // Proxies such as nginx must not hold events back to fill a buffer.
     out.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    response
 }
 
-/// Where to resume: `Last-Event-ID` (an `EventSource` reconnecting) wins over
-/// `?since=`; neither means "from now".
-fn since(headers: &HeaderMap, query: &QueryParams) -> Result<i64, RestError> {
-    let (field, text) = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
-        Some(text) => ("Last-Event-ID", text),
-        None => match query.get("since") {
-            Some(text) => ("since", text),
-            None => return Ok(0),
-        },
-    };
-    match text.trim().parse::<i64>() {
-        Ok(n) if n >= 0 => Ok(n),
-        _ => Err(invalid_field(field, "must be a list version (a whole number, 0 or more)").into()),
-    }
+/// Which fields name an event, and which events are comments.
+struct Naming {
+    /// The field whose JSON value is the event name.
+    event: String,
+    /// The field whose JSON value is the event id.
+    id: String,
+    /// The event name sent as a comment.
+    comment: String,
 }
 
-/// The backend's events as SSE events, ending after the first error.
-fn sse_events<S>(events: S) -> impl Stream<Item = Result<Event, std::convert::Infallible>> + Send
+/// The messages as SSE events, ending after the first error.
+fn events<S>(naming: Naming, messages: S) -> impl Stream<Item = Result<Event, std::convert::Infallible>> + Send
 where
-    S: Stream<Item = Result<WatchTasksResponse, Status>> + Send + Unpin + 'static,
+    S: Stream<Item = Result<DynamicMessage, Status>> + Send + Unpin + 'static,
 {
-    stream::unfold(Some(events), |state| async move {
-        let mut events = state?;
-        let event = match events.next().await? {
-            Ok(event) => event,
+    stream::unfold(Some((naming, messages)), |state| async move {
+        let (naming, mut messages) = state?;
+        let event = match messages.next().await? {
+            Ok(message) => event(&naming, &message),
             Err(status) => {
                 let error = Event::default().event("error").data(json_body(&status).to_string());
                 return Some((Ok(error), None));
             }
         };
-        Some((Ok(sse_event(&event)), Some(events)))
+        Some((Ok(event), Some((naming, messages))))
     })
 }
 
-/// One WatchTasks event as an SSE event.
-fn sse_event(event: &WatchTasksResponse) -> Event {
-    let kind = TaskEventType::try_from(event.r#type).unwrap_or(TaskEventType::Unspecified);
-    if kind == TaskEventType::Heartbeat {
-        return Event::default().comment(format!("heartbeat {}", event.version));
+/// One message as an SSE event (or comment).
+fn event(naming: &Naming, message: &DynamicMessage) -> Event {
+    let data = json::render(message);
+    let text = |field: &str| match &data[field] {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    let (name, id) = (text(&naming.event), text(&naming.id));
+    if !naming.comment.is_empty() && name == naming.comment {
+        return Event::default().comment(format!("{name} {id}"));
     }
-    Event::default()
-        .id(event.version.to_string())
-        .event(json::event_name(kind))
-        .data(json::watch_event(event).to_string())
+    let mut event = Event::default().data(data.to_string());
+    if !name.is_empty() {
+        event = event.event(name);
+    }
+    if !id.is_empty() {
+        event = event.id(id);
+    }
+    event
 }
 
 #[cfg(test)]
 mod tests {
-    use taskgate_proto::task::v1::Task;
+    use prost::Message as _;
+    use prost_reflect::ReflectMessage as _;
+    use taskgate_proto::task::v1::{Task, TaskEventType, WatchTasksResponse};
 
     use super::*;
 
-    #[test]
-    fn last_event_id_wins_over_the_query() {
-        let mut headers = HeaderMap::new();
-        assert_eq!(since(&headers, &QueryParams::parse(Some("since=5"))).expect("query"), 5);
-        headers.insert("last-event-id", HeaderValue::from_static("9"));
-        assert_eq!(since(&headers, &QueryParams::parse(Some("since=5"))).expect("header"), 9);
-        headers.insert("last-event-id", HeaderValue::from_static("x"));
-        assert!(since(&headers, &QueryParams::parse(None)).is_err());
-        assert_eq!(since(&HeaderMap::new(), &QueryParams::parse(None)).expect("none"), 0);
+    fn dynamic(event: &WatchTasksResponse) -> DynamicMessage {
+        DynamicMessage::decode(event.descriptor(), event.encode_to_vec().as_slice()).expect("decodes")
+    }
+
+    fn naming() -> Naming {
+        Naming { event: "type".into(), id: "version".into(), comment: "heartbeat".into() }
     }
 
     #[tokio::test]
-    async fn events_carry_their_version_as_id_and_an_error_ends_the_stream() {
+    async fn events_carry_their_name_and_id_and_an_error_ends_the_stream() {
         let created = WatchTasksResponse {
             r#type: TaskEventType::Created as i32,
             task: Some(Task { id: "t".into(), title: "x".into(), ..Default::default() }),
             version: 42,
         };
-        let source = stream::iter(vec![Ok(created), Err(Status::unauthenticated("session has been revoked"))]);
-        let events: Vec<_> = sse_events(source.boxed()).collect().await;
+        let source =
+            stream::iter(vec![Ok(dynamic(&created)), Err(Status::unauthenticated("session has been revoked"))]);
+        let events: Vec<_> = events(naming(), source.boxed()).collect().await;
         assert_eq!(events.len(), 2);
+        let text = format!("{:?}", event(&naming(), &dynamic(&created)));
+        assert!(text.contains("created") && text.contains("42"), "{text}");
+        let beat = WatchTasksResponse { r#type: TaskEventType::Heartbeat as i32, task: None, version: 7 };
+        let text = format!("{:?}", event(&naming(), &dynamic(&beat)));
+        assert!(text.contains(": heartbeat 7"), "a comment: {text}");
     }
 }
