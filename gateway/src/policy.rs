@@ -17,7 +17,7 @@
 use std::{collections::HashMap, sync::LazyLock};
 
 use axum::{
-    extract::{MatchedPath, Request},
+    extract::{MatchedPath, Request, State},
     middleware::Next,
     response::Response,
 };
@@ -171,10 +171,11 @@ impl Routes {
     }
 }
 
-/// The outermost middleware: finds the request's [`Route`] once and leaves
-/// it on the request for the layers below.
-pub async fn classify(mut request: Request, next: Next) -> Response {
-    let route = Routes::contract().find(&request);
+/// The outermost middleware: finds the request's [`Route`] in `routes`
+/// (the gateway's are [`Routes::contract`]) once and leaves it on the
+/// request for the layers below.
+pub async fn classify(State(routes): State<&'static Routes>, mut request: Request, next: Next) -> Response {
+    let route = routes.find(&request);
     request.extensions_mut().insert(route);
     next.run(request).await
 }

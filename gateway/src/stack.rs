@@ -47,7 +47,7 @@ pub struct Parts {
 pub fn apply(router: Router, parts: Parts) -> Router {
     let stack = ServiceBuilder::new()
         // First, so every layer below reads the route's policy from the contract.
-        .layer(from_fn(policy::classify))
+        .layer(from_fn_with_state(policy::Routes::contract(), policy::classify))
         // So every response is counted, the refusals of the layers below included.
         .layer(from_fn_with_state(parts.metrics.clone(), metrics::track))
         // Load shedding before any work is spent on a request: past the in-flight

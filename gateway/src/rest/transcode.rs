@@ -463,7 +463,9 @@ fn respond(
         Some(field) if reply.has_field(field) => match reply.get_field(field).as_message() {
             Some(inner) => inner.clone(),
             None => {
-                return Err(Status::internal(format!("backend response field {} is not a message", field.name())).into());
+                return Err(
+                    Status::internal(format!("backend response field {} is not a message", field.name())).into()
+                );
             }
         },
         Some(field) => return Err(Status::internal(format!("backend response has no {}", field.name())).into()),
@@ -537,10 +539,11 @@ fn insert(response: &mut Response, name: header::HeaderName, value: String) {
     }
 }
 
-/// A tonic codec for messages known only by their descriptor: requests are
-/// encoded as they are, responses decoded as `.0`.
+/// A tonic codec for messages known only by their descriptor: messages are
+/// encoded as they are, and decoded as `.0` (the response type for a
+/// client, the request type for a server).
 #[derive(Debug, Clone)]
-struct DynamicCodec(MessageDescriptor);
+pub struct DynamicCodec(pub MessageDescriptor);
 
 impl tonic::codec::Codec for DynamicCodec {
     type Encode = DynamicMessage;

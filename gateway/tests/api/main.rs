@@ -5,10 +5,12 @@
 //! at the edge, the fleet-wide rate limit, the plain HTTP endpoints, TLS,
 //! backend connections failing under calls (`transport`), a frozen Redis
 //! under load (`redis_freeze`), Redis losing its data (`redis_loss`), Postgres
-//! restarting (`postgres_restart`), and
+//! restarting (`postgres_restart`), a test-only contract served with no
+//! gateway code of its own (`contract`), and
 //! the attacks the public port must hold against (`abuse`).
 
 mod abuse;
+mod contract;
 mod edge_auth;
 mod every_rpc;
 mod grpc;

@@ -1,0 +1,153 @@
+//! A new RPC needs no gateway code: a contract that exists only in these
+//! tests (`tests/proto/taskgate/test/v1/echo.proto`), compiled here, is
+//! served over REST by the generic transcoder, guarded by the same policy
+//! and authentication middleware as the gateway's own contract according to
+//! its `taskgate.api.v1.policy` option, and held to its `buf.validate` and
+//! `field_behavior` rules.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::middleware::from_fn_with_state;
+use gateway::{
+    auth::{self, EdgeAuth},
+    policy::{self, Routes},
+    rest::{self, Backends, cookies::CookiePolicy, transcode::DynamicCodec},
+    upstream::Upstream,
+    watch::WatchSlots,
+};
+use http::StatusCode;
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, Value};
+use serde_json::{Value as Json, json};
+use taskgate_common::balance::BalancedChannel;
+use taskgate_tokens::{GrpcKeySource, Verifier, VerifierConfig};
+
+use crate::helpers::{lazy_channel, spawn_stack};
+
+/// The test contract, compiled from `tests/proto` and the repository's `proto/`.
+fn test_contract() -> DescriptorPool {
+    let here = env!("CARGO_MANIFEST_DIR");
+    let mut compiler =
+        protox::Compiler::new([format!("{here}/tests/proto"), format!("{here}/../proto")]).expect("include paths");
+    compiler.include_imports(true).include_source_info(true);
+    compiler.open_file("taskgate/test/v1/echo.proto").expect("the test contract compiles");
+    compiler.descriptor_pool()
+}
+
+/// The EchoService backend: a gRPC server that knows the RPCs only by their
+/// descriptors, like the gateway.
+async fn spawn_echo(pool: &DescriptorPool) -> SocketAddr {
+    let request = pool.get_message_by_name("taskgate.test.v1.EchoRequest").expect("EchoRequest");
+    let response = pool.get_message_by_name("taskgate.test.v1.EchoResponse").expect("EchoResponse");
+    let app = axum::Router::new().route(
+        "/taskgate.test.v1.EchoService/{method}",
+        axum::routing::post(move |call: axum::extract::Request| {
+            let (request, response) = (request.clone(), response.clone());
+            async move {
+                let mut grpc = tonic::server::Grpc::new(DynamicCodec(request));
+                grpc.unary(Echo(response), call).await.map(axum::body::Body::new)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding the echo backend");
+    let addr = listener.local_addr().expect("an address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// Says the request back.
+#[derive(Clone)]
+struct Echo(MessageDescriptor);
+
+impl tonic::server::UnaryService<DynamicMessage> for Echo {
+    type Response = DynamicMessage;
+    type Future = std::future::Ready<Result<tonic::Response<DynamicMessage>, tonic::Status>>;
+
+    fn call(&mut self, request: tonic::Request<DynamicMessage>) -> Self::Future {
+        let with_token = request.metadata().get("authorization").is_some();
+        let said = request.into_inner();
+        let mut reply = DynamicMessage::new(self.0.clone());
+        for name in ["room", "text", "volume"] {
+            if let Some(value) = said.get_field_by_name(name) {
+                reply.set_field_by_name(name, value.into_owned());
+            }
+        }
+        let length = said.get_field_by_name("text").and_then(|t| t.as_str().map(|s| s.chars().count())).unwrap_or(0);
+        reply.set_field_by_name("length", Value::I64(i64::try_from(length).unwrap_or(i64::MAX)));
+        reply.set_field_by_name("with_token", Value::Bool(with_token));
+        std::future::ready(Ok(tonic::Response::new(reply)))
+    }
+}
+
+/// The test contract's REST routes behind the gateway's own policy and
+/// authentication middleware, verifying tokens against `auth_addr`.
+async fn spawn_gateway(pool: &DescriptorPool, echo: SocketAddr, auth_addr: SocketAddr) -> String {
+    let rules = taskgate_proto::http_rules(pool);
+    let routes: &'static Routes = Box::leak(Box::new(Routes::new(pool, &rules)));
+    let upstream = Upstream::new("echo", BalancedChannel::from(lazy_channel(echo)));
+    let backends = Backends::new().with("taskgate.test.v1.EchoService", upstream);
+    let cookies = CookiePolicy::new(true, None);
+    let keys = Arc::new(GrpcKeySource::new(BalancedChannel::from(lazy_channel(auth_addr))));
+    let verifier = Verifier::new(keys, VerifierConfig::new("taskgate", "taskgate"));
+    let edge = Arc::new(EdgeAuth::new(verifier, Vec::new(), cookies.clone()));
+    let app = rest::router_for(rules, backends, cookies, WatchSlots::new(4))
+        .layer(from_fn_with_state(edge, auth::authenticate))
+        .layer(from_fn_with_state(routes, policy::classify));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding the gateway");
+    let addr = listener.local_addr().expect("an address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+/// Sends one request; returns the status and the JSON body (`Null` if none).
+async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Json) {
+    let response = request.send().await.expect("the gateway answers");
+    let status = StatusCode::from_u16(response.status().as_u16()).expect("a status");
+    (status, response.json().await.unwrap_or(Json::Null))
+}
+
+/// The field the first BadRequest violation names.
+fn violated(body: &Json) -> &str {
+    body["details"][0]["field_violations"][0]["field"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_new_rpc_is_served_documented_and_guarded_with_no_gateway_code() {
+    let stack = spawn_stack().await;
+    let user = stack.user().await;
+    let pool = test_contract();
+    let echo = spawn_echo(&pool).await;
+    let base = spawn_gateway(&pool, echo, stack.auth_addr).await;
+    let http = reqwest::Client::new();
+
+    // Public by its policy: no token needed; query parameters fill fields.
+    let (status, body) = send(http.get(format!("{base}/api/v1/echo:ping?text=hi&volume=loud"))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"room": "", "text": "hi", "volume": "loud", "with_token": false, "length": "2"}));
+
+    // Token required by its policy: refused without one, before the backend.
+    let say = |text: &str| json!({"text": text, "volume": "soft"});
+    let (status, body) = send(http.post(format!("{base}/api/v1/echo/lobby")).json(&say("hello"))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["code"], 16);
+    let (status, _) =
+        send(http.post(format!("{base}/api/v1/echo/lobby")).bearer_auth("not-a-token").json(&say("hello"))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Allowed with one: the path variable, the body and the declared 201.
+    let authed = |body: Json| http.post(format!("{base}/api/v1/echo/lobby")).bearer_auth(user.access()).json(&body);
+    let (status, body) = send(authed(say("hello"))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body, json!({"room": "lobby", "text": "hello", "volume": "soft", "with_token": true, "length": "5"}));
+
+    // Its validation rules and required fields, from the test proto.
+    for (request, field) in [
+        (say("much too long"), "text"),
+        (json!({"volume": "soft"}), "text"),
+        (json!({"text": "hi", "volume": "deafening"}), "volume"),
+        (json!({"text": "hi", "pitch": 3}), "pitch"),
+    ] {
+        let (status, body) = send(authed(request.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{request}: {body}");
+        assert_eq!(violated(&body), field, "{request}: {body}");
+    }
+}
