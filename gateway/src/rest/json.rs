@@ -76,12 +76,12 @@ fn each_value(field: &FieldDescriptor, value: &mut Value, visit: &mut impl FnMut
 
 /// Whether proto3 JSON gives `message` a form of its own (Timestamp as a
 /// string, and so on), which the REST rules leave alone.
-fn is_well_known(message: &MessageDescriptor) -> bool {
+pub fn is_well_known(message: &MessageDescriptor) -> bool {
     message.package_name() == "google.protobuf"
 }
 
 /// The REST name of the value of `enum_` named `full`.
-fn short_name(enum_: &EnumDescriptor, full: &str) -> Option<String> {
+pub fn short_name(enum_: &EnumDescriptor, full: &str) -> Option<String> {
     let prefix = format!("{}_", upper_snake(enum_.name()));
     Some(full.strip_prefix(&prefix).unwrap_or(full).to_ascii_lowercase())
 }
@@ -186,6 +186,23 @@ pub fn parse_text(field: &FieldDescriptor, text: &str) -> Result<ProtoValue, Str
         },
         Kind::Bytes | Kind::Message(_) => return Err("cannot be given as text".into()),
     })
+}
+
+/// Whether `field` declares the `(google.api.field_behavior)` named `name`
+/// (`REQUIRED`, `OUTPUT_ONLY`, ...).
+pub fn has_behavior(field: &FieldDescriptor, name: &str) -> bool {
+    let Some(extension) = field.parent_pool().get_extension_by_name("google.api.field_behavior") else {
+        return false;
+    };
+    let (options, Kind::Enum(behavior)) = (field.options(), extension.kind()) else { return false };
+    if !options.has_extension(&extension) {
+        return false;
+    }
+    let ProtoValue::List(values) = options.get_extension(&extension).into_owned() else { return false };
+    values
+        .iter()
+        .filter_map(ProtoValue::as_enum_number)
+        .any(|n| behavior.get_value(n).is_some_and(|v| v.name() == name))
 }
 
 /// The proto type name of a scalar kind, for messages.

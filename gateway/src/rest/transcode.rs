@@ -135,7 +135,7 @@ impl Binding {
 }
 
 /// The variables of a path template, as field paths (`task.id`).
-fn path_variables(template: &str) -> Vec<String> {
+pub fn path_variables(template: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut rest = template;
     while let Some(open) = rest.find('{') {
@@ -310,16 +310,7 @@ async fn request_message(
 
 /// Whether `field` is annotated `(google.api.field_behavior) = REQUIRED`.
 fn is_required(field: &FieldDescriptor) -> bool {
-    const REQUIRED: i32 = 2;
-    let Some(extension) = field.parent_pool().get_extension_by_name("google.api.field_behavior") else {
-        return false;
-    };
-    let options = field.options();
-    options.has_extension(&extension)
-        && options
-            .get_extension(&extension)
-            .as_list()
-            .is_some_and(|behaviours| behaviours.iter().any(|b| b.as_enum_number() == Some(REQUIRED)))
+    json::has_behavior(field, "REQUIRED")
 }
 
 /// Sets every query parameter that names a request field the path and body

@@ -2,8 +2,9 @@
 //! tests (`tests/proto/taskgate/test/v1/echo.proto`), compiled here, is
 //! served over REST by the generic transcoder, guarded by the same policy
 //! and authentication middleware as the gateway's own contract according to
-//! its `taskgate.api.v1.policy` option, and held to its `buf.validate` and
-//! `field_behavior` rules.
+//! its `taskgate.api.v1.policy` option, held to its `buf.validate` and
+//! `field_behavior` rules, and listed in the generated OpenAPI document with
+//! them, its answers matching what the document says.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -20,6 +21,8 @@ use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, Value};
 use serde_json::{Value as Json, json};
 use taskgate_common::balance::BalancedChannel;
 use taskgate_tokens::{GrpcKeySource, Verifier, VerifierConfig};
+
+use taskgate_test_support::openapi::check_response;
 
 use crate::helpers::{lazy_channel, spawn_stack};
 
@@ -119,10 +122,30 @@ async fn a_new_rpc_is_served_documented_and_guarded_with_no_gateway_code() {
     let base = spawn_gateway(&pool, echo, stack.auth_addr).await;
     let http = reqwest::Client::new();
 
+    // Listed in the document generated from the same descriptors: its
+    // operations, their security from the policy option, the constraints
+    // from the validation rules and REQUIRED from the field behaviour.
+    let doc = rest::openapi::generate(&pool);
+    let echo = &doc["paths"]["/api/v1/echo/{room}"]["post"];
+    assert_eq!(echo["operationId"], "echo", "{echo}");
+    assert!(echo["summary"].as_str().is_some_and(|s| s.starts_with("Says `text` back")), "{echo}");
+    assert!(echo.get("security").is_none(), "token required is the document's default: {echo}");
+    assert_eq!(doc["paths"]["/api/v1/echo:ping"]["get"]["security"], json!([]), "public");
+    let schema = &echo["requestBody"]["content"]["application/json"]["schema"];
+    let input = match schema["$ref"].as_str().and_then(|r| r.strip_prefix('#')) {
+        Some(pointer) => doc.pointer(pointer).unwrap_or_else(|| panic!("{schema} resolves")),
+        None => schema,
+    };
+    assert_eq!(input["properties"]["text"]["maxLength"], 10, "{input}");
+    assert_eq!(input["properties"]["text"]["minLength"], 1, "{input}");
+    assert_eq!(input["required"], json!(["text"]), "{input}");
+    assert!(input["properties"].get("room").is_none(), "the path carries room: {input}");
+
     // Public by its policy: no token needed; query parameters fill fields.
     let (status, body) = send(http.get(format!("{base}/api/v1/echo:ping?text=hi&volume=loud"))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body, json!({"room": "", "text": "hi", "volume": "loud", "with_token": false, "length": "2"}));
+    check_response(&doc, "GET", "/api/v1/echo:ping", 200, Some(&body)).expect("as documented");
 
     // Token required by its policy: refused without one, before the backend.
     let say = |text: &str| json!({"text": text, "volume": "soft"});
@@ -138,6 +161,7 @@ async fn a_new_rpc_is_served_documented_and_guarded_with_no_gateway_code() {
     let (status, body) = send(authed(say("hello"))).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body, json!({"room": "lobby", "text": "hello", "volume": "soft", "with_token": true, "length": "5"}));
+    check_response(&doc, "POST", "/api/v1/echo/{room}", 201, Some(&body)).expect("as documented");
 
     // Its validation rules and required fields, from the test proto.
     for (request, field) in [
@@ -149,5 +173,6 @@ async fn a_new_rpc_is_served_documented_and_guarded_with_no_gateway_code() {
         let (status, body) = send(authed(request.clone())).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{request}: {body}");
         assert_eq!(violated(&body), field, "{request}: {body}");
+        check_response(&doc, "POST", "/api/v1/echo/{room}", 400, Some(&body)).expect("as documented");
     }
 }
