@@ -55,13 +55,8 @@ pub fn check<M: ReflectMessage>(message: &M) -> Result<(), Status> {
 /// "string.max_len")` is `Some(Value::U64(200))`. `None` when the message,
 /// the field or the rule does not exist or is not set.
 pub fn declared_rule(message: &str, field: &str, rule: &str) -> Option<prost_reflect::Value> {
-    let pool = &*taskgate_proto::DESCRIPTOR_POOL;
-    let extension = pool.get_extension_by_name("buf.validate.field")?;
-    let options = pool.get_message_by_name(message)?.get_field_by_name(field)?.options();
-    if !options.has_extension(&extension) {
-        return None;
-    }
-    let mut value = options.get_extension(&extension).into_owned();
+    let field = taskgate_proto::DESCRIPTOR_POOL.get_message_by_name(message)?.get_field_by_name(field)?;
+    let mut value = prost_reflect::Value::Message(field_rules(&field)?);
     for part in rule.split('.') {
         let prost_reflect::Value::Message(rules) = value else { return None };
         let desc = rules.descriptor().get_field_by_name(part)?;
@@ -73,9 +68,21 @@ pub fn declared_rule(message: &str, field: &str, rule: &str) -> Option<prost_ref
     Some(value)
 }
 
-/// The name users see for a protovalidate field path: its last field
-/// (`task.title` is `title`, `tasks[2].id` is `id`).
-fn field_name(path: &str) -> &str {
+/// The `(buf.validate.field)` rules declared on `field` (a
+/// `buf.validate.FieldRules` message), from whatever pool it belongs to;
+/// `None` when it declares none or its pool lacks the extension.
+pub fn field_rules(field: &prost_reflect::FieldDescriptor) -> Option<prost_reflect::DynamicMessage> {
+    let extension = field.parent_pool().get_extension_by_name("buf.validate.field")?;
+    let options = field.options();
+    if !options.has_extension(&extension) {
+        return None;
+    }
+    options.get_extension(&extension).as_message().cloned()
+}
+
+/// The name users see for a field path: its last field (`task.title` is
+/// `title`, `tasks[2].id` is `id`).
+pub fn field_name(path: &str) -> &str {
     let last = path.rsplit('.').next().unwrap_or(path);
     last.split('[').next().unwrap_or(last)
 }

@@ -20,7 +20,10 @@ use prost_reflect::{
     SerializeOptions, Value as ProtoValue,
 };
 use serde_json::{Map, Value};
-use taskgate_common::status::{invalid_field, invalid_fields};
+use taskgate_common::{
+    status::{invalid_field, invalid_fields},
+    validate::field_name,
+};
 
 use crate::rest::error::RestError;
 
@@ -125,7 +128,7 @@ pub fn parse(desc: &MessageDescriptor, object: Map<String, Value>) -> Result<Dyn
     let deserializer = serde_path_to_error::Deserializer::new(object, &mut track);
     DynamicMessage::deserialize_with_options(desc.clone(), deserializer, &options).map_err(|e| {
         let path = track.path().to_string();
-        invalid_field(leaf(&path), format!("has the wrong type or form: {e}")).into()
+        invalid_field(field_name(&path), format!("has the wrong type or form: {e}")).into()
     })
 }
 
@@ -134,7 +137,7 @@ pub fn parse(desc: &MessageDescriptor, object: Map<String, Value>) -> Result<Dyn
 /// where `value` sits, for nested names.
 fn proto_names(desc: &MessageDescriptor, value: &mut Value, path: &str, violations: &mut Vec<(String, String)>) {
     let Value::Object(fields) = value else {
-        violations.push((leaf(path).to_owned(), "must be a JSON object".to_owned()));
+        violations.push((field_name(path).to_owned(), "must be a JSON object".to_owned()));
         return;
     };
     for (name, value) in fields.iter_mut() {
@@ -155,12 +158,6 @@ fn proto_names(desc: &MessageDescriptor, value: &mut Value, path: &str, violatio
             _ => {}
         });
     }
-}
-
-/// The last field name of a path such as `task.title` or `tasks[2].id`.
-pub fn leaf(path: &str) -> &str {
-    let last = path.rsplit('.').next().unwrap_or(path);
-    last.split('[').next().unwrap_or(last)
 }
 
 /// Reads `text` (a query parameter, path variable or header) as a value of
@@ -343,7 +340,5 @@ mod tests {
         assert_eq!(string_at(&update, "task.id").as_deref(), Some("t1"));
         assert_eq!(string_at(&update, "task.title"), None);
         assert!(field_at(&update.descriptor(), "task.nope").is_none());
-        assert_eq!(leaf("task.title"), "title");
-        assert_eq!(leaf("tasks[2].id"), "id");
     }
 }

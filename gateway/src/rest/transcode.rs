@@ -26,7 +26,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts};
-use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage as _, Value};
+use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value};
 use taskgate_common::status::{invalid_field, invalid_fields};
 use taskgate_proto::{
     HttpRule,
@@ -68,6 +68,9 @@ pub struct Binding {
     variables: Vec<(String, String)>,
     /// Where the body goes.
     body: BodyTarget,
+    /// The `REQUIRED` fields of the body's message (the request's when the
+    /// body is `*` or absent), read from the descriptors once.
+    required: Vec<FieldDescriptor>,
     /// The response field that is the HTTP body, if not the whole response.
     response_body: Option<FieldDescriptor>,
     /// The RPC's REST-only behaviour.
@@ -89,7 +92,7 @@ impl Binding {
             if field.is_list() || matches!(field.kind(), Kind::Message(_)) {
                 return Err(format!("path variable {variable} is not a scalar field"));
             }
-            variables.push((json::leaf(&variable).to_owned(), variable));
+            variables.push((taskgate_common::validate::field_name(&variable).to_owned(), variable));
         }
         let body = match rule.body.as_str() {
             "" => BodyTarget::None,
@@ -98,6 +101,13 @@ impl Binding {
                 Some(field) if matches!(field.kind(), Kind::Message(_)) && !field.is_list() => BodyTarget::Field(field),
                 _ => return Err(format!("body {name} is not a message field of {}", input.full_name())),
             },
+        };
+        let required = match &body {
+            BodyTarget::Field(field) => match field.kind() {
+                Kind::Message(desc) => desc.fields().filter(is_required).collect(),
+                _ => Vec::new(),
+            },
+            _ => input.fields().filter(is_required).collect(),
         };
         let response_body = match rule.response_body.as_str() {
             "" => None,
@@ -109,6 +119,7 @@ impl Binding {
             axum_path: axum_path(&rule.path),
             variables,
             body,
+            required,
             response_body,
             rest: taskgate_proto::rest(&method),
             expensive: taskgate_proto::policy(&method).cost() == Cost::PasswordHash,
@@ -159,7 +170,7 @@ pub fn axum_path(template: &str) -> String {
         let variable = &rest[open + 1..open + close];
         let variable = variable.split('=').next().unwrap_or(variable);
         out.push('{');
-        out.push_str(json::leaf(variable));
+        out.push_str(taskgate_common::validate::field_name(variable));
         out.push('}');
         rest = &rest[open + close + 1..];
     }
@@ -298,14 +309,8 @@ async fn request_message(
     } else {
         required_fields(binding, &message, &present)?;
     }
-    match taskgate_common::validate::violations(&message) {
-        Ok(violations) if violations.is_empty() => Ok(message),
-        Ok(violations) => Err(invalid_fields(violations).into()),
-        Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "request validation failed");
-            Err(Status::internal("internal error").into())
-        }
-    }
+    taskgate_common::validate::check(&message)?;
+    Ok(message)
 }
 
 /// Whether `field` is annotated `(google.api.field_behavior) = REQUIRED`.
@@ -406,16 +411,21 @@ fn refresh_cookie(
 /// Refuses a request missing a REQUIRED field of the body (or, without a
 /// body, of the request), naming the field as the client writes it.
 fn required_fields(binding: &Binding, message: &DynamicMessage, present: &[String]) -> Result<(), RestError> {
-    let (desc, values) = match &binding.body {
-        BodyTarget::Field(field) => match message.get_field(field).as_message() {
-            Some(inner) => (inner.descriptor(), inner.clone()),
-            None => return Ok(()),
-        },
-        _ => (message.descriptor(), message.clone()),
+    let body;
+    let values = match &binding.body {
+        BodyTarget::Field(field) => {
+            body = message.get_field(field);
+            match body.as_message() {
+                Some(inner) => inner,
+                None => return Ok(()),
+            }
+        }
+        _ => message,
     };
-    let missing: Vec<(String, String)> = desc
-        .fields()
-        .filter(|f| is_required(f) && !values.has_field(f) && !present.iter().any(|p| p == f.name()))
+    let missing: Vec<(String, String)> = binding
+        .required
+        .iter()
+        .filter(|f| !values.has_field(f) && !present.iter().any(|p| p == f.name()))
         .map(|f| (f.name().to_owned(), "is required".to_owned()))
         .collect();
     if missing.is_empty() { Ok(()) } else { Err(invalid_fields(missing).into()) }
@@ -579,7 +589,8 @@ mod tests {
     fn nested_path_variables_use_their_last_segment() {
         assert_eq!(axum_path("/api/v1/tasks/{task.id}"), "/api/v1/tasks/{id}");
         assert_eq!(axum_path("/api/v1/admin/users/{id}/disable"), "/api/v1/admin/users/{id}/disable");
-        assert_eq!(axum_path("/v1/{name=shelves/*}"), "/v1/{name}");
+        assert_eq!(axum_path("/v1/{name=shelves/*}:get"), "/v1/{name}:get");
+        assert_eq!(axum_path("/api/v1/tasks"), "/api/v1/tasks");
         assert_eq!(path_variables("/api/v1/tasks/{task.id}"), ["task.id"]);
     }
 
