@@ -24,9 +24,9 @@ use taskgate_tokens::{Claims, TokenKind, Verifier, VerifyError};
 use tonic::Status;
 
 use crate::{
+    cookies::CookiePolicy,
     policy::{RateLimit, Route},
     protocol::{ClientAddr, ClientIp, Protocol, reject},
-    rest::cookies::CookiePolicy,
 };
 
 /// The header the gateway sets to the client's real address.

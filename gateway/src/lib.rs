@@ -8,6 +8,8 @@
 //! - [`serve`]: the public port's connection loop and its bounds.
 //! - [`stack`]: the middleware stack, in order.
 //! - [`auth`]: identity-header stripping, token verification, cookies and CSRF.
+//! - [`cookies`]: the browser session cookies and CSRF tokens, which the
+//!   authentication layer reads and the REST login, refresh and logout set.
 //! - [`policy`]: each request's route and the policy `proto/` declares for it.
 //! - [`ratelimit`]: the Redis sliding-window limit with revocation check, and
 //!   the local fallback.
@@ -23,6 +25,7 @@
 //! - [`watch`]: the per-replica bound on open WatchTasks streams.
 
 pub mod auth;
+pub mod cookies;
 pub mod edge;
 pub mod metrics;
 pub mod policy;

@@ -26,7 +26,7 @@ use prost_reflect::{DescriptorPool, MethodDescriptor};
 use taskgate_proto::HttpRule;
 pub use taskgate_proto::api::v1::{Access, RateLimit};
 
-use crate::rest::transcode::axum_path;
+use taskgate_proto::contract::route_path;
 
 /// The gateway's own endpoints (path templates as axum matches them) and
 /// their policy: probes are exempt from the rate limit; the document, the
@@ -138,7 +138,7 @@ impl Routes {
             else {
                 continue;
             };
-            let label: &'static str = axum_path(&rule.path).leak();
+            let label: &'static str = route_path(&rule.path).leak();
             routes.rest.insert((verb, label), Route::of_rpc(rpc, label));
         }
         routes

@@ -13,33 +13,33 @@
 //! - [`error`]: the one JSON error shape (google.rpc.Status) and the
 //!   gRPC-to-HTTP status table.
 //! - `extract`: reading bodies and query strings, with JSON rejections.
-//! - [`cookies`]: the browser session cookies (`?cookies=true`) and CSRF tokens.
-//! - [`openapi`]: the OpenAPI 3.1 document at `/openapi.json`.
+//! - `/openapi.json`: the OpenAPI 3.1 document `taskgate_openapi` generates
+//!   from the same descriptors.
 //! - `docs`: Swagger UI at `/docs`, vendored and embedded.
 //! - [`watch`]: server-streaming RPCs as Server-Sent Events.
 
-pub mod cookies;
 mod docs;
 pub mod error;
 mod extract;
 pub mod json;
-pub mod openapi;
 pub mod transcode;
 pub mod watch;
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
+use axum::response::{IntoResponse as _, Response};
 use axum::{
     Router,
     extract::Request,
     routing::{MethodFilter, get, on},
 };
-use http::{Method, StatusCode, Uri};
+use http::{Method, StatusCode, Uri, header};
 use taskgate_proto::HttpRule;
 use tonic::Status;
 
 pub use crate::rest::transcode::Backends;
 use crate::{
+    cookies::CookiePolicy,
     rest::{
         error::RestError,
         transcode::{Binding, Shared},
@@ -62,9 +62,9 @@ use crate::{
 ///
 /// `watch` bounds the streams this replica serves, together with the gRPC
 /// proxy's.
-pub fn router(backends: Backends, cookies: cookies::CookiePolicy, watch: WatchSlots) -> Router {
+pub fn router(backends: Backends, cookies: CookiePolicy, watch: WatchSlots) -> Router {
     router_for(taskgate_proto::HTTP_RULES.iter().cloned(), backends, cookies, watch)
-        .route("/openapi.json", get(openapi::serve))
+        .route("/openapi.json", get(openapi))
         .route("/docs", get(docs::index))
         .route("/docs/", get(|| async { axum::response::Redirect::permanent("/docs") }))
         .route("/docs/{file}", get(docs::asset))
@@ -80,7 +80,7 @@ pub fn router(backends: Backends, cookies: cookies::CookiePolicy, watch: WatchSl
 pub fn router_for(
     rules: impl IntoIterator<Item = HttpRule>,
     backends: Backends,
-    cookies: cookies::CookiePolicy,
+    cookies: CookiePolicy,
     watch: WatchSlots,
 ) -> Router {
     let shared = Shared { backends, cookies, watch };
@@ -114,6 +114,14 @@ fn method_filter(verb: &str) -> Option<MethodFilter> {
     }
 }
 
+/// `GET /openapi.json`: the contract's document, serialised once.
+async fn openapi() -> Response {
+    static SERVED: LazyLock<Vec<u8>> =
+        LazyLock::new(|| serde_json::to_vec_pretty(taskgate_openapi::document()).unwrap_or_default());
+    let headers = [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-cache")];
+    (headers, SERVED.as_slice()).into_response()
+}
+
 /// 404 for a path no binding serves, in the JSON error shape.
 async fn not_found(method: Method, uri: Uri) -> RestError {
     Status::not_found(format!("no route for {method} {}", uri.path())).into()
@@ -141,7 +149,8 @@ mod tests {
     use tower::ServiceExt as _;
 
     use super::*;
-    use crate::{rest::transcode::axum_path, upstream::Upstream};
+    use crate::upstream::Upstream;
+    use taskgate_proto::contract::route_path;
 
     /// A router whose backends are at an address nothing listens on, so any
     /// request that reaches a backend fails with UNAVAILABLE.
@@ -153,7 +162,7 @@ mod tests {
         let backends = Backends::new()
             .with(AUTH, Upstream::new("auth", channel.clone()))
             .with(TASK, Upstream::new("task", channel));
-        router(backends, cookies::CookiePolicy::new(true, None), WatchSlots::new(10))
+        router(backends, CookiePolicy::new(true, None), WatchSlots::new(10))
     }
 
     /// Sends one request; returns the status, headers and body (as JSON when
@@ -182,7 +191,7 @@ mod tests {
     async fn every_annotated_route_is_served() {
         let id = "6f1d0b5e-8c1a-4a53-9d7e-2b8e0d8c1a11";
         for rule in HTTP_RULES.iter() {
-            let path = axum_path(&rule.path).replace("{id}", id);
+            let path = route_path(&rule.path).replace("{id}", id);
             let body = match rule.method.as_str() {
                 "CreateTask" | "UpdateTask" => r#"{"title": "t"}"#,
                 "Register" => r#"{"username": "alice", "password": "correct horse"}"#,
@@ -289,11 +298,11 @@ mod tests {
 
     #[tokio::test]
     async fn errors_match_the_documented_error_schema() {
-        let doc = openapi::document();
+        let doc = taskgate_openapi::document();
         let (status, _, body) = send(request("POST", "/api/v1/tasks", r#"{"title": 1}"#)).await;
-        check_response(&doc, "POST", "/api/v1/tasks", status.as_u16(), Some(&body)).expect("documented 400");
+        check_response(doc, "POST", "/api/v1/tasks", status.as_u16(), Some(&body)).expect("documented 400");
         let (status, _, body) = send(request("GET", "/api/v1/users/me", "")).await;
-        check_response(&doc, "GET", "/api/v1/users/me", status.as_u16(), Some(&body)).expect("documented 503");
+        check_response(doc, "GET", "/api/v1/users/me", status.as_u16(), Some(&body)).expect("documented 503");
     }
 
     #[tokio::test]

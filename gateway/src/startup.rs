@@ -23,11 +23,12 @@ use tower::Layer as _;
 use crate::{
     Settings,
     auth::EdgeAuth,
+    cookies::CookiePolicy,
     edge::{self, Demo, Readiness},
     metrics::{self, Metrics},
     proxy::{auth::AuthProxy, task::TaskProxy},
     ratelimit::RateLimiter,
-    rest::{self, cookies::CookiePolicy},
+    rest,
     serve::{self, ConnectionLimits},
     stack, tls,
     upstream::Upstream,

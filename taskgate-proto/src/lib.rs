@@ -11,11 +11,16 @@
 //!   services' validator reads the `buf.validate` rules.
 //! - [`auth::v1::rules`], [`task::v1::rules`]: the limits declared with
 //!   `buf.validate` annotations, as constants for the services' domain types.
+//! - [`contract`]: readers the REST transcoder, the OpenAPI generator and the
+//!   gateway's route policy share (path templates, field paths and
+//!   behaviour, REST names of enum values).
 //! - [`api::v1`]: the `taskgate.api.v1.policy` and `taskgate.api.v1.rest`
 //!   method options; [`policy`] and [`rest`] read them from a method's
 //!   descriptor.
 
 #![allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used)]
+
+pub mod contract;
 
 /// The `taskgate.api.*` packages: options the contract annotates itself with.
 pub mod api {

@@ -24,6 +24,7 @@ use taskgate_common::{
     status::{invalid_field, invalid_fields},
     validate::field_name,
 };
+use taskgate_proto::contract::{is_well_known, short_name};
 
 use crate::rest::error::RestError;
 
@@ -44,8 +45,8 @@ fn friendly(desc: &MessageDescriptor, value: &mut Value) {
         match fields.get_mut(field.name()) {
             Some(value) => each_value(&field, value, &mut |kind, value| match kind {
                 Kind::Enum(e) => {
-                    if let Some(name) = value.as_str().and_then(|full| short_name(e, full)) {
-                        *value = Value::String(name);
+                    if let Some(full) = value.as_str() {
+                        *value = Value::String(short_name(e, full));
                     }
                 }
                 Kind::Message(m) if !is_well_known(m) => friendly(m, value),
@@ -77,40 +78,15 @@ fn each_value(field: &FieldDescriptor, value: &mut Value, visit: &mut impl FnMut
     }
 }
 
-/// Whether proto3 JSON gives `message` a form of its own (Timestamp as a
-/// string, and so on), which the REST rules leave alone.
-pub fn is_well_known(message: &MessageDescriptor) -> bool {
-    message.package_name() == "google.protobuf"
-}
-
-/// The REST name of the value of `enum_` named `full`.
-pub fn short_name(enum_: &EnumDescriptor, full: &str) -> Option<String> {
-    let prefix = format!("{}_", upper_snake(enum_.name()));
-    Some(full.strip_prefix(&prefix).unwrap_or(full).to_ascii_lowercase())
-}
-
-/// `TaskStatus` as `TASK_STATUS`.
-fn upper_snake(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 4);
-    for (i, c) in name.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            out.push('_');
-        }
-        out.push(c.to_ascii_uppercase());
-    }
-    out
-}
-
 /// The value of `enum_` whose REST name is `name`; never the zero value,
 /// which means "not given".
 fn enum_value(enum_: &EnumDescriptor, name: &str) -> Option<prost_reflect::EnumValueDescriptor> {
-    enum_.values().filter(|v| v.number() != 0).find(|v| short_name(enum_, v.name()).as_deref() == Some(name))
+    enum_.values().filter(|v| v.number() != 0).find(|v| short_name(enum_, v.name()) == name)
 }
 
 /// The REST names a request may use for `enum_`, for error messages.
 fn enum_names(enum_: &EnumDescriptor) -> String {
-    let names: Vec<String> =
-        enum_.values().filter(|v| v.number() != 0).filter_map(|v| short_name(enum_, v.name())).collect();
+    let names: Vec<String> = enum_.values().filter(|v| v.number() != 0).map(|v| short_name(enum_, v.name())).collect();
     names.join(", ")
 }
 
@@ -185,23 +161,6 @@ pub fn parse_text(field: &FieldDescriptor, text: &str) -> Result<ProtoValue, Str
     })
 }
 
-/// Whether `field` declares the `(google.api.field_behavior)` named `name`
-/// (`REQUIRED`, `OUTPUT_ONLY`, ...).
-pub fn has_behavior(field: &FieldDescriptor, name: &str) -> bool {
-    let Some(extension) = field.parent_pool().get_extension_by_name("google.api.field_behavior") else {
-        return false;
-    };
-    let (options, Kind::Enum(behavior)) = (field.options(), extension.kind()) else { return false };
-    if !options.has_extension(&extension) {
-        return false;
-    }
-    let ProtoValue::List(values) = options.get_extension(&extension).into_owned() else { return false };
-    values
-        .iter()
-        .filter_map(ProtoValue::as_enum_number)
-        .any(|n| behavior.get_value(n).is_some_and(|v| v.name() == name))
-}
-
 /// The proto type name of a scalar kind, for messages.
 fn kind_name(kind: &Kind) -> &'static str {
     match kind {
@@ -210,21 +169,6 @@ fn kind_name(kind: &Kind) -> &'static str {
         Kind::Uint32 | Kind::Fixed32 => "uint32",
         Kind::Uint64 | Kind::Fixed64 => "uint64",
         _ => "its type",
-    }
-}
-
-/// The field at the dotted `path` (`task.id`) of a `desc` message, if every
-/// step but the last is a message field.
-pub fn field_at(desc: &MessageDescriptor, path: &str) -> Option<FieldDescriptor> {
-    let (first, rest) = match path.split_once('.') {
-        Some((first, rest)) => (first, Some(rest)),
-        None => (path, None),
-    };
-    let field = desc.get_field_by_name(first)?;
-    match (rest, field.kind()) {
-        (None, _) => Some(field),
-        (Some(rest), Kind::Message(inner)) if !field.is_list() && !field.is_map() => field_at(&inner, rest),
-        _ => None,
     }
 }
 
@@ -339,6 +283,5 @@ mod tests {
         set_at(&mut update, "task.etag", ProtoValue::String("7".into()));
         assert_eq!(string_at(&update, "task.id").as_deref(), Some("t1"));
         assert_eq!(string_at(&update, "task.title"), None);
-        assert!(field_at(&update.descriptor(), "task.nope").is_none());
     }
 }

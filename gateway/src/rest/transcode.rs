@@ -32,12 +32,13 @@ use taskgate_proto::{
     HttpRule,
     api::v1::{Cost, HeaderFormat, Rest, SessionCookies},
     auth::v1::TokenPair,
+    contract::{field_at, has_behavior, path_variables, route_path},
 };
 use tonic::{Status, codegen::http::uri::PathAndQuery};
 
 use crate::{
+    cookies::CookiePolicy,
     rest::{
-        cookies::CookiePolicy,
         error::RestError,
         extract::{QueryParams, grpc_request, json_body},
         json,
@@ -88,7 +89,7 @@ impl Binding {
         let input = method.input();
         let mut variables = Vec::new();
         for variable in path_variables(&rule.path) {
-            let field = json::field_at(&input, &variable).ok_or_else(|| format!("no field {variable}"))?;
+            let field = field_at(&input, &variable).ok_or_else(|| format!("no field {variable}"))?;
             if field.is_list() || matches!(field.kind(), Kind::Message(_)) {
                 return Err(format!("path variable {variable} is not a scalar field"));
             }
@@ -116,7 +117,7 @@ impl Binding {
         let grpc_path =
             PathAndQuery::try_from(format!("/{}/{}", rule.service, rule.method)).map_err(|e| e.to_string())?;
         Ok(Binding {
-            axum_path: axum_path(&rule.path),
+            axum_path: route_path(&rule.path),
             variables,
             body,
             required,
@@ -143,39 +144,6 @@ impl Binding {
     fn conditional(&self) -> bool {
         self.rest.headers.iter().any(|h| h.format() == HeaderFormat::EntityTag)
     }
-}
-
-/// The variables of a path template, as field paths (`task.id`).
-pub fn path_variables(template: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        let Some(close) = rest[open..].find('}') else { break };
-        let inside = &rest[open + 1..open + close];
-        // `{name=pattern}`: only the field path matters to the router.
-        out.push(inside.split('=').next().unwrap_or(inside).to_owned());
-        rest = &rest[open + close + 1..];
-    }
-    out
-}
-
-/// A binding's path template in axum's syntax: `{task.id}` becomes `{id}`
-/// (the last segment of a nested field path names the variable).
-pub fn axum_path(template: &str) -> String {
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        let Some(close) = rest[open..].find('}') else { break };
-        let variable = &rest[open + 1..open + close];
-        let variable = variable.split('=').next().unwrap_or(variable);
-        out.push('{');
-        out.push_str(taskgate_common::validate::field_name(variable));
-        out.push('}');
-        rest = &rest[open + close + 1..];
-    }
-    out.push_str(rest);
-    out
 }
 
 /// The upstreams REST calls go to, by full service name.
@@ -315,7 +283,7 @@ async fn request_message(
 
 /// Whether `field` is annotated `(google.api.field_behavior) = REQUIRED`.
 fn is_required(field: &FieldDescriptor) -> bool {
-    json::has_behavior(field, "REQUIRED")
+    has_behavior(field, "REQUIRED")
 }
 
 /// Sets every query parameter that names a request field the path and body
@@ -338,7 +306,7 @@ fn query_fields(
         if Some(top) == body_field || binding.variables.iter().any(|(_, path)| path.split('.').next() == Some(top)) {
             continue;
         }
-        if json::field_at(input, name).is_some() {
+        if field_at(input, name).is_some() {
             set_text(message, input, name, name, text)?;
         }
     }
@@ -353,7 +321,7 @@ fn set_text(
     shown: &str,
     text: &str,
 ) -> Result<(), RestError> {
-    let field = json::field_at(input, path).ok_or_else(|| RestError::from(invalid_field(shown, "unknown field")))?;
+    let field = field_at(input, path).ok_or_else(|| RestError::from(invalid_field(shown, "unknown field")))?;
     let value = json::parse_text(&field, text).map_err(|e| RestError::from(invalid_field(shown, e)))?;
     json::set_at(message, path, value);
     Ok(())
@@ -584,15 +552,6 @@ impl tonic::codec::Decoder for DynamicCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nested_path_variables_use_their_last_segment() {
-        assert_eq!(axum_path("/api/v1/tasks/{task.id}"), "/api/v1/tasks/{id}");
-        assert_eq!(axum_path("/api/v1/admin/users/{id}/disable"), "/api/v1/admin/users/{id}/disable");
-        assert_eq!(axum_path("/v1/{name=shelves/*}:get"), "/v1/{name}:get");
-        assert_eq!(axum_path("/api/v1/tasks"), "/api/v1/tasks");
-        assert_eq!(path_variables("/api/v1/tasks/{task.id}"), ["task.id"]);
-    }
 
     #[test]
     fn every_binding_of_the_contract_compiles() {

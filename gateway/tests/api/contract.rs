@@ -11,8 +11,9 @@ use std::{net::SocketAddr, sync::Arc};
 use axum::middleware::from_fn_with_state;
 use gateway::{
     auth::{self, EdgeAuth},
+    cookies::CookiePolicy,
     policy::{self, Routes},
-    rest::{self, Backends, cookies::CookiePolicy, transcode::DynamicCodec},
+    rest::{self, Backends, transcode::DynamicCodec},
     upstream::Upstream,
     watch::WatchSlots,
 };
@@ -125,7 +126,7 @@ async fn a_new_rpc_is_served_documented_and_guarded_with_no_gateway_code() {
     // Listed in the document generated from the same descriptors: its
     // operations, their security from the policy option, the constraints
     // from the validation rules and REQUIRED from the field behaviour.
-    let doc = rest::openapi::generate(&pool);
+    let doc = taskgate_openapi::generate(&pool);
     let echo = &doc["paths"]["/api/v1/echo/{room}"]["post"];
     assert_eq!(echo["operationId"], "echo", "{echo}");
     assert!(echo["summary"].as_str().is_some_and(|s| s.starts_with("Says `text` back")), "{echo}");

@@ -685,7 +685,7 @@ async fn router_with_an_admin(admin: &str) -> (Api, tokio::sync::oneshot::Sender
         .with(taskgate_proto::service_names::TASK, gateway::upstream::Upstream::new("task", channel));
     let router = gateway::rest::router(
         backends,
-        gateway::rest::cookies::CookiePolicy::new(true, None),
+        gateway::cookies::CookiePolicy::new(true, None),
         gateway::watch::WatchSlots::new(10),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding the REST router");

@@ -1,5 +1,7 @@
-//! `GET /openapi.json`: the OpenAPI 3.1 description of the REST surface,
-//! generated from the contract's descriptors.
+//! The OpenAPI 3.1 description of a REST surface, generated from the
+//! descriptors of its contract, as `protoc-gen-openapiv2` does for
+//! grpc-gateway: the gateway serves [`document`] at `/openapi.json`, and a
+//! test's own contract gets its document from [`generate`].
 //!
 //! [`generate`] makes one pass over the `google.api.http` bindings of a
 //! descriptor pool, each of which becomes an operation, and one pass over the
@@ -36,7 +38,7 @@
 //! (`taskgate_test_support::openapi`). A copy is committed as
 //! `gateway/static/openapi.json` for tools that want the document without a
 //! running gateway; a test fails when it is stale (`TASKGATE_BLESS=1 cargo
-//! test -p gateway --lib openapi` rewrites it). CI should also run `python3 -m
+//! test -p taskgate-openapi` rewrites it). CI should also run `python3 -m
 //! openapi_spec_validator gateway/static/openapi.json`; the tests do not, to
 //! keep `cargo test` free of Python.
 
@@ -45,8 +47,6 @@ use std::{
     sync::LazyLock,
 };
 
-use axum::response::{IntoResponse, Response};
-use http::{HeaderValue, header};
 use prost_reflect::{
     DescriptorPool, EnumDescriptor, FieldDescriptor, FileDescriptor, Kind, MessageDescriptor, ReflectMessage as _,
     Value as Proto,
@@ -55,31 +55,16 @@ use serde_json::{Map, Value, json};
 use taskgate_proto::{
     HttpRule,
     api::v1::{Access, HeaderField, HeaderFormat, SessionCookies},
-};
-
-use crate::rest::{
-    json::{field_at, has_behavior, is_well_known, short_name},
-    transcode::{axum_path, path_variables},
+    contract::{field_at, has_behavior, is_well_known, path_variables, route_path, short_name},
 };
 
 /// The contract's document, generated once.
 static DOCUMENT: LazyLock<Value> = LazyLock::new(|| generate(&taskgate_proto::DESCRIPTOR_POOL));
 
-/// [`DOCUMENT`], serialised once.
-static SERVED: LazyLock<Vec<u8>> = LazyLock::new(|| serde_json::to_vec_pretty(&*DOCUMENT).unwrap_or_default());
-
-/// The OpenAPI document of the contract (`taskgate_proto::DESCRIPTOR_POOL`).
-pub fn document() -> Value {
-    DOCUMENT.clone()
-}
-
-/// `GET /openapi.json`.
-pub async fn serve() -> Response {
-    let mut response = SERVED.as_slice().into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    response
+/// The OpenAPI document of the contract (`taskgate_proto::DESCRIPTOR_POOL`),
+/// generated on first use.
+pub fn document() -> &'static Value {
+    &DOCUMENT
 }
 
 /// The OpenAPI 3.1 document of every `google.api.http` binding in `pool`.
@@ -90,7 +75,7 @@ pub fn generate(pool: &DescriptorPool) -> Value {
         let service = rule.descriptor.parent_service();
         tags.entry(service.name().to_owned()).or_insert_with(|| comment(&service.parent_file(), service.path()));
         let id = operation_id(&rule, &mut ids);
-        let item = paths.entry(axum_path(&rule.path)).or_insert_with(|| json!({}));
+        let item = paths.entry(route_path(&rule.path)).or_insert_with(|| json!({}));
         item[rule.verb.to_ascii_lowercase()] = operation(&rule, id, &mut schemas);
     }
     let tags: Vec<Value> = tags.into_iter().map(|(name, about)| json!({"name": name, "description": about})).collect();
@@ -528,7 +513,7 @@ fn enum_schema(e: &EnumDescriptor) -> Value {
     let (mut names, mut lines) = (Vec::new(), vec![comment(&e.parent_file(), e.path())]);
     for value in e.values().filter(|v| v.number() != 0) {
         // `TASK_STATUS_IN_PROGRESS` is `in_progress`.
-        let name = short_name(e, value.name()).unwrap_or_default();
+        let name = short_name(e, value.name());
         lines.push(format!("- `{name}`: {}", comment(&value.parent_file(), value.path()).replace('\n', " ")));
         names.push(name);
     }
@@ -825,7 +810,7 @@ mod tests {
             })
             .collect();
         let annotated: BTreeSet<(String, String)> =
-            HTTP_RULES.iter().map(|r| (r.verb.to_owned(), axum_path(&r.path))).collect();
+            HTTP_RULES.iter().map(|r| (r.verb.to_owned(), route_path(&r.path))).collect();
         assert_eq!(documented, annotated);
         assert_eq!(documented.len(), HTTP_RULES.len(), "two bindings share a path and verb");
     }
@@ -849,7 +834,7 @@ mod tests {
     fn every_reference_resolves() {
         let doc = document();
         let mut all = Vec::new();
-        refs(&doc, &mut all);
+        refs(doc, &mut all);
         assert!(all.len() > 50);
         for reference in all {
             let pointer = reference.strip_prefix('#').expect("local ref");
@@ -927,13 +912,13 @@ mod tests {
             .iter()
             .find(|p| p["name"] == "status")
             .expect("a status parameter")["schema"];
-        assert_eq!(resolved(&doc, status)["enum"], json!(["todo", "in_progress", "done"]));
+        assert_eq!(resolved(doc, status)["enum"], json!(["todo", "in_progress", "done"]));
     }
 
     #[test]
     fn request_bodies_follow_the_field_behaviour() {
         let doc = document();
-        let register = body_schema(&doc, "post", "/api/v1/auth/register");
+        let register = body_schema(doc, "post", "/api/v1/auth/register");
         let declared = |message: &str| -> BTreeSet<String> {
             let message = taskgate_proto::DESCRIPTOR_POOL.get_message_by_name(message).expect("a message");
             message.fields().filter(required).map(|f| f.name().to_owned()).collect()
@@ -943,10 +928,10 @@ mod tests {
         assert_eq!(documented, declared("taskgate.auth.v1.RegisterRequest"));
         assert!(!documented.is_empty());
 
-        let create = body_schema(&doc, "post", "/api/v1/tasks");
+        let create = body_schema(doc, "post", "/api/v1/tasks");
         assert!(create["properties"].get("id").is_none() && create["properties"].get("created_at").is_none());
         assert_eq!(create["required"], json!(["title"]));
-        assert!(body_schema(&doc, "patch", "/api/v1/tasks/{id}").get("required").is_none(), "a PATCH needs nothing");
+        assert!(body_schema(doc, "patch", "/api/v1/tasks/{id}").get("required").is_none(), "a PATCH needs nothing");
         let body = |verb: &str, path: &str| doc["paths"][path][verb]["requestBody"]["required"].clone();
         assert_eq!(body("post", "/api/v1/tasks"), true);
         assert_eq!(body("put", "/api/v1/tasks/{id}"), true);
@@ -954,7 +939,7 @@ mod tests {
         for path in ["/api/v1/auth/refresh", "/api/v1/auth/logout", "/api/v1/auth/logout-all"] {
             assert_eq!(body("post", path), false, "{path}");
         }
-        let enable = body_schema(&doc, "post", "/api/v1/admin/users/{id}/enable");
+        let enable = body_schema(doc, "post", "/api/v1/admin/users/{id}/enable");
         assert_eq!(enable["properties"], json!({}), "the path's id is not in the body");
     }
 
@@ -964,7 +949,7 @@ mod tests {
         let task = &doc["components"]["schemas"]["taskgate.task.v1.Task"];
         let max = taskgate_proto::task::v1::rules::TASK_TITLE_MAX_LEN;
         assert_eq!(task["properties"]["title"]["maxLength"], json!(max));
-        assert_eq!(body_schema(&doc, "post", "/api/v1/tasks")["properties"]["title"]["maxLength"], json!(max));
+        assert_eq!(body_schema(doc, "post", "/api/v1/tasks")["properties"]["title"]["maxLength"], json!(max));
     }
 
     #[test]
@@ -985,14 +970,14 @@ mod tests {
         assert_eq!(ecma_pattern(r"\Aab\z"), "^ab$");
         assert_eq!(ecma_pattern(r"\\x{41}"), r"\\x{41}");
         let doc = document();
-        let phone = &body_schema(&doc, "post", "/api/v1/auth/register")["properties"]["phone"]["pattern"];
+        let phone = &body_schema(doc, "post", "/api/v1/auth/register")["properties"]["phone"]["pattern"];
         let phone = phone.as_str().expect("a phone pattern");
         assert!(phone.contains(r"\u00a0") && !phone.contains(r"\x{"), "{phone}");
     }
 
     #[test]
     fn the_committed_copy_is_up_to_date() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/static/openapi.json");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../gateway/static/openapi.json");
         let mut current = serde_json::to_string_pretty(&document()).expect("serialisable");
         current.push('\n');
         if std::env::var_os("TASKGATE_BLESS").is_some() {
@@ -1001,7 +986,7 @@ mod tests {
         let committed = std::fs::read_to_string(path).unwrap_or_default();
         assert!(
             committed == current,
-            "gateway/static/openapi.json is stale: run `TASKGATE_BLESS=1 cargo test -p gateway --lib openapi`"
+            "gateway/static/openapi.json is stale: run `TASKGATE_BLESS=1 cargo test -p taskgate-openapi`"
         );
     }
 
@@ -1011,34 +996,31 @@ mod tests {
         let user = json!({ "$ref": "#/components/schemas/taskgate.auth.v1.User" });
         let good = json!({"id": "6f1d0b5e-8c1a-4a53-9d7e-2b8e0d8c1a11", "username": "a", "email": null,
             "phone": null, "created_at": "2024-01-01T00:00:00Z"});
-        check(&doc, &user, &good).expect("a valid user");
+        check(doc, &user, &good).expect("a valid user");
         let mut extra = good.clone();
         extra["owner"] = json!("x");
-        assert!(check(&doc, &user, &extra).is_err());
+        assert!(check(doc, &user, &extra).is_err());
         let mut missing = good.clone();
         missing.as_object_mut().expect("object").remove("phone");
-        assert!(check(&doc, &user, &missing).is_err());
+        assert!(check(doc, &user, &missing).is_err());
         let mut wrong = good;
         wrong["created_at"] = json!("yesterday");
-        assert!(check(&doc, &user, &wrong).is_err());
+        assert!(check(doc, &user, &wrong).is_err());
 
         let task = json!({ "$ref": "#/components/schemas/taskgate.task.v1.Task" });
         let good = json!({"id": "6f1d0b5e-8c1a-4a53-9d7e-2b8e0d8c1a11", "title": "t", "description": "",
             "status": "in_progress", "created_at": "2024-01-01T00:00:00Z", "updated_at": null, "etag": "1"});
-        check(&doc, &task, &good).expect("a valid task");
+        check(doc, &task, &good).expect("a valid task");
         for (field, bad) in
             [("id", json!("42")), ("status", json!("TASK_STATUS_DONE")), ("status", json!("unspecified"))]
         {
             let mut task_value = good.clone();
             task_value[field] = bad;
-            assert!(check(&doc, &task, &task_value).is_err(), "{field}: {}", task_value[field]);
+            assert!(check(doc, &task, &task_value).is_err(), "{field}: {}", task_value[field]);
         }
         let list = json!({ "$ref": "#/components/schemas/taskgate.task.v1.ListTasksResponse" });
-        check(&doc, &list, &json!({"tasks": [], "next_page_token": "", "version": "12"})).expect("a valid page");
-        assert!(check(&doc, &list, &json!({"tasks": [], "next_page_token": "", "version": 12})).is_err());
-
-        let error = crate::rest::error::json_body(&taskgate_common::status::invalid_field("title", "empty"));
-        check_response(&doc, "POST", "/api/v1/tasks", 400, Some(&error)).expect("the error shape is documented");
-        check_response(&doc, "DELETE", "/api/v1/tasks/{id}", 204, None).expect("204 has no body");
+        check(doc, &list, &json!({"tasks": [], "next_page_token": "", "version": "12"})).expect("a valid page");
+        assert!(check(doc, &list, &json!({"tasks": [], "next_page_token": "", "version": 12})).is_err());
+        check_response(doc, "DELETE", "/api/v1/tasks/{id}", 204, None).expect("204 has no body");
     }
 }
