@@ -1,27 +1,46 @@
-//! The gRPC (and, through tonic-web, gRPC-web) face of the gateway: the two
-//! taskgate services implemented as forwarding proxies.
+//! The gRPC (and, through tonic-web, gRPC-web) face of the gateway: every
+//! service of the contract forwarded to its backend, with no code per RPC.
 //!
-//! Each method hands the decoded request to a client on the one pooled
-//! HTTP/2 channel to its backend, with the caller's metadata (less hop-by-hop
-//! headers and browser credentials, which the auth layer has already turned
-//! into `authorization`) and the remaining `grpc-timeout` deadline, and
-//! returns the backend's response or status unchanged, details included.
-//!
-//! # Layout
-//! - [`auth`] – `taskgate.auth.v1.AuthService`.
-//! - [`task`] – `taskgate.task.v1.TaskService`.
-
-pub mod auth;
-pub mod task;
+//! A [`ServiceProxy`] serves every method the descriptors declare for one
+//! service, as the REST transcoder serves every binding. tonic's server takes
+//! each call apart (framing, the message size bound, status and trailers),
+//! and the message goes on to the backend as the bytes it arrived as
+//! ([`BytesCodec`]): never parsed, never re-encoded, which a gateway that
+//! neither reads nor changes the messages has no reason to pay for. It goes
+//! with the caller's metadata (less hop-by-hop headers and browser
+//! credentials, which the auth layer has already turned into
+//! `authorization`) and the remaining `grpc-timeout` deadline, over the
+//! backend's connection its policy's cost chooses; the backend's response or
+//! status comes back unchanged, details included.
 
 use std::{
+    collections::HashMap,
+    convert::Infallible,
     future::Future,
+    sync::Arc,
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
-use tonic::{Code, Extensions, Request, Response, Status, metadata::MetadataMap};
+use bytes::{Buf as _, BufMut as _, Bytes};
+use futures::future::BoxFuture;
+use http::uri::{InvalidUri, PathAndQuery};
+use prost_reflect::ServiceDescriptor;
+use taskgate_common::balance::BoxError;
+use taskgate_proto::api::v1::Cost;
+use tonic::{
+    Code, Extensions, Request, Response, Status, Streaming,
+    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    metadata::MetadataMap,
+};
+use tower::Service;
 
-use crate::{metrics::Metrics, protocol::ReceivedAt};
+use crate::{
+    metrics::Metrics,
+    protocol::ReceivedAt,
+    upstream::Upstream,
+    watch::{Held, WatchSlots},
+};
 
 /// Request headers that describe the gateway hop, not the call, or that carry
 /// browser credentials; none reaches a backend.
@@ -146,15 +165,175 @@ pub fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
     })
 }
 
-/// Forwards one unary call: `forward!(self, "task", "ListTasks", list_tasks, request)`.
-macro_rules! forward {
-    ($self:ident, $service:literal, $method:literal, $call:ident, $request:ident) => {{
-        let (request, deadline) = $crate::proxy::outbound($request)?;
-        let mut client = $self.client.clone();
-        $crate::proxy::finish(&$self.metrics, $service, $method, deadline, client.$call(request)).await
-    }};
+/// One RPC as the proxy forwards it.
+struct Call {
+    /// The backend's label in metrics (`auth`, `task`).
+    backend: &'static str,
+    /// The method's name, for metrics (the contract's methods are a fixed set, named once).
+    method: &'static str,
+    /// `/<service>/<method>`.
+    path: PathAndQuery,
+    /// Whether it goes over the backend's connection for expensive calls
+    /// (its policy's cost is `COST_PASSWORD_HASH`).
+    expensive: bool,
+    /// Whether the RPC streams its responses.
+    streaming: bool,
 }
-pub(crate) use forward;
+
+/// Every method of one contract service, forwarded to its backend with the
+/// message bytes untouched. A tower service over HTTP requests, as a tonic
+/// generated server is; cheap to clone.
+#[derive(Clone)]
+pub struct ServiceProxy {
+    /// The service's methods by name.
+    calls: Arc<HashMap<String, Arc<Call>>>,
+    /// The backend's connections: for cheap calls, and for expensive ones.
+    upstreams: (Upstream, Upstream),
+    /// Where forwarded calls are counted.
+    metrics: Arc<Metrics>,
+    /// This replica's open-stream bound.
+    watch: WatchSlots,
+}
+
+impl ServiceProxy {
+    /// The proxy of `service` (a service of the contract), whose backend is
+    /// labelled `backend` in metrics: a call whose policy declares
+    /// `COST_PASSWORD_HASH` goes over `expensive`, every other over `cheap`.
+    pub fn new(
+        service: &ServiceDescriptor,
+        backend: &'static str,
+        upstreams: (Upstream, Upstream),
+        metrics: Arc<Metrics>,
+        watch: WatchSlots,
+    ) -> Result<ServiceProxy, InvalidUri> {
+        let mut calls = HashMap::new();
+        for method in service.methods() {
+            let call = Call {
+                backend,
+                method: Box::leak(method.name().to_owned().into_boxed_str()),
+                path: PathAndQuery::try_from(format!("/{}/{}", service.full_name(), method.name()))?,
+                expensive: taskgate_proto::policy(&method).cost() == Cost::PasswordHash,
+                streaming: method.is_server_streaming(),
+            };
+            calls.insert(method.name().to_owned(), Arc::new(call));
+        }
+        Ok(ServiceProxy { calls: Arc::new(calls), upstreams, metrics, watch })
+    }
+}
+
+impl<B> Service<http::Request<B>> for ServiceProxy
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError> + Send,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let name = request.uri().path().rsplit('/').next().unwrap_or_default();
+        let Some(call) = self.calls.get(name).cloned() else {
+            let status = Status::unimplemented(format!("no method {}", request.uri().path()));
+            return Box::pin(async move { Ok(status.into_http()) });
+        };
+        let (metrics, watch) = (self.metrics.clone(), self.watch.clone());
+        let upstream = if call.expensive { self.upstreams.1.clone() } else { self.upstreams.0.clone() };
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(BytesCodec)
+                .apply_max_message_size_config(Some(taskgate_common::grpc::MAX_MESSAGE_BYTES), None);
+            Ok(if call.streaming {
+                let forward = tower::service_fn(move |r| {
+                    stream(call.clone(), upstream.clone(), metrics.clone(), watch.clone(), r)
+                });
+                grpc.server_streaming(forward, request).await
+            } else {
+                let forward = tower::service_fn(move |r| unary(call.clone(), upstream.clone(), metrics.clone(), r));
+                grpc.unary(forward, request).await
+            })
+        })
+    }
+}
+
+/// Forwards one unary call.
+async fn unary(
+    call: Arc<Call>,
+    upstream: Upstream,
+    metrics: Arc<Metrics>,
+    request: Request<Bytes>,
+) -> Result<Response<Bytes>, Status> {
+    let (request, deadline) = outbound(request)?;
+    let mut client = tonic::client::Grpc::new(upstream);
+    let reply = async {
+        client.ready().await.map_err(|e| Status::unavailable(format!("backend not ready: {e}")))?;
+        client.unary(request, call.path.clone(), BytesCodec).await
+    };
+    finish(&metrics, call.backend, call.method, deadline, reply).await
+}
+
+/// Forwards one server-streaming call: the backend's stream, passed through
+/// message by message (so the client's flow control reaches the backend,
+/// which ends streams whose reader falls behind), holding one of this
+/// replica's stream slots.
+async fn stream(
+    call: Arc<Call>,
+    upstream: Upstream,
+    metrics: Arc<Metrics>,
+    watch: WatchSlots,
+    request: Request<Bytes>,
+) -> Result<Response<Held<Streaming<Bytes>>>, Status> {
+    let permit = watch.acquire()?;
+    let (request, _deadline) = outbound(request)?;
+    let mut client = tonic::client::Grpc::new(upstream);
+    let reply = async {
+        client.ready().await.map_err(|e| Status::unavailable(format!("backend not ready: {e}")))?;
+        client.server_streaming(request, call.path.clone(), BytesCodec).await
+    };
+    let (metadata, stream, extensions) = finish(&metrics, call.backend, call.method, None, reply).await?.into_parts();
+    Ok(Response::from_parts(metadata, Held::new(stream, permit), extensions))
+}
+
+/// A message as the bytes it is on the wire: what the proxy forwards,
+/// neither parsed nor re-encoded.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BytesCodec;
+
+impl Codec for BytesCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = BytesCodec;
+    type Decoder = BytesCodec;
+
+    fn encoder(&mut self) -> BytesCodec {
+        *self
+    }
+
+    fn decoder(&mut self) -> BytesCodec {
+        *self
+    }
+}
+
+impl Encoder for BytesCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for BytesCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -166,6 +345,25 @@ mod tests {
             m.insert(*k, v.parse().expect("ascii"));
         }
         m
+    }
+
+    #[tokio::test]
+    async fn every_method_of_the_contract_is_forwarded_and_the_hashing_ones_on_their_own_connection() {
+        let upstream = Upstream::new(
+            "auth",
+            taskgate_common::balance::BalancedChannel::from(
+                tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy(),
+            ),
+        );
+        let pool = &taskgate_proto::DESCRIPTOR_POOL;
+        let auth = pool.get_service_by_name(taskgate_proto::service_names::AUTH).expect("AuthService");
+        let proxy = ServiceProxy::new(&auth, "auth", (upstream.clone(), upstream), Metrics::new(), WatchSlots::new(1))
+            .expect("paths");
+        assert_eq!(proxy.calls.len(), auth.methods().len());
+        let mut expensive: Vec<&str> = proxy.calls.values().filter(|c| c.expensive).map(|c| c.method).collect();
+        expensive.sort_unstable();
+        assert_eq!(expensive, ["ChangePassword", "Login", "Register"]);
+        assert_eq!(proxy.calls["Login"].path.as_str(), "/taskgate.auth.v1.AuthService/Login");
     }
 
     #[test]

@@ -8,11 +8,7 @@ use anyhow::Context as _;
 use axum::{Router, routing::get};
 use secrecy::ExposeSecret as _;
 use taskgate_common::{balance::BalancedChannel, mtls::Mtls};
-use taskgate_proto::{
-    auth::v1::{auth_service_client::AuthServiceClient, auth_service_server::AuthServiceServer},
-    service_names,
-    task::v1::{task_service_client::TaskServiceClient, task_service_server::TaskServiceServer},
-};
+use taskgate_proto::service_names;
 use taskgate_tokens::{GrpcKeySource, Verifier, VerifierConfig};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -26,7 +22,7 @@ use crate::{
     cookies::CookiePolicy,
     edge::{self, Demo, Readiness},
     metrics::{self, Metrics},
-    proxy::{auth::AuthProxy, task::TaskProxy},
+    proxy::ServiceProxy,
     ratelimit::RateLimiter,
     rest,
     serve::{self, ConnectionLimits},
@@ -81,7 +77,6 @@ impl Application {
         let auth_upstream = Upstream::new("auth", auth_channel.clone());
         let auth_hashing_upstream =
             auth_upstream.sharing_incidents(channel(&settings.auth_url, mtls.as_ref()).context("AUTH_SERVICE_URL")?);
-        let auth_hashing = AuthServiceClient::new(auth_hashing_upstream.clone());
         let task_channel = channel(&settings.task_url, mtls.as_ref()).context("TASK_SERVICE_URL")?;
         // One handle (pool and circuit breaker) shared by the limiter and /readyz.
         let redis = taskgate_common::redis::RedisHandle::connect(
@@ -97,15 +92,13 @@ impl Application {
             RateLimiter::new(redis.clone(), settings.redis_prefix.clone(), settings.limits(), metrics.clone()).await;
         let cookies = CookiePolicy::new(settings.cookie_secure, settings.csrf_secret.as_ref());
 
-        let auth_client = AuthServiceClient::new(auth_upstream.clone());
         let task_upstream = Upstream::new("task", task_channel.clone());
-        let task_client = TaskServiceClient::new(task_upstream.clone());
         let watch = WatchSlots::new(settings.max_watch_streams as usize);
-        let (grpc, health) = grpc_routes(
-            AuthProxy::new(auth_client.clone(), auth_hashing.clone(), metrics.clone()),
-            TaskProxy::new(task_client.clone(), metrics.clone(), watch.clone()),
-        )
-        .await?;
+        let proxies = [
+            (service_names::AUTH, "auth", (auth_upstream.clone(), auth_hashing_upstream.clone())),
+            (service_names::TASK, "task", (task_upstream.clone(), task_upstream.clone())),
+        ];
+        let (grpc, health) = grpc_routes(proxies, &metrics, &watch).await?;
         edge::spawn_backend_health(health, auth_channel.clone(), task_channel.clone());
         let readiness = Arc::new(Readiness::new(auth_channel, task_channel, redis));
         let mut routes = Router::new()
@@ -184,19 +177,28 @@ fn service_path<S: NamedService>(_: &S) -> String {
 }
 
 /// The gRPC services, each behind tonic-web so gRPC-web works on the same
-/// paths: the two proxies, and health and reflection answered by the gateway.
-/// Also returns the health reporter, whose per-service status follows the backends.
-async fn grpc_routes(auth: AuthProxy, task: TaskProxy) -> anyhow::Result<(Router, HealthReporter)> {
+/// paths: a proxy for each `(service, metrics label, (cheap, expensive))` of
+/// `proxies` (a service of the contract, its backend's connections), and
+/// health and reflection answered by the gateway. Also returns the health
+/// reporter, whose per-service status follows the backends.
+async fn grpc_routes(
+    proxies: [(&str, &'static str, (Upstream, Upstream)); 2],
+    metrics: &Arc<Metrics>,
+    watch: &WatchSlots,
+) -> anyhow::Result<(Router, HealthReporter)> {
     let web = tonic_web::GrpcWebLayer::new();
-    let auth = AuthServiceServer::new(auth).max_decoding_message_size(taskgate_common::grpc::MAX_MESSAGE_BYTES);
-    let task = TaskServiceServer::new(task).max_decoding_message_size(taskgate_common::grpc::MAX_MESSAGE_BYTES);
     let (reporter, health) = taskgate_common::grpc::health(&[service_names::AUTH, service_names::TASK]).await;
     let (reflection_v1, reflection_v1alpha) = taskgate_common::grpc::reflection()?;
-    let router = Router::new()
-        .route_service(&service_path(&auth), web.layer(auth))
-        .route_service(&service_path(&task), web.layer(task))
+    let mut router = Router::new()
         .route_service(&service_path(&health), web.layer(health))
         .route_service(&service_path(&reflection_v1), web.layer(reflection_v1))
         .route_service(&service_path(&reflection_v1alpha), web.layer(reflection_v1alpha));
+    for (name, label, upstreams) in proxies {
+        let service = taskgate_proto::DESCRIPTOR_POOL
+            .get_service_by_name(name)
+            .with_context(|| format!("{name} is not in the contract"))?;
+        let proxy = ServiceProxy::new(&service, label, upstreams, metrics.clone(), watch.clone())?;
+        router = router.route_service(&format!("/{name}/{{*rest}}"), web.layer(proxy));
+    }
     Ok((router, reporter))
 }
