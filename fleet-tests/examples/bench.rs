@@ -11,7 +11,8 @@
 //!    time);
 //! 3. a list of 20 tasks (ListTasks, page size 20) three ways: REST `GET /api/v1/tasks` and
 //!    native gRPC through the gateway, and native gRPC straight to the task service, with the
-//!    gateway/direct ratios;
+//!    gateway/direct ratios and what each request cost in CPU time, process by process (the
+//!    bench's own client, and the rest of the machine: Redis, PostgreSQL, the kernel);
 //! 4. create: REST `POST /api/v1/tasks`;
 //! 5. login through the gateway against the ceiling: cores ÷ the time of one argon2id hash with
 //!    the service's parameters, measured here first;
@@ -32,14 +33,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fleet_tests::processes::Stack;
+use fleet_tests::processes::{Process, Stack};
 use taskgate_proto::{
     auth::v1::{LoginRequest, auth_service_client::AuthServiceClient},
     task::v1::{CreateTaskRequest, ListTasksRequest, Task, task_service_client::TaskServiceClient},
 };
 use taskgate_test_support::{
     PASSWORD, bearer,
-    load::{ClosedLoop, Run, closed_loop, paced},
+    load::{ClosedLoop, Run, WARM_UP, closed_loop, paced},
 };
 use tonic::transport::Channel;
 
@@ -78,6 +79,8 @@ async fn main() -> anyhow::Result<()> {
     println!("\n{requests} requests per path (at most {} s), {concurrency} in flight", MAX_RUN.as_secs());
     Run::header();
     let http = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
+    let (mut costs, warm_up) = (Vec::new(), WARM_UP.min(requests / 10));
+    let before = Cpu::now(&processes);
     let rest = {
         let (http, users) = (http.clone(), users.clone());
         let url = format!("http://{gateway_addr}/api/v1/tasks?page_size={TASKS_PER_USER}");
@@ -88,10 +91,33 @@ async fn main() -> anyhow::Result<()> {
         .await
     };
     rest.print("list 20, REST via gateway");
+    costs.push(("list 20, REST via gateway", Cpu::now(&processes).per_request(&before, &rest, warm_up)));
+    let before = Cpu::now(&processes);
     let grpc = list_grpc(&gateway, &users, requests, concurrency).await;
     grpc.print("list 20, gRPC via gateway");
+    costs.push(("list 20, gRPC via gateway", Cpu::now(&processes).per_request(&before, &grpc, warm_up)));
+    let before = Cpu::now(&processes);
     let straight = list_grpc(&direct, &users, requests, concurrency).await;
     straight.print("list 20, gRPC direct to task service");
+    costs.push(("list 20, gRPC direct", Cpu::now(&processes).per_request(&before, &straight, warm_up)));
+    println!(
+        "
+CPU time per request (µs), warm-up included"
+    );
+    print!("{:<34}", "path");
+    for p in &processes {
+        print!(" {:>9}", p.name.trim_end_matches("-service"));
+    }
+    println!(" {:>9} {:>9} {:>9}", "client", "other", "total");
+    for (name, cost) in &costs {
+        print!("{name:<34}");
+        for us in cost {
+            print!(" {us:>9.0}");
+        }
+        println!(" {:>9.0}", cost.iter().sum::<f64>());
+    }
+    println!("  (other: Redis, PostgreSQL and the kernel, from /proc/stat)\n");
+    Run::header();
     let create = {
         let (http, users) = (http.clone(), users.clone());
         let url = format!("http://{gateway_addr}/api/v1/tasks");
@@ -274,6 +300,50 @@ async fn one_hash_time() -> anyhow::Result<Duration> {
         Ok(times[times.len() / 2])
     })
     .await?
+}
+
+/// CPU seconds used so far: by each service, by this process (the client), and by the whole
+/// machine (busy time of all cores, from `/proc/stat`).
+struct Cpu {
+    /// Each service's, in the order of the stack's processes.
+    services: Vec<f64>,
+    /// This process's.
+    client: f64,
+    /// All cores' busy time.
+    machine: f64,
+}
+
+impl Cpu {
+    /// The counters now.
+    fn now(processes: &[Process]) -> Cpu {
+        let machine = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        // cpu user nice system idle iowait irq softirq steal ...: all but idle and iowait are busy.
+        let fields: Vec<f64> = machine
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        let busy = fields.iter().enumerate().filter(|(i, _)| !matches!(i, 3 | 4)).map(|(_, v)| v).sum::<f64>();
+        Cpu {
+            services: processes.iter().map(Process::cpu_seconds).collect(),
+            client: fleet_tests::processes::cpu_seconds_of("self"),
+            machine: busy / 100.0,
+        }
+    }
+
+    /// Microseconds of CPU per request of `run` and its `warm_up` calls since `before`: one
+    /// figure per service, then the client's, then the rest of the machine's.
+    fn per_request(&self, before: &Cpu, run: &Run, warm_up: usize) -> Vec<f64> {
+        let requests = (run.latencies.len() + run.errors + warm_up).max(1) as f64;
+        let mut out: Vec<f64> = self.services.iter().zip(&before.services).map(|(now, then)| now - then).collect();
+        out.push(self.client - before.client);
+        let known: f64 = out.iter().sum();
+        out.push((self.machine - before.machine - known).max(0.0));
+        out.iter().map(|seconds| seconds * 1e6 / requests).collect()
+    }
 }
 
 /// `/proc/loadavg`'s first three fields.

@@ -56,12 +56,7 @@ impl Process {
 
     /// CPU seconds (user + system) the process used so far.
     pub fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        // Fields after the `(comm)`: utime is the 14th and stime the 15th of the whole line.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-        (ticks(11) + ticks(12)) / 100.0
+        cpu_seconds_of(&self.pid().to_string())
     }
 
     /// Resident memory now and at its peak so far (`VmRSS`, `VmHWM`), in MiB.
@@ -146,4 +141,15 @@ pub fn stack_settings(
         ("LOGIN_MAX_FAILURES_PER_IP", "1000000".to_owned()),
         ("LOGIN_DELAY_STEP_MS", "0".to_owned()),
     ]
+}
+
+/// CPU seconds (user + system) the process `pid` (a number, or `self`) used so far, from
+/// `/proc/<pid>/stat`; 0 when it cannot be read.
+pub fn cpu_seconds_of(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the `(comm)`: utime is the 14th and stime the 15th of the whole line.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
