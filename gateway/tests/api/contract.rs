@@ -1,6 +1,7 @@
 //! A new RPC needs no gateway code: a contract that exists only in these
 //! tests (`tests/proto/taskgate/test/v1/echo.proto`), compiled here, is
-//! served over REST by the generic transcoder, guarded by the same policy
+//! served over REST by the generic transcoder and over native gRPC by the
+//! generic proxy, guarded by the same policy
 //! and authentication middleware as the gateway's own contract according to
 //! its `taskgate.api.v1.policy` option, held to its `buf.validate` and
 //! `field_behavior` rules, and listed in the generated OpenAPI document with
@@ -12,7 +13,9 @@ use axum::middleware::from_fn_with_state;
 use gateway::{
     auth::{self, EdgeAuth},
     cookies::CookiePolicy,
+    metrics::Metrics,
     policy::{self, Routes},
+    proxy::ServiceProxy,
     rest::{self, Backends, transcode::DynamicCodec},
     upstream::Upstream,
     watch::WatchSlots,
@@ -82,8 +85,9 @@ impl tonic::server::UnaryService<DynamicMessage> for Echo {
     }
 }
 
-/// The test contract's REST routes behind the gateway's own policy and
-/// authentication middleware, verifying tokens against `auth_addr`.
+/// The test contract's REST routes and its gRPC service behind the gateway's
+/// own policy and authentication middleware, verifying tokens against
+/// `auth_addr`.
 async fn spawn_gateway(pool: &DescriptorPool, echo: SocketAddr, auth_addr: SocketAddr) -> String {
     let rules = taskgate_proto::http_rules(pool);
     let routes: &'static Routes = Box::leak(Box::new(Routes::new(pool, &rules)));
@@ -93,7 +97,12 @@ async fn spawn_gateway(pool: &DescriptorPool, echo: SocketAddr, auth_addr: Socke
     let keys = Arc::new(GrpcKeySource::new(BalancedChannel::from(lazy_channel(auth_addr))));
     let verifier = Verifier::new(keys, VerifierConfig::new("taskgate", "taskgate"));
     let edge = Arc::new(EdgeAuth::new(verifier, Vec::new(), cookies.clone()));
+    let service = pool.get_service_by_name("taskgate.test.v1.EchoService").expect("EchoService");
+    let upstream = Upstream::new("echo", BalancedChannel::from(lazy_channel(echo)));
+    let grpc = ServiceProxy::new(&service, "echo", (upstream.clone(), upstream), Metrics::new(), WatchSlots::new(4))
+        .expect("the service's paths");
     let app = rest::router_for(rules, backends, cookies, WatchSlots::new(4))
+        .route_service("/taskgate.test.v1.EchoService/{*rest}", grpc)
         .layer(from_fn_with_state(edge, auth::authenticate))
         .layer(from_fn_with_state(routes, policy::classify));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding the gateway");
@@ -176,4 +185,50 @@ async fn a_new_rpc_is_served_documented_and_guarded_with_no_gateway_code() {
         assert_eq!(violated(&body), field, "{request}: {body}");
         check_response(&doc, "POST", "/api/v1/echo/{room}", 400, Some(&body)).expect("as documented");
     }
+}
+
+#[tokio::test]
+async fn a_new_rpc_is_forwarded_over_grpc_with_no_gateway_code() {
+    let stack = spawn_stack().await;
+    let user = stack.user().await;
+    let pool = test_contract();
+    let echo = spawn_echo(&pool).await;
+    let base = spawn_gateway(&pool, echo, stack.auth_addr).await;
+    let channel = tonic::transport::Endpoint::from_shared(base).expect("a URL").connect().await.expect("h2c");
+    let (request, response) = (
+        pool.get_message_by_name("taskgate.test.v1.EchoRequest").expect("EchoRequest"),
+        pool.get_message_by_name("taskgate.test.v1.EchoResponse").expect("EchoResponse"),
+    );
+    let call = |method: &'static str, token: Option<String>| {
+        let mut said = DynamicMessage::new(request.clone());
+        said.set_field_by_name("text", Value::String("hello".into()));
+        let mut call = tonic::Request::new(said);
+        if let Some(token) = token {
+            call.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
+        }
+        let (mut grpc, codec) = (tonic::client::Grpc::new(channel.clone()), DynamicCodec(response.clone()));
+        async move {
+            grpc.ready().await.expect("ready");
+            let path = http::uri::PathAndQuery::from_static(method);
+            grpc.unary(call, path, codec).await.map(tonic::Response::into_inner)
+        }
+    };
+    let field = |reply: &DynamicMessage, name: &str| reply.get_field_by_name(name).map(|v| v.into_owned());
+
+    // Public by its policy; the bytes reach the backend and come back unchanged.
+    let reply = call("/taskgate.test.v1.EchoService/Ping", None).await.expect("Ping is public");
+    assert_eq!(field(&reply, "text"), Some(Value::String("hello".into())));
+    assert_eq!(field(&reply, "length"), Some(Value::I64(5)));
+    assert_eq!(field(&reply, "with_token"), Some(Value::Bool(false)));
+    // Token required by its policy.
+    let refused = call("/taskgate.test.v1.EchoService/Echo", None).await.expect_err("no token");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let refused = call("/taskgate.test.v1.EchoService/Echo", Some("not-a-token".into())).await.expect_err("bad token");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let reply = call("/taskgate.test.v1.EchoService/Echo", Some(user.access().to_owned())).await.expect("with a token");
+    assert_eq!(field(&reply, "with_token"), Some(Value::Bool(true)));
+    // A method the descriptors do not declare is not forwarded.
+    let unknown =
+        call("/taskgate.test.v1.EchoService/Shout", Some(user.access().to_owned())).await.expect_err("unknown");
+    assert_eq!(unknown.code(), tonic::Code::Unimplemented);
 }
