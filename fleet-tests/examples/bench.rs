@@ -17,7 +17,8 @@
 //! 5. login through the gateway against the ceiling: cores ÷ the time of one argon2id hash with
 //!    the service's parameters, measured here first;
 //! 6. task reads paced at 200/s, p99 idle and during a login flood;
-//! 7. each service's RSS idle, at the peak of the flood, and one minute after it.
+//! 7. each service's RSS idle (and how much of it is code mapped from the binary, `RssFile`), at
+//!    the peak of the flood, and one minute after it.
 //!
 //! ```text
 //! cargo xtask bench [REQUESTS] [CONCURRENCY]
@@ -75,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
     // Idle: the seeding's logins over, and the hashing threads' memory given back.
     tokio::time::sleep(auth_service::password::KEEP_MEMORY_IDLE + Duration::from_secs(2)).await;
     let idle: Vec<f64> = processes.iter().map(|p| p.rss_mib().0).collect();
+    let code: Vec<f64> = processes.iter().map(Process::code_mib).collect();
 
     println!("\n{requests} requests per path (at most {} s), {concurrency} in flight", MAX_RUN.as_secs());
     Run::header();
@@ -181,12 +183,19 @@ CPU time per request (µs), warm-up included"
     println!("\nwaiting {} s for the memory to settle", SETTLE.as_secs());
     tokio::time::sleep(SETTLE).await;
     let after: Vec<f64> = processes.iter().map(|p| p.rss_mib().0).collect();
-    println!("\nresident memory (MiB)      idle   flood peak   a minute after");
+    println!("\nresident memory (MiB)      idle   of it code   flood peak   a minute after");
     for (i, p) in processes.iter().enumerate() {
-        println!("  {:<22} {:>6.1} {:>12.1} {:>16.1}", p.name, idle[i], peak[i], after[i]);
+        println!("  {:<22} {:>6.1} {:>12.1} {:>12.1} {:>16.1}", p.name, idle[i], code[i], peak[i], after[i]);
     }
     let sum = |v: &[f64]| v.iter().sum::<f64>();
-    println!("  {:<22} {:>6.1} {:>12.1} {:>16.1}", "all three", sum(&idle), sum(&peak), sum(&after));
+    println!(
+        "  {:<22} {:>6.1} {:>12.1} {:>12.1} {:>16.1}",
+        "all three",
+        sum(&idle),
+        sum(&code),
+        sum(&peak),
+        sum(&after)
+    );
 
     println!("\nsummary");
     println!(
