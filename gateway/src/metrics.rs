@@ -263,14 +263,10 @@ impl Metrics {
         self.decisions.get_or_create(&DecisionLabels { protocol: protocol.as_str(), decision }).inc();
     }
 
-    /// Counts one call the proxy made to a backend: `service` is `auth` or
-    /// `task`, `method` the RPC's name.
+    /// Counts one call the proxy made to a backend: `service` is the
+    /// service's full name, `method` the RPC's name (both from the contract,
+    /// so the label set is bounded).
     pub fn upstream(&self, service: &'static str, method: &'static str, code: Code) {
-        let service = match service {
-            "auth" => taskgate_proto::service_names::AUTH,
-            "task" => taskgate_proto::service_names::TASK,
-            other => other,
-        };
         let grpc_type = taskgate_common::metrics::grpc::method_labels(service, method).map_or("unary", |m| m.grpc_type);
         let labels = ClientLabels { grpc_type, grpc_service: service, grpc_method: method, grpc_code: GrpcCode(code) };
         self.upstream.get_or_create(&labels).inc();
@@ -490,7 +486,7 @@ mod tests {
         let m = Metrics::new();
         m.http(HttpLabels { method: "GET", route: "/api/v1/tasks" }, 200, 0.003);
         m.ratelimit_decision(Protocol::Grpc, "limited");
-        m.upstream("task", "ListTasks", Code::Unavailable);
+        m.upstream(taskgate_proto::service_names::TASK, "ListTasks", Code::Unavailable);
         m.grpc_started(grpc_labels(Protocol::Grpc, "/taskgate.task.v1.TaskService/ListTasks"));
         m.grpc_handled(grpc_labels(Protocol::Grpc, "/taskgate.task.v1.TaskService/ListTasks"), Code::NotFound, 0.01);
         let text = m.render();

@@ -24,7 +24,7 @@ use std::{
 
 use bytes::{Buf as _, BufMut as _, Bytes};
 use futures::future::BoxFuture;
-use http::uri::{InvalidUri, PathAndQuery};
+use http::uri::PathAndQuery;
 use prost_reflect::ServiceDescriptor;
 use taskgate_common::balance::BoxError;
 use taskgate_proto::api::v1::Cost;
@@ -38,7 +38,7 @@ use tower::Service;
 use crate::{
     metrics::Metrics,
     protocol::ReceivedAt,
-    upstream::Upstream,
+    upstream::{Backends, Upstream},
     watch::{Held, WatchSlots},
 };
 
@@ -167,8 +167,8 @@ pub fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
 
 /// One RPC as the proxy forwards it.
 struct Call {
-    /// The backend's label in metrics (`auth`, `task`).
-    backend: &'static str,
+    /// The service's full name, for metrics (named once per service).
+    service: &'static str,
     /// The method's name, for metrics (the contract's methods are a fixed set, named once).
     method: &'static str,
     /// `/<service>/<method>`.
@@ -196,22 +196,24 @@ pub struct ServiceProxy {
 }
 
 impl ServiceProxy {
-    /// The proxy of `service` (a service of the contract), whose backend is
-    /// labelled `backend` in metrics: a call whose policy declares
-    /// `COST_PASSWORD_HASH` goes over `expensive`, every other over `cheap`.
+    /// The proxy of `service` (a service of the contract) to its upstreams
+    /// in `backends`: a call whose policy declares `COST_PASSWORD_HASH` goes
+    /// over the one for expensive calls, every other over the cheap one.
     pub fn new(
         service: &ServiceDescriptor,
-        backend: &'static str,
-        upstreams: (Upstream, Upstream),
+        backends: &Backends,
         metrics: Arc<Metrics>,
         watch: WatchSlots,
-    ) -> Result<ServiceProxy, InvalidUri> {
+    ) -> anyhow::Result<ServiceProxy> {
+        let name = service.full_name();
+        let upstreams = (backends.upstream(name, false)?.clone(), backends.upstream(name, true)?.clone());
+        let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
         let mut calls = HashMap::new();
         for method in service.methods() {
             let call = Call {
-                backend,
+                service: name,
                 method: Box::leak(method.name().to_owned().into_boxed_str()),
-                path: PathAndQuery::try_from(format!("/{}/{}", service.full_name(), method.name()))?,
+                path: PathAndQuery::try_from(format!("/{name}/{}", method.name()))?,
                 expensive: taskgate_proto::policy(&method).cost() == Cost::PasswordHash,
                 streaming: method.is_server_streaming(),
             };
@@ -266,12 +268,10 @@ async fn unary(
     request: Request<Bytes>,
 ) -> Result<Response<Bytes>, Status> {
     let (request, deadline) = outbound(request)?;
+    // An Upstream is always ready (it settles its channel's readiness within the call).
     let mut client = tonic::client::Grpc::new(upstream);
-    let reply = async {
-        client.ready().await.map_err(|e| Status::unavailable(format!("backend not ready: {e}")))?;
-        client.unary(request, call.path.clone(), BytesCodec).await
-    };
-    finish(&metrics, call.backend, call.method, deadline, reply).await
+    let reply = client.unary(request, call.path.clone(), BytesCodec);
+    finish(&metrics, call.service, call.method, deadline, reply).await
 }
 
 /// Forwards one server-streaming call: the backend's stream, passed through
@@ -288,11 +288,8 @@ async fn stream(
     let permit = watch.acquire()?;
     let (request, _deadline) = outbound(request)?;
     let mut client = tonic::client::Grpc::new(upstream);
-    let reply = async {
-        client.ready().await.map_err(|e| Status::unavailable(format!("backend not ready: {e}")))?;
-        client.server_streaming(request, call.path.clone(), BytesCodec).await
-    };
-    let (metadata, stream, extensions) = finish(&metrics, call.backend, call.method, None, reply).await?.into_parts();
+    let reply = client.server_streaming(request, call.path.clone(), BytesCodec);
+    let (metadata, stream, extensions) = finish(&metrics, call.service, call.method, None, reply).await?.into_parts();
     Ok(Response::from_parts(metadata, Held::new(stream, permit), extensions))
 }
 
@@ -357,8 +354,9 @@ mod tests {
         );
         let pool = &taskgate_proto::DESCRIPTOR_POOL;
         let auth = pool.get_service_by_name(taskgate_proto::service_names::AUTH).expect("AuthService");
-        let proxy = ServiceProxy::new(&auth, "auth", (upstream.clone(), upstream), Metrics::new(), WatchSlots::new(1))
-            .expect("paths");
+        assert!(ServiceProxy::new(&auth, &Backends::new(), Metrics::new(), WatchSlots::new(1)).is_err(), "no backend");
+        let backends = Backends::new().with(taskgate_proto::service_names::AUTH, upstream);
+        let proxy = ServiceProxy::new(&auth, &backends, Metrics::new(), WatchSlots::new(1)).expect("paths");
         assert_eq!(proxy.calls.len(), auth.methods().len());
         let mut expensive: Vec<&str> = proxy.calls.values().filter(|c| c.expensive).map(|c| c.method).collect();
         expensive.sort_unstable();

@@ -37,13 +37,13 @@ use http::{Method, StatusCode, Uri, header};
 use taskgate_proto::HttpRule;
 use tonic::Status;
 
-pub use crate::rest::transcode::Backends;
 use crate::{
     cookies::CookiePolicy,
     rest::{
         error::RestError,
         transcode::{Binding, Shared},
     },
+    upstream::Backends,
     watch::WatchSlots,
 };
 

@@ -27,7 +27,7 @@ use crate::{
     rest,
     serve::{self, ConnectionLimits},
     stack, tls,
-    upstream::Upstream,
+    upstream::{Backends, Upstream},
     watch::WatchSlots,
 };
 
@@ -94,11 +94,10 @@ impl Application {
 
         let task_upstream = Upstream::new("task", task_channel.clone());
         let watch = WatchSlots::new(settings.max_watch_streams as usize);
-        let proxies = [
-            (service_names::AUTH, "auth", (auth_upstream.clone(), auth_hashing_upstream.clone())),
-            (service_names::TASK, "task", (task_upstream.clone(), task_upstream.clone())),
-        ];
-        let (grpc, health) = grpc_routes(proxies, &metrics, &watch).await?;
+        let backends = Backends::new()
+            .with_expensive(service_names::AUTH, auth_upstream, auth_hashing_upstream)
+            .with(service_names::TASK, task_upstream);
+        let (grpc, health) = grpc_routes(&backends, &metrics, &watch).await?;
         edge::spawn_backend_health(health, auth_channel.clone(), task_channel.clone());
         let readiness = Arc::new(Readiness::new(auth_channel, task_channel, redis));
         let mut routes = Router::new()
@@ -111,9 +110,6 @@ impl Application {
                 .route("/demo/", get(edge::demo).with_state(demo.clone()))
                 .route("/demo/{*path}", get(edge::demo).with_state(demo));
         }
-        let backends = rest::Backends::new()
-            .with_expensive(service_names::AUTH, auth_upstream, auth_hashing_upstream)
-            .with(service_names::TASK, task_upstream);
         let rest_routes = rest::router(backends, cookies.clone(), watch);
         let routes = routes.merge(grpc).merge(rest_routes);
 
@@ -177,12 +173,11 @@ fn service_path<S: NamedService>(_: &S) -> String {
 }
 
 /// The gRPC services, each behind tonic-web so gRPC-web works on the same
-/// paths: a proxy for each `(service, metrics label, (cheap, expensive))` of
-/// `proxies` (a service of the contract, its backend's connections), and
-/// health and reflection answered by the gateway. Also returns the health
-/// reporter, whose per-service status follows the backends.
+/// paths: a proxy for each service of the contract, to its upstreams in
+/// `backends`, and health and reflection answered by the gateway. Also
+/// returns the health reporter, whose per-service status follows the backends.
 async fn grpc_routes(
-    proxies: [(&str, &'static str, (Upstream, Upstream)); 2],
+    backends: &Backends,
     metrics: &Arc<Metrics>,
     watch: &WatchSlots,
 ) -> anyhow::Result<(Router, HealthReporter)> {
@@ -193,11 +188,11 @@ async fn grpc_routes(
         .route_service(&service_path(&health), web.layer(health))
         .route_service(&service_path(&reflection_v1), web.layer(reflection_v1))
         .route_service(&service_path(&reflection_v1alpha), web.layer(reflection_v1alpha));
-    for (name, label, upstreams) in proxies {
+    for name in [service_names::AUTH, service_names::TASK] {
         let service = taskgate_proto::DESCRIPTOR_POOL
             .get_service_by_name(name)
             .with_context(|| format!("{name} is not in the contract"))?;
-        let proxy = ServiceProxy::new(&service, label, upstreams, metrics.clone(), watch.clone())?;
+        let proxy = ServiceProxy::new(&service, backends, metrics.clone(), watch.clone())?;
         router = router.route_service(&format!("/{name}/{{*rest}}"), web.layer(proxy));
     }
     Ok((router, reporter))

@@ -31,6 +31,7 @@
 //! address, an OS error), never a request's content.
 
 use std::{
+    collections::HashMap,
     error::Error,
     fmt,
     future::Future,
@@ -79,6 +80,43 @@ impl Upstream {
     /// incidents as this one's.
     pub fn sharing_incidents(&self, channel: BalancedChannel) -> Upstream {
         Upstream { channel, incidents: self.incidents.clone() }
+    }
+}
+
+/// The upstreams calls go to, by full service name: what the REST transcoder
+/// and the gRPC proxy both forward over.
+#[derive(Clone, Debug, Default)]
+pub struct Backends {
+    /// Service → (upstream for cheap calls, upstream for expensive ones).
+    services: HashMap<String, (Upstream, Upstream)>,
+}
+
+impl Backends {
+    /// No backends yet.
+    pub fn new() -> Backends {
+        Backends::default()
+    }
+
+    /// Sends every call to `service` over `upstream`.
+    pub fn with(self, service: &str, upstream: Upstream) -> Backends {
+        self.with_expensive(service, upstream.clone(), upstream)
+    }
+
+    /// Sends calls to `service` over `cheap`, except the RPCs whose policy
+    /// says they hash a password, which go over `expensive` (a connection of
+    /// their own, so a flood of them never queues cheap calls).
+    pub fn with_expensive(mut self, service: &str, cheap: Upstream, expensive: Upstream) -> Backends {
+        self.services.insert(service.to_owned(), (cheap, expensive));
+        self
+    }
+
+    /// The upstream for calls to `service`: the one for expensive calls
+    /// when `expensive`, else the one for cheap calls; UNIMPLEMENTED when no
+    /// backend serves `service`.
+    pub fn upstream(&self, service: &str, expensive: bool) -> Result<&Upstream, Status> {
+        let (cheap, costly) =
+            self.services.get(service).ok_or_else(|| Status::unimplemented(format!("no backend serves {service}")))?;
+        Ok(if expensive { costly } else { cheap })
     }
 }
 

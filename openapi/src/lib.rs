@@ -9,7 +9,7 @@
 //! in `components/schemas`. Nothing here names an RPC, a field or a limit:
 //!
 //! - Paths and methods are the bindings; a variable is named by the last
-//!   segment of its field path (`{task.id}` is `{id}`, see [`axum_path`]).
+//!   segment of its field path (`{task.id}` is `{id}`, see `taskgate_proto::contract::route_path`).
 //! - Parameters: the path variables; for a binding whose body is not `*`,
 //!   every scalar or enum request field the path and the body leave over, in
 //!   the query; the request headers of the RPC's `taskgate.api.v1.rest`

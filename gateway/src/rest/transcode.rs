@@ -43,7 +43,7 @@ use crate::{
         extract::{QueryParams, grpc_request, json_body},
         json,
     },
-    upstream::Upstream,
+    upstream::Backends,
     watch::WatchSlots,
 };
 
@@ -146,42 +146,6 @@ impl Binding {
     }
 }
 
-/// The upstreams REST calls go to, by full service name.
-#[derive(Clone, Debug, Default)]
-pub struct Backends {
-    /// Service → (upstream for cheap calls, upstream for expensive ones).
-    services: HashMap<String, (Upstream, Upstream)>,
-}
-
-impl Backends {
-    /// No backends yet.
-    pub fn new() -> Backends {
-        Backends::default()
-    }
-
-    /// Sends every call to `service` over `upstream`.
-    pub fn with(self, service: &str, upstream: Upstream) -> Backends {
-        self.with_expensive(service, upstream.clone(), upstream)
-    }
-
-    /// Sends calls to `service` over `cheap`, except the RPCs whose policy
-    /// says they hash a password, which go over `expensive` (a connection of
-    /// their own, so a flood of them never queues cheap calls).
-    pub fn with_expensive(mut self, service: &str, cheap: Upstream, expensive: Upstream) -> Backends {
-        self.services.insert(service.to_owned(), (cheap, expensive));
-        self
-    }
-
-    /// A generic gRPC client for `binding`'s service.
-    fn client(&self, binding: &Binding) -> Result<tonic::client::Grpc<Upstream>, Status> {
-        let (cheap, expensive) = self
-            .services
-            .get(&binding.rule.service)
-            .ok_or_else(|| Status::unimplemented(format!("no backend serves {}", binding.rule.service)))?;
-        Ok(tonic::client::Grpc::new(if binding.expensive { expensive.clone() } else { cheap.clone() }))
-    }
-}
-
 /// What every handler shares: the backends, the cookie policy and the
 /// open-stream bound.
 #[derive(Clone)]
@@ -212,8 +176,8 @@ async fn serve(binding: &Binding, shared: &Shared, request: Request) -> Result<R
     let query = QueryParams::parse(parts.uri.query());
     let with_cookies = binding.rest.session_cookies() == SessionCookies::Set && query.flag("cookies")?;
     let message = request_message(binding, shared, &mut parts, &query, body, with_cookies).await?;
-    let mut client = shared.backends.client(binding)?;
-    client.ready().await.map_err(|e| Status::unavailable(format!("backend not ready: {e}")))?;
+    let upstream = shared.backends.upstream(&binding.rule.service, binding.expensive)?;
+    let mut client = tonic::client::Grpc::new(upstream.clone());
     let request = grpc_request(&parts.headers, message);
     let codec = DynamicCodec(binding.rule.descriptor.output());
     if binding.is_streaming() {

@@ -16,8 +16,8 @@ use gateway::{
     metrics::Metrics,
     policy::{self, Routes},
     proxy::ServiceProxy,
-    rest::{self, Backends, transcode::DynamicCodec},
-    upstream::Upstream,
+    rest::{self, transcode::DynamicCodec},
+    upstream::{Backends, Upstream},
     watch::WatchSlots,
 };
 use http::StatusCode;
@@ -98,9 +98,7 @@ async fn spawn_gateway(pool: &DescriptorPool, echo: SocketAddr, auth_addr: Socke
     let verifier = Verifier::new(keys, VerifierConfig::new("taskgate", "taskgate"));
     let edge = Arc::new(EdgeAuth::new(verifier, Vec::new(), cookies.clone()));
     let service = pool.get_service_by_name("taskgate.test.v1.EchoService").expect("EchoService");
-    let upstream = Upstream::new("echo", BalancedChannel::from(lazy_channel(echo)));
-    let grpc = ServiceProxy::new(&service, "echo", (upstream.clone(), upstream), Metrics::new(), WatchSlots::new(4))
-        .expect("the service's paths");
+    let grpc = ServiceProxy::new(&service, &backends, Metrics::new(), WatchSlots::new(4)).expect("a backend");
     let app = rest::router_for(rules, backends, cookies, WatchSlots::new(4))
         .route_service("/taskgate.test.v1.EchoService/{*rest}", grpc)
         .layer(from_fn_with_state(edge, auth::authenticate))

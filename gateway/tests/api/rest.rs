@@ -680,7 +680,7 @@ async fn router_with_an_admin(admin: &str) -> (Api, tokio::sync::oneshot::Sender
         let _ = stopped.await;
     }));
     let channel = taskgate_common::balance::BalancedChannel::from(crate::helpers::lazy_channel(auth_addr));
-    let backends = gateway::rest::Backends::new()
+    let backends = gateway::upstream::Backends::new()
         .with(taskgate_proto::service_names::AUTH, gateway::upstream::Upstream::new("auth", channel.clone()))
         .with(taskgate_proto::service_names::TASK, gateway::upstream::Upstream::new("task", channel));
     let router = gateway::rest::router(
