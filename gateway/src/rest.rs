@@ -83,7 +83,8 @@ pub fn router_for(
     cookies: CookiePolicy,
     watch: WatchSlots,
 ) -> Router {
-    let shared = Shared { backends, cookies, watch };
+    // Shared behind one Arc: every request clones a pointer, not the table of upstreams.
+    let shared = Arc::new(Shared { backends, cookies, watch });
     let mut router = Router::new();
     for rule in rules {
         let (method, verb) = (rule.method.clone(), rule.verb);

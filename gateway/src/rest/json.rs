@@ -15,10 +15,12 @@
 //! name that does not exist or a value of the wrong type is a 400 whose
 //! BadRequest detail names the field.
 
+use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
 use prost_reflect::{
-    DeserializeOptions, DynamicMessage, EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage as _,
-    SerializeOptions, Value as ProtoValue,
+    DeserializeOptions, DynamicMessage, EnumDescriptor, FieldDescriptor, Kind, MapKey, MessageDescriptor,
+    ReflectMessage as _, SerializeOptions, Value as ProtoValue,
 };
+use serde::{Serialize, Serializer, ser::SerializeMap as _};
 use serde_json::{Map, Value};
 use taskgate_common::{
     status::{invalid_field, invalid_fields},
@@ -28,34 +30,129 @@ use taskgate_proto::contract::{is_well_known, short_name};
 
 use crate::rest::error::RestError;
 
-/// `message` as REST JSON.
+/// `message` as REST JSON, as a value (for reading single fields).
 pub fn render(message: &DynamicMessage) -> Value {
-    let options =
-        SerializeOptions::new().use_proto_field_name(true).skip_default_fields(false).stringify_64_bit_integers(true);
-    let mut value = message.serialize_with_options(serde_json::value::Serializer, &options).unwrap_or(Value::Null);
-    friendly(&message.descriptor(), &mut value);
-    value
+    serde_json::to_value(Rest(message)).unwrap_or(Value::Null)
 }
 
-/// Applies the REST rules to the proto3 JSON `value` of a `desc` message:
-/// `null` for unset fields with presence, short enum names.
-fn friendly(desc: &MessageDescriptor, value: &mut Value) {
-    let Value::Object(fields) = value else { return };
-    for field in desc.fields() {
-        match fields.get_mut(field.name()) {
-            Some(value) => each_value(&field, value, &mut |kind, value| match kind {
-                Kind::Enum(e) => {
-                    if let Some(full) = value.as_str() {
-                        *value = Value::String(short_name(e, full));
-                    }
-                }
-                Kind::Message(m) if !is_well_known(m) => friendly(m, value),
-                _ => {}
-            }),
-            None if field.supports_presence() => {
-                fields.insert(field.name().to_owned(), Value::Null);
+/// `message` as REST JSON text, written straight from the message (no
+/// intermediate JSON tree).
+pub fn to_vec(message: &DynamicMessage) -> Vec<u8> {
+    serde_json::to_vec(&Rest(message)).unwrap_or_default()
+}
+
+/// The options of prost-reflect's proto3 JSON serializer that match the
+/// REST rules, for the well-known types it writes for us.
+fn proto3_options() -> SerializeOptions {
+    SerializeOptions::new().use_proto_field_name(true).skip_default_fields(false).stringify_64_bit_integers(true)
+}
+
+/// A message serialised by the REST rules: every field by its proto name,
+/// `null` for an unset field with presence, enums by short name, 64-bit
+/// integers as strings; the well-known types (timestamps and the like) as
+/// proto3 JSON has them, by prost-reflect's serializer.
+struct Rest<'a>(&'a DynamicMessage);
+
+impl Serialize for Rest<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let message = self.0;
+        let desc = message.descriptor();
+        if is_well_known(&desc) {
+            return message.serialize_with_options(serializer, &proto3_options());
+        }
+        let mut map = serializer.serialize_map(None)?;
+        for field in desc.fields() {
+            if field.supports_presence() && !message.has_field(&field) {
+                map.serialize_entry(field.name(), &())?;
+            } else {
+                map.serialize_entry(field.name(), &Field { field: &field, value: &message.get_field(&field) })?;
             }
-            None => {}
+        }
+        map.end()
+    }
+}
+
+/// The value of one field: a list, a map or a single value.
+struct Field<'a> {
+    field: &'a FieldDescriptor,
+    value: &'a ProtoValue,
+}
+
+impl Serialize for Field<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.value {
+            ProtoValue::List(items) => {
+                let kind = self.field.kind();
+                serializer.collect_seq(items.iter().map(|value| Single { kind: &kind, value }))
+            }
+            ProtoValue::Map(entries) => {
+                let kind = match self.field.kind() {
+                    Kind::Message(entry) => entry.map_entry_value_field().kind(),
+                    kind => kind,
+                };
+                serializer
+                    .collect_map(entries.iter().map(|(key, value)| (MapKeyText(key), Single { kind: &kind, value })))
+            }
+            value => Single { kind: &self.field.kind(), value }.serialize(serializer),
+        }
+    }
+}
+
+/// One value of kind `kind`.
+struct Single<'a> {
+    kind: &'a Kind,
+    value: &'a ProtoValue,
+}
+
+impl Serialize for Single<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.value {
+            ProtoValue::Bool(b) => serializer.serialize_bool(*b),
+            ProtoValue::I32(n) => serializer.serialize_i32(*n),
+            ProtoValue::U32(n) => serializer.serialize_u32(*n),
+            ProtoValue::I64(n) => serializer.collect_str(n),
+            ProtoValue::U64(n) => serializer.collect_str(n),
+            ProtoValue::F32(n) => float(serializer, f64::from(*n)),
+            ProtoValue::F64(n) => float(serializer, *n),
+            ProtoValue::String(s) => serializer.serialize_str(s),
+            ProtoValue::Bytes(b) => serializer.serialize_str(&BASE64.encode(b)),
+            ProtoValue::EnumNumber(n) => match self.kind {
+                Kind::Enum(e) => match e.get_value(*n) {
+                    Some(v) => serializer.serialize_str(&short_name(e, v.name())),
+                    None => serializer.serialize_i32(*n),
+                },
+                _ => serializer.serialize_i32(*n),
+            },
+            ProtoValue::Message(m) => Rest(m).serialize(serializer),
+            // Nested lists and maps do not exist in protobuf.
+            ProtoValue::List(_) | ProtoValue::Map(_) => serializer.serialize_unit(),
+        }
+    }
+}
+
+/// A float as proto3 JSON writes it: a number, or `"NaN"`, `"Infinity"`,
+/// `"-Infinity"`.
+fn float<S: Serializer>(serializer: S, n: f64) -> Result<S::Ok, S::Error> {
+    match n {
+        n if n.is_nan() => serializer.serialize_str("NaN"),
+        f64::INFINITY => serializer.serialize_str("Infinity"),
+        f64::NEG_INFINITY => serializer.serialize_str("-Infinity"),
+        n => serializer.serialize_f64(n),
+    }
+}
+
+/// A map key as JSON object keys are: text.
+struct MapKeyText<'a>(&'a MapKey);
+
+impl Serialize for MapKeyText<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            MapKey::Bool(b) => serializer.collect_str(b),
+            MapKey::I32(n) => serializer.collect_str(n),
+            MapKey::I64(n) => serializer.collect_str(n),
+            MapKey::U32(n) => serializer.collect_str(n),
+            MapKey::U64(n) => serializer.collect_str(n),
+            MapKey::String(s) => serializer.serialize_str(s),
         }
     }
 }
@@ -247,6 +344,36 @@ mod tests {
         assert_eq!(json["created_at"], Value::Null);
         let list = DynamicMessage::new(message("taskgate.task.v1.ListTasksResponse"));
         assert_eq!(render(&list), serde_json::json!({"tasks": [], "next_page_token": "", "version": "0"}));
+    }
+
+    #[test]
+    fn a_page_is_written_as_proto3_json_with_the_rest_rules() {
+        let page = parse(
+            &message("taskgate.task.v1.ListTasksResponse"),
+            object(
+                r#"{"tasks": [{"id": "t1", "title": "a \"quoted\" title", "status": "done",
+                               "created_at": "2026-12-06T10:00:00.5Z", "etag": "3"},
+                              {"id": "t2", "title": "b"}],
+                    "version": "9223372036854775807"}"#,
+            ),
+        )
+        .expect("a valid page");
+        let text = to_vec(&page);
+        let json: Value = serde_json::from_slice(&text).expect("the writer writes JSON");
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "tasks": [
+                    {"id": "t1", "title": "a \"quoted\" title", "description": "", "status": "done",
+                     "created_at": "2026-12-06T10:00:00.500Z", "updated_at": null, "etag": "3"},
+                    {"id": "t2", "title": "b", "description": "", "status": "unspecified",
+                     "created_at": null, "updated_at": null, "etag": ""},
+                ],
+                "next_page_token": "",
+                "version": "9223372036854775807",
+            })
+        );
+        assert_eq!(render(&page), json, "the value and the text agree");
     }
 
     #[test]

@@ -20,7 +20,6 @@
 use std::{collections::HashMap, sync::Arc};
 
 use axum::{
-    Json,
     body::Body,
     extract::{FromRequestParts as _, Path, Request},
     response::{IntoResponse, Response},
@@ -148,7 +147,6 @@ impl Binding {
 
 /// What every handler shares: the backends, the cookie policy and the
 /// open-stream bound.
-#[derive(Clone)]
 pub struct Shared {
     /// The upstreams.
     pub backends: Backends,
@@ -159,7 +157,7 @@ pub struct Shared {
 }
 
 /// Serves one request for `binding`.
-pub async fn handle(binding: Arc<Binding>, shared: Shared, request: Request) -> Response {
+pub async fn handle(binding: Arc<Binding>, shared: Arc<Shared>, request: Request) -> Response {
     let clear = binding.rest.session_cookies() == SessionCookies::Clear;
     let mut response = serve(&binding, &shared, request).await.unwrap_or_else(IntoResponse::into_response);
     if clear {
@@ -422,7 +420,8 @@ fn respond(
     let mut response = if status == StatusCode::NO_CONTENT {
         status.into_response()
     } else {
-        (status, Json(json::render(&body))).into_response()
+        let json = [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))];
+        (status, json, json::to_vec(&body)).into_response()
     };
     if let Some(current) = etag {
         insert(&mut response, header::ETAG, format!("\"{current}\""));
