@@ -1,5 +1,6 @@
-//! `cargo xtask bench [REQUESTS] [CONCURRENCY]`: the benchmark of `fleet-tests/examples/bench.rs`
-//! on a release build, against throwaway PostgreSQL and Redis servers that it starts and removes.
+//! `cargo xtask bench [--fast] [REQUESTS] [CONCURRENCY]`: the benchmark of
+//! `fleet-tests/examples/bench.rs` on a release build (or the `fast` one), against throwaway
+//! PostgreSQL and Redis servers that it starts and removes.
 
 use std::process;
 
@@ -12,11 +13,11 @@ use crate::{
     test::Scratch,
 };
 
-/// Builds the release binaries and the benchmark, starts the servers, runs it, stops them.
+/// Builds the release (or fast) binaries and the benchmark, starts the servers, runs it, stops them.
 pub fn bench(args: &[String]) -> Result {
-    check_args(args)?;
+    let (profile, args) = parse_args(args)?;
     deps::ensure()?;
-    Profile::Release.build(&SERVICES.map(|s| s.name))?;
+    profile.build(&SERVICES.map(|s| s.name))?;
     cmd::check(cmd::cargo().args(["build", "--release", "-p", "fleet-tests", "--example", "bench"]))?;
 
     let scratch = Scratch::create(std::env::temp_dir().join(format!("taskgate-bench-{}", process::id())))?;
@@ -24,12 +25,12 @@ pub fn bench(args: &[String]) -> Result {
         .map_err(|e| Error::new(format!("starting postgres under {}: {e}", scratch.path.display())))?;
     let redis = Redis::start(&scratch.path.join("redis"), None)
         .map_err(|e| Error::new(format!("starting redis under {}: {e}", scratch.path.display())))?;
-    let release = cmd::target_dir().join("release");
-    let mut run = process::Command::new(release.join("examples").join("bench"));
+    // The benchmark client is always the release build; the services are the profile's.
+    let mut run = process::Command::new(cmd::target_dir().join("release").join("examples").join("bench"));
     run.args(args)
         .env("TASKGATE_TEST_DATABASE_URL", postgres.url("postgres"))
         .env("TASKGATE_TEST_REDIS_URL", format!("redis://127.0.0.1:{}", redis.port()))
-        .env("TASKGATE_BIN_DIR", &release);
+        .env("TASKGATE_BIN_DIR", cmd::target_dir().join(profile.dir_name()));
     let outcome = cmd::check(&mut run);
     drop(redis);
     drop(postgres);
@@ -37,10 +38,21 @@ pub fn bench(args: &[String]) -> Result {
     outcome
 }
 
-/// Accepts `[REQUESTS] [CONCURRENCY]`, each a positive number, before anything is built.
+/// Reads `[--fast] [REQUESTS] [CONCURRENCY]` before anything is built: the profile of the services,
+/// and the arguments the benchmark itself takes.
+fn parse_args(args: &[String]) -> Result<(Profile, &[String])> {
+    let (profile, numbers) = match args.split_first() {
+        Some((first, rest)) if first == "--fast" => (Profile::Fast, rest),
+        _ => (Profile::Release, args),
+    };
+    check_args(numbers)?;
+    Ok((profile, numbers))
+}
+
+/// Accepts `[REQUESTS] [CONCURRENCY]`, each a positive number.
 fn check_args(args: &[String]) -> Result {
     if args.len() > 2 {
-        return Err(Error::with_code(2, "bench takes at most two arguments: [REQUESTS] [CONCURRENCY]"));
+        return Err(Error::with_code(2, "bench takes at most two arguments: [--fast] [REQUESTS] [CONCURRENCY]"));
     }
     match args.iter().find(|a| a.parse::<usize>().map_or(true, |n| n == 0)) {
         Some(bad) => {
@@ -63,5 +75,15 @@ mod tests {
         assert!(check_args(&args(&["many"])).is_err());
         assert!(check_args(&args(&["10", "-1"])).is_err());
         assert!(check_args(&args(&["1", "2", "3"])).is_err());
+    }
+
+    #[test]
+    fn fast_comes_first_and_picks_the_fast_build() {
+        let args = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let fast = args(&["--fast", "100", "8"]);
+        assert!(matches!(parse_args(&fast), Ok((Profile::Fast, rest)) if rest == &fast[1..]));
+        assert!(matches!(parse_args(&args(&["100"])), Ok((Profile::Release, _))));
+        assert!(parse_args(&args(&["100", "--fast"])).is_err());
+        assert!(parse_args(&args(&["--fast", "--fast"])).is_err());
     }
 }

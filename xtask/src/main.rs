@@ -32,9 +32,10 @@ usage: cargo xtask <command> [args]
 
 commands:
   deps                      install PostgreSQL and Redis with apt-get when they are missing
-  run [--debug] [--replicas N]
+  run [--debug|--fast] [--replicas N]
                             start PostgreSQL, Redis and the three services (release build by default;
-                            --debug or --release=false for a debug build); with --replicas N, N
+                            --debug or --release=false for a debug build, --fast for the release
+                            build optimised for speed throughout); with --replicas N, N
                             replicas of each backend on a local Redis Cluster behind the one gateway
                             port; Ctrl-C stops everything
   test [cargo test args]    run the test stages against throwaway PostgreSQL and Redis servers, then
@@ -42,8 +43,8 @@ commands:
                             (--skip-cluster, --skip-clients leave stages out)
   lint                      cargo fmt --check, clippy -D warnings, buf lint, docker-compose config,
                             kubernetes-validate --strict on deploy/kubernetes
-  bench [REQUESTS] [CONCURRENCY]
-                            build the release binaries, start throwaway PostgreSQL and Redis servers
+  bench [--fast] [REQUESTS] [CONCURRENCY]
+                            build the release (or fast) binaries, start throwaway PostgreSQL and Redis servers
                             and measure: lists through the gateway against direct, create, login
                             against the argon2id ceiling, reads during a login flood, and each
                             service's memory idle, at the flood's peak and a minute later

@@ -394,6 +394,7 @@ mod tests {
         let parsed = RunOptions::from_args(&args(&["--replicas=2"])).ok();
         assert_eq!(parsed, Some(RunOptions { profile: Profile::Release, replicas: 2 }));
         assert_eq!(RunOptions::from_args(&[]).ok().map(|o| o.replicas), Some(1));
+        assert_eq!(RunOptions::from_args(&args(&["--fast"])).ok().map(|o| o.profile), Some(Profile::Fast));
         assert!(RunOptions::from_args(&args(&["--replicas", "0"])).is_err());
         assert!(RunOptions::from_args(&args(&["--replicas"])).is_err());
         assert!(RunOptions::from_args(&args(&["--replicas", "many"])).is_err());

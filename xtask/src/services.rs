@@ -44,20 +44,24 @@ pub enum Profile {
     Release,
     /// `--profile dev`, binaries in `target/debug`.
     Debug,
+    /// `--profile fast`, binaries in `target/fast`: the release build optimised for speed
+    /// throughout (more memory, less CPU per request; see the root `Cargo.toml`).
+    Fast,
 }
 
 impl Profile {
-    /// Reads `--release`, `--release=true|false` and `--debug`; the default is release.
+    /// Reads `--release`, `--release=true|false`, `--debug` and `--fast`; the default is release.
     pub fn from_args(args: &[String]) -> Result<Self> {
         let mut profile = Profile::Release;
         for arg in args {
             profile = match arg.as_str() {
                 "--release" | "--release=true" => Profile::Release,
                 "--debug" | "--release=false" => Profile::Debug,
+                "--fast" => Profile::Fast,
                 other => {
                     return Err(Error::with_code(
                         2,
-                        format!("unknown argument `{other}` (expected --debug or --release=false)"),
+                        format!("unknown argument `{other}` (expected --debug, --fast or --release=false)"),
                     ));
                 }
             };
@@ -70,14 +74,16 @@ impl Profile {
         match self {
             Profile::Release => "release",
             Profile::Debug => "dev",
+            Profile::Fast => "fast",
         }
     }
 
     /// The folder under `target/` the binaries land in.
-    fn dir_name(self) -> &'static str {
+    pub fn dir_name(self) -> &'static str {
         match self {
             Profile::Release => "release",
             Profile::Debug => "debug",
+            Profile::Fast => "fast",
         }
     }
 
@@ -146,12 +152,13 @@ mod tests {
     }
 
     #[test]
-    fn release_is_the_default_and_debug_flags_switch_it_off() {
+    fn release_is_the_default_and_the_flags_pick_debug_or_fast() {
         assert_eq!(Profile::from_args(&[]).ok(), Some(Profile::Release));
         assert_eq!(Profile::from_args(&args(&["--debug"])).ok(), Some(Profile::Debug));
         assert_eq!(Profile::from_args(&args(&["--release=false"])).ok(), Some(Profile::Debug));
         assert_eq!(Profile::from_args(&args(&["--release=true"])).ok(), Some(Profile::Release));
-        assert!(Profile::from_args(&args(&["--fast"])).is_err());
+        assert_eq!(Profile::from_args(&args(&["--fast"])).ok(), Some(Profile::Fast));
+        assert!(Profile::from_args(&args(&["--quick"])).is_err());
     }
 
     #[test]
