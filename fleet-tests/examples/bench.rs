@@ -10,9 +10,10 @@
 //! 2. each service's resident memory (RSS) idle, after seeding (and the hashing threads' idle
 //!    time);
 //! 3. a list of 20 tasks (ListTasks, page size 20) three ways: REST `GET /api/v1/tasks` and
-//!    native gRPC through the gateway, and native gRPC straight to the task service, with the
-//!    gateway/direct ratios and what each request cost in CPU time, process by process (the
-//!    bench's own client, and the rest of the machine: Redis, PostgreSQL, the kernel);
+//!    native gRPC through the gateway, and native gRPC straight to the task service, in turn for
+//!    three rounds, with the gateway/direct ratios and what each request cost in CPU time, process
+//!    by process (the bench's own client, and the rest of the machine: Redis, PostgreSQL, the
+//!    kernel), each the median of the rounds;
 //! 4. create: REST `POST /api/v1/tasks`;
 //! 5. login through the gateway against the ceiling: cores ÷ the time of one argon2id hash with
 //!    the service's parameters, measured here first;
@@ -57,6 +58,10 @@ const READS_PER_SECOND: u32 = 200;
 const PACED: Duration = Duration::from_secs(10);
 /// Logins in flight during the flood: within the auth service's hashing queue (32 by default).
 const FLOOD_CONCURRENCY: usize = 16;
+/// How many times the three list paths are measured, in turn.
+const ROUNDS: usize = 3;
+/// The list paths, in the order each round measures them.
+const LISTS: [&str; 3] = ["list 20, REST via gateway", "list 20, gRPC via gateway", "list 20, gRPC direct"];
 /// How long after the flood the memory is read again.
 const SETTLE: Duration = Duration::from_secs(60);
 
@@ -81,42 +86,52 @@ async fn main() -> anyhow::Result<()> {
     println!("\n{requests} requests per path (at most {} s), {concurrency} in flight", MAX_RUN.as_secs());
     Run::header();
     let http = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
-    let (mut costs, warm_up) = (Vec::new(), WARM_UP.min(requests / 10));
-    let before = Cpu::now(&processes);
-    let rest = {
-        let (http, users) = (http.clone(), users.clone());
-        let url = format!("http://{gateway_addr}/api/v1/tasks?page_size={TASKS_PER_USER}");
-        closed_loop(requests, concurrency, MAX_RUN, move |i| {
-            let call = http.get(&url).header("authorization", &users[i % USERS].bearer).send();
-            async move { call.await.is_ok_and(|r| r.status().is_success()) }
-        })
-        .await
-    };
-    rest.print("list 20, REST via gateway");
-    costs.push(("list 20, REST via gateway", Cpu::now(&processes).per_request(&before, &rest, warm_up)));
-    let before = Cpu::now(&processes);
-    let grpc = list_grpc(&gateway, &users, requests, concurrency).await;
-    grpc.print("list 20, gRPC via gateway");
-    costs.push(("list 20, gRPC via gateway", Cpu::now(&processes).per_request(&before, &grpc, warm_up)));
-    let before = Cpu::now(&processes);
-    let straight = list_grpc(&direct, &users, requests, concurrency).await;
-    straight.print("list 20, gRPC direct to task service");
-    costs.push(("list 20, gRPC direct", Cpu::now(&processes).per_request(&before, &straight, warm_up)));
+    let warm_up = WARM_UP.min(requests / 10);
+    let rest_url = format!("http://{gateway_addr}/api/v1/tasks?page_size={TASKS_PER_USER}");
+    // The three paths in turn, ROUNDS times: each figure below is the median of its rounds, and
+    // each ratio is taken within a round (the machine drifts between rounds more than within one).
+    let mut rounds: Vec<[(Run, Vec<f64>); 3]> = Vec::new();
+    for round in 1..=ROUNDS {
+        let before = Cpu::now(&processes);
+        let rest = {
+            let (http, users, url) = (http.clone(), users.clone(), rest_url.clone());
+            closed_loop(requests, concurrency, MAX_RUN, move |i| {
+                let call = http.get(&url).header("authorization", &users[i % USERS].bearer).send();
+                async move { call.await.is_ok_and(|r| r.status().is_success()) }
+            })
+            .await
+        };
+        let rest_cost = Cpu::now(&processes).per_request(&before, &rest, warm_up);
+        rest.print(&format!("{}, round {round}", LISTS[0]));
+        let before = Cpu::now(&processes);
+        let grpc = list_grpc(&gateway, &users, requests, concurrency).await;
+        let grpc_cost = Cpu::now(&processes).per_request(&before, &grpc, warm_up);
+        grpc.print(&format!("{}, round {round}", LISTS[1]));
+        let before = Cpu::now(&processes);
+        let straight = list_grpc(&direct, &users, requests, concurrency).await;
+        let straight_cost = Cpu::now(&processes).per_request(&before, &straight, warm_up);
+        straight.print(&format!("{}, round {round}", LISTS[2]));
+        rounds.push([(rest, rest_cost), (grpc, grpc_cost), (straight, straight_cost)]);
+    }
+    let ratio = |path: usize| median(rounds.iter().map(|r| r[path].0.rate() / r[2].0.rate()).collect());
+    let (grpc_ratio, rest_ratio) = (ratio(1), ratio(0));
     println!(
         "
-CPU time per request (µs), warm-up included"
+CPU time per request (µs), warm-up included, median of {ROUNDS} rounds"
     );
     print!("{:<34}", "path");
     for p in &processes {
         print!(" {:>9}", p.name.trim_end_matches("-service"));
     }
     println!(" {:>9} {:>9} {:>9}", "client", "other", "total");
-    for (name, cost) in &costs {
+    for (path, name) in LISTS.iter().enumerate() {
+        let columns = rounds[0][path].1.len();
+        let cost: Vec<f64> = (0..columns).map(|c| median(rounds.iter().map(|r| r[path].1[c]).collect())).collect();
         print!("{name:<34}");
-        for us in cost {
+        for us in &cost {
             print!(" {us:>9.0}");
         }
-        println!(" {:>9.0}", cost.iter().sum::<f64>());
+        println!(" {:>9.0}", median(rounds.iter().map(|r| r[path].1.iter().sum()).collect()));
     }
     println!("  (other: Redis, PostgreSQL and the kernel, from /proc/stat)\n");
     Run::header();
@@ -199,9 +214,7 @@ CPU time per request (µs), warm-up included"
 
     println!("\nsummary");
     println!(
-        "  list 20 via gateway / direct:  gRPC x{:.2}, REST x{:.2}",
-        grpc.rate() / straight.rate(),
-        rest.rate() / straight.rate()
+        "  list 20 via gateway / direct (median of {ROUNDS} rounds):  gRPC x{grpc_ratio:.2}, REST x{rest_ratio:.2}"
     );
     println!(
         "  login: {:.1}/s against a ceiling of {ceiling:.1}/s ({cores} cores / {:.1} ms per hash): x{:.2}",
@@ -217,6 +230,12 @@ CPU time per request (µs), warm-up included"
     );
     println!("  load average {} (1, 5, 15 min) at the end", load_average());
     Ok(())
+}
+
+/// The median of `values` (the upper one of an even count); NaN when empty.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// A signed-in bench user.
