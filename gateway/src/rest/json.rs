@@ -27,18 +27,27 @@ use taskgate_common::{
     validate::field_name,
 };
 use taskgate_proto::contract::{is_well_known, short_name};
+use tonic::Status;
 
 use crate::rest::error::RestError;
 
-/// `message` as REST JSON, as a value (for reading single fields).
-pub fn render(message: &DynamicMessage) -> Value {
-    serde_json::to_value(Rest(message)).unwrap_or(Value::Null)
+/// `message` as REST JSON, as a value (for reading single fields);
+/// INTERNAL when it cannot be written (see [`to_vec`]).
+pub fn render(message: &DynamicMessage) -> Result<Value, Status> {
+    serde_json::to_value(Rest(message)).map_err(unwritable)
 }
 
 /// `message` as REST JSON text, written straight from the message (no
-/// intermediate JSON tree).
-pub fn to_vec(message: &DynamicMessage) -> Vec<u8> {
-    serde_json::to_vec(&Rest(message)).unwrap_or_default()
+/// intermediate JSON tree). INTERNAL when the message has no JSON form (a
+/// backend's timestamp out of proto3 JSON's range): a fault of the service,
+/// never answered as an empty success.
+pub fn to_vec(message: &DynamicMessage) -> Result<Vec<u8>, Status> {
+    serde_json::to_vec(&Rest(message)).map_err(unwritable)
+}
+
+/// The status of a reply that cannot be written as JSON.
+fn unwritable(error: serde_json::Error) -> Status {
+    Status::internal(format!("the backend's reply has no JSON form: {error}"))
 }
 
 /// The options of prost-reflect's proto3 JSON serializer that match the
@@ -327,7 +336,7 @@ mod tests {
         let task = parse(&message("taskgate.task.v1.Task"), object(r#"{"title": "t", "status": "in_progress"}"#))
             .expect("a valid task");
         assert_eq!(task.get_field_by_name("status").and_then(|v| v.as_enum_number()), Some(2));
-        assert_eq!(render(&task)["status"], "in_progress");
+        assert_eq!(render(&task).expect("JSON")["status"], "in_progress");
         for bad in [r#""TASK_STATUS_TODO""#, r#""unspecified""#, "1", r#""blocked""#] {
             let text = format!(r#"{{"status": {bad}}}"#);
             let error = parse(&message("taskgate.task.v1.Task"), object(&text)).expect_err(bad);
@@ -338,12 +347,15 @@ mod tests {
     #[test]
     fn responses_have_every_field_with_null_for_unset_presence() {
         let user = DynamicMessage::new(message("taskgate.auth.v1.User"));
-        let json = render(&user);
+        let json = render(&user).expect("JSON");
         assert_eq!(json["id"], "");
         assert_eq!(json["email"], Value::Null);
         assert_eq!(json["created_at"], Value::Null);
         let list = DynamicMessage::new(message("taskgate.task.v1.ListTasksResponse"));
-        assert_eq!(render(&list), serde_json::json!({"tasks": [], "next_page_token": "", "version": "0"}));
+        assert_eq!(
+            render(&list).expect("JSON"),
+            serde_json::json!({"tasks": [], "next_page_token": "", "version": "0"})
+        );
     }
 
     #[test]
@@ -358,7 +370,7 @@ mod tests {
             ),
         )
         .expect("a valid page");
-        let text = to_vec(&page);
+        let text = to_vec(&page).expect("JSON");
         let json: Value = serde_json::from_slice(&text).expect("the writer writes JSON");
         assert_eq!(
             json,
@@ -373,7 +385,19 @@ mod tests {
                 "version": "9223372036854775807",
             })
         );
-        assert_eq!(render(&page), json, "the value and the text agree");
+        assert_eq!(render(&page).expect("JSON"), json, "the value and the text agree");
+    }
+
+    #[test]
+    fn a_reply_with_no_json_form_is_an_internal_error_not_an_empty_body() {
+        let mut task = DynamicMessage::new(message("taskgate.task.v1.Task"));
+        let created_at = task.descriptor().get_field_by_name("created_at").expect("created_at");
+        let Kind::Message(timestamp) = created_at.kind() else { panic!("a message field") };
+        let mut year_10000 = DynamicMessage::new(timestamp);
+        year_10000.set_field_by_name("seconds", ProtoValue::I64(253_402_300_800));
+        task.set_field(&created_at, ProtoValue::Message(year_10000));
+        assert_eq!(to_vec(&task).expect_err("out of range").code(), tonic::Code::Internal);
+        assert_eq!(render(&task).expect_err("out of range").code(), tonic::Code::Internal);
     }
 
     #[test]

@@ -421,7 +421,7 @@ fn respond(
         status.into_response()
     } else {
         let json = [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))];
-        (status, json, json::to_vec(&body)).into_response()
+        (status, json, json::to_vec(&body)?).into_response()
     };
     if let Some(current) = etag {
         insert(&mut response, header::ETAG, format!("\"{current}\""));

@@ -62,8 +62,8 @@ where
 {
     stream::unfold(Some((naming, messages)), |state| async move {
         let (naming, mut messages) = state?;
-        let event = match messages.next().await? {
-            Ok(message) => event(&naming, &message),
+        let event = match messages.next().await?.and_then(|message| event(&naming, &message)) {
+            Ok(event) => event,
             Err(status) => {
                 let error = Event::default().event("error").data(json_body(&status).to_string());
                 return Some((Ok(error), None));
@@ -73,9 +73,9 @@ where
     })
 }
 
-/// One message as an SSE event (or comment).
-fn event(naming: &Naming, message: &DynamicMessage) -> Event {
-    let data = json::render(message);
+/// One message as an SSE event (or comment); INTERNAL when it has no JSON form.
+fn event(naming: &Naming, message: &DynamicMessage) -> Result<Event, Status> {
+    let data = json::render(message)?;
     let text = |field: &str| match &data[field] {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
@@ -83,7 +83,7 @@ fn event(naming: &Naming, message: &DynamicMessage) -> Event {
     };
     let (name, id) = (text(&naming.event), text(&naming.id));
     if !naming.comment.is_empty() && name == naming.comment {
-        return Event::default().comment(format!("{name} {id}"));
+        return Ok(Event::default().comment(format!("{name} {id}")));
     }
     let mut event = Event::default().data(data.to_string());
     if !name.is_empty() {
@@ -92,7 +92,7 @@ fn event(naming: &Naming, message: &DynamicMessage) -> Event {
     if !id.is_empty() {
         event = event.id(id);
     }
-    event
+    Ok(event)
 }
 
 #[cfg(test)]
@@ -122,10 +122,10 @@ mod tests {
             stream::iter(vec![Ok(dynamic(&created)), Err(Status::unauthenticated("session has been revoked"))]);
         let events: Vec<_> = events(naming(), source.boxed()).collect().await;
         assert_eq!(events.len(), 2);
-        let text = format!("{:?}", event(&naming(), &dynamic(&created)));
+        let text = format!("{:?}", event(&naming(), &dynamic(&created)).expect("a JSON form"));
         assert!(text.contains("created") && text.contains("42"), "{text}");
         let beat = WatchTasksResponse { r#type: TaskEventType::Heartbeat as i32, task: None, version: 7 };
-        let text = format!("{:?}", event(&naming(), &dynamic(&beat)));
+        let text = format!("{:?}", event(&naming(), &dynamic(&beat)).expect("a JSON form"));
         assert!(text.contains(": heartbeat 7"), "a comment: {text}");
     }
 }
