@@ -293,6 +293,7 @@ impl Application {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        taskgate_common::memory::give_back_when_quiet();
         // Other replicas may rotate keys: pick them up even without an
         // unknown `kid` to trigger a reload, and a withdrawn key at once.
         let reloader = tokio::spawn(crate::keys::reload_forever(

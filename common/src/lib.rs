@@ -18,12 +18,15 @@
 //! - [`fault`]: the one classification of Postgres and Redis errors into gRPC codes.
 //! - [`metrics`]: Prometheus metrics: the go-grpc-prometheus server series
 //!   and the admin listener serving `/metrics`.
+//! - [`memory`]: giving the allocator's freed memory back to the system
+//!   when a service goes quiet.
 
 pub mod balance;
 pub mod db;
 pub mod fault;
 pub mod grpc;
 pub mod keys;
+pub mod memory;
 pub mod metrics;
 pub mod mtls;
 pub mod redis;

@@ -148,6 +148,7 @@ impl Application {
     /// in-flight requests up to 10 s to finish.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let Application { listener, admin_listener, app, admin, tls, limits, .. } = self;
+        taskgate_common::memory::give_back_when_quiet();
         // The admin port is for the operator's scraper only: plain HTTP, no stack.
         let admin = tokio::spawn(async move {
             if let Err(e) = axum::serve(admin_listener, admin).await {

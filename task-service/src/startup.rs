@@ -139,6 +139,7 @@ impl Application {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
         drain: Duration,
     ) -> anyhow::Result<()> {
+        taskgate_common::memory::give_back_when_quiet();
         // Covers invalidations other replicas could not deliver to Redis.
         let sweeper = tokio::spawn(self.api.store().clone().sweep_forever());
         let hub = self.api.hub().clone();
