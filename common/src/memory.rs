@@ -12,8 +12,9 @@
 //! tokio workers have been busy, and when the last interval was quiet (busy
 //! less than [`QUIET_BUSY`]) after real work since the last trim (at least
 //! [`WORK_SINCE_TRIM`]), it trims. Trimming walks and locks every arena in
-//! turn, so it is done only when nothing is running, and off the async
-//! workers. Elsewhere than glibc it does nothing: musl and the other
+//! turn (0.3 to 0.7 ms on these services' heaps, logged at debug level with
+//! what it gave back), so it is done only when nothing is running, and off
+//! the async workers. Elsewhere than glibc it does nothing: musl and the other
 //! platforms' allocators have no such call.
 
 use std::{sync::OnceLock, time::Duration};
@@ -97,9 +98,11 @@ pub fn give_back_when_quiet() {
                 std::thread::sleep(CHECK_EVERY);
                 if scavenger.tick(busy(&metrics)) {
                     let before = anonymous_resident_kib();
+                    let started = std::time::Instant::now();
                     let gave = give_back();
                     tracing::debug!(
                         gave,
+                        took_us = started.elapsed().as_micros() as u64,
                         before_kib = before,
                         after_kib = anonymous_resident_kib(),
                         "returned the allocator's free memory to the system"
