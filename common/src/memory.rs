@@ -49,11 +49,14 @@ pub fn give_back() -> bool {
     false
 }
 
-/// The process's anonymous resident memory (heap and stacks, not code), in
-/// KiB, from `/proc/self/status`; `None` where there is no such file.
-pub fn anonymous_resident_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status.lines().find_map(|l| l.strip_prefix("RssAnon:"))?.trim().trim_end_matches("kB").trim().parse().ok()
+/// A size field of `/proc/<pid>/status`, in KiB: `VmRSS` (resident), `VmHWM`
+/// (its peak), `RssAnon` (heap and stacks), `RssFile` (code and data mapped
+/// from files). `pid` is a process id, or `self`. `None` where there is no
+/// such file or field (not Linux, or the process is gone).
+pub fn proc_status_kib(pid: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let value = status.lines().find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))?;
+    value.split_whitespace().next()?.parse().ok()
 }
 
 /// Decides, from the workers' total busy time read every [`CHECK_EVERY`],
@@ -97,14 +100,14 @@ pub fn give_back_when_quiet() {
             loop {
                 std::thread::sleep(CHECK_EVERY);
                 if scavenger.tick(busy(&metrics)) {
-                    let before = anonymous_resident_kib();
+                    let before = proc_status_kib("self", "RssAnon");
                     let started = std::time::Instant::now();
                     let gave = give_back();
                     tracing::debug!(
                         gave,
                         took_us = started.elapsed().as_micros() as u64,
                         before_kib = before,
-                        after_kib = anonymous_resident_kib(),
+                        after_kib = proc_status_kib("self", "RssAnon"),
                         "returned the allocator's free memory to the system"
                     );
                 }
@@ -132,6 +135,18 @@ mod tests {
         assert!(!s.tick(ms(908)), "probes alone are not worth a trim");
         assert!(!s.tick(ms(2000)), "busy again");
         assert!(s.tick(ms(2001)), "quiet again after work: trim again");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_status_field_is_read_by_its_whole_name() {
+        let rss = proc_status_kib("self", "VmRSS").expect("VmRSS of this process");
+        assert!(rss > 0);
+        assert!(proc_status_kib(&std::process::id().to_string(), "VmRSS").is_some(), "by process id too");
+        assert!(proc_status_kib("self", "RssAnon").is_some_and(|anon| anon <= rss));
+        assert_eq!(proc_status_kib("self", "VmRS"), None, "a prefix of a name is not the name");
+        assert_eq!(proc_status_kib("self", "Name"), None, "not a number");
+        assert_eq!(proc_status_kib("0", "VmRSS"), None, "no such process");
     }
 
     #[test]

@@ -6,11 +6,11 @@
 
 use std::time::{Duration, Instant};
 
-use taskgate_common::memory::{CHECK_EVERY, anonymous_resident_kib, give_back_when_quiet};
+use taskgate_common::memory::{CHECK_EVERY, give_back_when_quiet, proc_status_kib};
 
 /// Anonymous resident memory of this process, in KiB.
 fn rss_anon_kib() -> u64 {
-    anonymous_resident_kib().expect("/proc/self/status has RssAnon")
+    proc_status_kib("self", "RssAnon").expect("/proc/self/status has RssAnon")
 }
 
 #[test]

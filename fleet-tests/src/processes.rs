@@ -61,25 +61,18 @@ impl Process {
 
     /// Resident memory now and at its peak so far (`VmRSS`, `VmHWM`), in MiB.
     pub fn rss_mib(&self) -> (f64, f64) {
-        (self.status_mib("VmRSS:"), self.status_mib("VmHWM:"))
+        (self.status_mib("VmRSS"), self.status_mib("VmHWM"))
     }
 
     /// The part of the resident memory that is the binary's (and its libraries') code and
     /// read-only data mapped from their files (`RssFile`), in MiB; the rest is the heap and stacks.
     pub fn code_mib(&self) -> f64 {
-        self.status_mib("RssFile:")
+        self.status_mib("RssFile")
     }
 
     /// The `/proc/<pid>/status` field `name` (a size in kB), in MiB; 0 when it cannot be read.
     fn status_mib(&self, name: &str) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
+        taskgate_common::memory::proc_status_kib(&self.pid().to_string(), name).map_or(0.0, |kib| kib as f64 / 1024.0)
     }
 }
 

@@ -208,11 +208,7 @@ async fn list_throughput(channel: Channel, token: &str) -> f64 {
 
 /// The process's resident set size in KiB (Linux).
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
+    taskgate_common::memory::proc_status_kib("self", "VmRSS").unwrap_or(0)
 }
 
 /// The in-process system under test.

@@ -30,10 +30,9 @@ impl Drop for Service {
 
 /// VmRSS of `pid`, in bytes.
 fn resident(pid: u32) -> usize {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading /proc/<pid>/status");
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("a VmRSS line");
-    let kib: usize = line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("a number of kB");
-    kib * 1024
+    let kib = taskgate_common::memory::proc_status_kib(&pid.to_string(), "VmRSS")
+        .expect("a VmRSS line in /proc/<pid>/status");
+    usize::try_from(kib).expect("fits") * 1024
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
