@@ -24,7 +24,7 @@ use std::{
 
 use bytes::{Buf as _, BufMut as _, Bytes};
 use futures::future::BoxFuture;
-use http::uri::PathAndQuery;
+use http::{HeaderName, uri::PathAndQuery};
 use prost_reflect::ServiceDescriptor;
 use taskgate_common::balance::BoxError;
 use taskgate_proto::api::v1::Cost;
@@ -44,34 +44,41 @@ use crate::{
 
 /// Request headers that describe the gateway hop, not the call, or that carry
 /// browser credentials; none reaches a backend.
-const NOT_FORWARDED: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "trailer",
-    "host",
-    "content-length",
-    "content-type",
-    "accept-encoding",
-    "grpc-accept-encoding",
-    "grpc-encoding",
-    "grpc-timeout",
-    "cookie",
-    "x-csrf-token",
-    "x-grpc-web",
-    "x-user-agent",
-    "origin",
-    "referer",
-    "date",
+static NOT_FORWARDED: [HeaderName; 22] = [
+    HeaderName::from_static("connection"),
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("proxy-authorization"),
+    HeaderName::from_static("transfer-encoding"),
+    HeaderName::from_static("upgrade"),
+    HeaderName::from_static("te"),
+    HeaderName::from_static("trailer"),
+    HeaderName::from_static("host"),
+    HeaderName::from_static("content-length"),
+    HeaderName::from_static("content-type"),
+    HeaderName::from_static("accept-encoding"),
+    HeaderName::from_static("grpc-accept-encoding"),
+    HeaderName::from_static("grpc-encoding"),
+    HeaderName::from_static("grpc-timeout"),
+    HeaderName::from_static("cookie"),
+    HeaderName::from_static("x-csrf-token"),
+    HeaderName::from_static("x-grpc-web"),
+    HeaderName::from_static("x-user-agent"),
+    HeaderName::from_static("origin"),
+    HeaderName::from_static("referer"),
+    HeaderName::from_static("date"),
 ];
 
 /// Response metadata of the backend hop that must not be repeated to the client.
-const NOT_RETURNED: &[&str] =
-    &["connection", "keep-alive", "transfer-encoding", "content-length", "date", "server", "grpc-encoding"];
+static NOT_RETURNED: [HeaderName; 7] = [
+    HeaderName::from_static("connection"),
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("transfer-encoding"),
+    HeaderName::from_static("content-length"),
+    HeaderName::from_static("date"),
+    HeaderName::from_static("server"),
+    HeaderName::from_static("grpc-encoding"),
+];
 
 /// Builds the backend request from the caller's: filtered metadata and the
 /// caller's deadline less the time already spent here. Returns the deadline
@@ -81,8 +88,8 @@ pub fn outbound<T>(request: Request<T>) -> Result<(Request<T>, Option<Instant>),
     let deadline = grpc_timeout(request.metadata()).map(|t| received + t);
     let (metadata, _extensions, message) = request.into_parts();
     let mut headers = metadata.into_headers();
-    for name in NOT_FORWARDED {
-        headers.remove(*name);
+    for name in &NOT_FORWARDED {
+        headers.remove(name);
     }
     let mut out = Request::from_parts(MetadataMap::from_headers(headers), Extensions::new(), message);
     if let Some(deadline) = deadline {
@@ -141,9 +148,11 @@ pub async fn finish<T>(
 
 /// Drops response metadata that belongs to the backend hop.
 fn clean(metadata: &mut MetadataMap) {
-    for name in NOT_RETURNED {
-        metadata.remove(*name);
+    let mut headers = std::mem::take(metadata).into_headers();
+    for name in &NOT_RETURNED {
+        headers.remove(name);
     }
+    *metadata = MetadataMap::from_headers(headers);
 }
 
 /// Parses `grpc-timeout` (`<1-8 digits><H|M|S|m|u|n>`), if present and valid.

@@ -15,6 +15,8 @@
 //! name that does not exist or a value of the wrong type is a 400 whose
 //! BadRequest detail names the field.
 
+use std::fmt::Write as _;
+
 use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
 use prost_reflect::{
     DeserializeOptions, DynamicMessage, EnumDescriptor, FieldDescriptor, Kind, MapKey, MessageDescriptor,
@@ -66,6 +68,9 @@ impl Serialize for Rest<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let message = self.0;
         let desc = message.descriptor();
+        if desc.full_name() == "google.protobuf.Timestamp" {
+            return timestamp(message, serializer);
+        }
         if is_well_known(&desc) {
             return message.serialize_with_options(serializer, &proto3_options());
         }
@@ -79,6 +84,28 @@ impl Serialize for Rest<'_> {
         }
         map.end()
     }
+}
+
+/// The range of `google.protobuf.Timestamp` in proto3 JSON, in seconds from
+/// the Unix epoch: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+
+/// A `google.protobuf.Timestamp` as proto3 JSON writes it (RFC 3339, `Z`,
+/// 0, 3, 6 or 9 digits of fraction: prost-types' formatting, with
+/// prost-reflect's range check), read straight from the message's two
+/// fields. prost-reflect's serializer first encodes the message and decodes
+/// it again as a `prost_types::Timestamp`: with two timestamps per task, that
+/// was a tenth of the gateway's CPU time on a REST list.
+fn timestamp<S: Serializer>(message: &DynamicMessage, serializer: S) -> Result<S::Ok, S::Error> {
+    let seconds = message.get_field_by_number(1).and_then(|v| v.as_i64()).unwrap_or_default();
+    let nanos = message.get_field_by_number(2).and_then(|v| v.as_i32()).unwrap_or_default();
+    if !TIMESTAMP_SECONDS.contains(&seconds) {
+        return Err(serde::ser::Error::custom("timestamp out of range"));
+    }
+    // "-0001-01-01T00:00:00.000000000Z" is 31 bytes: one allocation, one escaped write.
+    let mut text = String::with_capacity(32);
+    let _ = write!(text, "{}", prost_types::Timestamp { seconds, nanos });
+    serializer.serialize_str(&text)
 }
 
 /// The value of one field: a list, a map or a single value.
@@ -386,6 +413,35 @@ mod tests {
             })
         );
         assert_eq!(render(&page).expect("JSON"), json, "the value and the text agree");
+    }
+
+    #[test]
+    fn timestamps_are_written_as_prost_reflect_writes_them() {
+        let created_at = message("taskgate.task.v1.Task").get_field_by_name("created_at").expect("created_at");
+        let Kind::Message(desc) = created_at.kind() else { panic!("a message field") };
+        for (seconds, nanos) in [
+            (0, 0),
+            (1_765_015_200, 500_000_000),
+            (1_765_015_200, 123_000),
+            (1_765_015_200, 1),
+            (-1, 999_999_999),
+            (-62_135_596_800, 0),
+            (253_402_300_799, 999_999_999),
+            (951_782_400, 0),
+        ] {
+            let mut timestamp = DynamicMessage::new(desc.clone());
+            timestamp.set_field_by_name("seconds", ProtoValue::I64(seconds));
+            timestamp.set_field_by_name("nanos", ProtoValue::I32(nanos));
+            let ours = to_vec(&timestamp).expect("in range");
+            let mut theirs = Vec::new();
+            timestamp
+                .serialize_with_options(&mut serde_json::Serializer::new(&mut theirs), &proto3_options())
+                .expect("in range");
+            assert_eq!(String::from_utf8(ours), String::from_utf8(theirs), "{seconds} s {nanos} ns");
+        }
+        let mut before_year_1 = DynamicMessage::new(desc);
+        before_year_1.set_field_by_name("seconds", ProtoValue::I64(-62_135_596_801));
+        assert_eq!(to_vec(&before_year_1).expect_err("out of range").code(), tonic::Code::Internal);
     }
 
     #[test]
