@@ -208,6 +208,7 @@ impl Application {
         // One registry per instance: tests run many services in one process.
         let mut registry = Registry::default();
         let grpc_metrics = GrpcServerMetrics::register(&mut registry, &[service_names::AUTH]);
+        taskgate_common::telemetry::register_metrics(&mut registry);
         let metrics = AuthMetrics::register(&mut registry);
         let hasher =
             PasswordHasher::new(settings.hashing_threads(), settings.hash_queue_capacity, metrics.clone()).await?;

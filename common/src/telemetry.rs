@@ -13,6 +13,12 @@
 //! `OTEL_RESOURCE_ATTRIBUTES` name the service. `OTEL_SDK_DISABLED=true`
 //! turns it off whatever the endpoint.
 //!
+//! Log lines never make a request wait for stdout: they go through a bounded
+//! queue to one `log-writer` thread ([`log_writer`]), which writes as many as
+//! are waiting at once. When stdout stalls (a full pipe, a slow collector) and
+//! the queue fills, new lines are dropped and counted in
+//! `log_lines_dropped_total` ([`register_metrics`]) instead.
+//!
 //! Trace context crosses process boundaries as W3C `traceparent` and
 //! `tracestate` headers: [`extract`] reads them off a request a server
 //! received, [`inject`] writes the current span's onto a request about to
@@ -20,7 +26,11 @@
 
 use std::{
     fmt,
-    sync::atomic::{AtomicBool, Ordering},
+    io::Write,
+    sync::{
+        OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -31,7 +41,13 @@ use opentelemetry::{
 };
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use prometheus_client::{
+    encoding::{EncodeMetric, MetricEncoder, NoLabelSet},
+    metrics::MetricType,
+    registry::Registry,
+};
 use tracing::Subscriber;
+use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::{
     EnvFilter,
@@ -89,6 +105,9 @@ impl Export {
 pub struct Telemetry {
     /// The OpenTelemetry pipeline, when traces are exported.
     provider: Option<SdkTracerProvider>,
+    /// Writes the lines still queued when dropped; `None` when another
+    /// subscriber was installed first.
+    _log_writer: Option<WorkerGuard>,
 }
 
 impl fmt::Debug for Telemetry {
@@ -155,10 +174,13 @@ pub fn init_with(format: LogFormat, export: Export) -> Telemetry {
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("taskgate")).with_filter(LevelFilter::INFO));
     let registry = tracing_subscriber::registry().with(otel);
     let ids = provider.is_some();
+    let (writer, log_guard) = log_writer(std::io::stdout(), LOG_LINES_QUEUED);
+    let dropped = writer.error_counter();
     let installed = match format {
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()
+                    .with_writer(writer)
                     .fmt_fields(format::JsonFields::new())
                     .event_format(WithTraceIds {
                         inner: format::Format::default().json().flatten_event(true),
@@ -167,20 +189,71 @@ pub fn init_with(format: LogFormat, export: Export) -> Telemetry {
                     .with_filter(filter),
             )
             .try_init(),
-        LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer().compact().with_filter(filter)).try_init(),
+        LogFormat::Pretty => {
+            registry.with(tracing_subscriber::fmt::layer().with_writer(writer).compact().with_filter(filter)).try_init()
+        }
     };
     match installed {
         Ok(()) => {
             EXPORTING.store(provider.is_some(), Ordering::Relaxed);
-            Telemetry { provider }
+            let _ = DROPPED_LINES.set(dropped);
+            Telemetry { provider, _log_writer: Some(log_guard) }
         }
         Err(_) => {
             // Another subscriber was installed first: this pipeline would get no span.
             if let Some(provider) = provider {
                 let _ = provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT);
             }
-            Telemetry { provider: None }
+            Telemetry { provider: None, _log_writer: None }
         }
+    }
+}
+
+/// Most log lines waiting for the `log-writer` thread; past it, lines are
+/// dropped and counted rather than waited for. The queue's slots are
+/// allocated and touched up front (32 bytes each: 128 KiB resident), and
+/// 4,096 lines is half a second of access log at 8,000 requests a second.
+pub const LOG_LINES_QUEUED: usize = 4 * 1024;
+
+/// A log writer that never blocks the thread that logs: each line goes
+/// through a queue of at most `limit` lines to one `log-writer` thread,
+/// which writes every line waiting in one write to `sink` (buffered, flushed
+/// whenever the queue runs empty). While the queue is full, lines are
+/// dropped and counted by the writer's `error_counter()`. Dropping the guard
+/// writes what is queued and stops the thread.
+pub fn log_writer<W: Write + Send + 'static>(sink: W, limit: usize) -> (NonBlocking, WorkerGuard) {
+    NonBlockingBuilder::default()
+        .buffered_lines_limit(limit)
+        .lossy(true)
+        .thread_name("log-writer")
+        .finish(std::io::BufWriter::new(sink))
+}
+
+/// The dropped-line count of this process's log writer, once [`init`] installed it.
+static DROPPED_LINES: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// Adds `log_lines_dropped_total` to `registry`: the log lines this
+/// process dropped because stdout did not keep up (0 until [`init`] ran).
+pub fn register_metrics(registry: &mut Registry) {
+    registry.register(
+        "log_lines_dropped",
+        "Log lines dropped because the log output did not keep up",
+        DroppedLines(&DROPPED_LINES),
+    );
+}
+
+/// `log_lines_dropped_total`, read from a log writer's counter when scraped.
+#[derive(Debug)]
+struct DroppedLines(&'static OnceLock<ErrorCounter>);
+
+impl EncodeMetric for DroppedLines {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), fmt::Error> {
+        let dropped = self.0.get().map_or(0, ErrorCounter::dropped_lines);
+        encoder.encode_counter::<NoLabelSet, _, u64>(&(dropped as u64), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
     }
 }
 
@@ -311,6 +384,63 @@ mod tests {
     fn export(vars: &[(&str, &str)]) -> Export {
         let vars: HashMap<String, String> = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         Export::from_vars(|name| vars.get(name).cloned(), "task-service")
+    }
+
+    /// A sink that holds every write until `open` is sent, and keeps what it was given.
+    struct Gate {
+        open: std::sync::mpsc::Receiver<()>,
+        opened: bool,
+        written: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Gate {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if !self.opened {
+                let _ = self.open.recv();
+                self.opened = true;
+            }
+            self.written.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stalled_log_output_drops_lines_past_the_bound_instead_of_blocking() {
+        const LIMIT: usize = 16;
+        const LINES: usize = 2_000;
+        let (open, gate) = std::sync::mpsc::channel();
+        let written = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (mut writer, guard) = log_writer(Gate { open: gate, opened: false, written: written.clone() }, LIMIT);
+        let dropped_lines = writer.error_counter();
+        // On a thread of its own, so a writer that blocks fails the test instead of hanging it.
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for i in 0..LINES {
+                writer.write_all(format!("{i:0>99}\n").as_bytes()).expect("a lossy writer never fails");
+            }
+            let _ = done.send(());
+        });
+        finished.recv_timeout(Duration::from_secs(5)).expect("logging waited for a stalled output");
+        let dropped = dropped_lines.dropped_lines();
+        // The queue holds LIMIT lines and the writer thread's 8 KiB buffer about 80 more.
+        assert!((LINES - LIMIT - 100..=LINES - LIMIT).contains(&dropped), "{dropped} of {LINES} dropped");
+        open.send(()).expect("the writer thread waits");
+        drop(guard);
+        let kept = written.lock().expect("lock").split(|b| *b == b'\n').filter(|l| !l.is_empty()).count();
+        assert_eq!(kept, LINES - dropped, "every line not dropped is written when the guard goes");
+    }
+
+    #[test]
+    fn dropped_log_lines_are_a_counter() {
+        let mut registry = Registry::default();
+        register_metrics(&mut registry);
+        let text = crate::metrics::render(&registry);
+        assert!(text.contains("# TYPE log_lines_dropped_total counter"), "{text}");
+        assert!(text.contains("\nlog_lines_dropped_total 0\n"), "{text}");
     }
 
     #[test]

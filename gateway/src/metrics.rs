@@ -181,6 +181,7 @@ impl Metrics {
             shed: Family::default(),
             registry: Registry::default(),
         };
+        taskgate_common::telemetry::register_metrics(&mut registry);
         registry.register("grpc_server_started", "RPCs started on the server", m.grpc_started.clone());
         registry.register(
             "grpc_server_handled",

@@ -68,6 +68,7 @@ impl Application {
         // One registry per instance: tests run many services in one process.
         let mut registry = Registry::default();
         let grpc_metrics = GrpcServerMetrics::register(&mut registry, &[service_names::TASK]);
+        taskgate_common::telemetry::register_metrics(&mut registry);
         metrics.register(&mut registry);
         taskgate_common::keys::validate_prefix(&settings.redis_prefix).map_err(anyhow::Error::msg)?;
         let cache = Arc::new(
