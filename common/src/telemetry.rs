@@ -14,7 +14,7 @@
 //! turns it off whatever the endpoint.
 //!
 //! Log lines never make a request wait for stdout: they go through a bounded
-//! queue to one `log-writer` thread ([`log_writer`]), which writes as many as
+//! queue to one `log-writer` thread, which writes as many as
 //! are waiting at once. When stdout stalls (a full pipe, a slow collector) and
 //! the queue fills, new lines are dropped and counted in
 //! `log_lines_dropped_total` ([`register_metrics`]) instead.
@@ -221,7 +221,7 @@ pub const LOG_LINES_QUEUED: usize = 4 * 1024;
 /// whenever the queue runs empty). While the queue is full, lines are
 /// dropped and counted by the writer's `error_counter()`. Dropping the guard
 /// writes what is queued and stops the thread.
-pub fn log_writer<W: Write + Send + 'static>(sink: W, limit: usize) -> (NonBlocking, WorkerGuard) {
+fn log_writer<W: Write + Send + 'static>(sink: W, limit: usize) -> (NonBlocking, WorkerGuard) {
     NonBlockingBuilder::default()
         .buffered_lines_limit(limit)
         .lossy(true)
@@ -235,20 +235,16 @@ static DROPPED_LINES: OnceLock<ErrorCounter> = OnceLock::new();
 /// Adds `log_lines_dropped_total` to `registry`: the log lines this
 /// process dropped because stdout did not keep up (0 until [`init`] ran).
 pub fn register_metrics(registry: &mut Registry) {
-    registry.register(
-        "log_lines_dropped",
-        "Log lines dropped because the log output did not keep up",
-        DroppedLines(&DROPPED_LINES),
-    );
+    registry.register("log_lines_dropped", "Log lines dropped because the log output did not keep up", DroppedLines);
 }
 
-/// `log_lines_dropped_total`, read from a log writer's counter when scraped.
+/// `log_lines_dropped_total`, read from [`DROPPED_LINES`] when scraped.
 #[derive(Debug)]
-struct DroppedLines(&'static OnceLock<ErrorCounter>);
+struct DroppedLines;
 
 impl EncodeMetric for DroppedLines {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), fmt::Error> {
-        let dropped = self.0.get().map_or(0, ErrorCounter::dropped_lines);
+        let dropped = DROPPED_LINES.get().map_or(0, ErrorCounter::dropped_lines);
         encoder.encode_counter::<NoLabelSet, _, u64>(&(dropped as u64), None)
     }
 
