@@ -12,7 +12,7 @@ use std::{str::FromStr as _, time::Duration};
 
 use anyhow::Context as _;
 use sqlx::{
-    AssertSqlSafe, PgPool,
+    AssertSqlSafe, Connection as _, PgPool,
     migrate::Migrator,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
@@ -27,11 +27,25 @@ pub static AUTH_MIGRATOR: Migrator = sqlx::migrate!("../migrations/auth");
 /// The task service's migrations (`migrations/task`).
 pub static TASK_MIGRATOR: Migrator = sqlx::migrate!("../migrations/task");
 
+/// A pooled connection idle for at least this long is pinged before it is
+/// handed out; one used more recently is handed out as it is (HikariCP's
+/// `aliveBypassWindowMs`, the same half second).
+///
+/// sqlx pings every connection it hands out by default: a second round trip
+/// to Postgres for every query, on the hot path of every write and of every
+/// login. A connection that was working half a second ago almost always still
+/// is; one that has sat idle (across a Postgres restart, say) is checked, and
+/// replaced when dead, before any request sees it. If Postgres goes away in
+/// the window itself, the query fails and the request gets UNAVAILABLE
+/// ([`crate::fault`]), as a query on a connection that died mid-request does.
+pub const PING_IF_IDLE_FOR: Duration = Duration::from_millis(500);
+
 /// Builds a lazily connecting pool whose sessions use `schema` by default.
 ///
 /// Lazy, so a service starts (and answers UNAVAILABLE) while Postgres is down
 /// and recovers by itself when it returns. `acquire_timeout` bounds how long a
-/// request waits for a connection during an outage.
+/// request waits for a connection during an outage. Only connections idle for
+/// [`PING_IF_IDLE_FOR`] are pinged before use.
 pub fn pool(url: &str, schema: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(url)
         .context("DATABASE_URL is not a valid postgres url")?
@@ -42,6 +56,15 @@ pub fn pool(url: &str, schema: &str, max_connections: u32) -> anyhow::Result<PgP
         .min_connections(0)
         .acquire_timeout(Duration::from_secs(3))
         .idle_timeout(Duration::from_secs(300))
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IF_IDLE_FOR {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_lazy_with(options))
 }
 

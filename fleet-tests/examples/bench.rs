@@ -14,10 +14,12 @@
 //!    three rounds, with the gateway/direct ratios and what each request cost in CPU time, process
 //!    by process (the bench's own client, and the rest of the machine: Redis, PostgreSQL, the
 //!    kernel), each the median of the rounds;
-//! 4. create: REST `POST /api/v1/tasks`;
+//! 4. create: REST `POST /api/v1/tasks`, with its CPU time per request;
 //! 5. login through the gateway against the ceiling: cores ÷ the time of one argon2id hash with
-//!    the service's parameters, measured here first;
-//! 6. task reads paced at 200/s, p99 idle and during a login flood;
+//!    the service's parameters, measured here first, with its CPU time per login (the table of
+//!    CPU times comes after it);
+//! 6. task reads paced at 200/s, p99 idle and then during a login flood, in turn for three
+//!    rounds, with the median of the rounds' ratios;
 //! 7. each service's RSS idle (and how much of it is code mapped from the binary, `RssFile`), at
 //!    the peak of the flood, and one minute after it.
 //!
@@ -26,7 +28,7 @@
 //! ```
 //!
 //! Bounded: REQUESTS per path (default 5000) or 20 s, CONCURRENCY in flight (default 32), against
-//! 127.0.0.1 only; the whole run takes about three minutes.
+//! 127.0.0.1 only; the whole run takes about four minutes.
 
 use std::{
     future::Future,
@@ -115,26 +117,19 @@ async fn main() -> anyhow::Result<()> {
     }
     let ratio = |path: usize| median(rounds.iter().map(|r| r[path].0.rate() / r[2].0.rate()).collect());
     let (grpc_ratio, rest_ratio) = (ratio(1), ratio(0));
-    println!(
-        "
-CPU time per request (µs), warm-up included, median of {ROUNDS} rounds"
-    );
-    print!("{:<34}", "path");
-    for p in &processes {
-        print!(" {:>9}", p.name.trim_end_matches("-service"));
-    }
-    println!(" {:>9} {:>9} {:>9}", "client", "other", "total");
-    for (path, name) in LISTS.iter().enumerate() {
-        let columns = rounds[0][path].1.len();
-        let cost: Vec<f64> = (0..columns).map(|c| median(rounds.iter().map(|r| r[path].1[c]).collect())).collect();
-        print!("{name:<34}");
-        for us in &cost {
-            print!(" {us:>9.0}");
-        }
-        println!(" {:>9.0}", median(rounds.iter().map(|r| r[path].1.iter().sum()).collect()));
-    }
-    println!("  (other: Redis, PostgreSQL and the kernel, from /proc/stat)\n");
+    // Each list path's CPU per request: the median of its rounds, column by column.
+    let mut costs: Vec<(String, Vec<f64>)> = LISTS
+        .iter()
+        .enumerate()
+        .map(|(path, name)| {
+            let columns = rounds[0][path].1.len();
+            let cost = (0..columns).map(|c| median(rounds.iter().map(|r| r[path].1[c]).collect())).collect();
+            (format!("{name} (median)"), cost)
+        })
+        .collect();
+    println!();
     Run::header();
+    let before = Cpu::now(&processes);
     let create = {
         let (http, users) = (http.clone(), users.clone());
         let url = format!("http://{gateway_addr}/api/v1/tasks");
@@ -149,10 +144,12 @@ CPU time per request (µs), warm-up included, median of {ROUNDS} rounds"
         .await
     };
     create.print("create, REST via gateway");
+    costs.push(("create, REST via gateway".into(), Cpu::now(&processes).per_request(&before, &create, warm_up)));
 
     let hash = one_hash_time().await?;
     let ceiling = cores as f64 / hash.as_secs_f64();
     let logins = requests / 20;
+    let before = Cpu::now(&processes);
     let login = closed_loop(logins, FLOOD_CONCURRENCY, MAX_RUN, {
         let (auth, users) = (AuthServiceClient::new(gateway.clone()), users.clone());
         move |i| {
@@ -164,36 +161,60 @@ CPU time per request (µs), warm-up included, median of {ROUNDS} rounds"
     })
     .await;
     login.print("login, gRPC via gateway");
-
-    // Reads paced at a fixed rate, alone and then beside a login flood that lasts as long.
-    let reads_idle = paced_reads(&gateway, &users).await;
-    let flood = tokio::spawn(login_flood(AuthServiceClient::new(gateway.clone()), users.clone()));
-    let mut peak = vec![0.0_f64; processes.len()];
-    let reads = paced_reads(&gateway, &users);
-    tokio::pin!(reads);
-    let mut sample = tokio::time::interval(Duration::from_millis(100));
-    let reads_flood = loop {
-        tokio::select! {
-            run = &mut reads => break run,
-            _ = sample.tick() => {
-                for (peak, p) in peak.iter_mut().zip(&processes) {
-                    *peak = peak.max(p.rss_mib().0);
-                }
-            }
-        }
-    };
-    let flooded = flood.await?;
-    for (peak, p) in peak.iter_mut().zip(&processes) {
-        *peak = peak.max(p.rss_mib().0);
+    costs.push((
+        "login, gRPC via gateway".into(),
+        Cpu::now(&processes).per_request(&before, &login, WARM_UP.min(logins / 10)),
+    ));
+    println!("\nCPU time per request (µs), warm-up included");
+    print!("{:<34}", "path");
+    for p in &processes {
+        print!(" {:>9}", p.name.trim_end_matches("-service"));
     }
+    println!(" {:>9} {:>9} {:>9}", "client", "other", "total");
+    for (name, cost) in &costs {
+        print!("{name:<34}");
+        for us in cost {
+            print!(" {us:>9.0}");
+        }
+        println!(" {:>9.0}", cost.iter().sum::<f64>());
+    }
+    println!("  (other: Redis, PostgreSQL and the kernel, from /proc/stat)");
+
+    // Reads paced at a fixed rate, alone and then beside a login flood that lasts as long, ROUNDS
+    // times in turn: the ratio is the median of the rounds' (idle p99 alone moves by half between
+    // runs of one build on this shared machine, more than the effect being measured).
     println!(
-        "\nreads paced at {READS_PER_SECOND}/s for {} s (gRPC via gateway), during a flood of {} logins ({FLOOD_CONCURRENCY} in flight):",
-        PACED.as_secs(),
-        flooded
+        "\nreads paced at {READS_PER_SECOND}/s for {} s (gRPC via gateway), idle and then during a flood of logins ({FLOOD_CONCURRENCY} in flight):",
+        PACED.as_secs()
     );
     Run::header();
-    reads_idle.print("reads, idle");
-    reads_flood.print("reads, during the login flood");
+    let mut peak = vec![0.0_f64; processes.len()];
+    let mut p99s: Vec<(f64, f64)> = Vec::new();
+    for round in 1..=ROUNDS {
+        let reads_idle = paced_reads(&gateway, &users).await;
+        let flood = tokio::spawn(login_flood(AuthServiceClient::new(gateway.clone()), users.clone()));
+        let reads = paced_reads(&gateway, &users);
+        tokio::pin!(reads);
+        let mut sample = tokio::time::interval(Duration::from_millis(100));
+        let reads_flood = loop {
+            tokio::select! {
+                run = &mut reads => break run,
+                _ = sample.tick() => {
+                    for (peak, p) in peak.iter_mut().zip(&processes) {
+                        *peak = peak.max(p.rss_mib().0);
+                    }
+                }
+            }
+        };
+        let flooded = flood.await?;
+        for (peak, p) in peak.iter_mut().zip(&processes) {
+            *peak = peak.max(p.rss_mib().0);
+        }
+        reads_idle.print(&format!("reads, idle, round {round}"));
+        reads_flood.print(&format!("reads, {flooded} logins, round {round}"));
+        p99s.push((reads_idle.percentile(0.99), reads_flood.percentile(0.99)));
+    }
+    let p99_ratio = median(p99s.iter().map(|(idle, flood)| flood / idle).collect());
 
     println!("\nwaiting {} s for the memory to settle", SETTLE.as_secs());
     tokio::time::sleep(SETTLE).await;
@@ -223,10 +244,8 @@ CPU time per request (µs), warm-up included, median of {ROUNDS} rounds"
         login.ok_rate() / ceiling
     );
     println!(
-        "  reads p99: {:.2} ms idle, {:.2} ms during the flood: x{:.2}",
-        reads_idle.percentile(0.99),
-        reads_flood.percentile(0.99),
-        reads_flood.percentile(0.99) / reads_idle.percentile(0.99)
+        "  reads p99 during a login flood / idle (median of {ROUNDS} rounds): x{p99_ratio:.2}; by round (ms): {}",
+        p99s.iter().map(|(idle, flood)| format!("{idle:.2} / {flood:.2}")).collect::<Vec<_>>().join(", ")
     );
     println!("  load average {} (1, 5, 15 min) at the end", load_average());
     Ok(())
