@@ -212,8 +212,10 @@ fn verify_with(memory: &mut Memory, password: &[u8], stored: &str) -> anyhow::Re
 }
 
 /// Lowers the calling thread's scheduling priority (Linux: SCHED_BATCH with
-/// niceness about 9; elsewhere the platform's equivalent, best effort).
-fn lower_priority() {
+/// niceness about 9; elsewhere the platform's equivalent, best effort): what
+/// every hashing thread runs at. Public so the benchmark can load a machine
+/// the way hashing does.
+pub fn lower_priority() {
     use thread_priority::{
         NormalThreadSchedulePolicy, ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy,
         set_thread_priority_and_policy, thread_native_id,

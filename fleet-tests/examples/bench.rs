@@ -18,8 +18,9 @@
 //! 5. login through the gateway against the ceiling: cores ÷ the time of one argon2id hash with
 //!    the service's parameters, measured here first, with its CPU time per login (the table of
 //!    CPU times comes after it);
-//! 6. task reads paced at 200/s, p99 idle and then during a login flood, in turn for three
-//!    rounds, with the median of the rounds' ratios;
+//! 6. task reads paced at 200/s, p99 idle, beside one thread hashing (a flood's hashing without
+//!    its requests) and during a login flood, in turn for three rounds, with the medians of the
+//!    rounds' ratios to idle;
 //! 7. each service's RSS idle (and how much of it is code mapped from the binary, `RssFile`), at
 //!    the peak of the flood, and one minute after it.
 //!
@@ -33,7 +34,10 @@
 use std::{
     future::Future,
     net::SocketAddr,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -180,18 +184,27 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("  (other: Redis, PostgreSQL and the kernel, from /proc/stat)");
 
-    // Reads paced at a fixed rate, alone and then beside a login flood that lasts as long, ROUNDS
-    // times in turn: the ratio is the median of the rounds' (idle p99 alone moves by half between
-    // runs of one build on this shared machine, more than the effect being measured).
+    // Reads paced at a fixed rate: idle, beside hashing alone, and beside a login flood, each as
+    // long, ROUNDS times in turn. The ratio is the median of the rounds' (idle p99 alone moves by
+    // half between runs of one build on this shared machine, more than the effect measured).
+    // Hashing alone is a thread of this process hashing without pause at the hashing threads'
+    // priority: a flood's CPU and memory traffic without its requests, so the run tells how much
+    // of the flood's effect is the hashing and how much the logins' request work.
     println!(
-        "\nreads paced at {READS_PER_SECOND}/s for {} s (gRPC via gateway), idle and then during a flood of logins ({FLOOD_CONCURRENCY} in flight):",
+        "\nreads paced at {READS_PER_SECOND}/s for {} s (gRPC via gateway): idle, beside one thread hashing, during a flood of logins ({FLOOD_CONCURRENCY} in flight):",
         PACED.as_secs()
     );
     Run::header();
     let mut peak = vec![0.0_f64; processes.len()];
-    let mut p99s: Vec<(f64, f64)> = Vec::new();
+    let mut p99s: Vec<[f64; 3]> = Vec::new();
     for round in 1..=ROUNDS {
         let reads_idle = paced_reads(&gateway, &users).await;
+        reads_idle.print(&format!("reads, idle, round {round}"));
+        let hashing = Hashing::start();
+        let reads_hashing = paced_reads(&gateway, &users).await;
+        // The join waits for the hash in progress: off the async workers.
+        let hashes = tokio::task::spawn_blocking(move || hashing.stop()).await?;
+        reads_hashing.print(&format!("reads, {hashes} hashes alone, round {round}"));
         let flood = tokio::spawn(login_flood(AuthServiceClient::new(gateway.clone()), users.clone()));
         let reads = paced_reads(&gateway, &users);
         tokio::pin!(reads);
@@ -210,11 +223,10 @@ async fn main() -> anyhow::Result<()> {
         for (peak, p) in peak.iter_mut().zip(&processes) {
             *peak = peak.max(p.rss_mib().0);
         }
-        reads_idle.print(&format!("reads, idle, round {round}"));
         reads_flood.print(&format!("reads, {flooded} logins, round {round}"));
-        p99s.push((reads_idle.percentile(0.99), reads_flood.percentile(0.99)));
+        p99s.push([reads_idle.percentile(0.99), reads_hashing.percentile(0.99), reads_flood.percentile(0.99)]);
     }
-    let p99_ratio = median(p99s.iter().map(|(idle, flood)| flood / idle).collect());
+    let p99_ratio = |phase: usize| median(p99s.iter().map(|p| p[phase] / p[0]).collect());
 
     println!("\nwaiting {} s for the memory to settle", SETTLE.as_secs());
     tokio::time::sleep(SETTLE).await;
@@ -244,8 +256,13 @@ async fn main() -> anyhow::Result<()> {
         login.ok_rate() / ceiling
     );
     println!(
-        "  reads p99 during a login flood / idle (median of {ROUNDS} rounds): x{p99_ratio:.2}; by round (ms): {}",
-        p99s.iter().map(|(idle, flood)| format!("{idle:.2} / {flood:.2}")).collect::<Vec<_>>().join(", ")
+        "  reads p99 during a login flood / idle (median of {ROUNDS} rounds): x{:.2}; beside hashing alone: x{:.2}",
+        p99_ratio(2),
+        p99_ratio(1)
+    );
+    println!(
+        "    by round, idle / hashing alone / login flood (ms): {}",
+        p99s.iter().map(|[i, h, f]| format!("{i:.2} / {h:.2} / {f:.2}")).collect::<Vec<_>>().join(", ")
     );
     println!("  load average {} (1, 5, 15 min) at the end", load_average());
     Ok(())
@@ -325,28 +342,71 @@ async fn login_flood(auth: AuthServiceClient<Channel>, users: Arc<Vec<User>>) ->
     run.latencies.len() + run.errors
 }
 
+/// The auth service's hasher and memory for one thread: its parameters, one block reused for
+/// every hash, as the service's hashing threads do.
+fn hasher() -> anyhow::Result<(argon2::Argon2<'static>, Vec<argon2::Block>)> {
+    use argon2::{Algorithm, Argon2, Block, Version};
+    let params = auth_service::password::params()?;
+    let memory = vec![Block::new(); params.block_count()];
+    Ok((Argon2::new(Algorithm::Argon2id, Version::V0x13, params), memory))
+}
+
+/// One hash of the bench's password into `memory`.
+fn hash_once(argon2: &argon2::Argon2<'_>, memory: &mut [argon2::Block]) -> anyhow::Result<()> {
+    let mut out = [0u8; 32];
+    argon2
+        .hash_password_into_with_memory(PASSWORD.as_bytes(), b"sixteen byte salt", &mut out, memory)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
 /// The median time of one argon2id hash with the auth service's parameters, on one thread
-/// (off the async workers) while the stack is idle, into memory allocated once and reused, as the
-/// service's hashing threads do.
+/// (off the async workers) while the stack is idle.
 async fn one_hash_time() -> anyhow::Result<Duration> {
     tokio::task::spawn_blocking(|| {
-        use argon2::{Algorithm, Argon2, Block, Version};
-        let params = auth_service::password::params()?;
-        let mut memory = vec![Block::new(); params.block_count()];
-        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-        let mut out = [0u8; 32];
+        let (argon2, mut memory) = hasher()?;
         let mut times = Vec::new();
         for _ in 0..9 {
             let t = Instant::now();
-            argon2
-                .hash_password_into_with_memory(PASSWORD.as_bytes(), b"sixteen byte salt", &mut out, &mut memory)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            hash_once(&argon2, &mut memory)?;
             times.push(t.elapsed());
         }
         times.sort();
         Ok(times[times.len() / 2])
     })
     .await?
+}
+
+/// A thread of the bench hashing without pause, at the service's hashing threads' priority
+/// (`auth_service::password::lower_priority`), until [`Hashing::stop`].
+struct Hashing {
+    /// Set to end the loop.
+    stop: Arc<AtomicBool>,
+    /// The thread; it returns how many hashes it made.
+    thread: std::thread::JoinHandle<usize>,
+}
+
+impl Hashing {
+    /// Starts the thread.
+    fn start() -> Hashing {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            auth_service::password::lower_priority();
+            let Ok((argon2, mut memory)) = hasher() else { return 0 };
+            let mut hashes = 0;
+            while !flag.load(Ordering::Relaxed) && hash_once(&argon2, &mut memory).is_ok() {
+                hashes += 1;
+            }
+            hashes
+        });
+        Hashing { stop, thread }
+    }
+
+    /// Ends the loop after the hash in progress; how many hashes were made.
+    fn stop(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or(0)
+    }
 }
 
 /// CPU seconds used so far: by each service, by this process (the client), and by the whole
