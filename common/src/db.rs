@@ -37,7 +37,10 @@ pub static TASK_MIGRATOR: Migrator = sqlx::migrate!("../migrations/task");
 /// is; one that has sat idle (across a Postgres restart, say) is checked, and
 /// replaced when dead, before any request sees it. If Postgres goes away in
 /// the window itself, the query fails and the request gets UNAVAILABLE
-/// ([`crate::fault`]), as a query on a connection that died mid-request does.
+/// ([`crate::fault`]), as a query on a connection that died mid-request does;
+/// sqlx pings every connection as it comes back to the pool (off the
+/// request's path) and closes it when that fails, so a broken connection
+/// fails one query at most.
 pub const PING_IF_IDLE_FOR: Duration = Duration::from_millis(500);
 
 /// Builds a lazily connecting pool whose sessions use `schema` by default.
