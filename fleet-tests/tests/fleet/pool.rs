@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use sqlx::{Connection as _, PgConnection, PgPool};
-use taskgate_common::db;
+use taskgate_common::{db, fault::Fault};
 
 /// The pool's one connection's server process id.
 async fn backend_pid(pool: &PgPool) -> Result<i32, sqlx::Error> {
@@ -53,9 +53,9 @@ async fn a_connection_in_use_is_not_pinged_and_an_idle_one_is_checked_before_use
     let database_url = taskgate_test_support::fresh_database().await;
     let mut admin = PgConnection::connect(&database_url).await.expect("admin connection");
 
-    // In steady use: handed out as it is, so a connection killed a moment ago reaches the query
-    // (which fails, and the caller answers UNAVAILABLE). With a ping before every use it would be
-    // replaced instead, at the price of a round trip per query.
+    // In steady use: handed out as it is, so a connection killed a moment ago reaches the query,
+    // which fails as UNAVAILABLE. With a ping before every use it would be replaced instead, at
+    // the price of a round trip per query.
     let busy = db::pool(&database_url, db::TASK_SCHEMA, 1).expect("pool");
     let pid = backend_pid(&busy).await.expect("first query");
     until_idle(&busy).await;
@@ -67,7 +67,10 @@ async fn a_connection_in_use_is_not_pinged_and_an_idle_one_is_checked_before_use
         "the check took longer than the window ({:?}); this test cannot tell the cases apart on a machine this slow",
         killed_at.elapsed()
     );
-    assert!(outcome.is_err(), "a connection used within {:?} was pinged before use: {outcome:?}", db::PING_IF_IDLE_FOR);
+    let error =
+        outcome.expect_err(&format!("a connection used within {:?} was pinged before use", db::PING_IF_IDLE_FOR));
+    // The one classification every service answers store errors with: UNAVAILABLE, not INTERNAL.
+    assert_eq!(Fault::of_sqlx(&error), Fault::Unavailable, "a query on a connection ended under it: {error:?}");
     // It fails that one query only: sqlx's ping as it comes back closes it, and the next query
     // gets a new connection.
     let next = backend_pid(&busy).await.expect("the broken connection was not handed out again");
