@@ -10,7 +10,7 @@ use taskgate_proto::{
 };
 use tonic::{Code, Request};
 
-use crate::helpers::{bearer, grpc_web, metric, spawn_stack};
+use crate::helpers::{StackOptions, TestStack, TestUser, bearer, grpc_web, metric, spawn_stack, spawn_stack_with};
 
 /// The sample counting ListTasks calls the gRPC proxy of a gateway forwarded.
 const FORWARDED_LISTS: &str = "grpc_client_handled_total{grpc_type=\"unary\",grpc_service=\"taskgate.task.v1.TaskService\",grpc_method=\"ListTasks\",grpc_code=\"OK\"}";
@@ -22,27 +22,48 @@ async fn an_access_token_is_refused_at_the_gateway_right_after_logout() {
     stack.task_a.clone().list_tasks(bearer(ListTasksRequest::default(), alice.access())).await.expect("list");
     assert_eq!(metric(&stack.metrics_a().await, FORWARDED_LISTS), 1.0);
 
+    logout_then_lists_are_refused(&stack, &alice).await;
+    // Nothing after the logout was forwarded.
+    assert_eq!(metric(&stack.metrics_a().await, FORWARDED_LISTS), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_rate_limit_leases_a_logout_still_takes_effect_at_once() {
+    // From a limit of 200 a minute, each replica spends a lease without asking Redis (and so
+    // without the session check): the task service's own check refuses the token instead.
+    let stack = spawn_stack_with(StackOptions { rate_limit_per_minute: 1000, ..Default::default() }).await;
+    let alice = stack.user().await;
+    for client in [stack.task_a.clone(), stack.task_b.clone()] {
+        client.clone().list_tasks(bearer(ListTasksRequest::default(), alice.access())).await.expect("takes a lease");
+    }
+    logout_then_lists_are_refused(&stack, &alice).await;
+    // The refusals came from the task service: gateway A forwarded them inside its lease.
+    let refused_upstream = FORWARDED_LISTS.replace("grpc_code=\"OK\"", "grpc_code=\"Unauthenticated\"");
+    assert!(metric(&stack.metrics_a().await, &refused_upstream) >= 1.0);
+}
+
+/// Logs `user` out through gateway B; the next list through either gateway, over gRPC and REST,
+/// is refused as revoked.
+async fn logout_then_lists_are_refused(stack: &TestStack, user: &TestUser) {
     stack
         .auth_b
         .clone()
-        .logout(bearer(LogoutRequest { refresh_token: String::new() }, alice.access()))
+        .logout(bearer(LogoutRequest { refresh_token: String::new() }, user.access()))
         .await
         .expect("logout through gateway B");
 
     for client in [stack.task_a.clone(), stack.task_b.clone()] {
         let err = client
             .clone()
-            .list_tasks(bearer(ListTasksRequest::default(), alice.access()))
+            .list_tasks(bearer(ListTasksRequest::default(), user.access()))
             .await
             .expect_err("a revoked session");
         assert_eq!(err.code(), Code::Unauthenticated);
         assert_eq!(err.message(), "session has been revoked");
     }
     let response =
-        stack.http.get(stack.url_a("/api/v1/tasks")).bearer_auth(alice.access()).send().await.expect("REST list");
+        stack.http.get(stack.url_a("/api/v1/tasks")).bearer_auth(user.access()).send().await.expect("REST list");
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    // Nothing after the logout was forwarded.
-    assert_eq!(metric(&stack.metrics_a().await, FORWARDED_LISTS), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

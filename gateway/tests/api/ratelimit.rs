@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt as _;
 use reqwest::StatusCode;
 use serde_json::Value;
 use taskgate_proto::task::v1::{ListTasksRequest, ListTasksResponse};
@@ -220,4 +221,56 @@ async fn behind_a_trusted_proxy_anonymous_callers_are_told_apart_by_x_forwarded_
     let refused = call("192.0.2.77, 198.51.100.1").await.expect("call");
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(call("198.51.100.2").await.expect("call").status(), StatusCode::OK);
+}
+
+/// One user's gRPC ListTasks `requests` times, alternating replicas, 16 in
+/// flight: how many were let through, and every refusal's code.
+async fn hammer(stack: &TestStack, user: &TestUser, requests: usize) -> (usize, Vec<Code>) {
+    let outcomes = futures::stream::iter(0..requests)
+        .map(|i| {
+            let mut client = if i % 2 == 0 { stack.task_a.clone() } else { stack.task_b.clone() };
+            let request = bearer(ListTasksRequest::default(), user.access());
+            async move { client.list_tasks(request).await.map(drop).map_err(|e| e.code()) }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    let refused: Vec<Code> = outcomes.iter().filter_map(|o| o.err()).collect();
+    (requests - refused.len(), refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_leases_both_replicas_together_let_no_more_than_the_limit_through_with_few_redis_calls() {
+    const LIMIT: u32 = 1000;
+    assert_eq!(gateway::ratelimit::lease_size(LIMIT), 10);
+    let stack = spawn_stack_with(StackOptions { rate_limit_per_minute: LIMIT, ..Default::default() }).await;
+    let alice = stack.user().await;
+
+    let (allowed, refused) = hammer(&stack, &alice, 1200).await;
+    assert!(allowed <= LIMIT as usize, "{allowed} requests let through a limit of {LIMIT}");
+    // Unused slots of a lease are lost for the minute: a replica may refuse early, by little.
+    assert!(allowed >= 900, "only {allowed} of {LIMIT} let through");
+    assert!(refused.iter().all(|c| *c == Code::ResourceExhausted), "{refused:?}");
+
+    // The window's log: one entry per slot taken, named `<time>.<call>.<slot>`.
+    let redis = fred::prelude::Client::new(
+        fred::prelude::Config::from_url(&taskgate_test_support::redis_url()).expect("redis url"),
+        None,
+        None,
+        None,
+    );
+    fred::prelude::ClientLike::init(&redis).await.expect("connect to the test redis");
+    let key = taskgate_common::keys::user_key(&stack.redis_prefix, &alice.user.id, "rl");
+    let entries: Vec<String> =
+        fred::prelude::SortedSetsInterface::zrange(&redis, &key, 0, -1, None, false, None, false)
+            .await
+            .expect("ZRANGE");
+    assert!(entries.len() >= allowed && entries.len() <= LIMIT as usize, "{} slots taken", entries.len());
+    let calls: std::collections::HashSet<&str> =
+        entries.iter().filter_map(|e| e.rsplit_once('.').map(|(call, _)| call)).collect();
+    assert!(calls.len() * 5 <= allowed, "{} script calls for {allowed} requests: leases are not used", calls.len());
+
+    // Refused on both replicas from now on.
+    let (allowed, _) = hammer(&stack, &alice, 40).await;
+    assert_eq!(allowed, 0);
 }
