@@ -13,7 +13,9 @@
 //!    native gRPC through the gateway, and native gRPC straight to the task service, in turn for
 //!    three rounds, with the gateway/direct ratios and what each request cost in CPU time, process
 //!    by process (the bench's own client, and the rest of the machine: Redis, PostgreSQL, the
-//!    kernel), each the median of the rounds;
+//!    kernel), each the median of the rounds; when `nginx` is installed, a fourth path for
+//!    reference: gRPC through nginx's `grpc_pass` in front of the task service (a proxy hop in C
+//!    with no token check and no rate limit; its CPU is in "other", and printed on its own);
 //! 4. create: REST `POST /api/v1/tasks`, with its CPU time per request;
 //! 5. login through the gateway against the ceiling: cores ÷ the time of one argon2id hash with
 //!    the service's parameters, measured here first, with its CPU time per login (the table of
@@ -41,7 +43,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fleet_tests::processes::{Process, Stack};
+use fleet_tests::processes::{Process, ReferenceProxy, Stack};
 use taskgate_proto::{
     auth::v1::{LoginRequest, auth_service_client::AuthServiceClient},
     task::v1::{CreateTaskRequest, ListTasksRequest, Task, task_service_client::TaskServiceClient},
@@ -66,8 +68,9 @@ const PACED: Duration = Duration::from_secs(10);
 const FLOOD_CONCURRENCY: usize = 16;
 /// How many times the three list paths are measured, in turn.
 const ROUNDS: usize = 3;
-/// The list paths, in the order each round measures them.
-const LISTS: [&str; 3] = ["list 20, REST via gateway", "list 20, gRPC via gateway", "list 20, gRPC direct"];
+/// The list paths, in the order each round measures them (the fourth only with nginx installed).
+const LISTS: [&str; 4] =
+    ["list 20, REST via gateway", "list 20, gRPC via gateway", "list 20, gRPC direct", "list 20, gRPC via nginx"];
 /// How long after the flood the memory is read again.
 const SETTLE: Duration = Duration::from_secs(60);
 
@@ -83,6 +86,11 @@ async fn main() -> anyhow::Result<()> {
 
     let gateway = channel(gateway_addr).await?;
     let direct = channel(task_addr).await?;
+    let nginx = ReferenceProxy::start(task_addr)?;
+    let via_nginx = match &nginx {
+        Some(proxy) => Some(channel(proxy.addr).await?),
+        None => None,
+    };
     let users = Arc::new(seed(&gateway).await?);
     // Idle: the seeding's logins over, and the hashing threads' memory given back.
     tokio::time::sleep(auth_service::password::KEEP_MEMORY_IDLE + Duration::from_secs(2)).await;
@@ -96,7 +104,8 @@ async fn main() -> anyhow::Result<()> {
     let rest_url = format!("http://{gateway_addr}/api/v1/tasks?page_size={TASKS_PER_USER}");
     // The three paths in turn, ROUNDS times: each figure below is the median of its rounds, and
     // each ratio is taken within a round (the machine drifts between rounds more than within one).
-    let mut rounds: Vec<[(Run, Vec<f64>); 3]> = Vec::new();
+    let mut rounds: Vec<Vec<(Run, Vec<f64>)>> = Vec::new();
+    let mut nginx_cpu = Vec::new();
     for round in 1..=ROUNDS {
         let before = Cpu::now(&processes);
         let rest = {
@@ -117,12 +126,23 @@ async fn main() -> anyhow::Result<()> {
         let straight = list_grpc(&direct, &users, requests, concurrency).await;
         let straight_cost = Cpu::now(&processes).per_request(&before, &straight, warm_up);
         straight.print(&format!("{}, round {round}", LISTS[2]));
-        rounds.push([(rest, rest_cost), (grpc, grpc_cost), (straight, straight_cost)]);
+        let mut round_runs = vec![(rest, rest_cost), (grpc, grpc_cost), (straight, straight_cost)];
+        if let (Some(proxy), Some(via)) = (&nginx, &via_nginx) {
+            let (before, proxy_before) = (Cpu::now(&processes), proxy.cpu_seconds());
+            let proxied = list_grpc(via, &users, requests, concurrency).await;
+            let cost = Cpu::now(&processes).per_request(&before, &proxied, warm_up);
+            let served = (proxied.latencies.len() + proxied.errors + warm_up).max(1) as f64;
+            nginx_cpu.push((proxy.cpu_seconds() - proxy_before) * 1e6 / served);
+            proxied.print(&format!("{}, round {round}", LISTS[3]));
+            round_runs.push((proxied, cost));
+        }
+        rounds.push(round_runs);
     }
     let ratio = |path: usize| median(rounds.iter().map(|r| r[path].0.rate() / r[2].0.rate()).collect());
     let (grpc_ratio, rest_ratio) = (ratio(1), ratio(0));
+    let nginx_ratio = (nginx.is_some()).then(|| ratio(3));
     // Each list path's CPU per request: the median of its rounds, column by column.
-    let mut costs: Vec<(String, Vec<f64>)> = LISTS
+    let mut costs: Vec<(String, Vec<f64>)> = LISTS[..rounds[0].len()]
         .iter()
         .enumerate()
         .map(|(path, name)| {
@@ -183,6 +203,9 @@ async fn main() -> anyhow::Result<()> {
         println!(" {:>9.0}", cost.iter().sum::<f64>());
     }
     println!("  (other: Redis, PostgreSQL and the kernel, from /proc/stat)");
+    if !nginx_cpu.is_empty() {
+        println!("  (via nginx: nginx itself is {:.0} µs of its row's other, median of the rounds)", median(nginx_cpu));
+    }
 
     // Reads paced at a fixed rate: idle, beside hashing alone, and beside a login flood, each as
     // long, ROUNDS times in turn. The ratio is the median of the rounds' (idle p99 alone moves by
@@ -249,6 +272,10 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "  list 20 via gateway / direct (median of {ROUNDS} rounds):  gRPC x{grpc_ratio:.2}, REST x{rest_ratio:.2}"
     );
+    match nginx_ratio {
+        Some(ratio) => println!("  for reference, gRPC via nginx grpc_pass / direct: x{ratio:.2}"),
+        None => println!("  (nginx is not installed: no reference proxy path)"),
+    }
     println!(
         "  login: {:.1}/s against a ceiling of {ceiling:.1}/s ({cores} cores / {:.1} ms per hash): x{:.2}",
         login.ok_rate(),

@@ -158,3 +158,75 @@ pub fn cpu_seconds_of(pid: &str) -> f64 {
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / 100.0
 }
+
+/// nginx in front of the task service (`grpc_pass`, HTTP/2 cleartext both ways, no token check, no
+/// rate limit): what a bare proxy hop written in C costs on the same machine, the reference the
+/// gateway's own hop is read against. One process (`master_process off`), killed when dropped.
+pub struct ReferenceProxy {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The running nginx.
+    child: Child,
+    /// Its configuration and temporary files, removed when dropped.
+    dir: PathBuf,
+}
+
+impl ReferenceProxy {
+    /// Starts nginx in front of `upstream`; `None` when no `nginx` binary is installed.
+    pub fn start(upstream: SocketAddr) -> anyhow::Result<Option<ReferenceProxy>> {
+        if Command::new("nginx").arg("-v").stderr(Stdio::null()).status().is_err() {
+            return Ok(None);
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], devstack::free_port()?));
+        let dir = std::env::temp_dir().join(format!("taskgate-reference-proxy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let d = dir.display();
+        // Requests per connection lifted on both sides: nginx's default of 1,000 would end the
+        // bench's one HTTP/2 connection with GOAWAY part-way through a run.
+        let conf = format!(
+            "daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+  upstream task {{ server {upstream}; keepalive 64; keepalive_requests 1000000; }}
+  server {{
+    listen {addr} http2;
+    http2_max_concurrent_streams 1000; keepalive_requests 1000000;
+    location / {{ grpc_pass grpc://task; }}
+  }}
+}}
+"
+        );
+        let path = dir.join("nginx.conf");
+        std::fs::write(&path, conf)?;
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let proxy = ReferenceProxy { addr, child, dir };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "nginx did not listen on {addr}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(Some(proxy))
+    }
+
+    /// CPU seconds it used so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds_of(&self.child.id().to_string())
+    }
+}
+
+impl Drop for ReferenceProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
