@@ -16,7 +16,8 @@
 //! - `gateway_ratelimit_decisions_total{protocol,decision}` (`allowed`,
 //!   `limited`, `revoked`, `unavailable`), `gateway_ratelimit_fallback_active`
 //!   (gauge: 1 while Redis is unreachable and the local limiter decides) and
-//!   `gateway_ratelimit_fallback_decisions_total`.
+//!   `gateway_ratelimit_fallback_decisions_total`; `gateway_ratelimit_leased_decisions_total`
+//!   (requests allowed from a lease, with no Redis call: see [`crate::ratelimit`]).
 //! - `gateway_shed_total{protocol}`: requests refused by load shedding.
 //!
 //! Label values come only from fixed sets: a gRPC method is one some proto
@@ -160,6 +161,8 @@ pub struct Metrics {
     fallback_decisions: Counter,
     /// `gateway_ratelimit_fallback_active`.
     fallback_active: Gauge,
+    /// `gateway_ratelimit_leased_decisions_total`.
+    leased_decisions: Counter,
     /// `gateway_shed_total`.
     shed: Family<ProtocolLabel, Counter>,
 }
@@ -178,6 +181,7 @@ impl Metrics {
             decisions: Family::default(),
             fallback_decisions: Counter::default(),
             fallback_active: Gauge::default(),
+            leased_decisions: Counter::default(),
             shed: Family::default(),
             registry: Registry::default(),
         };
@@ -222,6 +226,11 @@ impl Metrics {
             "gateway_ratelimit_fallback_active",
             "1 while Redis is unreachable and the per-replica limiter decides",
             m.fallback_active.clone(),
+        );
+        registry.register(
+            "gateway_ratelimit_leased_decisions",
+            "Requests allowed from a slot this replica leased earlier, with no Redis call",
+            m.leased_decisions.clone(),
         );
         registry.register("gateway_shed", "Requests refused because too many were in progress", m.shed.clone());
         // The series an alert or dashboard reads even before their first
@@ -276,6 +285,11 @@ impl Metrics {
     /// Counts one decision of the local fallback limiter.
     pub fn fallback_decision(&self) {
         self.fallback_decisions.inc();
+    }
+
+    /// Counts one request allowed from a lease.
+    pub fn leased_decision(&self) {
+        self.leased_decisions.inc();
     }
 
     /// Records whether the local fallback limiter is in use.

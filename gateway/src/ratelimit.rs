@@ -357,6 +357,7 @@ impl RateLimiter {
     pub async fn check(&self, subject: &str, session: Option<(&str, &str)>) -> Decision {
         let lease = (self.lease > 1).then(|| format!("{subject} {}", session.map_or("", |(_, sid)| sid)));
         if let Some(decision) = lease.as_deref().and_then(|key| self.leases.take(key)) {
+            self.metrics.leased_decision();
             return decision;
         }
         if let Some(reason) = self.redis.unavailable_reason() {

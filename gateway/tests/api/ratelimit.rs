@@ -270,6 +270,9 @@ async fn with_leases_both_replicas_together_let_no_more_than_the_limit_through_w
         entries.iter().filter_map(|e| e.rsplit_once('.').map(|(call, _)| call)).collect();
     assert!(calls.len() * 5 <= allowed, "{} script calls for {allowed} requests: leases are not used", calls.len());
 
+    let leased = metric(&stack.metrics_a().await, "gateway_ratelimit_leased_decisions_total");
+    assert!(leased >= (allowed / 2 - calls.len()) as f64 * 0.5, "{leased} requests from leases on replica A");
+
     // Refused on both replicas from now on.
     let (allowed, _) = hammer(&stack, &alice, 40).await;
     assert_eq!(allowed, 0);
