@@ -300,6 +300,8 @@ pub struct RateLimiter {
     limit_arg: String,
     /// See `limit_arg`.
     window_arg: String,
+    /// The `RateLimit-Policy` header value.
+    policy: HeaderValue,
     /// Slots one Redis call takes ([`lease_size`]).
     lease: u32,
     /// `lease` and [`LEASE_FOR`] in milliseconds, as the script's arguments.
@@ -330,6 +332,8 @@ impl RateLimiter {
             limit,
             limit_arg: limit.to_string(),
             window_arg: WINDOW.as_millis().to_string(),
+            policy: HeaderValue::from_str(&format!("\"default\";q={limit};w={}", WINDOW.as_secs()))
+                .unwrap_or_else(|_| HeaderValue::from_static("\"default\"")),
             lease: lease_size(limit),
             lease_args: [lease_size(limit).to_string(), LEASE_FOR.as_millis().to_string()],
             leases: Leases::default(),
@@ -457,10 +461,9 @@ impl RateLimiter {
         }
     }
 
-    /// The `RateLimit-Policy` header value.
+    /// The `RateLimit-Policy` header value (built once: it is on every response).
     pub fn policy_header(&self) -> HeaderValue {
-        HeaderValue::from_str(&format!("\"default\";q={};w={}", self.limit, WINDOW.as_secs()))
-            .unwrap_or_else(|_| HeaderValue::from_static("\"default\""))
+        self.policy.clone()
     }
 }
 
