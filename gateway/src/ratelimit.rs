@@ -14,7 +14,8 @@
 //!
 //! **Leases.** Below a limit of 200 a minute every request makes that call.
 //! From 200 up, the call takes a lease: [`lease_size`] slots of the window at
-//! once (1% of the limit, at most [`MAX_LEASE`]), which this replica spends on
+//! once (1% of the limit, at most `RATE_LIMIT_MAX_LEASE`, [`DEFAULT_MAX_LEASE`]
+//! by default), which this replica spends on
 //! the same subject's (and session's) next requests for at most [`LEASE_FOR`],
 //! without calling Redis. A lease's slots are logged at the moment the lease
 //! ends, so each stays in the window for a full minute after the last moment
@@ -86,18 +87,23 @@ const SCRIPT: &str = include_str!("ratelimit/window.lua");
 /// The rolling window the limit counts over.
 pub const WINDOW: Duration = Duration::from_secs(60);
 
-/// Most slots one lease takes from a subject's window. Each slot is one
-/// entry of the window's log, all added by one `ZADD` inside the script, at
-/// about 1 µs an entry in a log of 200,000: 100 keep that call as short for
-/// Redis' other clients as a few ordinary commands, 1,000 held it for 1 ms.
-pub const MAX_LEASE: u32 = 100;
+/// Most slots one lease takes from a subject's window by default
+/// (`RATE_LIMIT_MAX_LEASE`). Each slot is one entry of the window's log, all
+/// added by one `ZADD` inside the script, at about 1 µs an entry in a log of
+/// 200,000: 100 keep that call as short for Redis' other clients as a few
+/// ordinary commands.
+pub const DEFAULT_MAX_LEASE: u32 = 100;
+/// The highest `RATE_LIMIT_MAX_LEASE` accepted: a lease of 1,000 held Redis
+/// for about 1 ms.
+pub const MAX_LEASE: u32 = 1000;
 /// How long a replica may spend a lease's slots.
 pub const LEASE_FOR: Duration = Duration::from_secs(1);
 
 /// The slots one Redis call takes for a limit of `limit` a minute: 1% of
-/// it, at most [`MAX_LEASE`]; 1 (a call per request, no lease) below 200.
-pub fn lease_size(limit: u32) -> u32 {
-    (limit / 100).clamp(1, MAX_LEASE)
+/// it, at most `max_lease`; 1 (a call per request, no lease) below 200 or
+/// when `max_lease` is 1.
+pub fn lease_size(limit: u32, max_lease: u32) -> u32 {
+    (limit / 100).clamp(1, max_lease.clamp(1, MAX_LEASE))
 }
 
 /// The fallback limiter's type: keyed by subject, reporting remaining capacity.
@@ -248,6 +254,8 @@ pub struct Limits {
     pub per_subject: u32,
     /// `RATE_LIMIT_PER_ADDRESS_PER_MINUTE`: signed-in requests per address, per replica.
     pub per_address: u32,
+    /// `RATE_LIMIT_MAX_LEASE`: most slots one Redis call leases to the replica ([`lease_size`]).
+    pub max_lease: u32,
 }
 
 /// What the limiter decided for one request.
@@ -334,8 +342,8 @@ impl RateLimiter {
             window_arg: WINDOW.as_millis().to_string(),
             policy: HeaderValue::from_str(&format!("\"default\";q={limit};w={}", WINDOW.as_secs()))
                 .unwrap_or_else(|_| HeaderValue::from_static("\"default\"")),
-            lease: lease_size(limit),
-            lease_args: [lease_size(limit).to_string(), LEASE_FOR.as_millis().to_string()],
+            lease: lease_size(limit, limits.max_lease),
+            lease_args: [lease_size(limit, limits.max_lease).to_string(), LEASE_FOR.as_millis().to_string()],
             leases: Leases::default(),
             script: Script::new(SCRIPT),
             local: Local::new(limit),
@@ -623,11 +631,14 @@ mod tests {
 
     #[test]
     fn lease_sizes() {
-        assert_eq!(lease_size(100), 1);
-        assert_eq!(lease_size(199), 1);
-        assert_eq!(lease_size(200), 2);
-        assert_eq!(lease_size(5_000), 50);
-        assert_eq!(lease_size(10_000), MAX_LEASE);
-        assert_eq!(lease_size(1_000_000_000), MAX_LEASE);
+        let d = DEFAULT_MAX_LEASE;
+        assert_eq!(lease_size(100, d), 1);
+        assert_eq!(lease_size(199, d), 1);
+        assert_eq!(lease_size(200, d), 2);
+        assert_eq!(lease_size(5_000, d), 50);
+        assert_eq!(lease_size(10_000, d), d);
+        assert_eq!(lease_size(1_000_000_000, d), d);
+        assert_eq!(lease_size(1_000_000_000, 1), 1, "1 turns leases off");
+        assert_eq!(lease_size(1_000_000_000, u32::MAX), MAX_LEASE);
     }
 }

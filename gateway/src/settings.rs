@@ -120,6 +120,13 @@ pub struct Settings {
     #[arg(long, env = "RATE_LIMIT_PER_ADDRESS_PER_MINUTE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_limit_per_address_per_minute: u32,
 
+    /// Most slots one Redis call may lease to this replica (from a limit of
+    /// 200 a minute, a lease is 1% of `RATE_LIMIT_PER_MINUTE`, at most this);
+    /// 1 turns leases off: every request asks Redis, and the gateway itself
+    /// checks the session on every request.
+    #[arg(long, env = "RATE_LIMIT_MAX_LEASE", default_value_t = crate::ratelimit::DEFAULT_MAX_LEASE, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::ratelimit::MAX_LEASE)))]
+    pub rate_limit_max_lease: u32,
+
     /// How often the JWKS is fetched again so that a withdrawn key stops
     /// being trusted, in seconds.
     #[arg(long, env = "JWKS_REFRESH_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
@@ -142,6 +149,7 @@ impl Settings {
         crate::ratelimit::Limits {
             per_subject: self.rate_limit_per_minute,
             per_address: self.rate_limit_per_address_per_minute,
+            max_lease: self.rate_limit_max_lease,
         }
     }
 
@@ -172,6 +180,7 @@ impl Settings {
             header_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             rate_limit_per_address_per_minute: 1000,
+            rate_limit_max_lease: crate::ratelimit::DEFAULT_MAX_LEASE,
             jwks_refresh_seconds: 300,
             csrf_secret: Some(secrecy::SecretString::from("taskgate test csrf secret")),
             mtls: taskgate_common::mtls::MtlsSettings::default(),
@@ -191,5 +200,30 @@ impl Settings {
     /// [`Self::request_timeout_seconds`] as a duration.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_seconds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    /// The settings as the binary parses them.
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        settings: super::Settings,
+    }
+
+    #[test]
+    fn the_lease_ceiling_is_one_to_a_thousand_and_a_hundred_by_default() {
+        let parse = |v: &str| {
+            Cli::try_parse_from(["gateway", "--rate-limit-max-lease", v]).map(|c| c.settings.rate_limit_max_lease)
+        };
+        assert_eq!(parse("1").ok(), Some(1));
+        assert_eq!(parse("1000").ok(), Some(1000));
+        assert!(parse("0").is_err());
+        assert!(parse("1001").is_err());
+        let default = Cli::try_parse_from(["gateway"]).map(|c| c.settings.rate_limit_max_lease);
+        assert_eq!(default.ok(), Some(crate::ratelimit::DEFAULT_MAX_LEASE));
     }
 }

@@ -42,6 +42,24 @@ async fn with_rate_limit_leases_a_logout_still_takes_effect_at_once() {
     assert!(metric(&stack.metrics_a().await, &refused_upstream) >= 1.0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_leases_turned_off_the_gateway_itself_refuses_a_logged_out_token() {
+    let stack = spawn_stack_with(StackOptions {
+        rate_limit_per_minute: 1000,
+        gateway: |s| s.rate_limit_max_lease = 1,
+        ..Default::default()
+    })
+    .await;
+    let alice = stack.user().await;
+    for client in [stack.task_a.clone(), stack.task_b.clone()] {
+        client.clone().list_tasks(bearer(ListTasksRequest::default(), alice.access())).await.expect("list");
+    }
+    logout_then_lists_are_refused(&stack, &alice).await;
+    let metrics = stack.metrics_a().await;
+    assert_eq!(metric(&metrics, FORWARDED_LISTS), 1.0, "nothing after the logout was forwarded");
+    assert_eq!(metric(&metrics, "gateway_ratelimit_leased_decisions_total"), 0.0);
+}
+
 /// Logs `user` out through gateway B; the next list through either gateway, over gRPC and REST,
 /// is refused as revoked.
 async fn logout_then_lists_are_refused(stack: &TestStack, user: &TestUser) {

@@ -242,7 +242,7 @@ async fn hammer(stack: &TestStack, user: &TestUser, requests: usize) -> (usize, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_leases_both_replicas_together_let_no_more_than_the_limit_through_with_few_redis_calls() {
     const LIMIT: u32 = 1000;
-    assert_eq!(gateway::ratelimit::lease_size(LIMIT), 10);
+    assert_eq!(gateway::ratelimit::lease_size(LIMIT, gateway::ratelimit::DEFAULT_MAX_LEASE), 10);
     let stack = spawn_stack_with(StackOptions { rate_limit_per_minute: LIMIT, ..Default::default() }).await;
     let alice = stack.user().await;
 
