@@ -128,11 +128,11 @@ async fn main() -> anyhow::Result<()> {
         straight.print(&format!("{}, round {round}", LISTS[2]));
         let mut round_runs = vec![(rest, rest_cost), (grpc, grpc_cost), (straight, straight_cost)];
         if let (Some(proxy), Some(via)) = (&nginx, &via_nginx) {
-            let (before, proxy_before) = (Cpu::now(&processes), proxy.cpu_seconds());
+            let (before, proxy_before) = (Cpu::now(&processes), proxy.process.cpu_seconds());
             let proxied = list_grpc(via, &users, requests, concurrency).await;
             let cost = Cpu::now(&processes).per_request(&before, &proxied, warm_up);
             let served = (proxied.latencies.len() + proxied.errors + warm_up).max(1) as f64;
-            nginx_cpu.push((proxy.cpu_seconds() - proxy_before) * 1e6 / served);
+            nginx_cpu.push((proxy.process.cpu_seconds() - proxy_before) * 1e6 / served);
             proxied.print(&format!("{}, round {round}", LISTS[3]));
             round_runs.push((proxied, cost));
         }

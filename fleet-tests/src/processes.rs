@@ -15,7 +15,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A service process; killed when dropped.
 pub struct Process {
-    /// The binary's name: `auth-service`, `task-service` or `gateway`.
+    /// The binary's name: `auth-service`, `task-service` or `gateway` (or `nginx`, for
+    /// [`ReferenceProxy`]).
     pub name: &'static str,
     /// The running binary.
     child: Child,
@@ -41,12 +42,18 @@ impl Process {
             .spawn()
             .map_err(|e| anyhow::anyhow!("starting {}: {e} (build it with --release first)", binary.display()))?;
         let process = Process { name, child };
+        process.wait_listening(addr)?;
+        Ok(process)
+    }
+
+    /// Waits until the process accepts TCP on `addr`, for at most [`START_TIMEOUT`].
+    fn wait_listening(&self, addr: SocketAddr) -> anyhow::Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "{name} did not listen on {addr}");
+            anyhow::ensure!(Instant::now() < deadline, "{} did not listen on {addr}", self.name);
             std::thread::sleep(Duration::from_millis(100));
         }
-        Ok(process)
+        Ok(())
     }
 
     /// The process id.
@@ -166,7 +173,7 @@ pub struct ReferenceProxy {
     /// Where it listens.
     pub addr: SocketAddr,
     /// The running nginx.
-    child: Child,
+    pub process: Process,
     /// Its configuration and temporary files, removed when dropped.
     dir: PathBuf,
 }
@@ -208,25 +215,16 @@ http {{
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
-        let proxy = ReferenceProxy { addr, child, dir };
-        let deadline = Instant::now() + START_TIMEOUT;
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "nginx did not listen on {addr}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        // Built first, so a failed start still stops nginx and removes its folder.
+        let proxy = ReferenceProxy { addr, process: Process { name: "nginx", child }, dir };
+        proxy.process.wait_listening(addr)?;
         Ok(Some(proxy))
-    }
-
-    /// CPU seconds it used so far.
-    pub fn cpu_seconds(&self) -> f64 {
-        cpu_seconds_of(&self.child.id().to_string())
     }
 }
 
 impl Drop for ReferenceProxy {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // nginx is stopped after this, when `process` drops; it has its files open already.
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -182,6 +182,13 @@ struct Lease {
     reset_at: Instant,
 }
 
+impl Lease {
+    /// Whether a slot of it may still be spent at `now`.
+    fn live(&self, now: Instant) -> bool {
+        self.left > 0 && now < self.until
+    }
+}
+
 /// This replica's leases, keyed by subject and session: at most
 /// [`MAX_LOCAL_KEYS`], spent ones dropped every minute.
 #[derive(Debug, Default)]
@@ -195,7 +202,7 @@ impl Leases {
     fn take(&self, key: &str) -> Option<Decision> {
         let mut lease = self.map.get_mut(key)?;
         let now = Instant::now();
-        if lease.left == 0 || now >= lease.until {
+        if !lease.live(now) {
             return None;
         }
         lease.left -= 1;
@@ -219,25 +226,21 @@ impl Leases {
                 self.map.clear();
             }
         }
-        let reset_at = now + decision.reset;
-        self.map
-            .entry(key)
-            .and_modify(|lease| {
-                if lease.left > 0 && now < lease.until {
-                    lease.left = lease.left.saturating_add(slots);
-                } else {
-                    *lease = Lease { left: slots, until, remaining: decision.remaining, reset_at };
-                }
-                lease.remaining = decision.remaining;
-                lease.reset_at = reset_at;
-            })
-            .or_insert(Lease { left: slots, until, remaining: decision.remaining, reset_at });
+        let fresh = Lease { left: slots, until, remaining: decision.remaining, reset_at: now + decision.reset };
+        let mut lease = self.map.entry(key).or_insert_with(|| Lease { left: 0, ..fresh });
+        if lease.live(now) {
+            lease.left = lease.left.saturating_add(slots);
+            lease.remaining = fresh.remaining;
+            lease.reset_at = fresh.reset_at;
+        } else {
+            *lease = fresh;
+        }
     }
 
     /// Drops spent and ended leases.
     fn tidy(&self) {
         let now = Instant::now();
-        self.map.retain(|_, lease| lease.left > 0 && now < lease.until);
+        self.map.retain(|_, lease| lease.live(now));
         self.map.shrink_to_fit();
     }
 

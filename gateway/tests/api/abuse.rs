@@ -186,8 +186,7 @@ async fn a_logged_out_token_is_refused_while_redis_answers_errors() {
         .logout(bearer(LogoutRequest { refresh_token: String::new() }, alice.access()))
         .await
         .expect("logout");
-    let admin = Client::new(Config::from_url(&redis.url()).expect("url"), None, None, None);
-    admin.init().await.expect("connect to the private redis");
+    let admin = crate::helpers::redis_client(&redis.url()).await;
     let command = |name: &'static str, args: &'static [&'static str]| {
         let admin = admin.clone();
         async move {

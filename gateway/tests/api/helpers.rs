@@ -20,6 +20,14 @@ use tonic::transport::Channel;
 /// A password that passes the auth service's rules.
 pub use taskgate_test_support::{PASSWORD, bearer, username};
 
+/// A connected client of the Redis at `url` (a test's own, or the shared one), to look at or
+/// change what the services keep there.
+pub async fn redis_client(url: &str) -> fred::prelude::Client {
+    let client = fred::prelude::Client::new(fred::prelude::Config::from_url(url).expect("redis url"), None, None, None);
+    fred::prelude::ClientLike::init(&client).await.expect("connect to redis");
+    client
+}
+
 /// How a stack differs from the default one.
 #[derive(Debug, Clone)]
 pub struct StackOptions {

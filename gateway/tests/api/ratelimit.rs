@@ -253,13 +253,7 @@ async fn with_leases_both_replicas_together_let_no_more_than_the_limit_through_w
     assert!(refused.iter().all(|c| *c == Code::ResourceExhausted), "{refused:?}");
 
     // The window's log: one entry per slot taken, named `<time>.<call>.<slot>`.
-    let redis = fred::prelude::Client::new(
-        fred::prelude::Config::from_url(&taskgate_test_support::redis_url()).expect("redis url"),
-        None,
-        None,
-        None,
-    );
-    fred::prelude::ClientLike::init(&redis).await.expect("connect to the test redis");
+    let redis = crate::helpers::redis_client(&taskgate_test_support::redis_url()).await;
     let key = taskgate_common::keys::user_key(&stack.redis_prefix, &alice.user.id, "rl");
     let entries: Vec<String> =
         fred::prelude::SortedSetsInterface::zrange(&redis, &key, 0, -1, None, false, None, false)

@@ -20,7 +20,7 @@ use taskgate_proto::{
 use taskgate_test_support::PrivateRedis;
 use tonic::Code;
 
-use crate::helpers::{StackOptions, TestStack, TestUser, bearer, spawn_stack_with};
+use crate::helpers::{StackOptions, TestStack, TestUser, bearer, redis_client, spawn_stack_with};
 
 /// The bootstrap admin of these stacks (each has a fresh database).
 const ADMIN: &str = "loss_admin";
@@ -56,12 +56,6 @@ async fn answers(stack: &TestStack, access: &str) -> [Result<(), Code>; 3] {
     let direct = stack.task_direct().list_tasks(bearer(ListTasksRequest::default(), access)).await;
     let auth = stack.auth_b.clone().get_me(bearer(GetMeRequest {}, access)).await;
     [gateway.map(drop), direct.map(drop), auth.map(drop)].map(|r| r.map_err(|s| s.code()))
-}
-
-async fn redis_client(url: &str) -> Client {
-    let client = Client::new(Config::from_url(url).expect("redis url"), None, None, None);
-    client.init().await.expect("connect to the private redis");
-    client
 }
 
 /// Connected clients on the private Redis (the probe's own included).
