@@ -5,8 +5,9 @@
 //! session is not live (its key in the auth service's mirror of live
 //! sessions, [`taskgate_tokens::session_key`], is absent) the answer is
 //! "revoked"; otherwise a
-//! sliding-window log (a ZSET of request times, using Redis' own clock so all
-//! replicas agree) decides whether the request is one of the subject's
+//! sliding-window log (a ZSET of the calls that took slots, scored by Redis'
+//! own clock so all replicas agree, with a count of the slots it holds beside
+//! it) decides whether the request is one of the subject's
 //! `RATE_LIMIT_PER_MINUTE` in the last 60 seconds. The subject is `user:<sub>`
 //! for a verified access token or (Refresh) a verified refresh token, and
 //! `ip:<address>` otherwise, where the address is an IPv4 address or the /64
@@ -20,7 +21,9 @@
 //! without calling Redis. A lease's slots are logged at the moment the lease
 //! ends, so each stays in the window for a full minute after the last moment
 //! it can be used: the fleet never lets more than the limit through in any
-//! minute. Slots a lease leaves unused are lost for that minute, so a subject
+//! minute. A lease is one entry of the log whatever its size, so a subject
+//! at 1,000 requests a second holds about 600 entries in Redis, not 60,000,
+//! and taking a lease costs Redis no more than taking one slot. Slots a lease leaves unused are lost for that minute, so a subject
 //! spread over N replicas may be refused up to N leases early. While a lease
 //! lasts the gateway does not look at the session again; each backend checks
 //! revocation on every call (the task service in its cache script, the auth
@@ -88,13 +91,11 @@ const SCRIPT: &str = include_str!("ratelimit/window.lua");
 pub const WINDOW: Duration = Duration::from_secs(60);
 
 /// Most slots one lease takes from a subject's window by default
-/// (`RATE_LIMIT_MAX_LEASE`). Each slot is one entry of the window's log, all
-/// added by one `ZADD` inside the script, at about 1 µs an entry in a log of
-/// 200,000: 100 keep that call as short for Redis' other clients as a few
-/// ordinary commands.
+/// (`RATE_LIMIT_MAX_LEASE`): a lease left unused when its subject stops is
+/// lost for the minute, so the cap bounds how early a subject spread over
+/// many replicas can be refused.
 pub const DEFAULT_MAX_LEASE: u32 = 100;
-/// The highest `RATE_LIMIT_MAX_LEASE` accepted: a lease of 1,000 held Redis
-/// for about 1 ms.
+/// The highest `RATE_LIMIT_MAX_LEASE` accepted.
 pub const MAX_LEASE: u32 = 1000;
 /// How long a replica may spend a lease's slots.
 pub const LEASE_FOR: Duration = Duration::from_secs(1);
@@ -432,8 +433,9 @@ impl RateLimiter {
         subject: &str,
         session: Option<(&str, &str)>,
     ) -> Result<(Decision, u32), fred::error::Error> {
-        let mut keys = Vec::with_capacity(2);
-        keys.push(window_key(&self.prefix, subject));
+        let (log, slots) = window_keys(&self.prefix, subject);
+        let mut keys = Vec::with_capacity(3);
+        keys.extend([log, slots]);
         if let Some((uid, sid)) = session {
             keys.push(session_key(&self.prefix, uid, sid));
         }
@@ -507,16 +509,24 @@ fn set_headers(headers: &mut HeaderMap, limiter: &RateLimiter, decision: &Decisi
     }
 }
 
-/// The Redis key of `subject`'s window: `user:<uid>` lives under the user's
-/// hash tag (with the session records the same script reads), `ip:<addr>`
-/// under the address's (docs/redis-keys.md).
-fn window_key(prefix: &str, subject: &str) -> String {
-    match subject.split_once(':') {
-        Some(("user", uid)) => keys::user_key(prefix, uid, "rl"),
-        Some(("ip", addr)) => keys::addr_key(prefix, addr, "rl"),
-        _ => keys::addr_key(prefix, subject, "rl"),
-    }
+/// The Redis keys of `subject`'s window, its log and its count of slots:
+/// `user:<uid>`'s live under the user's hash tag (with the session records
+/// the same script reads), `ip:<addr>`'s under the address's
+/// (docs/redis-keys.md).
+fn window_keys(prefix: &str, subject: &str) -> (String, String) {
+    let key = |suffix| match subject.split_once(':') {
+        Some(("user", uid)) => keys::user_key(prefix, uid, suffix),
+        Some(("ip", addr)) => keys::addr_key(prefix, addr, suffix),
+        _ => keys::addr_key(prefix, subject, suffix),
+    };
+    (key(WINDOW_LOG), key(WINDOW_SLOTS))
 }
+
+/// The key suffix of a subject's window log (`rl` held one entry per slot in
+/// earlier releases; a new name keeps the two formats from being mixed).
+pub const WINDOW_LOG: &str = "rl:log";
+/// The key suffix of the count of slots a subject's window log holds.
+pub const WINDOW_SLOTS: &str = "rl:slots";
 
 /// The rate-limit middleware: one decision per request, headers on every
 /// response it lets through or refuses.

@@ -252,22 +252,33 @@ async fn with_leases_both_replicas_together_let_no_more_than_the_limit_through_w
     assert!(allowed >= 900, "only {allowed} of {LIMIT} let through");
     assert!(refused.iter().all(|c| *c == Code::ResourceExhausted), "{refused:?}");
 
-    // The window's log: one entry per slot taken, named `<time>.<call>.<slot>`.
+    // The window's log: one entry per script call that took slots, named
+    // `<time>.<call>#<slots>`, and the count of the slots it holds beside it.
     let redis = crate::helpers::redis_client(&taskgate_test_support::redis_url()).await;
-    let key = taskgate_common::keys::user_key(&stack.redis_prefix, &alice.user.id, "rl");
+    let key = |suffix| taskgate_common::keys::user_key(&stack.redis_prefix, &alice.user.id, suffix);
+    let (log, slots_key) = (key(gateway::ratelimit::WINDOW_LOG), key(gateway::ratelimit::WINDOW_SLOTS));
     let entries: Vec<String> =
-        fred::prelude::SortedSetsInterface::zrange(&redis, &key, 0, -1, None, false, None, false)
+        fred::prelude::SortedSetsInterface::zrange(&redis, &log, 0, -1, None, false, None, false)
             .await
             .expect("ZRANGE");
-    assert!(entries.len() >= allowed && entries.len() <= LIMIT as usize, "{} slots taken", entries.len());
-    let calls: std::collections::HashSet<&str> =
-        entries.iter().filter_map(|e| e.rsplit_once('.').map(|(call, _)| call)).collect();
-    assert!(calls.len() * 5 <= allowed, "{} script calls for {allowed} requests: leases are not used", calls.len());
+    let slots: usize = entries
+        .iter()
+        .map(|e| e.rsplit_once('#').and_then(|(_, n)| n.parse::<usize>().ok()).expect("an entry names its slots"))
+        .sum();
+    assert!(slots >= allowed && slots <= LIMIT as usize, "{slots} slots taken");
+    let counted: Option<usize> = fred::prelude::KeysInterface::get(&redis, &slots_key).await.expect("GET");
+    assert_eq!(counted, Some(slots), "the count beside the log is in step with it");
+    let calls = entries.len();
+    assert!(calls * 5 <= allowed, "{calls} entries (script calls) for {allowed} requests: leases are not used");
 
     let leased = metric(&stack.metrics_a().await, "gateway_ratelimit_leased_decisions_total");
-    assert!(leased >= (allowed / 2 - calls.len()) as f64 * 0.5, "{leased} requests from leases on replica A");
+    assert!(leased >= (allowed / 2 - calls) as f64 * 0.5, "{leased} requests from leases on replica A");
 
-    // Refused on both replicas from now on.
+    // Refused on both replicas from now on, even with the count lost: it is rebuilt from the log.
+    let deleted: i64 = fred::prelude::KeysInterface::del(&redis, &slots_key).await.expect("DEL");
+    assert_eq!(deleted, 1);
     let (allowed, _) = hammer(&stack, &alice, 40).await;
     assert_eq!(allowed, 0);
+    let counted: Option<usize> = fred::prelude::KeysInterface::get(&redis, &slots_key).await.expect("GET");
+    assert_eq!(counted, Some(slots), "the count was rebuilt from the log");
 }
