@@ -23,8 +23,9 @@
 //! it can be used: the fleet never lets more than the limit through in any
 //! minute. A lease is one entry of the log whatever its size, so a subject
 //! at 1,000 requests a second holds about 600 entries in Redis, not 60,000,
-//! and taking a lease costs Redis no more than taking one slot. Slots a lease leaves unused are lost for that minute, so a subject
-//! spread over N replicas may be refused up to N leases early. While a lease
+//! and taking a lease costs Redis no more than taking one slot. Slots a
+//! lease leaves unused are lost for that minute, so a subject spread over N
+//! replicas may be refused up to N leases early. While a lease
 //! lasts the gateway does not look at the session again; each backend checks
 //! revocation on every call (the task service in its cache script, the auth
 //! service on its own), so a logout still takes effect at once.
