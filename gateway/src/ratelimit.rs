@@ -339,6 +339,7 @@ impl RateLimiter {
     /// A limiter of `limit` requests per minute per subject on `redis`.
     pub async fn new(redis: RedisHandle, prefix: String, limits: Limits, metrics: Arc<Metrics>) -> Arc<RateLimiter> {
         let limit = limits.per_subject.max(1);
+        let lease = lease_size(limit, limits.max_lease);
         let limiter = Arc::new(RateLimiter {
             redis,
             prefix,
@@ -347,8 +348,8 @@ impl RateLimiter {
             window_arg: WINDOW.as_millis().to_string(),
             policy: HeaderValue::from_str(&format!("\"default\";q={limit};w={}", WINDOW.as_secs()))
                 .unwrap_or_else(|_| HeaderValue::from_static("\"default\"")),
-            lease: lease_size(limit, limits.max_lease),
-            lease_args: [lease_size(limit, limits.max_lease).to_string(), LEASE_FOR.as_millis().to_string()],
+            lease,
+            lease_args: [lease.to_string(), LEASE_FOR.as_millis().to_string()],
             leases: Leases::default(),
             script: Script::new(SCRIPT),
             local: Local::new(limit),
