@@ -3,7 +3,6 @@
 --
 -- KEYS[1]  the subject's sliding-window log: a ZSET with one entry per call
 --          that took slots, scored by time (ms), named `<time>.<call>#<slots>`
---          (an entry without `#` is one slot)
 -- KEYS[2]  how many slots the log holds, kept in step with it (rebuilt from
 --          the log when absent)
 -- KEYS[3]  optional: the session's key in the auth service's mirror of live
@@ -31,7 +30,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local function slots(entry)
-  return tonumber(string.match(entry, '#(%d+)$')) or 1
+  return tonumber(string.match(entry, '#(%d+)$'))
 end
 local function sum(entries)
   local n = 0
