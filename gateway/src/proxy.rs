@@ -2,49 +2,56 @@
 //! service of the contract forwarded to its backend, with no code per RPC.
 //!
 //! A [`ServiceProxy`] serves every method the descriptors declare for one
-//! service, as the REST transcoder serves every binding. tonic's server takes
-//! each call apart (framing, the message size bound, status and trailers),
-//! and the message goes on to the backend as the bytes it arrived as
-//! ([`BytesCodec`]): never parsed, never re-encoded, which a gateway that
-//! neither reads nor changes the messages has no reason to pay for. It goes
-//! with the caller's metadata (less hop-by-hop headers and browser
-//! credentials, which the auth layer has already turned into
-//! `authorization`) and the remaining `grpc-timeout` deadline, over the
-//! backend's connection its policy's cost chooses; the backend's response or
-//! status comes back unchanged, details included.
+//! service, as the REST transcoder serves every binding. A call goes on to
+//! the backend as the HTTP/2 stream it arrived as: its body, length-prefixed
+//! messages and all, is neither parsed nor re-framed, which a gateway that
+//! neither reads nor changes the messages has no reason to pay for (nor to
+//! hold a whole message in memory for: the body streams under HTTP/2 flow
+//! control). The backend applies the message size bound and the encodings it
+//! accepts, the same for every caller. The call goes with the caller's
+//! metadata (less hop-by-hop headers and browser credentials, which the auth
+//! layer has already turned into `authorization`) and the remaining
+//! `grpc-timeout` deadline, over the backend's connection its policy's cost
+//! chooses; the backend's response, trailers and status come back unchanged,
+//! details included, less the headers of the hop itself.
+//!
+//! The backend's status is counted (`metrics.upstream`) when it passes: in
+//! the response headers of a trailers-only answer, else in the trailers. A
+//! server-streaming call holds one of this replica's stream slots until its
+//! response body ends or is dropped.
 
 use std::{
     collections::HashMap,
     convert::Infallible,
-    future::Future,
+    pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
     time::{Duration, Instant},
 };
 
-use bytes::{Buf as _, BufMut as _, Bytes};
+use bytes::Bytes;
 use futures::future::BoxFuture;
-use http::{HeaderName, uri::PathAndQuery};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, Version, uri::PathAndQuery};
+use http_body::{Frame, SizeHint};
 use prost_reflect::ServiceDescriptor;
-use taskgate_common::balance::BoxError;
+use taskgate_common::{balance::BoxError, metrics::GrpcCode};
 use taskgate_proto::api::v1::Cost;
-use tonic::{
-    Code, Extensions, Request, Response, Status, Streaming,
-    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
-    metadata::MetadataMap,
-};
+use tokio::sync::OwnedSemaphorePermit;
+use tonic::{Code, Status, body::Body, metadata::MetadataMap};
 use tower::Service;
 
 use crate::{
     metrics::Metrics,
     protocol::ReceivedAt,
     upstream::{Backends, Upstream},
-    watch::{Held, WatchSlots},
+    watch::WatchSlots,
 };
 
 /// Request headers that describe the gateway hop, not the call, or that carry
-/// browser credentials; none reaches a backend.
-static NOT_FORWARDED: [HeaderName; 22] = [
+/// browser credentials; none reaches a backend. (`content-type` and the
+/// `grpc-*encoding` headers do: they describe the bytes, which pass
+/// unchanged.)
+static NOT_FORWARDED: [HeaderName; 19] = [
     HeaderName::from_static("connection"),
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -55,10 +62,6 @@ static NOT_FORWARDED: [HeaderName; 22] = [
     HeaderName::from_static("trailer"),
     HeaderName::from_static("host"),
     HeaderName::from_static("content-length"),
-    HeaderName::from_static("content-type"),
-    HeaderName::from_static("accept-encoding"),
-    HeaderName::from_static("grpc-accept-encoding"),
-    HeaderName::from_static("grpc-encoding"),
     HeaderName::from_static("grpc-timeout"),
     HeaderName::from_static("cookie"),
     HeaderName::from_static("x-csrf-token"),
@@ -67,97 +70,60 @@ static NOT_FORWARDED: [HeaderName; 22] = [
     HeaderName::from_static("origin"),
     HeaderName::from_static("referer"),
     HeaderName::from_static("date"),
+    HeaderName::from_static("accept-encoding"),
 ];
 
-/// Response metadata of the backend hop that must not be repeated to the client.
-static NOT_RETURNED: [HeaderName; 7] = [
+/// Response headers of the backend hop that must not be repeated to the client.
+static NOT_RETURNED: [HeaderName; 6] = [
     HeaderName::from_static("connection"),
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("transfer-encoding"),
     HeaderName::from_static("content-length"),
     HeaderName::from_static("date"),
     HeaderName::from_static("server"),
-    HeaderName::from_static("grpc-encoding"),
 ];
 
-/// Builds the backend request from the caller's: filtered metadata and the
-/// caller's deadline less the time already spent here. Returns the deadline
-/// too, or DEADLINE_EXCEEDED if it has already passed.
-pub fn outbound<T>(request: Request<T>) -> Result<(Request<T>, Option<Instant>), Status> {
-    let received = request.extensions().get::<ReceivedAt>().map_or_else(Instant::now, |r| r.0);
-    let deadline = grpc_timeout(request.metadata()).map(|t| received + t);
-    let (metadata, _extensions, message) = request.into_parts();
-    let mut headers = metadata.into_headers();
+/// Turns the caller's request headers into the backend's: the hop's own
+/// headers dropped, `te: trailers` (which gRPC servers may require), and the
+/// caller's deadline restated as the time left of it after the time spent
+/// here (`received` is when the gateway got the request). Returns the
+/// deadline, or DEADLINE_EXCEEDED if it has already passed.
+pub fn outbound(headers: &mut HeaderMap, received: Option<Instant>) -> Result<Option<Instant>, Status> {
+    let deadline = grpc_timeout_header(headers).map(|t| received.unwrap_or_else(Instant::now) + t);
     for name in &NOT_FORWARDED {
         headers.remove(name);
     }
-    let mut out = Request::from_parts(MetadataMap::from_headers(headers), Extensions::new(), message);
+    headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
     if let Some(deadline) = deadline {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(Status::deadline_exceeded("deadline exceeded before the call reached the backend"));
         }
-        out.set_timeout(remaining);
+        headers.insert("grpc-timeout", timeout_value(remaining));
     }
-    Ok((out, deadline))
+    Ok(deadline)
 }
 
-/// Awaits the backend call within `deadline`, counts it, and returns its
-/// outcome unchanged but for metadata of the hop itself. A call the deadline
-/// cut short answers DEADLINE_EXCEEDED (tonic's client says CANCELLED); one
-/// whose connection failed answers UNAVAILABLE ([`crate::upstream`]).
-pub async fn finish<T>(
-    metrics: &Metrics,
-    service: &'static str,
-    method: &'static str,
-    deadline: Option<Instant>,
-    call: impl Future<Output = Result<Response<T>, Status>>,
-) -> Result<Response<T>, Status> {
-    let result = match deadline {
-        Some(at) => match tokio::time::timeout_at(at.into(), call).await {
-            Ok(result) => result,
-            Err(_) => Err(Status::deadline_exceeded("deadline exceeded")),
-        },
-        None => call.await,
+/// `remaining` as a `grpc-timeout` value: microseconds while they fit the
+/// eight digits the spec allows, else milliseconds, else hours.
+fn timeout_value(remaining: Duration) -> HeaderValue {
+    const MAX: u128 = 99_999_999;
+    let value = match (remaining.as_micros(), remaining.as_millis()) {
+        (micros, _) if micros <= MAX => format!("{}u", micros.max(1)),
+        (_, millis) if millis <= MAX => format!("{millis}m"),
+        _ => format!("{}H", (remaining.as_secs() / 3600).min(MAX as u64)),
     };
-    let result = match result {
-        Err(status) if status.code() == Code::Cancelled && deadline.is_some_and(|at| Instant::now() >= at) => {
-            Err(Status::deadline_exceeded("deadline exceeded"))
-        }
-        Err(mut status) => {
-            clean(status.metadata_mut());
-            Err(status)
-        }
-        Ok(mut response) => {
-            clean(response.metadata_mut());
-            Ok(response)
-        }
-    };
-    let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
-    metrics.upstream(service, method, code);
-    match &result {
-        // Logged once per incident where the connection failed (crate::upstream).
-        Err(status) if crate::upstream::is_connection_failure(status) => {}
-        Err(_) if matches!(code, Code::Unavailable | Code::Unknown | Code::Internal) => {
-            tracing::warn!(service, method, ?code, "backend call failed");
-        }
-        _ => {}
-    }
-    result
-}
-
-/// Drops response metadata that belongs to the backend hop.
-fn clean(metadata: &mut MetadataMap) {
-    let mut headers = std::mem::take(metadata).into_headers();
-    for name in &NOT_RETURNED {
-        headers.remove(name);
-    }
-    *metadata = MetadataMap::from_headers(headers);
+    HeaderValue::from_str(&value).expect("digits and a unit")
 }
 
 /// Parses `grpc-timeout` (`<1-8 digits><H|M|S|m|u|n>`), if present and valid.
 pub fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    grpc_timeout_header(metadata.as_ref())
+}
+
+/// [`grpc_timeout`] of plain HTTP headers.
+fn grpc_timeout_header(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
     if value.len() < 2 || value.len() > 9 {
         return None;
     }
@@ -181,7 +147,7 @@ struct Call {
     /// The method's name, for metrics (the contract's methods are a fixed set, named once).
     method: &'static str,
     /// `/<service>/<method>`.
-    path: PathAndQuery,
+    path: Uri,
     /// Whether it goes over the backend's connection for expensive calls
     /// (its policy's cost is `COST_PASSWORD_HASH`).
     expensive: bool,
@@ -222,7 +188,7 @@ impl ServiceProxy {
             let call = Call {
                 service: name,
                 method: Box::leak(method.name().to_owned().into_boxed_str()),
-                path: PathAndQuery::try_from(format!("/{name}/{}", method.name()))?,
+                path: Uri::from(PathAndQuery::try_from(format!("/{name}/{}", method.name()))?),
                 expensive: taskgate_proto::policy(&method).cost() == Cost::PasswordHash,
                 streaming: method.is_server_streaming(),
             };
@@ -237,7 +203,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError> + Send,
 {
-    type Response = http::Response<tonic::body::Body>;
+    type Response = http::Response<Body>;
     type Error = Infallible;
     type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
 
@@ -251,93 +217,165 @@ where
             let status = Status::unimplemented(format!("no method {}", request.uri().path()));
             return Box::pin(async move { Ok(status.into_http()) });
         };
-        let (metrics, watch) = (self.metrics.clone(), self.watch.clone());
         let upstream = if call.expensive { self.upstreams.1.clone() } else { self.upstreams.0.clone() };
+        let slot = if call.streaming { Some(self.watch.acquire()) } else { None };
+        let counter =
+            Counter { metrics: self.metrics.clone(), service: call.service, method: call.method, counted: false };
         Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(BytesCodec)
-                .apply_max_message_size_config(Some(taskgate_common::grpc::MAX_MESSAGE_BYTES), None);
-            Ok(if call.streaming {
-                let forward = tower::service_fn(move |r| {
-                    stream(call.clone(), upstream.clone(), metrics.clone(), watch.clone(), r)
-                });
-                grpc.server_streaming(forward, request).await
-            } else {
-                let forward = tower::service_fn(move |r| unary(call.clone(), upstream.clone(), metrics.clone(), r));
-                grpc.unary(forward, request).await
-            })
+            let forwarded = match slot.transpose() {
+                Ok(slot) => forward(&call, upstream, counter, slot, request).await,
+                Err(refused) => Err(refused),
+            };
+            Ok(forwarded.unwrap_or_else(Status::into_http))
         })
     }
 }
 
-/// Forwards one unary call.
-async fn unary(
-    call: Arc<Call>,
-    upstream: Upstream,
-    metrics: Arc<Metrics>,
-    request: Request<Bytes>,
-) -> Result<Response<Bytes>, Status> {
-    let (request, deadline) = outbound(request)?;
-    // An Upstream is always ready (it settles its channel's readiness within the call).
-    let mut client = tonic::client::Grpc::new(upstream);
-    let reply = client.unary(request, call.path.clone(), BytesCodec);
-    finish(&metrics, call.service, call.method, deadline, reply).await
-}
-
-/// Forwards one server-streaming call: the backend's stream, passed through
-/// message by message (so the client's flow control reaches the backend,
-/// which ends streams whose reader falls behind), holding one of this
-/// replica's stream slots.
-async fn stream(
-    call: Arc<Call>,
-    upstream: Upstream,
-    metrics: Arc<Metrics>,
-    watch: WatchSlots,
-    request: Request<Bytes>,
-) -> Result<Response<Held<Streaming<Bytes>>>, Status> {
-    let permit = watch.acquire()?;
-    let (request, _deadline) = outbound(request)?;
-    let mut client = tonic::client::Grpc::new(upstream);
-    let reply = client.server_streaming(request, call.path.clone(), BytesCodec);
-    let (metadata, stream, extensions) = finish(&metrics, call.service, call.method, None, reply).await?.into_parts();
-    Ok(Response::from_parts(metadata, Held::new(stream, permit), extensions))
-}
-
-/// A message as the bytes it is on the wire: what the proxy forwards,
-/// neither parsed nor re-encoded.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct BytesCodec;
-
-impl Codec for BytesCodec {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = BytesCodec;
-    type Decoder = BytesCodec;
-
-    fn encoder(&mut self) -> BytesCodec {
-        *self
+/// Forwards one call: the caller's stream to the backend, the backend's
+/// response back, within the caller's deadline until the backend answers
+/// (the backend has the deadline too, for the rest). A call the deadline cut
+/// short answers DEADLINE_EXCEEDED, as does a backend that said CANCELLED
+/// once it passed (tonic's answer to an expired `grpc-timeout`); one whose
+/// connection failed answers UNAVAILABLE ([`crate::upstream`]).
+async fn forward<B>(
+    call: &Call,
+    mut upstream: Upstream,
+    mut counter: Counter,
+    slot: Option<OwnedSemaphorePermit>,
+    request: http::Request<B>,
+) -> Result<http::Response<Body>, Status>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError> + Send,
+{
+    let (mut parts, body) = request.into_parts();
+    let received = parts.extensions.get::<ReceivedAt>().map(|r| r.0);
+    let deadline = outbound(&mut parts.headers, received)?;
+    let mut outgoing = http::Request::new(Body::new(body));
+    *outgoing.method_mut() = Method::POST;
+    *outgoing.uri_mut() = call.path.clone();
+    *outgoing.version_mut() = Version::HTTP_2;
+    *outgoing.headers_mut() = parts.headers;
+    let reply = upstream.call(outgoing);
+    let result = match deadline {
+        Some(at) => tokio::time::timeout_at(at.into(), reply)
+            .await
+            .unwrap_or_else(|_| Err(Status::deadline_exceeded("deadline exceeded"))),
+        None => reply.await,
+    };
+    let mut response = match result {
+        Ok(response) => response,
+        Err(status) => {
+            counter.ended(status.code());
+            return Err(status);
+        }
+    };
+    for name in &NOT_RETURNED {
+        response.headers_mut().remove(name);
     }
+    if let Some(GrpcCode(code)) = GrpcCode::from_headers(response.headers()) {
+        // A trailers-only answer: the backend's status, and no message.
+        if code == Code::Cancelled && deadline.is_some_and(|at| Instant::now() >= at) {
+            counter.ended(Code::DeadlineExceeded);
+            return Err(Status::deadline_exceeded("deadline exceeded"));
+        }
+        counter.ended(code);
+        return Ok(response);
+    }
+    Ok(response.map(|inner| Body::new(Forwarded { inner, counter, _slot: slot, ended: false })))
+}
 
-    fn decoder(&mut self) -> BytesCodec {
-        *self
+/// Counts a forwarded call's outcome once, when its status is known, or as
+/// CANCELLED when it is dropped before (the caller went away).
+struct Counter {
+    /// Where it is counted.
+    metrics: Arc<Metrics>,
+    /// The service's full name.
+    service: &'static str,
+    /// The method's name.
+    method: &'static str,
+    /// Whether the call has been counted.
+    counted: bool,
+}
+
+impl Counter {
+    /// Counts the call with the status `code`, unless it was counted already
+    /// (the first status seen counts, as the caller sees it).
+    fn ended(&mut self, code: Code) {
+        if std::mem::replace(&mut self.counted, true) {
+            return;
+        }
+        self.metrics.upstream(self.service, self.method, code);
+        if matches!(code, Code::Unavailable | Code::Unknown | Code::Internal) {
+            // Connection failures are logged once per incident where they arise
+            // (crate::upstream); this is the backend's own answer, or a broken stream.
+            tracing::warn!(service = self.service, method = self.method, ?code, "backend call failed");
+        }
     }
 }
 
-impl Encoder for BytesCodec {
-    type Item = Bytes;
+impl Drop for Counter {
+    fn drop(&mut self) {
+        // Dropped before a status passed: the caller went away.
+        self.ended(Code::Cancelled);
+    }
+}
+
+/// A backend's response body on its way to the caller: unchanged, but its
+/// status is counted as it passes, and a stream's slot is held until it ends.
+struct Forwarded {
+    /// The backend's body (its errors already settled by [`Upstream`]).
+    inner: Body,
+    /// Counts the call when its trailers (or an error) pass, or when dropped.
+    counter: Counter,
+    /// A server-streaming call's slot, released with the body.
+    _slot: Option<OwnedSemaphorePermit>,
+    /// Whether the body has ended early, with the trailers of an error.
+    ended: bool,
+}
+
+impl http_body::Body for Forwarded {
+    type Data = Bytes;
     type Error = Status;
 
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put(item);
-        Ok(())
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let polled = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match polled {
+            Some(Ok(frame)) => {
+                if let Some(GrpcCode(code)) = frame.trailers_ref().and_then(GrpcCode::from_headers) {
+                    self.counter.ended(code);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(status)) => {
+                // The backend's stream broke (settled by Upstream: UNAVAILABLE for a
+                // failed connection): the caller gets it as the call's status, in
+                // trailers, as a gRPC server answers, not as a reset stream.
+                self.counter.ended(status.code());
+                self.ended = true;
+                let mut trailers = HeaderMap::new();
+                if status.add_header(&mut trailers).is_err() {
+                    trailers.insert("grpc-status", HeaderValue::from(Code::Internal as i32));
+                }
+                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+            }
+            None => {
+                // Ended without a status: the caller's client reports a broken call.
+                self.counter.ended(Code::Unknown);
+                Poll::Ready(None)
+            }
+        }
     }
-}
 
-impl Decoder for BytesCodec {
-    type Item = Bytes;
-    type Error = Status;
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
 
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -370,7 +408,7 @@ mod tests {
         let mut expensive: Vec<&str> = proxy.calls.values().filter(|c| c.expensive).map(|c| c.method).collect();
         expensive.sort_unstable();
         assert_eq!(expensive, ["ChangePassword", "Login", "Register"]);
-        assert_eq!(proxy.calls["Login"].path.as_str(), "/taskgate.auth.v1.AuthService/Login");
+        assert_eq!(proxy.calls["Login"].path.path(), "/taskgate.auth.v1.AuthService/Login");
     }
 
     #[test]
@@ -383,35 +421,63 @@ mod tests {
         assert_eq!(grpc_timeout(&MetadataMap::new()), None);
     }
 
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        md(pairs).into_headers()
+    }
+
     #[test]
-    fn outbound_requests_keep_call_metadata_and_drop_the_hop() {
-        let request = Request::from_parts(
-            md(&[
-                ("authorization", "Bearer t"),
-                ("x-request-id", "r1"),
-                ("cookie", "tg_access=t"),
-                ("te", "trailers"),
-                ("grpc-timeout", "5S"),
-            ]),
-            Extensions::new(),
-            (),
-        );
-        let (out, deadline) = outbound(request).expect("within deadline");
+    fn outbound_requests_keep_call_metadata_and_the_encoding_and_drop_the_hop() {
+        let mut out = headers(&[
+            ("authorization", "Bearer t"),
+            ("x-request-id", "r1"),
+            ("content-type", "application/grpc"),
+            ("grpc-encoding", "gzip"),
+            ("cookie", "tg_access=t"),
+            ("content-length", "12"),
+            ("host", "gateway"),
+            ("grpc-timeout", "5S"),
+        ]);
+        let deadline = outbound(&mut out, Some(Instant::now())).expect("within deadline");
         assert!(deadline.is_some());
-        assert_eq!(out.metadata().get("authorization").expect("kept"), "Bearer t");
-        assert_eq!(out.metadata().get("x-request-id").expect("kept"), "r1");
-        assert!(out.metadata().get("cookie").is_none());
-        assert!(out.metadata().get("te").is_none());
-        // The deadline is re-stated by tonic from the remaining time.
-        assert!(out.metadata().get("grpc-timeout").is_some());
+        for (kept, value) in [
+            ("authorization", "Bearer t"),
+            ("x-request-id", "r1"),
+            ("content-type", "application/grpc"),
+            ("grpc-encoding", "gzip"),
+            ("te", "trailers"),
+        ] {
+            assert_eq!(out.get(kept).map(|v| v.to_str().expect("ascii")), Some(value), "{kept}");
+        }
+        for dropped in ["cookie", "content-length", "host"] {
+            assert!(out.get(dropped).is_none(), "{dropped}");
+        }
+        // The deadline is restated as the time left of it.
+        let left = grpc_timeout_header(&out).expect("restated");
+        assert!(left <= Duration::from_secs(5) && left > Duration::from_secs(4), "{left:?}");
+        let mut none = headers(&[("authorization", "Bearer t")]);
+        assert_eq!(outbound(&mut none, None).expect("no deadline"), None);
+        assert!(none.get("grpc-timeout").is_none());
     }
 
     #[test]
     fn a_passed_deadline_is_not_forwarded() {
-        let mut extensions = Extensions::new();
-        extensions.insert(ReceivedAt(Instant::now() - Duration::from_secs(1)));
-        let request = Request::from_parts(md(&[("grpc-timeout", "10m")]), extensions, ());
-        let err = outbound(request).expect_err("deadline passed");
+        let mut late = headers(&[("grpc-timeout", "10m")]);
+        let err = outbound(&mut late, Some(Instant::now() - Duration::from_secs(1))).expect_err("deadline passed");
         assert_eq!(err.code(), Code::DeadlineExceeded);
+    }
+
+    #[test]
+    fn restated_deadlines_fit_the_eight_digits_of_the_spec() {
+        for (left, value) in [
+            (Duration::from_nanos(10), "1u"),
+            (Duration::from_millis(250), "250000u"),
+            (Duration::from_secs(99), "99000000u"),
+            (Duration::from_secs(100), "100000m"),
+            (Duration::from_secs(200_000), "55H"),
+        ] {
+            assert_eq!(timeout_value(left), value, "{left:?}");
+            let parsed = grpc_timeout_header(&headers(&[("grpc-timeout", value)])).expect("parses");
+            assert!(parsed <= left.max(Duration::from_micros(1)), "{value}");
+        }
     }
 }

@@ -355,3 +355,28 @@ async fn unknown_methods_answer_unimplemented_not_a_json_404() {
         .expect_err("no such service");
     assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_size_bound_is_refused_as_the_backend_refuses_it_and_nothing_is_created() {
+    let stack = spawn_stack().await;
+    let alice = stack.user().await;
+    // The gateway streams the body on without reading it; the backend's bound
+    // (the same constant) refuses it from its length prefix.
+    let huge = || CreateTaskRequest {
+        task: Some(Task { title: "x".repeat(taskgate_common::grpc::MAX_MESSAGE_BYTES + 1), ..Default::default() }),
+        ..Default::default()
+    };
+    let via_gateway = stack.task_a.clone().create_task(bearer(huge(), alice.access())).await.expect_err("too large");
+    let direct = stack.task_direct().create_task(bearer(huge(), alice.access())).await.expect_err("too large");
+    assert_eq!(via_gateway.code(), Code::OutOfRange, "{via_gateway:?}");
+    assert_eq!(via_gateway.code(), direct.code());
+    assert_eq!(via_gateway.message(), direct.message());
+    let listed = stack
+        .task_a
+        .clone()
+        .list_tasks(bearer(ListTasksRequest::default(), alice.access()))
+        .await
+        .expect("the gateway still serves")
+        .into_inner();
+    assert!(listed.tasks.is_empty(), "nothing was created: {listed:?}");
+}
