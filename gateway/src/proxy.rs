@@ -219,11 +219,10 @@ where
         };
         let upstream = if call.expensive { self.upstreams.1.clone() } else { self.upstreams.0.clone() };
         let slot = if call.streaming { Some(self.watch.acquire()) } else { None };
-        let counter =
-            Counter { metrics: self.metrics.clone(), service: call.service, method: call.method, counted: false };
+        let metrics = self.metrics.clone();
         Box::pin(async move {
             let forwarded = match slot.transpose() {
-                Ok(slot) => forward(&call, upstream, counter, slot, request).await,
+                Ok(slot) => forward(&call, upstream, metrics, slot, request).await,
                 Err(refused) => Err(refused),
             };
             Ok(forwarded.unwrap_or_else(Status::into_http))
@@ -236,11 +235,12 @@ where
 /// (the backend has the deadline too, for the rest). A call the deadline cut
 /// short answers DEADLINE_EXCEEDED, as does a backend that said CANCELLED
 /// once it passed (tonic's answer to an expired `grpc-timeout`); one whose
-/// connection failed answers UNAVAILABLE ([`crate::upstream`]).
+/// connection failed answers UNAVAILABLE ([`crate::upstream`]). Counted
+/// as a backend call once it is sent.
 async fn forward<B>(
     call: &Call,
     mut upstream: Upstream,
-    mut counter: Counter,
+    metrics: Arc<Metrics>,
     slot: Option<OwnedSemaphorePermit>,
     request: http::Request<B>,
 ) -> Result<http::Response<Body>, Status>
@@ -256,6 +256,7 @@ where
     *outgoing.uri_mut() = call.path.clone();
     *outgoing.version_mut() = Version::HTTP_2;
     *outgoing.headers_mut() = parts.headers;
+    let mut counter = Counter { metrics, service: call.service, method: call.method, counted: false };
     let reply = upstream.call(outgoing);
     let result = match deadline {
         Some(at) => tokio::time::timeout_at(at.into(), reply)
@@ -266,7 +267,7 @@ where
     let mut response = match result {
         Ok(response) => response,
         Err(status) => {
-            counter.ended(status.code());
+            counter.failed(&status);
             return Err(status);
         }
     };
@@ -302,13 +303,23 @@ impl Counter {
     /// Counts the call with the status `code`, unless it was counted already
     /// (the first status seen counts, as the caller sees it).
     fn ended(&mut self, code: Code) {
+        self.count(code, true);
+    }
+
+    /// Counts the call as failed with `status`: a connection failure is
+    /// logged once per incident where it arises ([`crate::upstream`]), not
+    /// once per call here.
+    fn failed(&mut self, status: &Status) {
+        self.count(status.code(), !crate::upstream::is_connection_failure(status));
+    }
+
+    /// Counts the call once; UNAVAILABLE, UNKNOWN and INTERNAL at WARN when `log`.
+    fn count(&mut self, code: Code, log: bool) {
         if std::mem::replace(&mut self.counted, true) {
             return;
         }
         self.metrics.upstream(self.service, self.method, code);
-        if matches!(code, Code::Unavailable | Code::Unknown | Code::Internal) {
-            // Connection failures are logged once per incident where they arise
-            // (crate::upstream); this is the backend's own answer, or a broken stream.
+        if log && matches!(code, Code::Unavailable | Code::Unknown | Code::Internal) {
             tracing::warn!(service = self.service, method = self.method, ?code, "backend call failed");
         }
     }
@@ -354,7 +365,7 @@ impl http_body::Body for Forwarded {
                 // The backend's stream broke (settled by Upstream: UNAVAILABLE for a
                 // failed connection): the caller gets it as the call's status, in
                 // trailers, as a gRPC server answers, not as a reset stream.
-                self.counter.ended(status.code());
+                self.counter.failed(&status);
                 self.ended = true;
                 let mut trailers = HeaderMap::new();
                 if status.add_header(&mut trailers).is_err() {

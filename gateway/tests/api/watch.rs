@@ -205,6 +205,10 @@ async fn a_gateway_refuses_streams_beyond_its_replica_limit_on_every_protocol() 
         .await
         .expect_err("second");
     assert_eq!(refused.code(), Code::ResourceExhausted);
+    // Refused at the gateway: no backend call, so none is counted (the open
+    // stream is counted when it ends).
+    let text = stack.metrics_a().await;
+    assert!(!text.contains("grpc_client_handled_total{grpc_type=\"server_stream\""), "{text}");
     let sse = stack
         .http
         .get(stack.url_a("/api/v1/tasks:watch"))
